@@ -1,0 +1,268 @@
+//! Reads a manifest directory (YAML or JSON, several documents per file) into typed
+//! Kubernetes objects for the file source. Pure apart from reading the files themselves.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use serde::de::DeserializeOwned;
+
+/// A problem with one manifest file; any of these makes the file source incomplete.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot list manifest directory {dir}: {source}; check that it exists and is readable")]
+    ReadDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read manifest {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: malformed {format}: {message}; fix the file, nothing is unmounted until it parses")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        format: &'static str,
+        message: String,
+    },
+    #[error("{path}:{line}: {kind} is invalid: {message}; fix the file, nothing is unmounted until it parses")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        kind: String,
+        message: String,
+    },
+    #[error("{kind} {name} is defined twice, in {first} and {second}; keep one of them")]
+    Duplicate {
+        kind: &'static str,
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+}
+
+/// The objects of a manifest directory, keyed by `namespace/name` (or `name` when
+/// cluster-scoped), plus what went wrong reading them.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    pub pods: BTreeMap<String, Pod>,
+    pub claims: BTreeMap<String, PersistentVolumeClaim>,
+    pub volumes: BTreeMap<String, PersistentVolume>,
+    pub classes: BTreeMap<String, StorageClass>,
+    pub errors: Vec<ManifestError>,
+    /// Documents skipped on purpose (unknown kinds), one message each.
+    pub warnings: Vec<String>,
+    /// Which file each object came from, to name both files of a duplicate.
+    origins: BTreeMap<(&'static str, String), PathBuf>,
+}
+
+/// Loads every `*.yaml`, `*.yml` and `*.json` file directly in `dir`, in name order.
+pub fn load_dir(dir: &Path) -> Manifests {
+    let mut manifests = Manifests::default();
+    let mut files = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| is_manifest_file(path))
+            .collect::<Vec<_>>(),
+        Err(source) => {
+            manifests.errors.push(ManifestError::ReadDir {
+                dir: dir.to_path_buf(),
+                source,
+            });
+            return manifests;
+        }
+    };
+    files.sort();
+    for path in files {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => manifests.add_file(&path, &text),
+            Err(source) => manifests.errors.push(ManifestError::ReadFile { path, source }),
+        }
+    }
+    manifests
+}
+
+fn is_manifest_file(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    !hidden && matches!(ext, "yaml" | "yml" | "json") && path.is_file()
+}
+
+impl Manifests {
+    /// Parses one file's text; `path` is only used in messages.
+    pub fn add_file(&mut self, path: &Path, text: &str) {
+        let is_json = path.extension().is_some_and(|e| e == "json");
+        if is_json {
+            match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(value) => self.add_value(path, 1, value),
+                Err(err) => self.errors.push(ManifestError::Syntax {
+                    path: path.to_path_buf(),
+                    line: err.line(),
+                    format: "JSON",
+                    message: err.to_string(),
+                }),
+            }
+            return;
+        }
+        for (start_line, doc) in split_yaml_documents(text) {
+            match serde_yaml::from_str::<Option<serde_json::Value>>(doc) {
+                Ok(Some(value)) => self.add_value(path, start_line, value),
+                Ok(None) => {}
+                Err(err) => self.errors.push(ManifestError::Syntax {
+                    path: path.to_path_buf(),
+                    line: start_line + err.location().map_or(0, |l| l.line().saturating_sub(1)),
+                    format: "YAML",
+                    message: err.to_string(),
+                }),
+            }
+        }
+    }
+
+    fn add_value(&mut self, path: &Path, line: usize, value: serde_json::Value) {
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let invalid = |kind: &str, message: String| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            kind: if kind.is_empty() { "document".into() } else { kind.into() },
+            message,
+        };
+        match kind {
+            "Pod" => self.insert(path, line, value, Kind::Pod),
+            "PersistentVolumeClaim" => self.insert(path, line, value, Kind::Claim),
+            "PersistentVolume" => self.insert(path, line, value, Kind::Volume),
+            "StorageClass" => self.insert(path, line, value, Kind::Class),
+            "List" => match value.get("items").and_then(|i| i.as_array()) {
+                Some(items) => {
+                    for item in items.clone() {
+                        self.add_value(path, line, item);
+                    }
+                }
+                None => self.errors.push(invalid(kind, "a List needs an items array".into())),
+            },
+            "" => self.errors.push(invalid(kind, "the document has no kind".into())),
+            other => self.warnings.push(format!(
+                "{}:{line}: skipping kind {other}: volumed reads only Pod, PersistentVolumeClaim, PersistentVolume and StorageClass",
+                path.display()
+            )),
+        }
+    }
+
+    fn insert(&mut self, path: &Path, line: usize, value: serde_json::Value, kind: Kind) {
+        let result = match kind {
+            Kind::Pod => typed(value).map(|o: Pod| self.put(path, kind, o, |m| &mut m.pods)),
+            Kind::Claim => typed(value).map(|o| self.put(path, kind, o, |m| &mut m.claims)),
+            Kind::Volume => typed(value).map(|o| self.put(path, kind, o, |m| &mut m.volumes)),
+            Kind::Class => typed(value).map(|o| self.put(path, kind, o, |m| &mut m.classes)),
+        };
+        let error = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error,
+            Err(message) => ManifestError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                kind: kind.name().into(),
+                message,
+            },
+        };
+        self.errors.push(error);
+    }
+
+    /// Files an object under its key, refusing a second definition of the same object.
+    fn put<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>>(
+        &mut self,
+        path: &Path,
+        kind: Kind,
+        object: T,
+        map: impl FnOnce(&mut Self) -> &mut BTreeMap<String, T>,
+    ) -> Result<(), ManifestError> {
+        let meta = object.metadata();
+        let name = meta.name.clone().unwrap_or_default();
+        let key = if kind.namespaced() {
+            format!("{}/{name}", meta.namespace.as_deref().unwrap_or("default"))
+        } else {
+            name
+        };
+        if let Some(first) = self.origins.get(&(kind.name(), key.clone())) {
+            return Err(ManifestError::Duplicate {
+                kind: kind.name(),
+                name: key,
+                first: first.clone(),
+                second: path.to_path_buf(),
+            });
+        }
+        self.origins.insert((kind.name(), key.clone()), path.to_path_buf());
+        map(self).insert(key, object);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Pod,
+    Claim,
+    Volume,
+    Class,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Pod => "Pod",
+            Kind::Claim => "PersistentVolumeClaim",
+            Kind::Volume => "PersistentVolume",
+            Kind::Class => "StorageClass",
+        }
+    }
+
+    fn namespaced(self) -> bool {
+        matches!(self, Kind::Pod | Kind::Claim)
+    }
+}
+
+/// Converts a parsed document into a k8s-openapi type, naming the field that is wrong, and
+/// requires `metadata.name`.
+fn typed<T: DeserializeOwned + k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>>(
+    value: serde_json::Value,
+) -> Result<T, String> {
+    let object: T = serde_path_to_error::deserialize(value).map_err(|err| {
+        let field = err.path().to_string();
+        format!("field {field}: {}", err.inner())
+    })?;
+    match object.metadata().name.as_deref() {
+        Some(name) if !name.is_empty() => Ok(object),
+        _ => Err("metadata.name is missing".to_string()),
+    }
+}
+
+/// Splits YAML text at `---` lines, returning each document with its 1-based first line.
+fn split_yaml_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut docs = Vec::new();
+    let mut start_byte = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let is_marker = line.starts_with("---")
+            && line[3..].chars().next().is_none_or(|c| c.is_whitespace());
+        if is_marker {
+            docs.push((start_line, &text[start_byte..offset]));
+            // The marker line itself belongs to the next document (it may carry content).
+            start_byte = offset + 3;
+            start_line = index + 1;
+        }
+        offset += line.len();
+    }
+    docs.push((start_line, &text[start_byte..]));
+    docs.into_iter()
+        .filter(|(_, doc)| !doc.trim().is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "manifest_tests.rs"]
+mod tests;

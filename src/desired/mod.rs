@@ -1,0 +1,3 @@
+//! Desired state: what the pods on this host need, published as complete snapshots.
+
+pub mod manifest;

@@ -1,0 +1,178 @@
+//! Plain data shared by every stage of the data flow: which volume, where it lives under the
+//! root dir, and what must be mounted there. No I/O happens here.
+
+pub mod names;
+pub mod quantity;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// The kubelet plugin a volume belongs to; it names the `kubernetes.io~<plugin>` directory.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
+pub enum Plugin {
+    EmptyDir,
+    HostPath,
+    LocalVolume,
+    /// A plugin directory found on disk that this version does not manage (e.g. kubelet's).
+    Other(String),
+}
+
+impl Plugin {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Plugin::EmptyDir => "empty-dir",
+            Plugin::HostPath => "host-path",
+            Plugin::LocalVolume => "local-volume",
+            Plugin::Other(name) => name,
+        }
+    }
+
+    /// The directory name under `<root>/pods/<uid>/volumes/`.
+    pub fn dir_name(&self) -> String {
+        format!("kubernetes.io~{}", self.as_str())
+    }
+
+    pub fn from_dir_name(dir: &str) -> Option<Plugin> {
+        let name = dir.strip_prefix("kubernetes.io~")?;
+        Some(match name {
+            "empty-dir" => Plugin::EmptyDir,
+            "host-path" => Plugin::HostPath,
+            "local-volume" => Plugin::LocalVolume,
+            other => Plugin::Other(other.to_string()),
+        })
+    }
+}
+
+impl From<Plugin> for String {
+    fn from(plugin: Plugin) -> String {
+        plugin.as_str().to_string()
+    }
+}
+
+impl fmt::Display for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identifies one pod volume: `<root>/pods/<pod_uid>/volumes/kubernetes.io~<plugin>/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct VolumeKey {
+    pub pod_uid: String,
+    pub plugin: Plugin,
+    pub name: String,
+}
+
+impl VolumeKey {
+    pub fn path(&self, root: &Path) -> PathBuf {
+        pod_dir(root, &self.pod_uid)
+            .join("volumes")
+            .join(self.plugin.dir_name())
+            .join(&self.name)
+    }
+}
+
+impl fmt::Display for VolumeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.pod_uid, self.plugin, self.name)
+    }
+}
+
+pub fn pod_dir(root: &Path, pod_uid: &str) -> PathBuf {
+    root.join("pods").join(pod_uid)
+}
+
+/// The checks Kubernetes defines for `hostPath.type`; `Unchecked` is the empty type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum PathType {
+    Unchecked,
+    Directory,
+    DirectoryOrCreate,
+    File,
+    FileOrCreate,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl PathType {
+    pub fn parse(value: &str) -> Option<PathType> {
+        Some(match value {
+            "" => PathType::Unchecked,
+            "Directory" => PathType::Directory,
+            "DirectoryOrCreate" => PathType::DirectoryOrCreate,
+            "File" => PathType::File,
+            "FileOrCreate" => PathType::FileOrCreate,
+            "Socket" => PathType::Socket,
+            "CharDevice" => PathType::CharDevice,
+            "BlockDevice" => PathType::BlockDevice,
+            _ => return None,
+        })
+    }
+}
+
+/// What the host must show at a volume's path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum MountSpec {
+    /// `mount -t tmpfs -o size=<bytes> tmpfs <path>` (emptyDir, medium Memory).
+    Tmpfs { size_bytes: Option<u64> },
+    /// A plain directory that holds the pod's data (emptyDir, default medium).
+    Directory,
+    /// `mount --bind <source> <path>`, remounted read-only when asked.
+    Bind {
+        source: PathBuf,
+        expect: PathType,
+        read_only: bool,
+    },
+}
+
+impl MountSpec {
+    pub fn is_mount(&self) -> bool {
+        !matches!(self, MountSpec::Directory)
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            MountSpec::Tmpfs { size_bytes: Some(size) } => format!("tmpfs size={size}"),
+            MountSpec::Tmpfs { size_bytes: None } => "tmpfs".to_string(),
+            MountSpec::Directory => "directory".to_string(),
+            MountSpec::Bind {
+                source, read_only, ..
+            } => format!(
+                "bind {}{}",
+                source.display(),
+                if *read_only { " (ro)" } else { "" }
+            ),
+        }
+    }
+}
+
+/// The pod a volume belongs to, for messages and status.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl fmt::Display for PodRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One volume the pods on this host need, fully resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DesiredVolume {
+    pub key: VolumeKey,
+    pub pod: PodRef,
+    /// The volume's name in the pod spec.
+    pub volume_name: String,
+    /// The PersistentVolume behind it, for PVC-backed volumes.
+    pub pv_name: Option<String>,
+    pub spec: MountSpec,
+}
