@@ -1,0 +1,276 @@
+//! File-mode PVC→PV binding with the Kubernetes rules (pure): recorded bindings stay, pre-bound
+//! claims and claimRef'd volumes are honoured, otherwise the smallest fitting volume wins.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+
+use super::selector::{node_affinity_matches, selector_matches, Labels};
+use crate::model::quantity::parse_bytes;
+
+/// Everything the binder decides from.
+pub struct BindInput<'a> {
+    /// Claims by `namespace/name`.
+    pub claims: &'a BTreeMap<String, PersistentVolumeClaim>,
+    /// Volumes by name.
+    pub volumes: &'a BTreeMap<String, PersistentVolume>,
+    pub classes: &'a BTreeMap<String, StorageClass>,
+    /// Bindings recorded by earlier runs: claim key → PV name. These never move.
+    pub recorded: &'a BTreeMap<String, String>,
+    /// Claims used by a pod of this node (WaitForFirstConsumer binds only these).
+    pub consumed: &'a BTreeSet<String>,
+    pub node_name: &'a str,
+    pub node_labels: &'a Labels,
+}
+
+/// The binder's answer: claim key → PV name, or claim key → why it waits.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Bindings {
+    pub bound: BTreeMap<String, String>,
+    pub pending: BTreeMap<String, String>,
+}
+
+pub fn bind(input: &BindInput) -> Bindings {
+    let mut out = Bindings::default();
+    // PV name → claim key, for every volume already spoken for.
+    let mut taken: BTreeMap<String, String> = BTreeMap::new();
+
+    for (claim_key, pv_name) in input.recorded {
+        if !input.claims.contains_key(claim_key) {
+            // Keep the volume reserved for its claim, as a Released PV is in Kubernetes.
+            taken.insert(pv_name.clone(), claim_key.clone());
+        } else if input.volumes.contains_key(pv_name) {
+            taken.insert(pv_name.clone(), claim_key.clone());
+            out.bound.insert(claim_key.clone(), pv_name.clone());
+        } else {
+            out.pending.insert(
+                claim_key.clone(),
+                format!("claim was bound to PersistentVolume {pv_name}, which is gone; restore its manifest (a claim never moves to another volume)"),
+            );
+        }
+    }
+    let open = |out: &Bindings, key: &String| {
+        !out.bound.contains_key(key) && !out.pending.contains_key(key)
+    };
+
+    // Claims that name their volume.
+    for (key, claim) in input.claims {
+        let Some(pv_name) = claim.spec.as_ref().and_then(|s| s.volume_name.clone()) else {
+            continue;
+        };
+        if !open(&out, key) {
+            continue;
+        }
+        let verdict = match input.volumes.get(&pv_name) {
+            None => Err(format!("claim names PersistentVolume {pv_name}, which does not exist")),
+            Some(_) if taken.contains_key(&pv_name) => Err(format!(
+                "claim names PersistentVolume {pv_name}, which is bound to claim {}",
+                taken[&pv_name]
+            )),
+            Some(pv) => match reserved_for(pv) {
+                Some(owner) if owner != *key => Err(format!(
+                    "claim names PersistentVolume {pv_name}, whose claimRef reserves it for {owner}"
+                )),
+                _ => check_fit(input, claim, pv).map_err(|why| {
+                    format!("claim names PersistentVolume {pv_name}, which does not fit: {why}")
+                }),
+            },
+        };
+        settle(&mut out, &mut taken, key, &pv_name, verdict);
+    }
+
+    // Volumes whose claimRef names a claim.
+    for (pv_name, pv) in input.volumes {
+        let Some(owner) = reserved_for(pv) else { continue };
+        let Some(claim) = input.claims.get(&owner) else { continue };
+        if taken.contains_key(pv_name) || !open(&out, &owner) {
+            continue;
+        }
+        let verdict = check_fit(input, claim, pv).map_err(|why| {
+            format!("PersistentVolume {pv_name} is reserved for this claim but does not fit: {why}")
+        });
+        settle(&mut out, &mut taken, &owner, pv_name, verdict);
+    }
+
+    // Everything else: the smallest fitting free volume.
+    for (key, claim) in input.claims {
+        if !open(&out, key) {
+            continue;
+        }
+        if waits_for_consumer(input, claim) && !input.consumed.contains(key) {
+            out.pending.insert(
+                key.clone(),
+                "waiting for first consumer: no pod on this node uses the claim yet".into(),
+            );
+            continue;
+        }
+        match smallest_fit(input, claim, &taken) {
+            Ok(pv_name) => settle(&mut out, &mut taken, key, &pv_name, Ok(())),
+            Err(why) => {
+                out.pending.insert(key.clone(), why);
+            }
+        }
+    }
+    out
+}
+
+fn settle(
+    out: &mut Bindings,
+    taken: &mut BTreeMap<String, String>,
+    claim_key: &str,
+    pv_name: &str,
+    verdict: Result<(), String>,
+) {
+    match verdict {
+        Ok(()) => {
+            taken.insert(pv_name.to_string(), claim_key.to_string());
+            out.bound.insert(claim_key.to_string(), pv_name.to_string());
+        }
+        Err(why) => {
+            out.pending.insert(claim_key.to_string(), why);
+        }
+    }
+}
+
+fn smallest_fit(
+    input: &BindInput,
+    claim: &PersistentVolumeClaim,
+    taken: &BTreeMap<String, String>,
+) -> Result<String, String> {
+    let mut rejections = Vec::new();
+    let mut best: Option<(u64, &String)> = None;
+    for (pv_name, pv) in input.volumes {
+        let verdict = if taken.contains_key(pv_name) {
+            Err(format!("bound to {}", taken[pv_name]))
+        } else if let Some(owner) = reserved_for(pv) {
+            Err(format!("reserved for {owner}"))
+        } else {
+            check_fit(input, claim, pv)
+        };
+        match verdict {
+            Ok(()) => {
+                let size = capacity(pv).unwrap_or(0);
+                if best.is_none_or(|(best_size, _)| size < best_size) {
+                    best = Some((size, pv_name));
+                }
+            }
+            Err(why) => rejections.push(format!("{pv_name}: {why}")),
+        }
+    }
+    match best {
+        Some((_, name)) => Ok(name.clone()),
+        None if rejections.is_empty() => Err("no PersistentVolume is defined".into()),
+        None => Err(format!(
+            "no PersistentVolume fits ({}); add a matching volume or change the claim",
+            rejections.join("; ")
+        )),
+    }
+}
+
+/// Kubernetes' checkVolumeSatisfyClaim plus the node-affinity check of a local binder.
+fn check_fit(
+    input: &BindInput,
+    claim: &PersistentVolumeClaim,
+    pv: &PersistentVolume,
+) -> Result<(), String> {
+    let claim_spec = claim.spec.clone().unwrap_or_default();
+    let pv_spec = pv.spec.clone().unwrap_or_default();
+    if pv.metadata.deletion_timestamp.is_some() {
+        return Err("being deleted".into());
+    }
+    let (want_class, have_class) = (claim_class(claim), pv_class(pv));
+    if want_class != have_class {
+        return Err(format!(
+            "storageClassName {have_class:?} differs from the claim's {want_class:?}"
+        ));
+    }
+    let want_mode = claim_spec.volume_mode.as_deref().unwrap_or("Filesystem");
+    let have_mode = pv_spec.volume_mode.as_deref().unwrap_or("Filesystem");
+    if want_mode != have_mode {
+        return Err(format!("volumeMode {have_mode} differs from the claim's {want_mode}"));
+    }
+    let have_modes = pv_spec.access_modes.unwrap_or_default();
+    if let Some(missing) = claim_spec
+        .access_modes
+        .iter()
+        .flatten()
+        .find(|m| !have_modes.contains(m))
+    {
+        return Err(format!("lacks access mode {missing}"));
+    }
+    let request = claim_request(claim)?;
+    let size = capacity(pv)?;
+    if size < request {
+        return Err(format!("capacity {size} bytes is below the request of {request}"));
+    }
+    if let Some(selector) = &claim_spec.selector {
+        if !selector_matches(selector, pv.metadata.labels.as_ref().unwrap_or(&Labels::new())) {
+            return Err("labels do not match the claim's selector".into());
+        }
+    }
+    if !node_affinity_matches(pv_spec.node_affinity.as_ref(), input.node_name, input.node_labels) {
+        return Err(format!("node affinity excludes node {}", input.node_name));
+    }
+    Ok(())
+}
+
+fn capacity(pv: &PersistentVolume) -> Result<u64, String> {
+    let quantity = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("storage"))
+        .ok_or("has no capacity.storage")?;
+    parse_bytes(&quantity.0).map_err(|e| e.to_string())
+}
+
+fn claim_request(claim: &PersistentVolumeClaim) -> Result<u64, String> {
+    let request = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"));
+    match request {
+        None => Ok(0),
+        Some(q) => parse_bytes(&q.0).map_err(|e| format!("the claim's request: {e}")),
+    }
+}
+
+const BETA_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-class";
+
+fn claim_class(claim: &PersistentVolumeClaim) -> String {
+    let annotation = claim.metadata.annotations.as_ref().and_then(|a| a.get(BETA_CLASS_ANNOTATION));
+    annotation
+        .cloned()
+        .or_else(|| claim.spec.as_ref().and_then(|s| s.storage_class_name.clone()))
+        .unwrap_or_default()
+}
+
+fn pv_class(pv: &PersistentVolume) -> String {
+    let annotation = pv.metadata.annotations.as_ref().and_then(|a| a.get(BETA_CLASS_ANNOTATION));
+    annotation
+        .cloned()
+        .or_else(|| pv.spec.as_ref().and_then(|s| s.storage_class_name.clone()))
+        .unwrap_or_default()
+}
+
+fn waits_for_consumer(input: &BindInput, claim: &PersistentVolumeClaim) -> bool {
+    input
+        .classes
+        .get(&claim_class(claim))
+        .and_then(|c| c.volume_binding_mode.as_deref())
+        == Some("WaitForFirstConsumer")
+}
+
+/// The claim key a PV's claimRef reserves it for, if any.
+fn reserved_for(pv: &PersistentVolume) -> Option<String> {
+    let claim_ref = pv.spec.as_ref()?.claim_ref.as_ref()?;
+    let name = claim_ref.name.as_deref()?;
+    Some(format!("{}/{name}", claim_ref.namespace.as_deref().unwrap_or("default")))
+}
+
+#[cfg(test)]
+#[path = "binder_tests.rs"]
+mod tests;
