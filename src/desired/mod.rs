@@ -1,5 +1,51 @@
-//! Desired state: what the pods on this host need, published as complete snapshots.
+//! Desired state: what the pods on this host need, published as complete snapshots on a
+//! `watch` channel by a source (the manifest directory now, the API later).
 
 pub mod binder;
+pub mod binding_store;
+pub mod file;
 pub mod manifest;
+pub mod resolve;
 pub mod selector;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::model::{DesiredVolume, PodRef, VolumeKey};
+
+/// This node as the sources and the binder see it.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub name: String,
+    /// Labels for PV node affinity; `kubernetes.io/hostname` is always set to `name`.
+    pub labels: selector::Labels,
+    /// hostPath and local volume paths must lie under one of these.
+    pub host_path_roots: Vec<PathBuf>,
+}
+
+/// One snapshot of what the pods on this host need.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DesiredState {
+    /// False when a source could not deliver its full list: then nothing may be torn down.
+    pub complete: bool,
+    /// Why the snapshot is incomplete, one message per problem.
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Pods of this node that are not terminal, by uid.
+    pub pods: BTreeMap<String, PodRef>,
+    pub volumes: BTreeMap<VolumeKey, DesiredVolume>,
+    /// Pod volumes that cannot be set up yet, or are not volumed's to set up.
+    pub waiting: Vec<WaitingVolume>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WaitingVolume {
+    pub pod: PodRef,
+    pub volume_name: String,
+    pub reason: String,
+    /// True when the pod cannot run without it (e.g. an unbound claim); false for volume
+    /// types volumed leaves to others (configMap, secret, ...).
+    pub blocking: bool,
+}

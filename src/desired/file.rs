@@ -1,0 +1,165 @@
+//! The manifest-directory source: reads the directory, binds claims, records new bindings,
+//! and publishes a `DesiredState` at start, on every inotify change, and on a slow resync.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::binder::{bind, BindInput, Bindings};
+use super::binding_store::BindingStore;
+use super::manifest::load_dir;
+use super::resolve::{consumed_claims, our_pods, resolve};
+use super::{DesiredState, NodeConfig};
+
+/// Coalesces a burst of file events (an editor's write + rename) into one reload.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// Re-reads the directory even without events, in case inotify lost some.
+const RESYNC: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileSourceError {
+    #[error("cannot watch manifest directory {dir} for changes: {source}; check that it exists")]
+    Watch {
+        dir: PathBuf,
+        source: notify::Error,
+    },
+}
+
+pub struct FileSource {
+    pub dir: PathBuf,
+    pub node: NodeConfig,
+    pub store: BindingStore,
+    /// False for read-only commands (`plan`, `status`): new bindings are shown, not recorded.
+    pub record_bindings: bool,
+}
+
+impl FileSource {
+    /// One full read of the directory. Blocking file I/O: call it off the async runtime.
+    pub fn snapshot(&self) -> DesiredState {
+        let manifests = load_dir(&self.dir);
+        let mut problems: Vec<String> = manifests.errors.iter().map(|e| e.to_string()).collect();
+        let pods = our_pods(&manifests, &self.node);
+        let consumed = consumed_claims(&pods);
+        let recorded = match self.store.load() {
+            Ok(recorded) => Some(recorded),
+            Err(err) => {
+                problems.push(err.to_string());
+                None
+            }
+        };
+        let mut labels = self.node.labels.clone();
+        labels.insert("kubernetes.io/hostname".into(), self.node.name.clone());
+        let mut bindings = bind(&BindInput {
+            claims: &manifests.claims,
+            volumes: &manifests.volumes,
+            classes: &manifests.classes,
+            recorded: recorded.as_ref().unwrap_or(&Default::default()),
+            consumed: &consumed,
+            node_name: &self.node.name,
+            node_labels: &labels,
+        });
+        match &recorded {
+            // New bindings are made only from a complete view and a readable record, so a
+            // claim is never bound while the volume it should get is in a broken file.
+            Some(recorded) if problems.is_empty() => {
+                if let Err(why) = self.record_new(recorded, &bindings) {
+                    hold_back_new(&mut bindings, recorded, &why);
+                    problems.push(why);
+                }
+            }
+            Some(recorded) => hold_back_new(&mut bindings, recorded, "the manifests have errors"),
+            None => hold_back_new(&mut bindings, &Default::default(), "the binding record is unreadable"),
+        }
+        let mut state = resolve(&manifests, &bindings, &self.node);
+        state.problems.splice(0..0, problems);
+        state.complete = state.problems.is_empty();
+        state
+    }
+
+    fn record_new(
+        &self,
+        recorded: &std::collections::BTreeMap<String, String>,
+        bindings: &Bindings,
+    ) -> Result<(), String> {
+        let is_new = |(claim, pv): &(&String, &String)| recorded.get(*claim) != Some(*pv);
+        if !self.record_bindings || !bindings.bound.iter().any(|b| is_new(&b)) {
+            return Ok(());
+        }
+        let mut merged = recorded.clone();
+        merged.extend(bindings.bound.iter().map(|(c, v)| (c.clone(), v.clone())));
+        self.store.save(&merged).map_err(|e| e.to_string())?;
+        for (claim, pv) in bindings.bound.iter().filter(|b| is_new(b)) {
+            tracing::info!(claim, pv, "bound claim to volume");
+        }
+        Ok(())
+    }
+
+    /// Publishes snapshots until `cancel` fires. The first one is sent before returning.
+    pub async fn run(
+        self,
+        tx: watch::Sender<Arc<DesiredState>>,
+        cancel: CancellationToken,
+    ) -> Result<(), FileSourceError> {
+        let (event_tx, mut events) = mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            let _ = event_tx.send(event);
+        })
+        .map_err(|source| self.watch_error(source))?;
+        watcher
+            .watch(&self.dir, RecursiveMode::NonRecursive)
+            .map_err(|source| self.watch_error(source))?;
+        let source = Arc::new(self);
+        loop {
+            let reader = source.clone();
+            let state = tokio::task::spawn_blocking(move || reader.snapshot())
+                .await
+                .expect("the manifest reader does not panic");
+            tx.send_if_modified(|current| {
+                let changed = **current != state;
+                if changed {
+                    *current = Arc::new(state);
+                }
+                changed
+            });
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(RESYNC) => {}
+                Some(_) = events.recv() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while events.try_recv().is_ok() {}
+                }
+            }
+        }
+    }
+
+    fn watch_error(&self, source: notify::Error) -> FileSourceError {
+        FileSourceError::Watch {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+}
+
+/// Turns bindings that are not yet recorded back into pending claims.
+fn hold_back_new(
+    bindings: &mut Bindings,
+    recorded: &std::collections::BTreeMap<String, String>,
+    why: &str,
+) {
+    let new: Vec<String> = bindings
+        .bound
+        .iter()
+        .filter(|(claim, pv)| recorded.get(*claim) != Some(*pv))
+        .map(|(claim, _)| claim.clone())
+        .collect();
+    for claim in new {
+        let pv = bindings.bound.remove(&claim).unwrap_or_default();
+        bindings
+            .pending
+            .insert(claim, format!("would bind to {pv}, held back: {why}"));
+    }
+}

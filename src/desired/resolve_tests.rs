@@ -1,0 +1,122 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::*;
+
+fn node() -> NodeConfig {
+    NodeConfig {
+        name: "node-a".into(),
+        labels: BTreeMap::new(),
+        host_path_roots: vec![PathBuf::from("/srv"), PathBuf::from("/mnt/disks")],
+    }
+}
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, uid: 11111111-2222-3333-4444-555555555555}
+spec:
+  nodeName: node-a
+  containers: [{name: c, image: busybox}]
+  volumes:
+  - {name: cache, emptyDir: {medium: Memory, sizeLimit: 64Mi}}
+  - {name: scratch, emptyDir: {}}
+  - {name: logs, hostPath: {path: /srv/logs, type: DirectoryOrCreate}}
+  - {name: data, persistentVolumeClaim: {claimName: data, readOnly: true}}
+  - {name: config, configMap: {name: settings}}
+  - {name: missing, persistentVolumeClaim: {claimName: nope}}
+  - {name: escape, hostPath: {path: /etc/shadow}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: elsewhere}
+spec: {nodeName: node-b, containers: [], volumes: [{name: x, emptyDir: {}}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: done}
+spec: {containers: [], volumes: [{name: x, emptyDir: {}}]}
+status: {phase: Succeeded}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unscheduled}
+spec: {containers: [], volumes: [{name: "..", emptyDir: {}}]}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data, namespace: shop}
+spec: {resources: {requests: {storage: 1Gi}}}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-1}
+spec: {capacity: {storage: 2Gi}, local: {path: /mnt/disks/pv-1}}
+"#;
+
+fn resolved() -> DesiredState {
+    let mut manifests = Manifests::default();
+    manifests.add_file(Path::new("pods.yaml"), PODS);
+    assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
+    let bindings = Bindings {
+        bound: BTreeMap::from([("shop/data".to_string(), "pv-1".to_string())]),
+        pending: BTreeMap::new(),
+    };
+    resolve(&manifests, &bindings, &node())
+}
+
+fn spec_of(state: &DesiredState, volume: &str) -> MountSpec {
+    let found = state.volumes.values().find(|v| v.volume_name == volume);
+    found.unwrap_or_else(|| panic!("{volume} not desired: {state:#?}")).spec.clone()
+}
+
+#[test]
+fn only_non_terminal_pods_of_this_node_or_no_node_are_ours() {
+    let state = resolved();
+    let mut names: Vec<_> = state.pods.values().map(|p| p.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["unscheduled", "web"]);
+    assert!(state.pods.values().any(|p| p.name == "unscheduled"));
+    assert!(!state.pods.values().any(|p| p.name == "elsewhere" || p.name == "done"));
+}
+
+#[test]
+fn each_supported_volume_kind_resolves_to_its_mount() {
+    let state = resolved();
+    assert_eq!(spec_of(&state, "cache"), MountSpec::Tmpfs { size_bytes: Some(64 << 20) });
+    assert_eq!(spec_of(&state, "scratch"), MountSpec::Directory);
+    assert_eq!(
+        spec_of(&state, "logs"),
+        MountSpec::Bind { source: "/srv/logs".into(), expect: PathType::DirectoryOrCreate, read_only: false }
+    );
+    assert_eq!(
+        spec_of(&state, "data"),
+        MountSpec::Bind { source: "/mnt/disks/pv-1".into(), expect: PathType::Directory, read_only: true }
+    );
+    let data = state.volumes.values().find(|v| v.volume_name == "data").unwrap();
+    assert_eq!(data.key.plugin, Plugin::LocalVolume);
+    assert_eq!(data.key.name, "pv-1", "a claim's volume is named after its PV");
+    assert_eq!(data.key.pod_uid, "11111111-2222-3333-4444-555555555555");
+}
+
+#[test]
+fn volumes_that_cannot_be_set_up_wait_with_a_reason() {
+    let state = resolved();
+    let reason = |name: &str| {
+        let w = state.waiting.iter().find(|w| w.volume_name == name);
+        w.unwrap_or_else(|| panic!("{name} not waiting")).clone()
+    };
+    assert!(!reason("config").blocking, "configMap is not ours and does not block");
+    assert!(reason("missing").reason.contains("shop/nope does not exist"));
+    assert!(reason("escape").reason.contains("outside the allowed host path roots"));
+    assert!(reason("..").reason.contains("cannot be used as a directory name"));
+}
+
+#[test]
+fn a_pod_without_uid_gets_a_stable_derived_uid() {
+    let first = resolved();
+    let second = resolved();
+    let uid = |s: &DesiredState| s.pods.values().find(|p| p.name == "unscheduled").unwrap().uid.clone();
+    assert_eq!(uid(&first), uid(&second));
+    assert_eq!(uid(&first).len(), 36);
+}
