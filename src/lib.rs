@@ -1,4 +1,6 @@
 //! volumed: makes this host's mounts match what the pods on it need.
 
-pub mod model;
+pub mod actual;
 pub mod desired;
+pub mod host;
+pub mod model;

@@ -63,7 +63,9 @@ pub fn bind(input: &BindInput) -> Bindings {
             continue;
         }
         let verdict = match input.volumes.get(&pv_name) {
-            None => Err(format!("claim names PersistentVolume {pv_name}, which does not exist")),
+            None => Err(format!(
+                "claim names PersistentVolume {pv_name}, which does not exist"
+            )),
             Some(_) if taken.contains_key(&pv_name) => Err(format!(
                 "claim names PersistentVolume {pv_name}, which is bound to claim {}",
                 taken[&pv_name]
@@ -82,8 +84,12 @@ pub fn bind(input: &BindInput) -> Bindings {
 
     // Volumes whose claimRef names a claim.
     for (pv_name, pv) in input.volumes {
-        let Some(owner) = reserved_for(pv) else { continue };
-        let Some(claim) = input.claims.get(&owner) else { continue };
+        let Some(owner) = reserved_for(pv) else {
+            continue;
+        };
+        let Some(claim) = input.claims.get(&owner) else {
+            continue;
+        };
         if taken.contains_key(pv_name) || !open(&out, &owner) {
             continue;
         }
@@ -188,7 +194,9 @@ fn check_fit(
     let want_mode = claim_spec.volume_mode.as_deref().unwrap_or("Filesystem");
     let have_mode = pv_spec.volume_mode.as_deref().unwrap_or("Filesystem");
     if want_mode != have_mode {
-        return Err(format!("volumeMode {have_mode} differs from the claim's {want_mode}"));
+        return Err(format!(
+            "volumeMode {have_mode} differs from the claim's {want_mode}"
+        ));
     }
     let have_modes = pv_spec.access_modes.unwrap_or_default();
     if let Some(missing) = claim_spec
@@ -202,14 +210,23 @@ fn check_fit(
     let request = claim_request(claim)?;
     let size = capacity(pv)?;
     if size < request {
-        return Err(format!("capacity {size} bytes is below the request of {request}"));
+        return Err(format!(
+            "capacity {size} bytes is below the request of {request}"
+        ));
     }
     if let Some(selector) = &claim_spec.selector {
-        if !selector_matches(selector, pv.metadata.labels.as_ref().unwrap_or(&Labels::new())) {
+        if !selector_matches(
+            selector,
+            pv.metadata.labels.as_ref().unwrap_or(&Labels::new()),
+        ) {
             return Err("labels do not match the claim's selector".into());
         }
     }
-    if !node_affinity_matches(pv_spec.node_affinity.as_ref(), input.node_name, input.node_labels) {
+    if !node_affinity_matches(
+        pv_spec.node_affinity.as_ref(),
+        input.node_name,
+        input.node_labels,
+    ) {
         return Err(format!("node affinity excludes node {}", input.node_name));
     }
     Ok(())
@@ -241,15 +258,28 @@ fn claim_request(claim: &PersistentVolumeClaim) -> Result<u64, String> {
 const BETA_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-class";
 
 fn claim_class(claim: &PersistentVolumeClaim) -> String {
-    let annotation = claim.metadata.annotations.as_ref().and_then(|a| a.get(BETA_CLASS_ANNOTATION));
+    let annotation = claim
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(BETA_CLASS_ANNOTATION));
     annotation
         .cloned()
-        .or_else(|| claim.spec.as_ref().and_then(|s| s.storage_class_name.clone()))
+        .or_else(|| {
+            claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.storage_class_name.clone())
+        })
         .unwrap_or_default()
 }
 
 fn pv_class(pv: &PersistentVolume) -> String {
-    let annotation = pv.metadata.annotations.as_ref().and_then(|a| a.get(BETA_CLASS_ANNOTATION));
+    let annotation = pv
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(BETA_CLASS_ANNOTATION));
     annotation
         .cloned()
         .or_else(|| pv.spec.as_ref().and_then(|s| s.storage_class_name.clone()))
@@ -268,7 +298,10 @@ fn waits_for_consumer(input: &BindInput, claim: &PersistentVolumeClaim) -> bool 
 fn reserved_for(pv: &PersistentVolume) -> Option<String> {
     let claim_ref = pv.spec.as_ref()?.claim_ref.as_ref()?;
     let name = claim_ref.name.as_deref()?;
-    Some(format!("{}/{name}", claim_ref.namespace.as_deref().unwrap_or("default")))
+    Some(format!(
+        "{}/{name}",
+        claim_ref.namespace.as_deref().unwrap_or("default")
+    ))
 }
 
 #[cfg(test)]

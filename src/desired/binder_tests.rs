@@ -35,8 +35,17 @@ struct Case {
 fn run(case: &Case) -> Bindings {
     let mut m = Manifests::default();
     m.add_file(Path::new("case.yaml"), &case.yaml);
-    assert!(m.errors.is_empty(), "{}: fixture: {:?}", case.name, m.errors);
-    let recorded = case.recorded.iter().map(|(c, v)| (c.to_string(), v.to_string())).collect();
+    assert!(
+        m.errors.is_empty(),
+        "{}: fixture: {:?}",
+        case.name,
+        m.errors
+    );
+    let recorded = case
+        .recorded
+        .iter()
+        .map(|(c, v)| (c.to_string(), v.to_string()))
+        .collect();
     let consumed = case.consumed.iter().map(|c| c.to_string()).collect();
     let labels = Labels::from([
         ("kubernetes.io/hostname".to_string(), "node-a".to_string()),
@@ -61,27 +70,38 @@ fn the_binder_follows_the_kubernetes_rules() {
     let cases = vec![
         Case {
             name: "the smallest fitting volume wins",
-            yaml: pv("big", "10Gi", "") + &pv("small", "2Gi", "") + &pv("tiny", "1Mi", "") + &pvc("data", "1Gi", ""),
-            recorded: &[], consumed: &[],
-            want_bound: &[("default/data", "small")], want_pending: &[],
+            yaml: pv("big", "10Gi", "")
+                + &pv("small", "2Gi", "")
+                + &pv("tiny", "1Mi", "")
+                + &pvc("data", "1Gi", ""),
+            recorded: &[],
+            consumed: &[],
+            want_bound: &[("default/data", "small")],
+            want_pending: &[],
         },
         Case {
             name: "a recorded binding never moves, even to a smaller volume",
             yaml: pv("big", "10Gi", "") + &pv("small", "2Gi", "") + &pvc("data", "1Gi", ""),
-            recorded: &[("default/data", "big")], consumed: &[],
-            want_bound: &[("default/data", "big")], want_pending: &[],
+            recorded: &[("default/data", "big")],
+            consumed: &[],
+            want_bound: &[("default/data", "big")],
+            want_pending: &[],
         },
         Case {
             name: "a recorded binding to a vanished volume waits instead of moving",
             yaml: pv("small", "2Gi", "") + &pvc("data", "1Gi", ""),
-            recorded: &[("default/data", "gone")], consumed: &[],
-            want_bound: &[], want_pending: &[("default/data", "gone")],
+            recorded: &[("default/data", "gone")],
+            consumed: &[],
+            want_bound: &[],
+            want_pending: &[("default/data", "gone")],
         },
         Case {
             name: "a volume recorded for a deleted claim stays reserved",
             yaml: pv("small", "2Gi", "") + &pvc("other", "1Gi", ""),
-            recorded: &[("default/old", "small")], consumed: &[],
-            want_bound: &[], want_pending: &[("default/other", "bound to default/old")],
+            recorded: &[("default/old", "small")],
+            consumed: &[],
+            want_bound: &[],
+            want_pending: &[("default/other", "bound to default/old")],
         },
         Case {
             name: "storage class, access modes, capacity, selector and volumeMode must all fit",
@@ -91,71 +111,119 @@ fn the_binder_follows_the_kubernetes_rules() {
                 + &pv("d", "10Gi", "  volumeMode: Block")
                 + &pv("e", "10Gi", "").replace("speed: fast", "speed: slow")
                 + &pvc("data", "5Gi", "  selector: {matchLabels: {speed: fast}}"),
-            recorded: &[], consumed: &[],
+            recorded: &[],
+            consumed: &[],
             want_bound: &[],
-            want_pending: &[("default/data", "storageClassName"), ("default/data", "lacks access mode"),
-                ("default/data", "below the request"), ("default/data", "volumeMode Block"),
-                ("default/data", "selector")],
+            want_pending: &[
+                ("default/data", "storageClassName"),
+                ("default/data", "lacks access mode"),
+                ("default/data", "below the request"),
+                ("default/data", "volumeMode Block"),
+                ("default/data", "selector"),
+            ],
         },
         Case {
             name: "node affinity must admit this node, by hostname or by node label",
-            yaml: pv("remote", "1Gi", ON_NODE_B) + &pv("ssd", "5Gi", ON_SSD) + &pvc("data", "1Gi", ""),
-            recorded: &[], consumed: &[],
-            want_bound: &[("default/data", "ssd")], want_pending: &[],
+            yaml: pv("remote", "1Gi", ON_NODE_B)
+                + &pv("ssd", "5Gi", ON_SSD)
+                + &pvc("data", "1Gi", ""),
+            recorded: &[],
+            consumed: &[],
+            want_bound: &[("default/data", "ssd")],
+            want_pending: &[],
         },
         Case {
             name: "an empty storage class matches only an empty class",
             yaml: pv("classless", "1Gi", "").replace("  storageClassName: local\n", "")
                 + &pvc("data", "1Gi", "").replace("  storageClassName: local\n", "")
                 + &pvc("classy", "1Gi", ""),
-            recorded: &[], consumed: &[],
+            recorded: &[],
+            consumed: &[],
             want_bound: &[("default/data", "classless")],
             want_pending: &[("default/classy", "storageClassName")],
         },
         Case {
             name: "a claim pre-bound by volumeName gets that volume even when a smaller one fits",
-            yaml: pv("big", "10Gi", "") + &pv("small", "2Gi", "") + &pvc("data", "1Gi", "  volumeName: big"),
-            recorded: &[], consumed: &[],
-            want_bound: &[("default/data", "big")], want_pending: &[],
+            yaml: pv("big", "10Gi", "")
+                + &pv("small", "2Gi", "")
+                + &pvc("data", "1Gi", "  volumeName: big"),
+            recorded: &[],
+            consumed: &[],
+            want_bound: &[("default/data", "big")],
+            want_pending: &[],
         },
         Case {
             name: "a volume pre-bound by claimRef goes only to that claim",
-            yaml: pv("small", "2Gi", "  claimRef: {namespace: default, name: second}")
-                + &pv("big", "10Gi", "")
-                + &pvc("first", "1Gi", "") + &pvc("second", "1Gi", ""),
-            recorded: &[], consumed: &[],
-            want_bound: &[("default/first", "big"), ("default/second", "small")], want_pending: &[],
+            yaml: pv(
+                "small",
+                "2Gi",
+                "  claimRef: {namespace: default, name: second}",
+            ) + &pv("big", "10Gi", "")
+                + &pvc("first", "1Gi", "")
+                + &pvc("second", "1Gi", ""),
+            recorded: &[],
+            consumed: &[],
+            want_bound: &[("default/first", "big"), ("default/second", "small")],
+            want_pending: &[],
         },
         Case {
             name: "a pre-bound claim whose volume does not fit waits with the reason",
             yaml: pv("small", "1Mi", "") + &pvc("data", "1Gi", "  volumeName: small"),
-            recorded: &[], consumed: &[],
-            want_bound: &[], want_pending: &[("default/data", "does not fit")],
+            recorded: &[],
+            consumed: &[],
+            want_bound: &[],
+            want_pending: &[("default/data", "does not fit")],
         },
         Case {
             name: "WaitForFirstConsumer binds only claims used by a pod of this node",
-            yaml: WFFC_CLASS.to_string() + &pv("a", "1Gi", "") + &pv("b", "1Gi", "")
-                + &pvc("used", "1Gi", "") + &pvc("unused", "1Gi", ""),
-            recorded: &[], consumed: &["default/used"],
+            yaml: WFFC_CLASS.to_string()
+                + &pv("a", "1Gi", "")
+                + &pv("b", "1Gi", "")
+                + &pvc("used", "1Gi", "")
+                + &pvc("unused", "1Gi", ""),
+            recorded: &[],
+            consumed: &["default/used"],
             want_bound: &[("default/used", "a")],
             want_pending: &[("default/unused", "waiting for first consumer")],
         },
         Case {
             name: "two claims never share a volume",
             yaml: pv("only", "1Gi", "") + &pvc("a", "1Gi", "") + &pvc("b", "1Gi", ""),
-            recorded: &[], consumed: &[],
-            want_bound: &[("default/a", "only")], want_pending: &[("default/b", "bound to default/a")],
+            recorded: &[],
+            consumed: &[],
+            want_bound: &[("default/a", "only")],
+            want_pending: &[("default/b", "bound to default/a")],
         },
     ];
     for case in &cases {
         let got = run(case);
-        let want_bound: BTreeMap<String, String> =
-            case.want_bound.iter().map(|(c, v)| (c.to_string(), v.to_string())).collect();
+        let want_bound: BTreeMap<String, String> = case
+            .want_bound
+            .iter()
+            .map(|(c, v)| (c.to_string(), v.to_string()))
+            .collect();
         assert_eq!(got.bound, want_bound, "{}", case.name);
-        assert_eq!(got.pending.len(), case.want_pending.iter().map(|(c, _)| c).collect::<BTreeSet<_>>().len(), "{}: {:?}", case.name, got.pending);
+        assert_eq!(
+            got.pending.len(),
+            case.want_pending
+                .iter()
+                .map(|(c, _)| c)
+                .collect::<BTreeSet<_>>()
+                .len(),
+            "{}: {:?}",
+            case.name,
+            got.pending
+        );
         for (claim, fragment) in case.want_pending {
-            let reason = got.pending.get(*claim).unwrap_or_else(|| panic!("{}: {claim} not pending", case.name));
-            assert!(reason.contains(fragment), "{}: {claim}: {reason:?} lacks {fragment:?}", case.name);
+            let reason = got
+                .pending
+                .get(*claim)
+                .unwrap_or_else(|| panic!("{}: {claim} not pending", case.name));
+            assert!(
+                reason.contains(fragment),
+                "{}: {claim}: {reason:?} lacks {fragment:?}",
+                case.name
+            );
         }
     }
 }

@@ -96,7 +96,10 @@ mod tests {
     fn bindings_survive_a_save_and_load() {
         let dir = tempfile::tempdir().unwrap();
         let store = BindingStore::new(dir.path());
-        assert!(store.load().unwrap().is_empty(), "no record yet means no bindings");
+        assert!(
+            store.load().unwrap().is_empty(),
+            "no record yet means no bindings"
+        );
         let bindings = BTreeMap::from([("default/data".to_string(), "pv-small".to_string())]);
         store.save(&bindings).unwrap();
         assert_eq!(BindingStore::new(dir.path()).load().unwrap(), bindings);

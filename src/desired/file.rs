@@ -23,10 +23,7 @@ const RESYNC: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum FileSourceError {
     #[error("cannot watch manifest directory {dir} for changes: {source}; check that it exists")]
-    Watch {
-        dir: PathBuf,
-        source: notify::Error,
-    },
+    Watch { dir: PathBuf, source: notify::Error },
 }
 
 pub struct FileSource {
@@ -72,7 +69,11 @@ impl FileSource {
                 }
             }
             Some(recorded) => hold_back_new(&mut bindings, recorded, "the manifests have errors"),
-            None => hold_back_new(&mut bindings, &Default::default(), "the binding record is unreadable"),
+            None => hold_back_new(
+                &mut bindings,
+                &Default::default(),
+                "the binding record is unreadable",
+            ),
         }
         let mut state = resolve(&manifests, &bindings, &self.node);
         state.problems.splice(0..0, problems);

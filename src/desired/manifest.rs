@@ -11,7 +11,9 @@ use serde::de::DeserializeOwned;
 /// A problem with one manifest file; any of these makes the file source incomplete.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot list manifest directory {dir}: {source}; check that it exists and is readable")]
+    #[error(
+        "cannot list manifest directory {dir}: {source}; check that it exists and is readable"
+    )]
     ReadDir {
         dir: PathBuf,
         source: std::io::Error,
@@ -79,7 +81,9 @@ pub fn load_dir(dir: &Path) -> Manifests {
     for path in files {
         match std::fs::read_to_string(&path) {
             Ok(text) => manifests.add_file(&path, &text),
-            Err(source) => manifests.errors.push(ManifestError::ReadFile { path, source }),
+            Err(source) => manifests
+                .errors
+                .push(ManifestError::ReadFile { path, source }),
         }
     }
     manifests
@@ -129,7 +133,11 @@ impl Manifests {
         let invalid = |kind: &str, message: String| ManifestError::Invalid {
             path: path.to_path_buf(),
             line,
-            kind: if kind.is_empty() { "document".into() } else { kind.into() },
+            kind: if kind.is_empty() {
+                "document".into()
+            } else {
+                kind.into()
+            },
             message,
         };
         match kind {
@@ -174,7 +182,9 @@ impl Manifests {
     }
 
     /// Files an object under its key, refusing a second definition of the same object.
-    fn put<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>>(
+    fn put<
+        T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    >(
         &mut self,
         path: &Path,
         kind: Kind,
@@ -196,7 +206,8 @@ impl Manifests {
                 second: path.to_path_buf(),
             });
         }
-        self.origins.insert((kind.name(), key.clone()), path.to_path_buf());
+        self.origins
+            .insert((kind.name(), key.clone()), path.to_path_buf());
         map(self).insert(key, object);
         Ok(())
     }
@@ -227,7 +238,10 @@ impl Kind {
 
 /// Converts a parsed document into a k8s-openapi type, naming the field that is wrong, and
 /// requires `metadata.name`.
-fn typed<T: DeserializeOwned + k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>>(
+fn typed<
+    T: DeserializeOwned
+        + k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+>(
     value: serde_json::Value,
 ) -> Result<T, String> {
     let object: T = serde_path_to_error::deserialize(value).map_err(|err| {
@@ -247,8 +261,8 @@ fn split_yaml_documents(text: &str) -> Vec<(usize, &str)> {
     let mut start_line = 1;
     let mut offset = 0;
     for (index, line) in text.split_inclusive('\n').enumerate() {
-        let is_marker = line.starts_with("---")
-            && line[3..].chars().next().is_none_or(|c| c.is_whitespace());
+        let is_marker =
+            line.starts_with("---") && line[3..].chars().next().is_none_or(|c| c.is_whitespace());
         if is_marker {
             docs.push((start_line, &text[start_byte..offset]));
             // The marker line itself belongs to the next document (it may carry content).

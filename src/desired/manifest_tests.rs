@@ -41,7 +41,8 @@ fn json_files_and_lists_are_read() {
 
 #[test]
 fn a_syntax_error_names_the_file_and_line() {
-    let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\nkind: Pod\nmetadata: [unclosed\n";
+    let text =
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\nkind: Pod\nmetadata: [unclosed\n";
     let m = parse("bad.yaml", text);
     assert_eq!(m.errors.len(), 1);
     let message = m.errors[0].to_string();
@@ -50,7 +51,10 @@ fn a_syntax_error_names_the_file_and_line() {
         ManifestError::Syntax { line, .. } => assert!((5..=7).contains(line), "line {line}"),
         other => panic!("unexpected {other:?}"),
     }
-    assert!(m.pods.contains_key("default/a"), "the good document is still read");
+    assert!(
+        m.pods.contains_key("default/a"),
+        "the good document is still read"
+    );
 }
 
 #[test]
@@ -64,7 +68,10 @@ fn a_wrongly_typed_field_is_named_in_the_error() {
 
 #[test]
 fn unknown_kinds_are_skipped_with_a_warning() {
-    let m = parse("c.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n");
+    let m = parse(
+        "c.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+    );
     assert!(m.errors.is_empty());
     assert_eq!(m.warnings.len(), 1);
     assert!(m.warnings[0].contains("ConfigMap"));
@@ -72,7 +79,10 @@ fn unknown_kinds_are_skipped_with_a_warning() {
 
 #[test]
 fn documents_without_kind_or_name_are_errors() {
-    let m = parse("d.yaml", "apiVersion: v1\nmetadata: {name: x}\n---\nkind: Pod\nmetadata: {}\n");
+    let m = parse(
+        "d.yaml",
+        "apiVersion: v1\nmetadata: {name: x}\n---\nkind: Pod\nmetadata: {}\n",
+    );
     assert_eq!(m.errors.len(), 2, "{:?}", m.errors);
 }
 
@@ -81,7 +91,10 @@ fn an_object_defined_twice_is_an_error_naming_both_files() {
     let mut m = parse("one.yaml", POD_AND_CLAIM);
     m.add_file(Path::new("two.yaml"), POD_AND_CLAIM);
     let message = m.errors[0].to_string();
-    assert!(message.contains("one.yaml") && message.contains("two.yaml"), "{message}");
+    assert!(
+        message.contains("one.yaml") && message.contains("two.yaml"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -93,5 +106,7 @@ fn empty_documents_and_comments_are_ignored() {
 #[test]
 fn a_missing_directory_is_an_error_naming_it() {
     let m = load_dir(Path::new("/nonexistent/volumed-manifests"));
-    assert!(m.errors[0].to_string().contains("/nonexistent/volumed-manifests"));
+    assert!(m.errors[0]
+        .to_string()
+        .contains("/nonexistent/volumed-manifests"));
 }

@@ -67,7 +67,10 @@ fn resolved() -> DesiredState {
 
 fn spec_of(state: &DesiredState, volume: &str) -> MountSpec {
     let found = state.volumes.values().find(|v| v.volume_name == volume);
-    found.unwrap_or_else(|| panic!("{volume} not desired: {state:#?}")).spec.clone()
+    found
+        .unwrap_or_else(|| panic!("{volume} not desired: {state:#?}"))
+        .spec
+        .clone()
 }
 
 #[test]
@@ -77,25 +80,48 @@ fn only_non_terminal_pods_of_this_node_or_no_node_are_ours() {
     names.sort();
     assert_eq!(names, ["unscheduled", "web"]);
     assert!(state.pods.values().any(|p| p.name == "unscheduled"));
-    assert!(!state.pods.values().any(|p| p.name == "elsewhere" || p.name == "done"));
+    assert!(!state
+        .pods
+        .values()
+        .any(|p| p.name == "elsewhere" || p.name == "done"));
 }
 
 #[test]
 fn each_supported_volume_kind_resolves_to_its_mount() {
     let state = resolved();
-    assert_eq!(spec_of(&state, "cache"), MountSpec::Tmpfs { size_bytes: Some(64 << 20) });
+    assert_eq!(
+        spec_of(&state, "cache"),
+        MountSpec::Tmpfs {
+            size_bytes: Some(64 << 20)
+        }
+    );
     assert_eq!(spec_of(&state, "scratch"), MountSpec::Directory);
     assert_eq!(
         spec_of(&state, "logs"),
-        MountSpec::Bind { source: "/srv/logs".into(), expect: PathType::DirectoryOrCreate, read_only: false }
+        MountSpec::Bind {
+            source: "/srv/logs".into(),
+            expect: PathType::DirectoryOrCreate,
+            read_only: false
+        }
     );
     assert_eq!(
         spec_of(&state, "data"),
-        MountSpec::Bind { source: "/mnt/disks/pv-1".into(), expect: PathType::Directory, read_only: true }
+        MountSpec::Bind {
+            source: "/mnt/disks/pv-1".into(),
+            expect: PathType::Directory,
+            read_only: true
+        }
     );
-    let data = state.volumes.values().find(|v| v.volume_name == "data").unwrap();
+    let data = state
+        .volumes
+        .values()
+        .find(|v| v.volume_name == "data")
+        .unwrap();
     assert_eq!(data.key.plugin, Plugin::LocalVolume);
-    assert_eq!(data.key.name, "pv-1", "a claim's volume is named after its PV");
+    assert_eq!(
+        data.key.name, "pv-1",
+        "a claim's volume is named after its PV"
+    );
     assert_eq!(data.key.pod_uid, "11111111-2222-3333-4444-555555555555");
 }
 
@@ -106,17 +132,33 @@ fn volumes_that_cannot_be_set_up_wait_with_a_reason() {
         let w = state.waiting.iter().find(|w| w.volume_name == name);
         w.unwrap_or_else(|| panic!("{name} not waiting")).clone()
     };
-    assert!(!reason("config").blocking, "configMap is not ours and does not block");
-    assert!(reason("missing").reason.contains("shop/nope does not exist"));
-    assert!(reason("escape").reason.contains("outside the allowed host path roots"));
-    assert!(reason("..").reason.contains("cannot be used as a directory name"));
+    assert!(
+        !reason("config").blocking,
+        "configMap is not ours and does not block"
+    );
+    assert!(reason("missing")
+        .reason
+        .contains("shop/nope does not exist"));
+    assert!(reason("escape")
+        .reason
+        .contains("outside the allowed host path roots"));
+    assert!(reason("..")
+        .reason
+        .contains("cannot be used as a directory name"));
 }
 
 #[test]
 fn a_pod_without_uid_gets_a_stable_derived_uid() {
     let first = resolved();
     let second = resolved();
-    let uid = |s: &DesiredState| s.pods.values().find(|p| p.name == "unscheduled").unwrap().uid.clone();
+    let uid = |s: &DesiredState| {
+        s.pods
+            .values()
+            .find(|p| p.name == "unscheduled")
+            .unwrap()
+            .uid
+            .clone()
+    };
     assert_eq!(uid(&first), uid(&second));
     assert_eq!(uid(&first).len(), 36);
 }

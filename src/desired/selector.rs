@@ -43,7 +43,9 @@ pub fn node_affinity_matches(
         let expressions = term.match_expressions.as_deref().unwrap_or_default();
         let fields = term.match_fields.as_deref().unwrap_or_default();
         (!expressions.is_empty() || !fields.is_empty())
-            && expressions.iter().all(|r| requirement_holds(r, node_labels))
+            && expressions
+                .iter()
+                .all(|r| requirement_holds(r, node_labels))
             && fields.iter().all(|r| requirement_holds(r, &node_fields))
     })
 }
@@ -79,7 +81,10 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
@@ -142,12 +147,25 @@ mod tests {
         let cases: Vec<(VolumeNodeAffinity, bool)> = vec![
             (affinity(vec![vec![(host, "In", &["n1"])]]), true),
             (affinity(vec![vec![(host, "In", &["n2"])]]), false),
-            (affinity(vec![vec![(host, "In", &["n2"])], vec![("disks", "Gt", &["3"])]]), true),
-            (affinity(vec![vec![(host, "In", &["n1"]), ("disks", "Lt", &["3"])]]), false),
+            (
+                affinity(vec![
+                    vec![(host, "In", &["n2"])],
+                    vec![("disks", "Gt", &["3"])],
+                ]),
+                true,
+            ),
+            (
+                affinity(vec![vec![(host, "In", &["n1"]), ("disks", "Lt", &["3"])]]),
+                false,
+            ),
             (affinity(vec![vec![]]), false),
         ];
         for (aff, want) in cases {
-            assert_eq!(node_affinity_matches(Some(&aff), "n1", &node), want, "{aff:?}");
+            assert_eq!(
+                node_affinity_matches(Some(&aff), "n1", &node),
+                want,
+                "{aff:?}"
+            );
         }
         assert!(node_affinity_matches(None, "n1", &node));
     }

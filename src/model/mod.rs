@@ -137,7 +137,9 @@ impl MountSpec {
 
     pub fn describe(&self) -> String {
         match self {
-            MountSpec::Tmpfs { size_bytes: Some(size) } => format!("tmpfs size={size}"),
+            MountSpec::Tmpfs {
+                size_bytes: Some(size),
+            } => format!("tmpfs size={size}"),
             MountSpec::Tmpfs { size_bytes: None } => "tmpfs".to_string(),
             MountSpec::Directory => "directory".to_string(),
             MountSpec::Bind {

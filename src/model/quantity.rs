@@ -32,7 +32,9 @@ pub fn parse_bytes(text: &str) -> Result<u64, QuantityError> {
     if !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 30 {
         return Err(fail("its number is malformed"));
     }
-    let mantissa: u128 = digits.parse().map_err(|_| fail("its number is malformed"))?;
+    let mantissa: u128 = digits
+        .parse()
+        .map_err(|_| fail("its number is malformed"))?;
     let (numerator, mut denominator) = scale(suffix).ok_or_else(|| fail("unknown suffix"))?;
     denominator = denominator
         .checked_mul(10u128.pow(frac_part.len() as u32))

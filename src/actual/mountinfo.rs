@@ -1,0 +1,192 @@
+//! The mount table as volumed sees it: `/proc/self/mountinfo` parsed with the procfs crate's
+//! parser from any `BufRead`, plus an index of the mounts below `<root>/pods`.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use procfs::FromBufRead;
+use serde::Serialize;
+
+use crate::model::{Plugin, VolumeKey};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot parse mount table {source_name}: {message}")]
+pub struct MountInfoError {
+    pub source_name: String,
+    pub message: String,
+}
+
+/// One line of mountinfo, reduced to what volumed decides on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MountEntry {
+    pub mount_id: i32,
+    pub parent_id: i32,
+    /// `major:minor` of the filesystem's device.
+    pub device: String,
+    /// The path inside the filesystem that is mounted (not `/` for bind mounts).
+    pub root: String,
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+    pub source: Option<String>,
+    pub read_only: bool,
+    /// Filesystem options, e.g. `size=65536k` for tmpfs.
+    pub super_options: BTreeMap<String, Option<String>>,
+}
+
+/// A whole mount table, tagged with the newest refresh request it reflects.
+#[derive(Clone, Debug, Default)]
+pub struct MountTable {
+    pub entries: Vec<MountEntry>,
+    /// The refresh sequence number this read started after (see `actual::watch`).
+    pub covers: u64,
+}
+
+/// Parses mountinfo text; `source_name` is only used in the error.
+pub fn parse(reader: impl BufRead, source_name: &str) -> Result<Vec<MountEntry>, MountInfoError> {
+    let infos = procfs::process::MountInfos::from_buf_read(reader).map_err(|e| MountInfoError {
+        source_name: source_name.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(infos
+        .into_iter()
+        .map(|info| MountEntry {
+            mount_id: info.mnt_id,
+            parent_id: info.pid,
+            device: info.majmin,
+            root: unescape(&info.root),
+            mount_point: PathBuf::from(unescape(&info.mount_point.to_string_lossy())),
+            fs_type: info.fs_type,
+            source: info.mount_source,
+            read_only: info.mount_options.contains_key("ro"),
+            super_options: info.super_options.into_iter().collect(),
+        })
+        .collect())
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
+fn unescape(field: &str) -> String {
+    if !field.contains('\\') {
+        return field.to_string();
+    }
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mounts below `<root>/pods`, sorted by what they are to volumed.
+#[derive(Clone, Debug, Default)]
+pub struct PodMounts {
+    /// Mounts exactly at a pod volume path, innermost (newest) last.
+    pub volumes: BTreeMap<VolumeKey, Vec<MountEntry>>,
+    /// Any other mount under a pod's directory: it keeps that directory from being removed.
+    pub stray: BTreeMap<String, Vec<PathBuf>>,
+}
+
+impl PodMounts {
+    pub fn index(entries: &[MountEntry], root: &Path) -> PodMounts {
+        let pods = root.join("pods");
+        let mut index = PodMounts::default();
+        for entry in entries {
+            let Ok(rel) = entry.mount_point.strip_prefix(&pods) else {
+                continue;
+            };
+            let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
+            match parts.as_slice() {
+                [uid, "volumes", plugin, name] if Plugin::from_dir_name(plugin).is_some() => {
+                    let key = VolumeKey {
+                        pod_uid: uid.to_string(),
+                        plugin: Plugin::from_dir_name(plugin).expect("checked above"),
+                        name: name.to_string(),
+                    };
+                    index.volumes.entry(key).or_default().push(entry.clone());
+                }
+                [uid, ..] => index
+                    .stray
+                    .entry(uid.to_string())
+                    .or_default()
+                    .push(entry.mount_point.clone()),
+                [] => {}
+            }
+        }
+        index
+    }
+
+    pub fn is_mounted(&self, key: &VolumeKey) -> bool {
+        self.volumes.contains_key(key)
+    }
+
+    /// True when something is mounted anywhere under the pod's directory.
+    pub fn pod_has_mounts(&self, pod_uid: &str) -> bool {
+        self.stray.contains_key(pod_uid) || self.volumes.keys().any(|k| k.pod_uid == pod_uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:39 / /var/lib/volumed/pods/u1/volumes/kubernetes.io~empty-dir/cache rw,relatime - tmpfs tmpfs rw,size=65536k
+41 22 8:1 /srv/data /var/lib/volumed/pods/u1/volumes/kubernetes.io~host-path/my\\040logs ro,relatime shared:1 - ext4 /dev/vda rw
+42 22 8:1 /srv/x /var/lib/volumed/pods/u2/volumes/kubernetes.io~empty-dir/scratch/nested rw - ext4 /dev/vda rw
+43 22 8:1 /srv/y /var/lib/volumed/pods/u1/volumes/kubernetes.io~empty-dir/cache rw - ext4 /dev/vda rw
+";
+
+    #[test]
+    fn mountinfo_lines_are_parsed_with_escapes_and_read_only_flag() {
+        let entries = parse(SAMPLE.as_bytes(), "sample").unwrap();
+        assert_eq!(entries.len(), 5);
+        assert_eq!(entries[1].fs_type, "tmpfs");
+        assert_eq!(
+            entries[1].super_options.get("size"),
+            Some(&Some("65536k".to_string()))
+        );
+        assert!(entries[2].read_only && !entries[1].read_only);
+        assert!(entries[2].mount_point.ends_with("my logs"));
+        assert_eq!(entries[2].root, "/srv/data");
+    }
+
+    #[test]
+    fn a_truncated_line_is_an_error_naming_the_source() {
+        let err = parse("22 1 8:1 /\n".as_bytes(), "broken-table").unwrap_err();
+        assert!(err.to_string().contains("broken-table"));
+    }
+
+    #[test]
+    fn mounts_below_pods_are_indexed_by_volume_and_stacks_are_kept() {
+        let entries = parse(SAMPLE.as_bytes(), "sample").unwrap();
+        let index = PodMounts::index(&entries, Path::new("/var/lib/volumed"));
+        assert_eq!(index.volumes.len(), 2);
+        let cache = VolumeKey {
+            pod_uid: "u1".into(),
+            plugin: Plugin::EmptyDir,
+            name: "cache".into(),
+        };
+        assert_eq!(
+            index.volumes[&cache].len(),
+            2,
+            "two stacked mounts at one path"
+        );
+        assert_eq!(index.stray["u2"].len(), 1, "a nested mount is stray");
+        assert!(index.pod_has_mounts("u2") && index.pod_has_mounts("u1"));
+        assert!(!index.pod_has_mounts("u3"));
+    }
+}

@@ -1,0 +1,164 @@
+//! A `Mounter` that keeps its own mount table, so whole reconcile runs can be tested without
+//! root. Directories are real (in a temp dir); only the mounts are make-believe.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::{HostError, Mounter, Source, Target};
+use crate::actual::mountinfo::MountEntry;
+
+#[derive(Default)]
+pub struct FakeMounter {
+    state: Mutex<FakeState>,
+    /// Signalled when a hung call is released.
+    released: Condvar,
+}
+
+#[derive(Default)]
+struct FakeState {
+    table: Vec<MountEntry>,
+    next_id: i32,
+    /// Mount or unmount at these paths fails with the given message.
+    failures: BTreeMap<PathBuf, String>,
+    /// Mount or unmount at these paths blocks until `release` is called.
+    hangs: Vec<PathBuf>,
+    /// Every mount and unmount, in order, as `mount <target>` / `umount <target>`.
+    pub calls: Vec<String>,
+}
+
+impl FakeMounter {
+    pub fn new() -> Arc<FakeMounter> {
+        Arc::new(FakeMounter::default())
+    }
+
+    pub fn fail_at(&self, target: &Path, message: &str) {
+        self.lock()
+            .failures
+            .insert(target.to_path_buf(), message.to_string());
+    }
+
+    pub fn clear_failure(&self, target: &Path) {
+        self.lock().failures.remove(target);
+    }
+
+    pub fn hang_at(&self, target: &Path) {
+        self.lock().hangs.push(target.to_path_buf());
+    }
+
+    pub fn release(&self, target: &Path) {
+        self.lock().hangs.retain(|p| p != target);
+        self.released.notify_all();
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    pub fn table(&self) -> Vec<MountEntry> {
+        self.lock().table.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records the call, then waits out a hang and applies an injected failure.
+    fn enter(
+        &self,
+        verb: &str,
+        target: &Path,
+    ) -> Result<std::sync::MutexGuard<'_, FakeState>, std::io::Error> {
+        let mut state = self.lock();
+        state.calls.push(format!("{verb} {}", target.display()));
+        while state.hangs.iter().any(|p| p == target) {
+            state = self.released.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        match state.failures.get(target) {
+            Some(message) => Err(std::io::Error::other(message.clone())),
+            None => Ok(state),
+        }
+    }
+
+    fn add(
+        &self,
+        target: &Target,
+        fs_type: &str,
+        root: &str,
+        options: BTreeMap<String, Option<String>>,
+        read_only: bool,
+    ) -> Result<(), std::io::Error> {
+        let mut state = self.enter("mount", &target.path)?;
+        state.next_id += 1;
+        let entry = MountEntry {
+            mount_id: 1000 + state.next_id,
+            parent_id: 1,
+            device: "0:99".into(),
+            root: root.to_string(),
+            mount_point: target.path.clone(),
+            fs_type: fs_type.to_string(),
+            source: Some(fs_type.to_string()),
+            read_only,
+            super_options: options,
+        };
+        state.table.push(entry);
+        Ok(())
+    }
+}
+
+impl Mounter for FakeMounter {
+    fn mount_table(&self) -> Result<Vec<MountEntry>, HostError> {
+        Ok(self.table())
+    }
+
+    fn change_file(&self) -> Option<PathBuf> {
+        None
+    }
+
+    fn mount_tmpfs(&self, target: &Target, size_bytes: Option<u64>) -> Result<(), HostError> {
+        let mut options = BTreeMap::from([("mode".to_string(), Some("777".to_string()))]);
+        if let Some(size) = size_bytes {
+            options.insert("size".into(), Some(format!("{}k", size.div_ceil(1024))));
+        }
+        self.add(target, "tmpfs", "/", options, false)
+            .map_err(|source| HostError::Mount {
+                what: "tmpfs".into(),
+                target: target.path.clone(),
+                source,
+            })
+    }
+
+    fn bind(&self, source: &Source, target: &Target, read_only: bool) -> Result<(), HostError> {
+        let root = source.path.to_string_lossy();
+        self.add(target, "bind", &root, BTreeMap::new(), read_only)
+            .map_err(|err| HostError::Mount {
+                what: format!("bind of {}", source.path.display()),
+                target: target.path.clone(),
+                source: err,
+            })
+    }
+
+    fn unmount(&self, target: &Path) -> Result<(), HostError> {
+        let mut state = self
+            .enter("umount", target)
+            .map_err(|source| HostError::Unmount {
+                target: target.to_path_buf(),
+                source,
+            })?;
+        // The newest mount at a path is the one on top.
+        if let Some(index) = state.table.iter().rposition(|m| m.mount_point == target) {
+            state.table.remove(index);
+        }
+        Ok(())
+    }
+
+    fn is_mount_point(&self, target: &Target) -> Result<bool, HostError> {
+        Ok(self
+            .lock()
+            .table
+            .iter()
+            .any(|m| m.mount_point == target.path))
+    }
+}

@@ -1,0 +1,432 @@
+//! Directory work below `<root>/pods`: creating mount targets, checking bind sources, removing
+//! volume and pod directories, and scanning what is on disk. Every walk below the root dir
+//! uses `openat(O_NOFOLLOW)`, so a symlink planted in a pod directory is refused, never followed.
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::{HostError, Source, Target};
+use crate::actual::mountinfo::MountEntry;
+use crate::actual::OnDisk;
+use crate::model::{PathType, Plugin, VolumeKey};
+
+/// Deepest emptyDir tree volumed removes; deeper trees are reported instead.
+const MAX_DEPTH: usize = 64;
+
+pub struct PodFs {
+    root: PathBuf,
+    host_path_roots: Vec<PathBuf>,
+}
+
+impl PodFs {
+    /// `root` must be canonical (no symlinks); it is trusted, everything below it is not.
+    pub fn new(root: PathBuf, host_path_roots: Vec<PathBuf>) -> PodFs {
+        PodFs {
+            root,
+            host_path_roots,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates `<root>/pods/<uid>/volumes/<plugin>/` and the target in it (a directory, or an
+    /// empty file for file binds) and opens the target without following links.
+    pub fn prepare_target(
+        &self,
+        key: &VolumeKey,
+        as_file: bool,
+        mode: u32,
+    ) -> Result<Target, HostError> {
+        let path = key.path(&self.root);
+        let plugin_dir = key.plugin.dir_name();
+        let parent = self
+            .walk(&["pods", &key.pod_uid, "volumes", &plugin_dir], true)?
+            .expect("walk with create returns a directory");
+        let create = if as_file {
+            // touch <path>
+            rfs::openat(
+                &parent,
+                &key.name,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(mode),
+            )
+            .map(drop)
+        } else {
+            // mkdir <path>
+            rfs::mkdirat(&parent, &key.name, Mode::from_raw_mode(mode))
+        };
+        let created = match create {
+            Ok(()) => true,
+            Err(Errno::EXIST) => false,
+            Err(e) => return Err(HostError::io("creating", &path)(e)),
+        };
+        let fd = rfs::openat(
+            &parent,
+            &key.name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(HostError::io("opening", &path))?;
+        let found = rfs::fstat(&fd).map_err(HostError::io("inspecting", &path))?;
+        let kind = FileType::from_raw_mode(found.st_mode);
+        let expected = if as_file {
+            FileType::RegularFile
+        } else {
+            FileType::Directory
+        };
+        if kind != expected {
+            return Err(HostError::Unsafe {
+                path,
+                why: format!("a {} is at the volume path where volumed expects a {}; it is not followed or mounted over, remove it", kind_name(kind), kind_name(expected)),
+            });
+        }
+        if created && !as_file {
+            // chmod <mode> <path> (mkdir honours the umask, emptyDir must be world-writable)
+            let dir = rfs::openat(
+                &parent,
+                &key.name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(HostError::io("opening", &path))?;
+            rfs::fchmod(&dir, Mode::from_raw_mode(mode)).map_err(HostError::io("chmod", &path))?;
+        }
+        Ok(Target { path, fd, parent })
+    }
+
+    /// Opens a host path for binding after the checks its `hostPath.type` asks for, creating
+    /// it for the `*OrCreate` types. Links in the host path are followed, as Kubernetes does,
+    /// but the resolved path must stay inside the allowed host path roots.
+    pub fn open_source(&self, path: &Path, expect: PathType) -> Result<Source, HostError> {
+        let missing = matches!(rfs::lstat(path), Err(Errno::NOENT));
+        if missing && expect == PathType::DirectoryOrCreate {
+            // mkdir -p -m 0755 <path>
+            std::fs::create_dir_all(path).map_err(|source| HostError::Io {
+                op: "creating",
+                path: path.to_path_buf(),
+                source,
+            })?;
+        } else if missing && expect == PathType::FileOrCreate {
+            // touch <path> (its parent must exist, as in Kubernetes)
+            rfs::open(
+                path,
+                OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            )
+            .map_err(HostError::io("creating", path))?;
+        }
+        let fd = rfs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(
+            |e| match e {
+                Errno::NOENT => HostError::PathCheck {
+                    path: path.to_path_buf(),
+                    expected: super::describe_path_type(expect),
+                    found: "nothing".into(),
+                },
+                e => HostError::io("opening", path)(e),
+            },
+        )?;
+        let kind = FileType::from_raw_mode(
+            rfs::fstat(&fd)
+                .map_err(HostError::io("inspecting", path))?
+                .st_mode,
+        );
+        let fits = match expect {
+            PathType::Unchecked => true,
+            PathType::Directory | PathType::DirectoryOrCreate => kind == FileType::Directory,
+            PathType::File | PathType::FileOrCreate => kind == FileType::RegularFile,
+            PathType::Socket => kind == FileType::Socket,
+            PathType::CharDevice => kind == FileType::CharacterDevice,
+            PathType::BlockDevice => kind == FileType::BlockDevice,
+        };
+        if !fits {
+            return Err(HostError::PathCheck {
+                path: path.to_path_buf(),
+                expected: super::describe_path_type(expect),
+                found: format!("a {}", kind_name(kind)),
+            });
+        }
+        let resolved = rfs::readlink(
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)),
+            Vec::new(),
+        )
+        .map_err(HostError::io("resolving", path))?;
+        let resolved = PathBuf::from(resolved.to_string_lossy().into_owned());
+        if !self
+            .host_path_roots
+            .iter()
+            .any(|root| resolved.starts_with(root))
+        {
+            return Err(HostError::Unsafe {
+                path: path.to_path_buf(),
+                why: format!(
+                    "it resolves to {}, outside the allowed host path roots",
+                    resolved.display()
+                ),
+            });
+        }
+        Ok(Source {
+            path: path.to_path_buf(),
+            fd,
+            is_dir: kind == FileType::Directory,
+        })
+    }
+
+    /// Removes a volume's directory (or file) once nothing is mounted at or below it.
+    /// `recursive` (emptyDir only) deletes its contents without crossing into another
+    /// filesystem or following links; otherwise only an empty directory is removed.
+    pub fn remove_volume_dir(
+        &self,
+        key: &VolumeKey,
+        recursive: bool,
+        mounts: &[MountEntry],
+    ) -> Result<(), HostError> {
+        let path = key.path(&self.root);
+        if let Some(mount) = mounts.iter().find(|m| m.mount_point.starts_with(&path)) {
+            return Err(HostError::Unsafe {
+                path,
+                why: format!(
+                    "{} is still mounted; unmount it first",
+                    mount.mount_point.display()
+                ),
+            });
+        }
+        let Some(parent) = self.walk(
+            &["pods", &key.pod_uid, "volumes", &key.plugin.dir_name()],
+            false,
+        )?
+        else {
+            return Ok(());
+        };
+        let found = match rfs::statat(&parent, &key.name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(found) => found,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(HostError::io("inspecting", &path)(e)),
+        };
+        if FileType::from_raw_mode(found.st_mode) != FileType::Directory {
+            if found.st_size > 0 && !recursive {
+                return Err(HostError::NotEmpty {
+                    path,
+                    entries: vec![format!("{} bytes", found.st_size)],
+                });
+            }
+            // rm <path> (an empty bind-target file, or a link, which is removed, not followed)
+            return rfs::unlinkat(&parent, &key.name, AtFlags::empty())
+                .map_err(HostError::io("removing", &path));
+        }
+        if recursive {
+            let device = rfs::fstat(&parent)
+                .map_err(HostError::io("inspecting", &path))?
+                .st_dev;
+            return remove_tree(&parent, &key.name, &path, device, 0);
+        }
+        rmdir(&parent, &key.name, &path)
+    }
+
+    /// Removes `<root>/pods/<uid>` and its empty `volumes/<plugin>` directories, rmdir-style.
+    pub fn remove_pod_dir(&self, pod_uid: &str) -> Result<(), HostError> {
+        let Some(pods) = self.walk(&["pods"], false)? else {
+            return Ok(());
+        };
+        let pod_path = self.root.join("pods").join(pod_uid);
+        let Some(pod) = self.walk(&["pods", pod_uid], false)? else {
+            return Ok(());
+        };
+        let volumes_path = pod_path.join("volumes");
+        if let Some(volumes) = self.walk(&["pods", pod_uid, "volumes"], false)? {
+            for plugin in list(&volumes, &volumes_path)? {
+                rmdir(&volumes, &plugin, &volumes_path.join(&plugin))?;
+            }
+            rmdir(&pod, "volumes", &volumes_path)?;
+        }
+        rmdir(&pods, pod_uid, &pod_path)
+    }
+
+    /// Every pod directory and its volume directories.
+    pub fn scan(&self) -> Result<OnDisk, HostError> {
+        let mut on_disk = OnDisk::default();
+        let Some(pods) = self.walk(&["pods"], false)? else {
+            return Ok(on_disk);
+        };
+        for uid in list(&pods, &self.root.join("pods"))? {
+            if let Some(volumes) = self.scan_pod(&uid)? {
+                on_disk.pods.insert(uid, volumes);
+            }
+        }
+        Ok(on_disk)
+    }
+
+    /// One pod's volume directories; `None` when the pod directory does not exist.
+    pub fn scan_pod(&self, pod_uid: &str) -> Result<Option<BTreeSet<VolumeKey>>, HostError> {
+        if self.walk(&["pods", pod_uid], false)?.is_none() {
+            return Ok(None);
+        }
+        let mut keys = BTreeSet::new();
+        let volumes_path = self.root.join("pods").join(pod_uid).join("volumes");
+        let Some(volumes) = self.walk(&["pods", pod_uid, "volumes"], false)? else {
+            return Ok(Some(keys));
+        };
+        for plugin_dir in list(&volumes, &volumes_path)? {
+            let Some(plugin) = Plugin::from_dir_name(&plugin_dir) else {
+                continue;
+            };
+            let Some(dir) = self.walk(&["pods", pod_uid, "volumes", &plugin_dir], false)? else {
+                continue;
+            };
+            for name in list(&dir, &volumes_path.join(&plugin_dir))? {
+                keys.insert(VolumeKey {
+                    pod_uid: pod_uid.to_string(),
+                    plugin: plugin.clone(),
+                    name,
+                });
+            }
+        }
+        Ok(Some(keys))
+    }
+
+    /// Opens `<root>/<components...>` as directories, creating them when asked; refuses a
+    /// symlink or non-directory anywhere on the way. `None` when one is missing.
+    fn walk(&self, components: &[&str], create: bool) -> Result<Option<OwnedFd>, HostError> {
+        let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut fd = rfs::open(&self.root, dir_flags, Mode::empty())
+            .map_err(HostError::io("opening root dir", &self.root))?;
+        let mut path = self.root.clone();
+        for component in components {
+            path.push(component);
+            if create {
+                // mkdir -m 0750 <path>
+                match rfs::mkdirat(&fd, *component, Mode::from_raw_mode(0o750)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(HostError::io("creating", &path)(e)),
+                }
+            }
+            fd = match rfs::openat(&fd, *component, dir_flags, Mode::empty()) {
+                Ok(next) => next,
+                Err(Errno::NOENT) if !create => return Ok(None),
+                Err(Errno::NOTDIR | Errno::LOOP) => {
+                    return Err(HostError::Unsafe { path, why: "it is a symlink or not a directory; volumed does not follow links below its root dir, remove it".into() })
+                }
+                Err(e) => return Err(HostError::io("opening", &path)(e)),
+            };
+        }
+        Ok(Some(fd))
+    }
+}
+
+/// `rmdir <path>`, with the contents named when it is not empty.
+fn rmdir(parent: &impl AsFd, name: &str, path: &Path) -> Result<(), HostError> {
+    match rfs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(Errno::NOTEMPTY | Errno::EXIST) => {
+            let dir = rfs::openat(
+                parent,
+                name,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(HostError::io("opening", path))?;
+            let mut entries = list(&dir, path)?;
+            entries.truncate(8);
+            Err(HostError::NotEmpty {
+                path: path.to_path_buf(),
+                entries,
+            })
+        }
+        Err(Errno::BUSY) => Err(HostError::Unsafe {
+            path: path.to_path_buf(),
+            why: "it is still a mount point".into(),
+        }),
+        Err(e) => Err(HostError::io("removing", path)(e)),
+    }
+}
+
+/// `rm -r --one-file-system <path>` without following links.
+fn remove_tree(
+    parent: &impl AsFd,
+    name: &str,
+    path: &Path,
+    device: u64,
+    depth: usize,
+) -> Result<(), HostError> {
+    if depth > MAX_DEPTH {
+        return Err(HostError::Unsafe {
+            path: path.to_path_buf(),
+            why: format!("it is nested deeper than {MAX_DEPTH} levels; remove it by hand"),
+        });
+    }
+    let dir = rfs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(HostError::io("opening", path))?;
+    if rfs::fstat(&dir)
+        .map_err(HostError::io("inspecting", path))?
+        .st_dev
+        != device
+    {
+        return Err(HostError::Unsafe {
+            path: path.to_path_buf(),
+            why: "another filesystem is mounted there; volumed does not delete across filesystems"
+                .into(),
+        });
+    }
+    for entry in list(&dir, path)? {
+        let child = path.join(&entry);
+        let stat = rfs::statat(&dir, entry.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(HostError::io("inspecting", &child))?;
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+            remove_tree(&dir, &entry, &child, device, depth + 1)?;
+        } else {
+            rfs::unlinkat(&dir, entry.as_str(), AtFlags::empty())
+                .map_err(HostError::io("removing", &child))?;
+        }
+    }
+    rmdir(parent, name, path)
+}
+
+/// The names in a directory, without `.` and `..`.
+fn list(dir: &impl AsFd, path: &Path) -> Result<Vec<String>, HostError> {
+    // O_PATH descriptors cannot be read: open the directory itself for reading.
+    let readable = rfs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(HostError::io("listing", path))?;
+    let entries = rfs::Dir::new(readable).map_err(HostError::io("listing", path))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(HostError::io("listing", path))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn kind_name(kind: FileType) -> &'static str {
+    match kind {
+        FileType::Directory => "directory",
+        FileType::RegularFile => "regular file",
+        FileType::Symlink => "symlink",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        FileType::Fifo => "fifo",
+        FileType::Unknown => "file of unknown type",
+    }
+}
+
+#[cfg(test)]
+#[path = "fs_tests.rs"]
+mod tests;

@@ -1,0 +1,105 @@
+//! The only place with side effects on the host: the `Mounter` trait (real syscalls or a fake
+//! mount table) and `PodFs`, the symlink-safe directory work under the root dir.
+
+pub mod fake;
+pub mod fs;
+pub mod real;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use crate::actual::mountinfo::MountEntry;
+use crate::model::PathType;
+
+/// Why a host operation failed. Each variant names its subject and, where there is one, what
+/// the operator can do.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("mounting {what} at {target} failed: {source}")]
+    Mount {
+        what: String,
+        target: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("unmounting {target} failed: {source}; find what still uses it (fuser -vm {target})")]
+    Unmount {
+        target: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{op} {path} failed: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("refusing {path}: {why}")]
+    Unsafe { path: PathBuf, why: String },
+    #[error("host path {path} is not {expected}: found {found}; create it or fix the volume's path/type")]
+    PathCheck {
+        path: PathBuf,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("{path} still holds {entries:?}; it was left in place (volumed never deletes data it did not create), remove it by hand if it is not needed")]
+    NotEmpty { path: PathBuf, entries: Vec<String> },
+    #[error("cannot read the mount table: {0}")]
+    MountTable(String),
+}
+
+impl HostError {
+    pub(crate) fn io<'a>(
+        op: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(rustix::io::Errno) -> HostError + 'a {
+        move |errno| HostError::Io {
+            op,
+            path: path.to_path_buf(),
+            source: errno.into(),
+        }
+    }
+}
+
+/// A mount target reached without following any symlink below the root dir.
+pub struct Target {
+    pub path: PathBuf,
+    /// The target itself, opened `O_PATH | O_NOFOLLOW`.
+    pub fd: OwnedFd,
+    /// Its parent directory, for re-opening the target after something is mounted on it.
+    pub parent: OwnedFd,
+}
+
+/// A bind source, opened once so the object checked is the object mounted.
+pub struct Source {
+    pub path: PathBuf,
+    pub fd: OwnedFd,
+    pub is_dir: bool,
+}
+
+/// Mount-table access and the mount syscalls. Calls may block (a hung NFS server), so they
+/// run only on executor worker threads.
+pub trait Mounter: Send + Sync + 'static {
+    /// The whole mount table, freshly read.
+    fn mount_table(&self) -> Result<Vec<MountEntry>, HostError>;
+    /// A file whose poll(POLLPRI) reports mount-table changes, when there is one.
+    fn change_file(&self) -> Option<PathBuf>;
+    /// `mount -t tmpfs -o mode=0777[,size=<bytes>] tmpfs <target>`
+    fn mount_tmpfs(&self, target: &Target, size_bytes: Option<u64>) -> Result<(), HostError>;
+    /// `mount --bind <source> <target>` and, when read-only, `mount -o remount,bind,ro <target>`
+    fn bind(&self, source: &Source, target: &Target, read_only: bool) -> Result<(), HostError>;
+    /// `umount --no-follow <target>` (one layer); Ok when nothing is mounted there.
+    fn unmount(&self, target: &Path) -> Result<(), HostError>;
+    /// True when something is mounted exactly at the target.
+    fn is_mount_point(&self, target: &Target) -> Result<bool, HostError>;
+}
+
+/// What the executor needs of a host path before binding it.
+pub fn describe_path_type(expect: PathType) -> &'static str {
+    match expect {
+        PathType::Unchecked => "anything",
+        PathType::Directory | PathType::DirectoryOrCreate => "a directory",
+        PathType::File | PathType::FileOrCreate => "a regular file",
+        PathType::Socket => "a UNIX socket",
+        PathType::CharDevice => "a character device",
+        PathType::BlockDevice => "a block device",
+    }
+}

@@ -1,0 +1,151 @@
+//! The real `Mounter`: mount(2)/umount2(2) through sys-mount and nix, and the mount table from
+//! `/proc/self/mountinfo`. Mounts go to `/proc/self/fd/<n>` of a target opened without
+//! following links, so the checked directory is the one mounted on.
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{umount2, MntFlags};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, StatxAttributes, StatxFlags};
+use sys_mount::{Mount, MountFlags};
+
+use super::{HostError, Mounter, Source, Target};
+use crate::actual::mountinfo::{parse, MountEntry};
+
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+#[derive(Default)]
+pub struct RealMounter;
+
+fn fd_path(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+impl Mounter for RealMounter {
+    fn mount_table(&self) -> Result<Vec<MountEntry>, HostError> {
+        let file = std::fs::File::open(MOUNTINFO)
+            .map_err(|e| HostError::MountTable(format!("{MOUNTINFO}: {e}")))?;
+        parse(std::io::BufReader::new(file), MOUNTINFO)
+            .map_err(|e| HostError::MountTable(e.to_string()))
+    }
+
+    fn change_file(&self) -> Option<PathBuf> {
+        Some(PathBuf::from(MOUNTINFO))
+    }
+
+    fn mount_tmpfs(&self, target: &Target, size_bytes: Option<u64>) -> Result<(), HostError> {
+        let data = match size_bytes {
+            Some(size) => format!("mode=0777,size={size}"),
+            None => "mode=0777".to_string(),
+        };
+        // mount -t tmpfs -o <data> tmpfs <target>
+        Mount::builder()
+            .fstype("tmpfs")
+            .data(&data)
+            .mount("tmpfs", fd_path(&target.fd))
+            .map(drop)
+            .map_err(|source| HostError::Mount {
+                what: format!("tmpfs ({data})"),
+                target: target.path.clone(),
+                source,
+            })
+    }
+
+    fn bind(&self, source: &Source, target: &Target, read_only: bool) -> Result<(), HostError> {
+        let what = || format!("bind of {}", source.path.display());
+        // mount --bind <source> <target>
+        Mount::builder()
+            .flags(MountFlags::BIND)
+            .mount(fd_path(&source.fd), fd_path(&target.fd))
+            .map_err(|err| HostError::Mount {
+                what: what(),
+                target: target.path.clone(),
+                source: err,
+            })?;
+        if !read_only {
+            return Ok(());
+        }
+        // The target fd still names the covered directory; re-open the path through its parent
+        // to reach the new mount before making it read-only.
+        let name = target
+            .path
+            .file_name()
+            .expect("volume paths have a final component");
+        let mounted = rfs::openat(
+            &target.parent,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(HostError::io("re-opening", &target.path))?;
+        // mount -o remount,bind,ro <target>
+        let remount = Mount::builder()
+            .flags(MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY)
+            .mount("none", fd_path(&mounted));
+        if let Err(err) = remount {
+            // Never leave a writable mount where a read-only one was asked for.
+            let _ = self.unmount(&target.path);
+            return Err(HostError::Mount {
+                what: format!("read-only remount of {}", what()),
+                target: target.path.clone(),
+                source: err,
+            });
+        }
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> Result<(), HostError> {
+        // umount --no-follow <target>. nix, not sys-mount: sys-mount 3.1 defines
+        // UnmountFlags::NOFOLLOW as O_NOFOLLOW instead of UMOUNT_NOFOLLOW, which umount2 refuses.
+        match umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(Errno::EINVAL) if !is_mount_point_path(target)? => Ok(()),
+            Err(errno) => Err(HostError::Unmount {
+                target: target.to_path_buf(),
+                source: errno.into(),
+            }),
+        }
+    }
+
+    fn is_mount_point(&self, target: &Target) -> Result<bool, HostError> {
+        let name = target
+            .path
+            .file_name()
+            .expect("volume paths have a final component");
+        // Opening through the parent crosses into whatever is mounted on the target.
+        let current = rfs::openat(
+            &target.parent,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(HostError::io("re-opening", &target.path))?;
+        mount_root(current.as_fd(), &target.path)
+    }
+}
+
+fn is_mount_point_path(path: &Path) -> Result<bool, HostError> {
+    match rfs::open(
+        path,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => mount_root(fd.as_fd(), path),
+        Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(e) => Err(HostError::io("opening", path)(e)),
+    }
+}
+
+/// `stat` reports STATX_ATTR_MOUNT_ROOT for the root of a mount, bind mounts included.
+fn mount_root(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> Result<bool, HostError> {
+    let stat = rfs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
+        .map_err(HostError::io("inspecting", path))?;
+    if !stat
+        .stx_attributes_mask
+        .contains(StatxAttributes::MOUNT_ROOT)
+    {
+        return Err(HostError::io("inspecting", path)(rustix::io::Errno::NOTSUP));
+    }
+    Ok(stat.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
+}
