@@ -4,3 +4,4 @@ pub mod actual;
 pub mod desired;
 pub mod host;
 pub mod model;
+pub mod reconcile;

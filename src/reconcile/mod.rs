@@ -1,0 +1,3 @@
+//! Reconciliation: the pure `plan` and the sync loop that feeds it and records results.
+
+pub mod plan;
