@@ -5,3 +5,5 @@ pub mod desired;
 pub mod host;
 pub mod model;
 pub mod reconcile;
+pub mod executor;
+pub mod cli_table;

@@ -1,3 +1,5 @@
 //! Reconciliation: the pure `plan` and the sync loop that feeds it and records results.
 
 pub mod plan;
+pub mod status;
+pub mod sync;

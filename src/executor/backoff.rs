@@ -1,0 +1,78 @@
+//! Per-key retry timing: jittered exponential backoff from 500 ms doubling to about 2 min,
+//! reset when the op's spec changes.
+
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug)]
+pub struct BackoffPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        BackoffPolicy {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The failure history of one key.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    pub failures: u32,
+    /// Identifies the spec that failed; a different spec starts afresh.
+    pub fingerprint: u64,
+    pub not_before: Instant,
+}
+
+impl BackoffPolicy {
+    /// The delay after the `failures`-th consecutive failure, with ±20 % jitter so that
+    /// volumes failing together do not retry in lockstep.
+    pub fn delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        let base = self.initial.saturating_mul(1 << doublings).min(self.max);
+        base.mul_f64(0.8 + 0.4 * fastrand::f64())
+    }
+
+    pub fn record_failure(&self, previous: Option<&Backoff>, fingerprint: u64, now: Instant) -> Backoff {
+        let failures = match previous {
+            Some(b) if b.fingerprint == fingerprint => b.failures + 1,
+            _ => 1,
+        };
+        Backoff {
+            failures,
+            fingerprint,
+            not_before: now + self.delay(failures),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_from_half_a_second_up_to_about_two_minutes_with_jitter() {
+        let policy = BackoffPolicy::default();
+        for (failures, nominal_ms) in [(1, 500), (2, 1000), (3, 2000), (8, 64_000), (9, 120_000), (30, 120_000)] {
+            for _ in 0..50 {
+                let ms = policy.delay(failures).as_millis() as f64;
+                let nominal = nominal_ms as f64;
+                assert!(ms >= nominal * 0.8 - 1.0 && ms <= nominal * 1.2 + 1.0, "{failures}: {ms} vs {nominal}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_changed_spec_resets_the_failure_count() {
+        let policy = BackoffPolicy::default();
+        let now = Instant::now();
+        let first = policy.record_failure(None, 1, now);
+        let second = policy.record_failure(Some(&first), 1, now);
+        assert_eq!(second.failures, 2);
+        let changed = policy.record_failure(Some(&second), 2, now);
+        assert_eq!(changed.failures, 1);
+    }
+}

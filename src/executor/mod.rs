@@ -1,0 +1,180 @@
+//! The executor: runs the ops `plan` asks for on worker threads, at most one per key, under a
+//! deadline and a concurrency cap, with jittered backoff between failed attempts. It never
+//! blocks the sync loop: results come back as events on a channel.
+
+pub mod backoff;
+pub mod run;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use self::backoff::{Backoff, BackoffPolicy};
+use self::run::{run_op, OpContext, OpOutcome};
+use crate::reconcile::plan::{Op, OpKey};
+
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// Ops running at once, across all volumes.
+    pub max_concurrent: usize,
+    /// How long an op may run before its volume is reported as stuck.
+    pub deadline: Duration,
+    pub backoff: BackoffPolicy,
+    /// False for `run --once`: a failed op is reported, not retried.
+    pub retry: bool,
+}
+
+/// What the executor tells the sync loop.
+#[derive(Debug)]
+pub enum OpEvent {
+    /// The op outlived its deadline and still runs; its key stays busy until it returns.
+    Overdue { op: Op, after: Duration },
+    Finished { op: Op, result: Result<OpOutcome, String>, elapsed: Duration },
+}
+
+pub struct Executor {
+    ctx: Arc<OpContext>,
+    config: ExecutorConfig,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    events: mpsc::UnboundedSender<OpEvent>,
+    in_flight: HashMap<OpKey, Instant>,
+    backoff: HashMap<OpKey, Backoff>,
+}
+
+impl Executor {
+    pub fn new(ctx: OpContext, config: ExecutorConfig) -> (Executor, mpsc::UnboundedReceiver<OpEvent>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let executor = Executor {
+            ctx: Arc::new(ctx),
+            permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            config,
+            tracker: TaskTracker::new(),
+            events,
+            in_flight: HashMap::new(),
+            backoff: HashMap::new(),
+        };
+        (executor, rx)
+    }
+
+    /// Starts every op whose key is idle and not backing off; returns how many started.
+    pub fn submit(&mut self, ops: Vec<Op>) -> usize {
+        let now = Instant::now();
+        if self.config.retry {
+            // Forget failures of keys the plan no longer asks about.
+            let wanted: std::collections::HashSet<OpKey> = ops.iter().map(Op::key).collect();
+            self.backoff.retain(|key, _| wanted.contains(key));
+        }
+        let mut started = 0;
+        for op in ops {
+            let key = op.key();
+            if self.in_flight.contains_key(&key) {
+                continue;
+            }
+            if let Some(backoff) = self.backoff.get(&key) {
+                let same_spec = backoff.fingerprint == fingerprint(&op);
+                if !self.config.retry || (same_spec && now < backoff.not_before) {
+                    continue;
+                }
+            }
+            self.in_flight.insert(key, now);
+            self.spawn(op);
+            started += 1;
+        }
+        started
+    }
+
+    fn spawn(&self, op: Op) {
+        let (ctx, permits, events, deadline) = (self.ctx.clone(), self.permits.clone(), self.events.clone(), self.config.deadline);
+        let span = tracing::info_span!("op", op = op.verb(), key = %describe_key(&op.key()));
+        self.tracker.spawn(
+            async move {
+                let _permit = permits.acquire_owned().await.expect("the semaphore is never closed");
+                let started = Instant::now();
+                let worker_op = op.clone();
+                let worker_span = tracing::Span::current();
+                let mut work = tokio::task::spawn_blocking(move || worker_span.in_scope(|| run_op(&ctx, &worker_op)));
+                let joined = match tokio::time::timeout(deadline, &mut work).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        let _ = events.send(OpEvent::Overdue { op: op.clone(), after: deadline });
+                        work.await
+                    }
+                };
+                let result = match joined {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(join) => Err(format!("the worker running this op died: {join}")),
+                };
+                let _ = events.send(OpEvent::Finished { op, result, elapsed: started.elapsed() });
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Books a finished op: frees its key and records or clears its backoff. Logs the
+    /// outcome, the one place where it is decided.
+    pub fn complete(&mut self, event: &OpEvent) {
+        match event {
+            OpEvent::Overdue { op, after } => {
+                tracing::warn!(op = op.verb(), key = %describe_key(&op.key()), after_s = after.as_secs(), "op is stuck past its deadline; its volume is uncertain and other volumes go on")
+            }
+            OpEvent::Finished { op, result, elapsed } => {
+                let key = op.key();
+                self.in_flight.remove(&key);
+                match result {
+                    Ok(outcome) => {
+                        self.backoff.remove(&key);
+                        tracing::info!(op = op.verb(), key = %describe_key(&key), did = outcome.did, elapsed_ms = elapsed.as_millis() as u64, "op done");
+                    }
+                    Err(error) => {
+                        let backoff = self.config.backoff.record_failure(self.backoff.get(&key), fingerprint(op), Instant::now());
+                        let retry_in_ms = backoff.not_before.saturating_duration_since(Instant::now()).as_millis() as u64;
+                        let retry_in_ms = if self.config.retry { Some(retry_in_ms) } else { None };
+                        tracing::warn!(op = op.verb(), key = %describe_key(&key), %error, failures = backoff.failures, retry_in_ms, "op failed");
+                        self.backoff.insert(key, backoff);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// When the earliest backed-off op may run again.
+    pub fn next_retry(&self) -> Option<Instant> {
+        if !self.config.retry {
+            return None;
+        }
+        self.backoff.values().map(|b| b.not_before).min()
+    }
+
+    /// Tracks the op tasks, so shutdown can wait for in-flight ops.
+    pub fn tracker(&self) -> TaskTracker {
+        self.tracker.clone()
+    }
+}
+
+pub fn describe_key(key: &OpKey) -> String {
+    match key {
+        OpKey::Volume(key) => key.to_string(),
+        OpKey::Pod(uid) => format!("pod {uid}"),
+    }
+}
+
+/// Identifies what an op would do, so a changed spec resets its backoff.
+fn fingerprint(op: &Op) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    op.verb().hash(&mut hasher);
+    if let Op::SetUp { volume } = op {
+        volume.spec.hash(&mut hasher);
+    }
+    hasher.finish()
+}

@@ -1,0 +1,110 @@
+//! Status rows (pure): one row per pod volume, from the desired state, the mount table, the
+//! pod directories and the failures the executor reported.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::actual::mountinfo::PodMounts;
+use crate::actual::OnDisk;
+use crate::desired::DesiredState;
+use crate::model::VolumeKey;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VolumeState {
+    /// Mounted (or, for a plain emptyDir, its directory exists).
+    Mounted,
+    /// Wanted, not yet in place, no failure so far.
+    NotReady,
+    /// Cannot be set up until something else changes (e.g. an unbound claim).
+    Pending,
+    /// The last attempt failed.
+    Failed,
+    /// Not volumed's to set up (configMap, secret, ...).
+    Unmanaged,
+    /// Left over from a pod that is gone; being torn down.
+    TearingDown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRow {
+    /// `namespace/name`, or the uid of a pod that is gone.
+    pub pod: String,
+    pub volume: String,
+    pub kind: String,
+    pub path: String,
+    pub state: VolumeState,
+    pub reason: String,
+}
+
+/// Failures by volume key (`uid/plugin/name`), as the executor last reported them.
+pub type Failures = BTreeMap<String, String>;
+
+pub fn rows(root: &Path, desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk, failures: &Failures) -> Vec<StatusRow> {
+    let mut rows = Vec::new();
+    for volume in desired.volumes.values() {
+        let in_place = if volume.spec.is_mount() { mounts.is_mounted(&volume.key) } else { on_disk.has_volume(&volume.key) };
+        let (state, reason) = match failures.get(&volume.key.to_string()) {
+            _ if in_place => (VolumeState::Mounted, volume.spec.describe()),
+            Some(error) => (VolumeState::Failed, error.clone()),
+            None => (VolumeState::NotReady, format!("waiting to set up {}", volume.spec.describe())),
+        };
+        rows.push(StatusRow {
+            pod: volume.pod.to_string(),
+            volume: volume.volume_name.clone(),
+            kind: volume.key.plugin.to_string(),
+            path: volume.key.path(root).display().to_string(),
+            state,
+            reason,
+        });
+    }
+    for waiting in &desired.waiting {
+        rows.push(StatusRow {
+            pod: waiting.pod.to_string(),
+            volume: waiting.volume_name.clone(),
+            kind: "-".into(),
+            path: "-".into(),
+            state: if waiting.blocking { VolumeState::Pending } else { VolumeState::Unmanaged },
+            reason: waiting.reason.clone(),
+        });
+    }
+    let leftovers = mounts.volumes.keys().chain(on_disk.pods.values().flatten());
+    let mut seen = std::collections::BTreeSet::new();
+    for key in leftovers.filter(|k| !desired.volumes.contains_key(*k)) {
+        if seen.insert(key.clone()) {
+            rows.push(leftover(root, key, desired, failures));
+        }
+    }
+    rows.sort_by(|a, b| (&a.pod, &a.volume).cmp(&(&b.pod, &b.volume)));
+    rows
+}
+
+fn leftover(root: &Path, key: &VolumeKey, desired: &DesiredState, failures: &Failures) -> StatusRow {
+    let reason = match failures.get(&key.to_string()) {
+        Some(error) => error.clone(),
+        None if !desired.complete => "kept: the desired state is incomplete, nothing is torn down until it is whole".into(),
+        None => "no pod wants it any more".into(),
+    };
+    StatusRow {
+        pod: desired.pods.get(&key.pod_uid).map_or_else(|| key.pod_uid.clone(), |p| p.to_string()),
+        volume: key.name.clone(),
+        kind: key.plugin.to_string(),
+        path: key.path(root).display().to_string(),
+        state: VolumeState::TearingDown,
+        reason,
+    }
+}
+
+/// Renders rows as an aligned text table.
+pub fn table(rows: &[StatusRow]) -> String {
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            let state = serde_json::to_value(r.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            [r.pod.clone(), r.volume.clone(), r.kind.clone(), r.path.clone(), state, r.reason.clone()]
+        })
+        .collect();
+    crate::cli_table::render(&["POD", "VOLUME", "KIND", "PATH", "STATE", "REASON"], &cells)
+}

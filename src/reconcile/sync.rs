@@ -1,0 +1,145 @@
+//! The sync loop: waits for a new desired snapshot, a mount-table change, an op result or a
+//! retry time; then calls `plan` and hands the ops to the executor. It does no I/O itself.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{plan, Op, OpKey};
+use super::status::{self, Failures, StatusRow, VolumeState};
+use crate::actual::mountinfo::PodMounts;
+use crate::actual::watch::MountWatch;
+use crate::actual::OnDisk;
+use crate::desired::DesiredState;
+use crate::executor::{Executor, OpEvent};
+
+pub struct SyncLoop {
+    pub root: PathBuf,
+    pub desired: watch::Receiver<Arc<DesiredState>>,
+    pub mounts: MountWatch,
+    pub executor: Executor,
+    pub events: mpsc::UnboundedReceiver<OpEvent>,
+    /// Pod directories as last scanned; kept current from op results.
+    pub on_disk: OnDisk,
+    /// Stop once nothing is left to try (`run --once`) instead of running until cancelled.
+    pub once: bool,
+    /// Receives the failure list whenever it changes (for `volumed status`).
+    pub failures_out: Option<watch::Sender<Failures>>,
+}
+
+/// Where the loop left the host.
+#[derive(Debug)]
+pub struct Report {
+    pub desired: Arc<DesiredState>,
+    pub rows: Vec<StatusRow>,
+    /// Teardown failures of whole pods (their directories), by pod uid.
+    pub pod_failures: BTreeMap<String, String>,
+}
+
+impl Report {
+    /// True when the snapshot was complete and every wanted volume is in place and nothing
+    /// failed.
+    pub fn converged(&self) -> bool {
+        self.desired.complete
+            && self.pod_failures.is_empty()
+            && self.rows.iter().all(|r| matches!(r.state, VolumeState::Mounted | VolumeState::Unmanaged))
+    }
+}
+
+impl SyncLoop {
+    pub async fn run(mut self, cancel: CancellationToken) -> Report {
+        let mut failures = Failures::new();
+        let mut pod_failures = BTreeMap::new();
+        // A plan is made only from a mount table read after our last op finished.
+        let mut need_covers = 0;
+        let mut source_open = true;
+        loop {
+            let table = self.mounts.tables.borrow_and_update().clone();
+            let desired = self.desired.borrow_and_update().clone();
+            if table.covers >= need_covers {
+                let pod_mounts = PodMounts::index(&table.entries, &self.root);
+                let ops = plan(&desired, &pod_mounts, &self.on_disk);
+                let _span = tracing::debug_span!("pass", ops = ops.len()).entered();
+                let started = self.executor.submit(ops);
+                if self.once && started == 0 && self.executor.in_flight() == 0 {
+                    break;
+                }
+            }
+            let retry_at = self.executor.next_retry();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                changed = self.desired.changed(), if source_open => {
+                    if changed.is_err() {
+                        tracing::warn!("the desired-state source stopped; keeping its last snapshot");
+                        source_open = false;
+                    }
+                }
+                _ = self.mounts.tables.changed() => {}
+                Some(event) = self.events.recv() => {
+                    self.executor.complete(&event);
+                    self.record(event, &mut failures, &mut pod_failures);
+                    need_covers = self.mounts.refresh();
+                }
+                _ = sleep_until(retry_at), if retry_at.is_some() => {}
+            }
+        }
+        let table = self.mounts.tables.borrow().clone();
+        let desired = self.desired.borrow().clone();
+        let pod_mounts = PodMounts::index(&table.entries, &self.root);
+        let rows = status::rows(&self.root, &desired, &pod_mounts, &self.on_disk, &failures);
+        Report { desired, rows, pod_failures }
+    }
+
+    fn record(&mut self, event: OpEvent, failures: &mut Failures, pod_failures: &mut BTreeMap<String, String>) {
+        let (op, outcome) = match event {
+            OpEvent::Overdue { op, after } => {
+                let stuck = format!("stuck: {} has run for more than {}s (the host may be hung on this path)", op.verb(), after.as_secs());
+                note(failures, pod_failures, &op, Some(stuck));
+                self.publish(failures);
+                return;
+            }
+            OpEvent::Finished { op, result, .. } => (op, result),
+        };
+        match outcome {
+            Ok(outcome) => {
+                self.on_disk.set_pod(op.pod_uid(), outcome.pod_dirs);
+                note(failures, pod_failures, &op, None);
+            }
+            Err(error) => note(failures, pod_failures, &op, Some(format!("{} failed: {error}", op.verb()))),
+        }
+        self.publish(failures);
+    }
+
+    fn publish(&self, failures: &Failures) {
+        if let Some(out) = &self.failures_out {
+            out.send_if_modified(|current| {
+                let changed = current != failures;
+                if changed {
+                    current.clone_from(failures);
+                }
+                changed
+            });
+        }
+    }
+}
+
+fn note(failures: &mut Failures, pod_failures: &mut BTreeMap<String, String>, op: &Op, error: Option<String>) {
+    let (map, key) = match op.key() {
+        OpKey::Volume(key) => (failures, key.to_string()),
+        OpKey::Pod(uid) => (pod_failures, uid),
+    };
+    match error {
+        Some(error) => map.insert(key, error),
+        None => map.remove(&key),
+    };
+}
+
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
