@@ -7,3 +7,6 @@ pub mod model;
 pub mod reconcile;
 pub mod executor;
 pub mod cli_table;
+pub mod app;
+pub mod cli;
+pub mod config;

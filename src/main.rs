@@ -1,1 +1,121 @@
-fn main() {}
+//! The `volumed` binary: parses the command line and runs the chosen command.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use volumed::cli::{Cli, Command, Output};
+use volumed::cli_table::render;
+use volumed::config::Settings;
+use volumed::desired::DesiredState;
+use volumed::host::real::RealMounter;
+use volumed::reconcile::plan::Op;
+use volumed::reconcile::status::{table, StatusRow, VolumeState};
+use volumed::{app, model};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("volumed: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => {
+            let settings = Settings::from_args(&args.common, true)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(run(settings, args.once))
+        }
+        Command::Plan(args) => {
+            let settings = Settings::from_args(&args.common, false)?;
+            let (desired, ops) = app::plan_only(&settings, &RealMounter)?;
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "desired": &desired, "ops": &ops }))?),
+                Output::Table => print!("{}{}", plan_table(&settings, &ops), problems(&desired)),
+            }
+            Ok(if desired.complete { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Status(args) => {
+            let settings = Settings::from_args(&args.common, false)?;
+            let (desired, rows) = app::status_only(&settings, &RealMounter)?;
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Table => print!("{}{}", table(&rows), problems(&desired)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run(settings: Settings, once: bool) -> anyhow::Result<ExitCode> {
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone()));
+    tracing::info!(node = %settings.node.name, root = %settings.root_dir.display(), manifests = %settings.manifests.display(), once, "volumed starting");
+    let report = app::run(&settings, once, Arc::new(RealMounter), cancel).await?;
+    if !once {
+        tracing::info!("volumed stopped; mounts are left in place");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let in_place = report.rows.iter().filter(|r| r.state == VolumeState::Mounted).count();
+    if report.converged() {
+        println!("volumed: {in_place} volume(s) of {} pod(s) in place", report.desired.pods.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bad: Vec<StatusRow> = report.rows.iter().filter(|r| !matches!(r.state, VolumeState::Mounted | VolumeState::Unmanaged)).cloned().collect();
+    eprint!("volumed: not converged ({in_place} volume(s) in place)\n{}{}", table(&bad), problems(&report.desired));
+    for (pod, error) in &report.pod_failures {
+        eprintln!("pod directory {pod}: {error}");
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+async fn cancel_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop volumed with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping intake, letting in-flight ops finish"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping intake, letting in-flight ops finish"),
+    }
+    cancel.cancel();
+}
+
+fn plan_table(settings: &Settings, ops: &[Op]) -> String {
+    if ops.is_empty() {
+        return "nothing to do: the host matches the manifests\n".into();
+    }
+    let rows: Vec<[String; 4]> = ops
+        .iter()
+        .map(|op| match op {
+            Op::SetUp { volume } => [op.verb().into(), volume.pod.to_string(), volume.key.path(&settings.root_dir).display().to_string(), volume.spec.describe()],
+            Op::Unmount { key } | Op::RemoveVolumeDir { key } => [op.verb().into(), key.pod_uid.clone(), key.path(&settings.root_dir).display().to_string(), String::new()],
+            Op::RemovePodDir { pod_uid } => [op.verb().into(), pod_uid.clone(), model::pod_dir(&settings.root_dir, pod_uid).display().to_string(), String::new()],
+        })
+        .collect();
+    render(&["OP", "POD", "PATH", "DETAIL"], &rows)
+}
+
+fn problems(desired: &DesiredState) -> String {
+    let mut out = String::new();
+    for warning in &desired.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
+    for problem in &desired.problems {
+        out.push_str(&format!("error: {problem}\n"));
+    }
+    if !desired.complete {
+        out.push_str("the desired state is incomplete: nothing is torn down until the errors above are fixed\n");
+    }
+    out
+}

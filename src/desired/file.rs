@@ -17,8 +17,6 @@ use super::{DesiredState, NodeConfig};
 
 /// Coalesces a burst of file events (an editor's write + rename) into one reload.
 const DEBOUNCE: Duration = Duration::from_millis(20);
-/// Re-reads the directory even without events, in case inotify lost some.
-const RESYNC: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileSourceError {
@@ -32,6 +30,8 @@ pub struct FileSource {
     pub store: BindingStore,
     /// False for read-only commands (`plan`, `status`): new bindings are shown, not recorded.
     pub record_bindings: bool,
+    /// Re-reads the directory this often even without events, in case inotify lost some.
+    pub resync: Duration,
 }
 
 impl FileSource {
@@ -128,7 +128,7 @@ impl FileSource {
             });
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(RESYNC) => {}
+                _ = tokio::time::sleep(source.resync) => {}
                 Some(_) = events.recv() => {
                     tokio::time::sleep(DEBOUNCE).await;
                     while events.try_recv().is_ok() {}

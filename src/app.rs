@@ -1,0 +1,144 @@
+//! Wiring: builds the source, the mount watcher, the executor and the sync loop from the
+//! settings, runs them, and shuts down without aborting a side effect half-way.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::actual::mountinfo::PodMounts;
+use crate::actual::watch::MountWatch;
+use crate::actual::OnDisk;
+use crate::config::Settings;
+use crate::desired::binding_store::BindingStore;
+use crate::desired::file::FileSource;
+use crate::desired::DesiredState;
+use crate::executor::backoff::BackoffPolicy;
+use crate::executor::run::OpContext;
+use crate::executor::{Executor, ExecutorConfig};
+use crate::host::fs::PodFs;
+use crate::host::Mounter;
+use crate::reconcile::plan::{plan, Op};
+use crate::reconcile::status::{self, Failures, StatusRow};
+use crate::reconcile::sync::{Report, SyncLoop};
+
+/// How long shutdown waits for in-flight ops before exiting anyway (a hung mount cannot be
+/// waited out; it is never aborted half-way by us, the process exit ends it).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+fn file_source(settings: &Settings, record_bindings: bool) -> FileSource {
+    FileSource {
+        dir: settings.manifests.clone(),
+        node: settings.node.clone(),
+        store: BindingStore::new(&settings.root_dir),
+        record_bindings,
+        resync: settings.resync,
+    }
+}
+
+fn pod_fs(settings: &Settings) -> PodFs {
+    PodFs::new(settings.root_dir.clone(), settings.node.host_path_roots.clone())
+}
+
+fn failures_path(root: &Path) -> PathBuf {
+    root.join("state").join("failures.json")
+}
+
+/// Runs the reconciler until `cancel` fires, or (with `once`) until nothing is left to try.
+pub async fn run(settings: &Settings, once: bool, mounter: Arc<dyn Mounter>, cancel: CancellationToken) -> anyhow::Result<Report> {
+    let source = file_source(settings, true);
+    let fs = pod_fs(settings);
+    let (on_disk, fs) = tokio::task::spawn_blocking(move || (fs.scan(), fs)).await?;
+    let on_disk = on_disk.context("cannot scan the pod directories under the root dir")?;
+    let mounts = MountWatch::spawn(mounter.clone(), settings.resync)?;
+    // In once mode the snapshot is fixed; its sender lives until the loop ends.
+    let mut _fixed_snapshot = None;
+    let desired = if once {
+        let snapshot = tokio::task::spawn_blocking(move || source.snapshot()).await?;
+        let (tx, rx) = watch::channel(Arc::new(snapshot));
+        _fixed_snapshot = Some(tx);
+        rx
+    } else {
+        let waiting = DesiredState { problems: vec!["waiting for the first read of the manifests".into()], ..Default::default() };
+        let (tx, rx) = watch::channel(Arc::new(waiting));
+        let source_cancel = cancel.clone();
+        tokio::spawn(async move {
+            if let Err(err) = source.run(tx, source_cancel).await {
+                tracing::error!(%err, "manifest source stopped");
+            }
+        });
+        rx
+    };
+    let config = ExecutorConfig {
+        max_concurrent: settings.max_concurrent_ops,
+        deadline: settings.op_timeout,
+        backoff: BackoffPolicy::default(),
+        retry: !once,
+    };
+    let (executor, events) = Executor::new(OpContext { mounter, fs }, config);
+    let tracker = executor.tracker();
+    let (failures_tx, failures_rx) = watch::channel(Failures::new());
+    let writer = tokio::spawn(write_failures(failures_path(&settings.root_dir), failures_rx));
+    let sync = SyncLoop { root: settings.root_dir.clone(), desired, mounts, executor, events, on_disk, once, failures_out: Some(failures_tx) };
+    let report = sync.run(cancel).await;
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "ops still running at shutdown; exiting without waiting for them");
+    }
+    // The sender is gone with the loop: the writer flushes the last list and ends.
+    let _ = writer.await;
+    Ok(report)
+}
+
+/// Keeps `<root>/state/failures.json` current, for `volumed status` in another process.
+async fn write_failures(path: PathBuf, mut failures: watch::Receiver<Failures>) {
+    loop {
+        let closed = failures.changed().await.is_err();
+        let current = failures.borrow_and_update().clone();
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || write_json(&target, &current)).await;
+        if let Ok(Err(err)) = written {
+            tracing::warn!(path = %path.display(), %err, "cannot record volume failures for `volumed status`");
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(path.parent().expect("state files live in a directory"))?;
+    let mut file = atomic_write_file::AtomicWriteFile::open(path)?;
+    file.write_all(&serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+    file.commit()
+}
+
+/// What `run --once` would do now, without changing anything (bindings are not recorded).
+pub fn plan_only(settings: &Settings, mounter: &dyn Mounter) -> anyhow::Result<(DesiredState, Vec<Op>)> {
+    let (desired, mounts, on_disk) = observe(settings, mounter)?;
+    let ops = plan(&desired, &mounts, &on_disk);
+    Ok((desired, ops))
+}
+
+/// The status rows as the host stands, with the failures a running daemon last recorded.
+pub fn status_only(settings: &Settings, mounter: &dyn Mounter) -> anyhow::Result<(DesiredState, Vec<StatusRow>)> {
+    let (desired, mounts, on_disk) = observe(settings, mounter)?;
+    let failures: Failures = std::fs::read(failures_path(&settings.root_dir))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let rows = status::rows(&settings.root_dir, &desired, &mounts, &on_disk, &failures);
+    Ok((desired, rows))
+}
+
+fn observe(settings: &Settings, mounter: &dyn Mounter) -> anyhow::Result<(DesiredState, PodMounts, OnDisk)> {
+    let desired = file_source(settings, false).snapshot();
+    let table = mounter.mount_table()?;
+    let mounts = PodMounts::index(&table, &settings.root_dir);
+    let on_disk = if settings.root_dir.exists() { pod_fs(settings).scan()? } else { OnDisk::default() };
+    Ok((desired, mounts, on_disk))
+}

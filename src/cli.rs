@@ -1,0 +1,109 @@
+//! Command-line interface: `run [--once]`, `plan` and `status`, all over the same settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "volumed", version, about = "Per-host volume daemon: makes this host's mounts match what the pods on it need")]
+pub struct Cli {
+    /// Log filter, e.g. info, debug, volumed=debug (RUST_LOG also works).
+    #[arg(long, global = true, default_value = "info", env = "VOLUMED_LOG")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Reconcile the host: as a daemon, or once with --once.
+    Run(RunArgs),
+    /// Print what `run --once` would do, changing nothing.
+    Plan(ReadArgs),
+    /// One row per pod volume: pod, volume, kind, path and state.
+    Status(ReadArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Do one complete reconcile, then exit: 0 when every desired volume is in place.
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ReadArgs {
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Directory of YAML/JSON manifests (Pod, PersistentVolumeClaim, PersistentVolume, StorageClass).
+    #[arg(long, value_name = "DIR", env = "VOLUMED_MANIFESTS")]
+    pub manifests: PathBuf,
+    /// Where pod volume directories, global mounts and volumed's state live.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/volumed", env = "VOLUMED_ROOT_DIR")]
+    pub root_dir: PathBuf,
+    /// This node's name; pods with another spec.nodeName are not ours. Default: the host name.
+    #[arg(long, env = "VOLUMED_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Extra node labels for PV node affinity, as k=v,k2=v2.
+    #[arg(long, value_name = "K=V,...", value_parser = parse_labels, default_value = "")]
+    pub node_labels: std::collections::BTreeMap<String, String>,
+    /// hostPath and local volume paths must lie under one of these (repeatable).
+    #[arg(long = "host-path-root", value_name = "DIR", default_value = "/")]
+    pub host_path_roots: Vec<PathBuf>,
+    /// Most ops running at once.
+    #[arg(long, default_value_t = 8)]
+    pub max_concurrent_ops: usize,
+    /// How long one op may run before its volume is reported stuck.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    pub op_timeout: Duration,
+    /// Safety re-read of the mount table and manifests when nothing reported a change.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub resync: Duration,
+}
+
+fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    text.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            _ => Err(format!("{pair:?} is not key=value")),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_labels_parse_as_comma_separated_pairs() {
+        let labels = parse_labels("zone=a, disk=ssd").unwrap();
+        assert_eq!(labels.len(), 2);
+        assert_eq!(labels["disk"], "ssd");
+        assert!(parse_labels("").unwrap().is_empty());
+        assert!(parse_labels("novalue").is_err());
+        assert!(parse_labels("=x").is_err());
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

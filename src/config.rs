@@ -1,0 +1,62 @@
+//! Settings resolved from the command line: canonical paths, the node's identity, limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::CommonArgs;
+use crate::desired::NodeConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot create root dir {path}: {source}; pick another --root-dir or fix its parent's permissions")]
+    RootDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the host name ({0}); pass --node-name")]
+    HostName(nix::errno::Errno),
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub manifests: PathBuf,
+    pub root_dir: PathBuf,
+    pub node: NodeConfig,
+    pub max_concurrent_ops: usize,
+    pub op_timeout: Duration,
+    pub resync: Duration,
+}
+
+impl Settings {
+    /// Resolves the arguments; `create_root` makes the root dir (mode 0750) when missing.
+    pub fn from_args(args: &CommonArgs, create_root: bool) -> Result<Settings, ConfigError> {
+        if create_root {
+            std::fs::create_dir_all(&args.root_dir).map_err(|source| ConfigError::RootDir {
+                path: args.root_dir.clone(),
+                source,
+            })?;
+        }
+        // The root dir is trusted and resolved once; nothing below it is followed.
+        let root_dir = args.root_dir.canonicalize().unwrap_or_else(|_| args.root_dir.clone());
+        let name = match &args.node_name {
+            Some(name) => name.clone(),
+            None => nix::unistd::gethostname()
+                .map_err(ConfigError::HostName)?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let host_path_roots = args
+            .host_path_roots
+            .iter()
+            .map(|root| root.canonicalize().unwrap_or_else(|_| root.clone()))
+            .collect();
+        Ok(Settings {
+            manifests: args.manifests.clone(),
+            root_dir,
+            node: NodeConfig { name, labels: args.node_labels.clone(), host_path_roots },
+            max_concurrent_ops: args.max_concurrent_ops,
+            op_timeout: args.op_timeout,
+            resync: args.resync,
+        })
+    }
+}
