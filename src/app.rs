@@ -40,7 +40,10 @@ fn file_source(settings: &Settings, record_bindings: bool) -> FileSource {
 }
 
 fn pod_fs(settings: &Settings) -> PodFs {
-    PodFs::new(settings.root_dir.clone(), settings.node.host_path_roots.clone())
+    PodFs::new(
+        settings.root_dir.clone(),
+        settings.node.host_path_roots.clone(),
+    )
 }
 
 fn failures_path(root: &Path) -> PathBuf {
@@ -48,7 +51,12 @@ fn failures_path(root: &Path) -> PathBuf {
 }
 
 /// Runs the reconciler until `cancel` fires, or (with `once`) until nothing is left to try.
-pub async fn run(settings: &Settings, once: bool, mounter: Arc<dyn Mounter>, cancel: CancellationToken) -> anyhow::Result<Report> {
+pub async fn run(
+    settings: &Settings,
+    once: bool,
+    mounter: Arc<dyn Mounter>,
+    cancel: CancellationToken,
+) -> anyhow::Result<Report> {
     let source = file_source(settings, true);
     let fs = pod_fs(settings);
     let (on_disk, fs) = tokio::task::spawn_blocking(move || (fs.scan(), fs)).await?;
@@ -62,7 +70,10 @@ pub async fn run(settings: &Settings, once: bool, mounter: Arc<dyn Mounter>, can
         _fixed_snapshot = Some(tx);
         rx
     } else {
-        let waiting = DesiredState { problems: vec!["waiting for the first read of the manifests".into()], ..Default::default() };
+        let waiting = DesiredState {
+            problems: vec!["waiting for the first read of the manifests".into()],
+            ..Default::default()
+        };
         let (tx, rx) = watch::channel(Arc::new(waiting));
         let source_cancel = cancel.clone();
         tokio::spawn(async move {
@@ -79,15 +90,23 @@ pub async fn run(settings: &Settings, once: bool, mounter: Arc<dyn Mounter>, can
         retry: !once,
     };
     let (executor, events) = Executor::new(OpContext { mounter, fs }, config);
-    let tracker = executor.tracker();
     let (failures_tx, failures_rx) = watch::channel(Failures::new());
-    let writer = tokio::spawn(write_failures(failures_path(&settings.root_dir), failures_rx));
-    let sync = SyncLoop { root: settings.root_dir.clone(), desired, mounts, executor, events, on_disk, once, failures_out: Some(failures_tx) };
+    let writer = tokio::spawn(write_failures(
+        failures_path(&settings.root_dir),
+        failures_rx,
+    ));
+    let sync = SyncLoop {
+        root: settings.root_dir.clone(),
+        desired,
+        mounts,
+        executor,
+        events,
+        on_disk,
+        once,
+        failures_out: Some(failures_tx),
+        shutdown_grace: SHUTDOWN_GRACE,
+    };
     let report = sync.run(cancel).await;
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-        tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "ops still running at shutdown; exiting without waiting for them");
-    }
     // The sender is gone with the loop: the writer flushes the last list and ends.
     let _ = writer.await;
     Ok(report)
@@ -118,14 +137,20 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()>
 }
 
 /// What `run --once` would do now, without changing anything (bindings are not recorded).
-pub fn plan_only(settings: &Settings, mounter: &dyn Mounter) -> anyhow::Result<(DesiredState, Vec<Op>)> {
+pub fn plan_only(
+    settings: &Settings,
+    mounter: &dyn Mounter,
+) -> anyhow::Result<(DesiredState, Vec<Op>)> {
     let (desired, mounts, on_disk) = observe(settings, mounter)?;
     let ops = plan(&desired, &mounts, &on_disk);
     Ok((desired, ops))
 }
 
 /// The status rows as the host stands, with the failures a running daemon last recorded.
-pub fn status_only(settings: &Settings, mounter: &dyn Mounter) -> anyhow::Result<(DesiredState, Vec<StatusRow>)> {
+pub fn status_only(
+    settings: &Settings,
+    mounter: &dyn Mounter,
+) -> anyhow::Result<(DesiredState, Vec<StatusRow>)> {
     let (desired, mounts, on_disk) = observe(settings, mounter)?;
     let failures: Failures = std::fs::read(failures_path(&settings.root_dir))
         .ok()
@@ -135,10 +160,17 @@ pub fn status_only(settings: &Settings, mounter: &dyn Mounter) -> anyhow::Result
     Ok((desired, rows))
 }
 
-fn observe(settings: &Settings, mounter: &dyn Mounter) -> anyhow::Result<(DesiredState, PodMounts, OnDisk)> {
+fn observe(
+    settings: &Settings,
+    mounter: &dyn Mounter,
+) -> anyhow::Result<(DesiredState, PodMounts, OnDisk)> {
     let desired = file_source(settings, false).snapshot();
     let table = mounter.mount_table()?;
     let mounts = PodMounts::index(&table, &settings.root_dir);
-    let on_disk = if settings.root_dir.exists() { pod_fs(settings).scan()? } else { OnDisk::default() };
+    let on_disk = if settings.root_dir.exists() {
+        pod_fs(settings).scan()?
+    } else {
+        OnDisk::default()
+    };
     Ok((desired, mounts, on_disk))
 }

@@ -6,7 +6,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "volumed", version, about = "Per-host volume daemon: makes this host's mounts match what the pods on it need")]
+#[command(
+    name = "volumed",
+    version,
+    about = "Per-host volume daemon: makes this host's mounts match what the pods on it need"
+)]
 pub struct Cli {
     /// Log filter, e.g. info, debug, volumed=debug (RUST_LOG also works).
     #[arg(long, global = true, default_value = "info", env = "VOLUMED_LOG")]
@@ -55,7 +59,12 @@ pub struct CommonArgs {
     #[arg(long, value_name = "DIR", env = "VOLUMED_MANIFESTS")]
     pub manifests: PathBuf,
     /// Where pod volume directories, global mounts and volumed's state live.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/volumed", env = "VOLUMED_ROOT_DIR")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/lib/volumed",
+        env = "VOLUMED_ROOT_DIR"
+    )]
     pub root_dir: PathBuf,
     /// This node's name; pods with another spec.nodeName are not ours. Default: the host name.
     #[arg(long, env = "VOLUMED_NODE_NAME")]
@@ -81,7 +90,9 @@ fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>
     text.split(',')
         .filter(|pair| !pair.trim().is_empty())
         .map(|pair| match pair.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
             _ => Err(format!("{pair:?} is not key=value")),
         })
         .collect()

@@ -10,7 +10,18 @@ pub fn render<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> Stri
     }
     let mut out = String::new();
     let mut line = |cells: &[&str]| {
-        let padded: Vec<String> = cells.iter().zip(widths).enumerate().map(|(i, (c, w))| if i + 1 == N { c.to_string() } else { format!("{c:<w$}") }).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i + 1 == N {
+                    c.to_string()
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
         out.push_str(padded.join("  ").trim_end());
         out.push('\n');
     };

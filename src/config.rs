@@ -37,7 +37,10 @@ impl Settings {
             })?;
         }
         // The root dir is trusted and resolved once; nothing below it is followed.
-        let root_dir = args.root_dir.canonicalize().unwrap_or_else(|_| args.root_dir.clone());
+        let root_dir = args
+            .root_dir
+            .canonicalize()
+            .unwrap_or_else(|_| args.root_dir.clone());
         let name = match &args.node_name {
             Some(name) => name.clone(),
             None => nix::unistd::gethostname()
@@ -53,7 +56,11 @@ impl Settings {
         Ok(Settings {
             manifests: args.manifests.clone(),
             root_dir,
-            node: NodeConfig { name, labels: args.node_labels.clone(), host_path_roots },
+            node: NodeConfig {
+                name,
+                labels: args.node_labels.clone(),
+                host_path_roots,
+            },
             max_concurrent_ops: args.max_concurrent_ops,
             op_timeout: args.op_timeout,
             resync: args.resync,

@@ -16,9 +16,14 @@ use volumed::{app, model};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(err) => {
@@ -32,17 +37,28 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
             let settings = Settings::from_args(&args.common, true)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(run(settings, args.once))
         }
         Command::Plan(args) => {
             let settings = Settings::from_args(&args.common, false)?;
             let (desired, ops) = app::plan_only(&settings, &RealMounter)?;
             match args.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "desired": &desired, "ops": &ops }))?),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "desired": &desired, "ops": &ops })
+                    )?
+                ),
                 Output::Table => print!("{}{}", plan_table(&settings, &ops), problems(&desired)),
             }
-            Ok(if desired.complete { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if desired.complete {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Status(args) => {
             let settings = Settings::from_args(&args.common, false)?;
@@ -65,13 +81,29 @@ async fn run(settings: Settings, once: bool) -> anyhow::Result<ExitCode> {
         tracing::info!("volumed stopped; mounts are left in place");
         return Ok(ExitCode::SUCCESS);
     }
-    let in_place = report.rows.iter().filter(|r| r.state == VolumeState::Mounted).count();
+    let in_place = report
+        .rows
+        .iter()
+        .filter(|r| r.state == VolumeState::Mounted)
+        .count();
     if report.converged() {
-        println!("volumed: {in_place} volume(s) of {} pod(s) in place", report.desired.pods.len());
+        println!(
+            "volumed: {in_place} volume(s) of {} pod(s) in place",
+            report.desired.pods.len()
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    let bad: Vec<StatusRow> = report.rows.iter().filter(|r| !matches!(r.state, VolumeState::Mounted | VolumeState::Unmanaged)).cloned().collect();
-    eprint!("volumed: not converged ({in_place} volume(s) in place)\n{}{}", table(&bad), problems(&report.desired));
+    let bad: Vec<StatusRow> = report
+        .rows
+        .iter()
+        .filter(|r| !matches!(r.state, VolumeState::Mounted | VolumeState::Unmanaged))
+        .cloned()
+        .collect();
+    eprint!(
+        "volumed: not converged ({in_place} volume(s) in place)\n{}{}",
+        table(&bad),
+        problems(&report.desired)
+    );
     for (pod, error) in &report.pod_failures {
         eprintln!("pod directory {pod}: {error}");
     }
@@ -80,7 +112,10 @@ async fn run(settings: Settings, once: bool) -> anyhow::Result<ExitCode> {
 
 async fn cancel_on_signal(cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop volumed with SIGKILL");
         return;
     };
@@ -98,9 +133,26 @@ fn plan_table(settings: &Settings, ops: &[Op]) -> String {
     let rows: Vec<[String; 4]> = ops
         .iter()
         .map(|op| match op {
-            Op::SetUp { volume } => [op.verb().into(), volume.pod.to_string(), volume.key.path(&settings.root_dir).display().to_string(), volume.spec.describe()],
-            Op::Unmount { key } | Op::RemoveVolumeDir { key } => [op.verb().into(), key.pod_uid.clone(), key.path(&settings.root_dir).display().to_string(), String::new()],
-            Op::RemovePodDir { pod_uid } => [op.verb().into(), pod_uid.clone(), model::pod_dir(&settings.root_dir, pod_uid).display().to_string(), String::new()],
+            Op::SetUp { volume } => [
+                op.verb().into(),
+                volume.pod.to_string(),
+                volume.key.path(&settings.root_dir).display().to_string(),
+                volume.spec.describe(),
+            ],
+            Op::Unmount { key } | Op::RemoveVolumeDir { key } => [
+                op.verb().into(),
+                key.pod_uid.clone(),
+                key.path(&settings.root_dir).display().to_string(),
+                String::new(),
+            ],
+            Op::RemovePodDir { pod_uid } => [
+                op.verb().into(),
+                pod_uid.clone(),
+                model::pod_dir(&settings.root_dir, pod_uid)
+                    .display()
+                    .to_string(),
+                String::new(),
+            ],
         })
         .collect();
     render(&["OP", "POD", "PATH", "DETAIL"], &rows)

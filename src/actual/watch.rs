@@ -32,20 +32,40 @@ pub struct MountWatch {
 impl MountWatch {
     /// Reads the table once (so the first value is real), then starts the watcher thread.
     pub fn spawn(mounter: Arc<dyn Mounter>, resync: Duration) -> Result<MountWatch, WatchError> {
-        let first = MountTable { entries: mounter.mount_table()?, covers: 0 };
+        let first = MountTable {
+            entries: mounter.mount_table()?,
+            covers: 0,
+        };
         let (tx, tables) = watch::channel(Arc::new(first));
-        let wake = Arc::new(EventFd::new().map_err(|e| WatchError::Setup(format!("eventfd: {e}")))?);
+        let wake =
+            Arc::new(EventFd::new().map_err(|e| WatchError::Setup(format!("eventfd: {e}")))?);
         let change_file = match mounter.change_file() {
-            Some(path) => Some(std::fs::File::open(&path).map_err(|e| WatchError::Setup(format!("{}: {e}", path.display())))?),
+            Some(path) => Some(
+                std::fs::File::open(&path)
+                    .map_err(|e| WatchError::Setup(format!("{}: {e}", path.display())))?,
+            ),
             None => None,
         };
         let requested = Arc::new(AtomicU64::new(0));
         let (thread_wake, thread_requested) = (wake.clone(), requested.clone());
         std::thread::Builder::new()
             .name("mount-watch".into())
-            .spawn(move || watch_loop(mounter, change_file, thread_wake, thread_requested, tx, resync))
+            .spawn(move || {
+                watch_loop(
+                    mounter,
+                    change_file,
+                    thread_wake,
+                    thread_requested,
+                    tx,
+                    resync,
+                )
+            })
             .map_err(|e| WatchError::Setup(format!("thread: {e}")))?;
-        Ok(MountWatch { tables, requested, wake })
+        Ok(MountWatch {
+            tables,
+            requested,
+            wake,
+        })
     }
 
     /// Asks for a fresh read and returns the sequence number the answer will cover.
@@ -78,7 +98,9 @@ fn watch_loop(
                 std::thread::sleep(resync);
             }
         }
-        let woken = fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
+        let woken = fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN));
         drop(fds);
         if woken {
             let _ = wake.read();
@@ -106,11 +128,12 @@ mod tests {
         let watch = MountWatch::spawn(FakeMounter::new(), Duration::from_secs(3600)).unwrap();
         let mut tables = watch.tables.clone();
         let seq = watch.refresh();
-        let table = tokio::time::timeout(Duration::from_secs(5), tables.wait_for(|t| t.covers >= seq))
-            .await
-            .expect("the watcher answers a refresh")
-            .unwrap()
-            .clone();
+        let table =
+            tokio::time::timeout(Duration::from_secs(5), tables.wait_for(|t| t.covers >= seq))
+                .await
+                .expect("the watcher answers a refresh")
+                .unwrap()
+                .clone();
         assert!(table.covers >= seq);
     }
 }

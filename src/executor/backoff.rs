@@ -36,7 +36,12 @@ impl BackoffPolicy {
         base.mul_f64(0.8 + 0.4 * fastrand::f64())
     }
 
-    pub fn record_failure(&self, previous: Option<&Backoff>, fingerprint: u64, now: Instant) -> Backoff {
+    pub fn record_failure(
+        &self,
+        previous: Option<&Backoff>,
+        fingerprint: u64,
+        now: Instant,
+    ) -> Backoff {
         let failures = match previous {
             Some(b) if b.fingerprint == fingerprint => b.failures + 1,
             _ => 1,
@@ -56,11 +61,21 @@ mod tests {
     #[test]
     fn delays_double_from_half_a_second_up_to_about_two_minutes_with_jitter() {
         let policy = BackoffPolicy::default();
-        for (failures, nominal_ms) in [(1, 500), (2, 1000), (3, 2000), (8, 64_000), (9, 120_000), (30, 120_000)] {
+        for (failures, nominal_ms) in [
+            (1, 500),
+            (2, 1000),
+            (3, 2000),
+            (8, 64_000),
+            (9, 120_000),
+            (30, 120_000),
+        ] {
             for _ in 0..50 {
                 let ms = policy.delay(failures).as_millis() as f64;
                 let nominal = nominal_ms as f64;
-                assert!(ms >= nominal * 0.8 - 1.0 && ms <= nominal * 1.2 + 1.0, "{failures}: {ms} vs {nominal}");
+                assert!(
+                    ms >= nominal * 0.8 - 1.0 && ms <= nominal * 1.2 + 1.0,
+                    "{failures}: {ms} vs {nominal}"
+                );
             }
         }
     }

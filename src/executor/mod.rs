@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use self::backoff::{Backoff, BackoffPolicy};
@@ -35,27 +34,32 @@ pub struct ExecutorConfig {
 pub enum OpEvent {
     /// The op outlived its deadline and still runs; its key stays busy until it returns.
     Overdue { op: Op, after: Duration },
-    Finished { op: Op, result: Result<OpOutcome, String>, elapsed: Duration },
+    Finished {
+        op: Op,
+        result: Result<OpOutcome, String>,
+        elapsed: Duration,
+    },
 }
 
 pub struct Executor {
     ctx: Arc<OpContext>,
     config: ExecutorConfig,
     permits: Arc<Semaphore>,
-    tracker: TaskTracker,
     events: mpsc::UnboundedSender<OpEvent>,
     in_flight: HashMap<OpKey, Instant>,
     backoff: HashMap<OpKey, Backoff>,
 }
 
 impl Executor {
-    pub fn new(ctx: OpContext, config: ExecutorConfig) -> (Executor, mpsc::UnboundedReceiver<OpEvent>) {
+    pub fn new(
+        ctx: OpContext,
+        config: ExecutorConfig,
+    ) -> (Executor, mpsc::UnboundedReceiver<OpEvent>) {
         let (events, rx) = mpsc::unbounded_channel();
         let executor = Executor {
             ctx: Arc::new(ctx),
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             config,
-            tracker: TaskTracker::new(),
             events,
             in_flight: HashMap::new(),
             backoff: HashMap::new(),
@@ -91,19 +95,32 @@ impl Executor {
     }
 
     fn spawn(&self, op: Op) {
-        let (ctx, permits, events, deadline) = (self.ctx.clone(), self.permits.clone(), self.events.clone(), self.config.deadline);
+        let (ctx, permits, events, deadline) = (
+            self.ctx.clone(),
+            self.permits.clone(),
+            self.events.clone(),
+            self.config.deadline,
+        );
         let span = tracing::info_span!("op", op = op.verb(), key = %describe_key(&op.key()));
-        self.tracker.spawn(
+        tokio::spawn(
             async move {
-                let _permit = permits.acquire_owned().await.expect("the semaphore is never closed");
+                let _permit = permits
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
                 let started = Instant::now();
                 let worker_op = op.clone();
                 let worker_span = tracing::Span::current();
-                let mut work = tokio::task::spawn_blocking(move || worker_span.in_scope(|| run_op(&ctx, &worker_op)));
+                let mut work = tokio::task::spawn_blocking(move || {
+                    worker_span.in_scope(|| run_op(&ctx, &worker_op))
+                });
                 let joined = match tokio::time::timeout(deadline, &mut work).await {
                     Ok(joined) => joined,
                     Err(_) => {
-                        let _ = events.send(OpEvent::Overdue { op: op.clone(), after: deadline });
+                        let _ = events.send(OpEvent::Overdue {
+                            op: op.clone(),
+                            after: deadline,
+                        });
                         work.await
                     }
                 };
@@ -111,7 +128,11 @@ impl Executor {
                     Ok(result) => result.map_err(|e| e.to_string()),
                     Err(join) => Err(format!("the worker running this op died: {join}")),
                 };
-                let _ = events.send(OpEvent::Finished { op, result, elapsed: started.elapsed() });
+                let _ = events.send(OpEvent::Finished {
+                    op,
+                    result,
+                    elapsed: started.elapsed(),
+                });
             }
             .instrument(span),
         );
@@ -124,7 +145,11 @@ impl Executor {
             OpEvent::Overdue { op, after } => {
                 tracing::warn!(op = op.verb(), key = %describe_key(&op.key()), after_s = after.as_secs(), "op is stuck past its deadline; its volume is uncertain and other volumes go on")
             }
-            OpEvent::Finished { op, result, elapsed } => {
+            OpEvent::Finished {
+                op,
+                result,
+                elapsed,
+            } => {
                 let key = op.key();
                 self.in_flight.remove(&key);
                 match result {
@@ -133,9 +158,20 @@ impl Executor {
                         tracing::info!(op = op.verb(), key = %describe_key(&key), did = outcome.did, elapsed_ms = elapsed.as_millis() as u64, "op done");
                     }
                     Err(error) => {
-                        let backoff = self.config.backoff.record_failure(self.backoff.get(&key), fingerprint(op), Instant::now());
-                        let retry_in_ms = backoff.not_before.saturating_duration_since(Instant::now()).as_millis() as u64;
-                        let retry_in_ms = if self.config.retry { Some(retry_in_ms) } else { None };
+                        let backoff = self.config.backoff.record_failure(
+                            self.backoff.get(&key),
+                            fingerprint(op),
+                            Instant::now(),
+                        );
+                        let retry_in_ms = backoff
+                            .not_before
+                            .saturating_duration_since(Instant::now())
+                            .as_millis() as u64;
+                        let retry_in_ms = if self.config.retry {
+                            Some(retry_in_ms)
+                        } else {
+                            None
+                        };
                         tracing::warn!(op = op.verb(), key = %describe_key(&key), %error, failures = backoff.failures, retry_in_ms, "op failed");
                         self.backoff.insert(key, backoff);
                     }
@@ -154,11 +190,6 @@ impl Executor {
             return None;
         }
         self.backoff.values().map(|b| b.not_before).min()
-    }
-
-    /// Tracks the op tasks, so shutdown can wait for in-flight ops.
-    pub fn tracker(&self) -> TaskTracker {
-        self.tracker.clone()
     }
 }
 

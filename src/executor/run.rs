@@ -27,19 +27,27 @@ pub struct OpOutcome {
 pub fn run_op(ctx: &OpContext, op: &Op) -> Result<OpOutcome, HostError> {
     let did = match op {
         Op::SetUp { volume } => set_up(ctx, volume),
-        Op::Unmount { key } => ctx.mounter.unmount(&key.path(ctx.fs.root())).map(|()| "unmounted"),
+        Op::Unmount { key } => ctx
+            .mounter
+            .unmount(&key.path(ctx.fs.root()))
+            .map(|()| "unmounted"),
         Op::RemoveVolumeDir { key } => {
             // Checked against a fresh mount table, not our records (rule 2).
             let mounts = ctx.mounter.mount_table()?;
             let recursive = key.plugin == Plugin::EmptyDir;
-            ctx.fs.remove_volume_dir(key, recursive, &mounts).map(|()| "removed")
+            ctx.fs
+                .remove_volume_dir(key, recursive, &mounts)
+                .map(|()| "removed")
         }
         Op::RemovePodDir { pod_uid } => ctx.fs.remove_pod_dir(pod_uid).map(|()| "removed"),
     };
     // Rescan even after a failure: a half-done set-up may have created directories.
     let pod_dirs = ctx.fs.scan_pod(op.pod_uid());
     let did = did?;
-    Ok(OpOutcome { did, pod_dirs: pod_dirs? })
+    Ok(OpOutcome {
+        did,
+        pod_dirs: pod_dirs?,
+    })
 }
 
 fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostError> {
@@ -56,7 +64,11 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
             ctx.mounter.mount_tmpfs(&target, *size_bytes)?;
             Ok("mounted")
         }
-        MountSpec::Bind { source, expect, read_only } => {
+        MountSpec::Bind {
+            source,
+            expect,
+            read_only,
+        } => {
             let source = ctx.fs.open_source(source, *expect)?;
             let target = ctx.fs.prepare_target(&volume.key, !source.is_dir, 0o750)?;
             if ctx.mounter.is_mount_point(&target)? {

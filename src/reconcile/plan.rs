@@ -72,13 +72,21 @@ pub fn plan(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec
             };
             !in_place
         })
-        .map(|volume| Op::SetUp { volume: Box::new(volume.clone()) })
+        .map(|volume| Op::SetUp {
+            volume: Box::new(volume.clone()),
+        })
         .collect();
     if !desired.complete {
         return ops;
     }
     let unwanted = |key: &&VolumeKey| !desired.volumes.contains_key(*key);
-    ops.extend(mounts.volumes.keys().filter(unwanted).map(|key| Op::Unmount { key: key.clone() }));
+    ops.extend(
+        mounts
+            .volumes
+            .keys()
+            .filter(unwanted)
+            .map(|key| Op::Unmount { key: key.clone() }),
+    );
     let dirs = on_disk.pods.values().flatten();
     ops.extend(
         dirs.filter(unwanted)
@@ -90,9 +98,13 @@ pub fn plan(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec
             .pods
             .iter()
             .filter(|(uid, volumes)| {
-                !desired.pods.contains_key(*uid) && volumes.is_empty() && !mounts.pod_has_mounts(uid)
+                !desired.pods.contains_key(*uid)
+                    && volumes.is_empty()
+                    && !mounts.pod_has_mounts(uid)
             })
-            .map(|(uid, _)| Op::RemovePodDir { pod_uid: uid.clone() }),
+            .map(|(uid, _)| Op::RemovePodDir {
+                pod_uid: uid.clone(),
+            }),
     );
     ops
 }

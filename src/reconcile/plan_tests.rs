@@ -8,39 +8,70 @@ use crate::model::{MountSpec, Plugin, PodRef};
 const ROOT: &str = "/var/lib/volumed";
 
 fn key(uid: &str, plugin: Plugin, name: &str) -> VolumeKey {
-    VolumeKey { pod_uid: uid.into(), plugin, name: name.into() }
+    VolumeKey {
+        pod_uid: uid.into(),
+        plugin,
+        name: name.into(),
+    }
 }
 
 fn desired(complete: bool, volumes: &[(VolumeKey, MountSpec)]) -> DesiredState {
-    let mut state = DesiredState { complete, ..Default::default() };
+    let mut state = DesiredState {
+        complete,
+        ..Default::default()
+    };
     for (key, spec) in volumes {
-        let pod = PodRef { namespace: "default".into(), name: key.pod_uid.clone(), uid: key.pod_uid.clone() };
+        let pod = PodRef {
+            namespace: "default".into(),
+            name: key.pod_uid.clone(),
+            uid: key.pod_uid.clone(),
+        };
         state.pods.insert(key.pod_uid.clone(), pod.clone());
         state.volumes.insert(
             key.clone(),
-            DesiredVolume { key: key.clone(), pod, volume_name: key.name.clone(), pv_name: None, spec: spec.clone() },
+            DesiredVolume {
+                key: key.clone(),
+                pod,
+                volume_name: key.name.clone(),
+                pv_name: None,
+                spec: spec.clone(),
+            },
         );
     }
     state
 }
 
 fn mounted(keys: &[&VolumeKey], stray: &[&str]) -> PodMounts {
-    let mut entries: Vec<MountEntry> = keys.iter().map(|k| entry(k.path(Path::new(ROOT)))).collect();
+    let mut entries: Vec<MountEntry> = keys
+        .iter()
+        .map(|k| entry(k.path(Path::new(ROOT))))
+        .collect();
     entries.extend(stray.iter().map(|p| entry(Path::new(ROOT).join(p))));
     PodMounts::index(&entries, Path::new(ROOT))
 }
 
 fn entry(mount_point: std::path::PathBuf) -> MountEntry {
     MountEntry {
-        mount_id: 1, parent_id: 0, device: "0:1".into(), root: "/".into(), mount_point,
-        fs_type: "tmpfs".into(), source: None, read_only: false, super_options: BTreeMap::new(),
+        mount_id: 1,
+        parent_id: 0,
+        device: "0:1".into(),
+        root: "/".into(),
+        mount_point,
+        fs_type: "tmpfs".into(),
+        source: None,
+        read_only: false,
+        super_options: BTreeMap::new(),
     }
 }
 
 fn disk(keys: &[&VolumeKey], empty_pods: &[&str]) -> OnDisk {
     let mut on_disk = OnDisk::default();
     for k in keys {
-        on_disk.pods.entry(k.pod_uid.clone()).or_default().insert((*k).clone());
+        on_disk
+            .pods
+            .entry(k.pod_uid.clone())
+            .or_default()
+            .insert((*k).clone());
     }
     for uid in empty_pods {
         on_disk.pods.insert(uid.to_string(), BTreeSet::new());
@@ -49,7 +80,9 @@ fn disk(keys: &[&VolumeKey], empty_pods: &[&str]) -> OnDisk {
 }
 
 fn verbs(ops: &[Op]) -> Vec<String> {
-    ops.iter().map(|op| format!("{} {}", op.verb(), describe(op))).collect()
+    ops.iter()
+        .map(|op| format!("{} {}", op.verb(), describe(op)))
+        .collect()
 }
 
 fn describe(op: &Op) -> String {
@@ -66,30 +99,99 @@ fn plan_closes_the_gap_and_nothing_more() {
     let dir = key("p1", Plugin::EmptyDir, "scratch");
     let bind = key("p1", Plugin::HostPath, "logs");
     let old = key("p0", Plugin::LocalVolume, "pv1");
-    let tmpfs = MountSpec::Tmpfs { size_bytes: Some(1 << 20) };
-    let bind_spec = MountSpec::Bind { source: "/srv".into(), expect: crate::model::PathType::Directory, read_only: false };
-    let want = desired(true, &[(tmp.clone(), tmpfs.clone()), (dir.clone(), MountSpec::Directory), (bind.clone(), bind_spec)]);
-    let want_incomplete = DesiredState { complete: false, ..want.clone() };
+    let tmpfs = MountSpec::Tmpfs {
+        size_bytes: Some(1 << 20),
+    };
+    let bind_spec = MountSpec::Bind {
+        source: "/srv".into(),
+        expect: crate::model::PathType::Directory,
+        read_only: false,
+    };
+    let want = desired(
+        true,
+        &[
+            (tmp.clone(), tmpfs.clone()),
+            (dir.clone(), MountSpec::Directory),
+            (bind.clone(), bind_spec),
+        ],
+    );
+    let want_incomplete = DesiredState {
+        complete: false,
+        ..want.clone()
+    };
     let only_tmp = desired(true, &[(tmp.clone(), tmpfs)]);
     let cases: Vec<(&str, &DesiredState, PodMounts, OnDisk, Vec<&str>)> = vec![
-        ("a fresh host gets every volume set up", &want, mounted(&[], &[]), disk(&[], &[]),
-            vec!["set-up p1/empty-dir/cache", "set-up p1/empty-dir/scratch", "set-up p1/host-path/logs"]),
-        ("a converged host needs nothing", &want, mounted(&[&tmp, &bind], &[]), disk(&[&tmp, &dir, &bind], &[]), vec![]),
-        ("a mount point without its mount is set up again", &want, mounted(&[&bind], &[]), disk(&[&tmp, &dir, &bind], &[]),
-            vec!["set-up p1/empty-dir/cache"]),
-        ("an unwanted mount is unmounted before its directory goes", &want, mounted(&[&tmp, &bind, &old], &[]),
-            disk(&[&tmp, &dir, &bind, &old], &[]), vec!["unmount p0/local-volume/pv1"]),
-        ("an unmounted unwanted directory is removed", &want, mounted(&[&tmp, &bind], &[]),
-            disk(&[&tmp, &dir, &bind, &old], &[]), vec!["remove-volume-dir p0/local-volume/pv1"]),
-        ("an empty pod directory of a gone pod is removed", &want, mounted(&[&tmp, &bind], &[]),
-            disk(&[&tmp, &dir, &bind], &["p0"]), vec!["remove-pod-dir p0"]),
-        ("a stray mount keeps a gone pod's directory", &want, mounted(&[&tmp, &bind], &["pods/p0/other"]),
-            disk(&[&tmp, &dir, &bind], &["p0"]), vec![]),
-        ("an incomplete snapshot sets up but never tears down", &want_incomplete, mounted(&[&old], &[]),
+        (
+            "a fresh host gets every volume set up",
+            &want,
+            mounted(&[], &[]),
+            disk(&[], &[]),
+            vec![
+                "set-up p1/empty-dir/cache",
+                "set-up p1/empty-dir/scratch",
+                "set-up p1/host-path/logs",
+            ],
+        ),
+        (
+            "a converged host needs nothing",
+            &want,
+            mounted(&[&tmp, &bind], &[]),
+            disk(&[&tmp, &dir, &bind], &[]),
+            vec![],
+        ),
+        (
+            "a mount point without its mount is set up again",
+            &want,
+            mounted(&[&bind], &[]),
+            disk(&[&tmp, &dir, &bind], &[]),
+            vec!["set-up p1/empty-dir/cache"],
+        ),
+        (
+            "an unwanted mount is unmounted before its directory goes",
+            &want,
+            mounted(&[&tmp, &bind, &old], &[]),
+            disk(&[&tmp, &dir, &bind, &old], &[]),
+            vec!["unmount p0/local-volume/pv1"],
+        ),
+        (
+            "an unmounted unwanted directory is removed",
+            &want,
+            mounted(&[&tmp, &bind], &[]),
+            disk(&[&tmp, &dir, &bind, &old], &[]),
+            vec!["remove-volume-dir p0/local-volume/pv1"],
+        ),
+        (
+            "an empty pod directory of a gone pod is removed",
+            &want,
+            mounted(&[&tmp, &bind], &[]),
+            disk(&[&tmp, &dir, &bind], &["p0"]),
+            vec!["remove-pod-dir p0"],
+        ),
+        (
+            "a stray mount keeps a gone pod's directory",
+            &want,
+            mounted(&[&tmp, &bind], &["pods/p0/other"]),
+            disk(&[&tmp, &dir, &bind], &["p0"]),
+            vec![],
+        ),
+        (
+            "an incomplete snapshot sets up but never tears down",
+            &want_incomplete,
+            mounted(&[&old], &[]),
             disk(&[&old], &["p9"]),
-            vec!["set-up p1/empty-dir/cache", "set-up p1/empty-dir/scratch", "set-up p1/host-path/logs"]),
-        ("a desired pod's empty directory stays", &only_tmp, mounted(&[&tmp], &[]),
-            disk(&[&tmp], &[]), vec![]),
+            vec![
+                "set-up p1/empty-dir/cache",
+                "set-up p1/empty-dir/scratch",
+                "set-up p1/host-path/logs",
+            ],
+        ),
+        (
+            "a desired pod's empty directory stays",
+            &only_tmp,
+            mounted(&[&tmp], &[]),
+            disk(&[&tmp], &[]),
+            vec![],
+        ),
     ];
     for (name, want, mounts, on_disk, expected) in cases {
         assert_eq!(verbs(&plan(want, &mounts, &on_disk)), expected, "{name}");

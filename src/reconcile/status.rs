@@ -42,14 +42,27 @@ pub struct StatusRow {
 /// Failures by volume key (`uid/plugin/name`), as the executor last reported them.
 pub type Failures = BTreeMap<String, String>;
 
-pub fn rows(root: &Path, desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk, failures: &Failures) -> Vec<StatusRow> {
+pub fn rows(
+    root: &Path,
+    desired: &DesiredState,
+    mounts: &PodMounts,
+    on_disk: &OnDisk,
+    failures: &Failures,
+) -> Vec<StatusRow> {
     let mut rows = Vec::new();
     for volume in desired.volumes.values() {
-        let in_place = if volume.spec.is_mount() { mounts.is_mounted(&volume.key) } else { on_disk.has_volume(&volume.key) };
+        let in_place = if volume.spec.is_mount() {
+            mounts.is_mounted(&volume.key)
+        } else {
+            on_disk.has_volume(&volume.key)
+        };
         let (state, reason) = match failures.get(&volume.key.to_string()) {
             _ if in_place => (VolumeState::Mounted, volume.spec.describe()),
             Some(error) => (VolumeState::Failed, error.clone()),
-            None => (VolumeState::NotReady, format!("waiting to set up {}", volume.spec.describe())),
+            None => (
+                VolumeState::NotReady,
+                format!("waiting to set up {}", volume.spec.describe()),
+            ),
         };
         rows.push(StatusRow {
             pod: volume.pod.to_string(),
@@ -66,7 +79,11 @@ pub fn rows(root: &Path, desired: &DesiredState, mounts: &PodMounts, on_disk: &O
             volume: waiting.volume_name.clone(),
             kind: "-".into(),
             path: "-".into(),
-            state: if waiting.blocking { VolumeState::Pending } else { VolumeState::Unmanaged },
+            state: if waiting.blocking {
+                VolumeState::Pending
+            } else {
+                VolumeState::Unmanaged
+            },
             reason: waiting.reason.clone(),
         });
     }
@@ -81,14 +98,24 @@ pub fn rows(root: &Path, desired: &DesiredState, mounts: &PodMounts, on_disk: &O
     rows
 }
 
-fn leftover(root: &Path, key: &VolumeKey, desired: &DesiredState, failures: &Failures) -> StatusRow {
+fn leftover(
+    root: &Path,
+    key: &VolumeKey,
+    desired: &DesiredState,
+    failures: &Failures,
+) -> StatusRow {
     let reason = match failures.get(&key.to_string()) {
         Some(error) => error.clone(),
-        None if !desired.complete => "kept: the desired state is incomplete, nothing is torn down until it is whole".into(),
+        None if !desired.complete => {
+            "kept: the desired state is incomplete, nothing is torn down until it is whole".into()
+        }
         None => "no pod wants it any more".into(),
     };
     StatusRow {
-        pod: desired.pods.get(&key.pod_uid).map_or_else(|| key.pod_uid.clone(), |p| p.to_string()),
+        pod: desired
+            .pods
+            .get(&key.pod_uid)
+            .map_or_else(|| key.pod_uid.clone(), |p| p.to_string()),
         volume: key.name.clone(),
         kind: key.plugin.to_string(),
         path: key.path(root).display().to_string(),
@@ -102,9 +129,22 @@ pub fn table(rows: &[StatusRow]) -> String {
     let cells: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
-            let state = serde_json::to_value(r.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            [r.pod.clone(), r.volume.clone(), r.kind.clone(), r.path.clone(), state, r.reason.clone()]
+            let state = serde_json::to_value(r.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            [
+                r.pod.clone(),
+                r.volume.clone(),
+                r.kind.clone(),
+                r.path.clone(),
+                state,
+                r.reason.clone(),
+            ]
         })
         .collect();
-    crate::cli_table::render(&["POD", "VOLUME", "KIND", "PATH", "STATE", "REASON"], &cells)
+    crate::cli_table::render(
+        &["POD", "VOLUME", "KIND", "PATH", "STATE", "REASON"],
+        &cells,
+    )
 }

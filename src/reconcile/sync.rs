@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,8 @@ pub struct SyncLoop {
     pub once: bool,
     /// Receives the failure list whenever it changes (for `volumed status`).
     pub failures_out: Option<watch::Sender<Failures>>,
+    /// On cancel, how long to wait for in-flight ops before reporting without them.
+    pub shutdown_grace: Duration,
 }
 
 /// Where the loop left the host.
@@ -45,7 +48,10 @@ impl Report {
     pub fn converged(&self) -> bool {
         self.desired.complete
             && self.pod_failures.is_empty()
-            && self.rows.iter().all(|r| matches!(r.state, VolumeState::Mounted | VolumeState::Unmanaged))
+            && self
+                .rows
+                .iter()
+                .all(|r| matches!(r.state, VolumeState::Mounted | VolumeState::Unmanaged))
     }
 }
 
@@ -86,17 +92,67 @@ impl SyncLoop {
                 _ = sleep_until(retry_at), if retry_at.is_some() => {}
             }
         }
+        if cancel.is_cancelled() {
+            self.drain(&mut failures, &mut pod_failures).await;
+        }
         let table = self.mounts.tables.borrow().clone();
         let desired = self.desired.borrow().clone();
         let pod_mounts = PodMounts::index(&table.entries, &self.root);
         let rows = status::rows(&self.root, &desired, &pod_mounts, &self.on_disk, &failures);
-        Report { desired, rows, pod_failures }
+        Report {
+            desired,
+            rows,
+            pod_failures,
+        }
     }
 
-    fn record(&mut self, event: OpEvent, failures: &mut Failures, pod_failures: &mut BTreeMap<String, String>) {
+    /// Stops intake and lets in-flight ops finish (never aborting one half-way), then waits
+    /// for a mount table that shows their effect, so the report is true.
+    async fn drain(
+        &mut self,
+        failures: &mut Failures,
+        pod_failures: &mut BTreeMap<String, String>,
+    ) {
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
+        while self.executor.in_flight() > 0 {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) => {
+                    self.executor.complete(&event);
+                    self.record(event, failures, pod_failures);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        in_flight = self.executor.in_flight(),
+                        grace_s = self.shutdown_grace.as_secs(),
+                        "ops still running at shutdown; exiting without waiting for them"
+                    );
+                    break;
+                }
+            }
+        }
+        let seq = self.mounts.refresh();
+        let fresh = self.mounts.tables.wait_for(|t| t.covers >= seq);
+        let _ = tokio::time::timeout_at(
+            deadline.max(tokio::time::Instant::now() + Duration::from_secs(1)),
+            fresh,
+        )
+        .await;
+    }
+
+    fn record(
+        &mut self,
+        event: OpEvent,
+        failures: &mut Failures,
+        pod_failures: &mut BTreeMap<String, String>,
+    ) {
         let (op, outcome) = match event {
             OpEvent::Overdue { op, after } => {
-                let stuck = format!("stuck: {} has run for more than {}s (the host may be hung on this path)", op.verb(), after.as_secs());
+                let stuck = format!(
+                    "stuck: {} has run for more than {}s (the host may be hung on this path)",
+                    op.verb(),
+                    after.as_secs()
+                );
                 note(failures, pod_failures, &op, Some(stuck));
                 self.publish(failures);
                 return;
@@ -108,7 +164,12 @@ impl SyncLoop {
                 self.on_disk.set_pod(op.pod_uid(), outcome.pod_dirs);
                 note(failures, pod_failures, &op, None);
             }
-            Err(error) => note(failures, pod_failures, &op, Some(format!("{} failed: {error}", op.verb()))),
+            Err(error) => note(
+                failures,
+                pod_failures,
+                &op,
+                Some(format!("{} failed: {error}", op.verb())),
+            ),
         }
         self.publish(failures);
     }
@@ -126,7 +187,12 @@ impl SyncLoop {
     }
 }
 
-fn note(failures: &mut Failures, pod_failures: &mut BTreeMap<String, String>, op: &Op, error: Option<String>) {
+fn note(
+    failures: &mut Failures,
+    pod_failures: &mut BTreeMap<String, String>,
+    op: &Op,
+    error: Option<String>,
+) {
     let (map, key) = match op.key() {
         OpKey::Volume(key) => (failures, key.to_string()),
         OpKey::Pod(uid) => (pod_failures, uid),

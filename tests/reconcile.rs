@@ -1,0 +1,357 @@
+//! Whole reconcile runs against the fake mounter: real directories in a temp dir, a
+//! make-believe mount table. No root needed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use volumed::app;
+use volumed::config::Settings;
+use volumed::desired::NodeConfig;
+use volumed::host::fake::FakeMounter;
+use volumed::reconcile::status::VolumeState;
+use volumed::reconcile::sync::Report;
+
+struct World {
+    _tmp: tempfile::TempDir,
+    base: PathBuf,
+    settings: Settings,
+    mounter: Arc<FakeMounter>,
+}
+
+const STORAGE: &str = r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-big}
+spec: {capacity: {storage: 10Gi}, accessModes: [ReadWriteOnce], local: {path: BASE/disks/big}}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-small}
+spec: {capacity: {storage: 2Gi}, accessModes: [ReadWriteOnce], local: {path: BASE/disks/small}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+"#;
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, uid: web-uid}
+spec:
+  nodeName: node-a
+  containers: []
+  volumes:
+  - {name: cache, emptyDir: {medium: Memory, sizeLimit: 64Mi}}
+  - {name: scratch, emptyDir: {}}
+  - {name: logs, hostPath: {path: BASE/logs, type: DirectoryOrCreate}}
+  - {name: data, persistentVolumeClaim: {claimName: data}}
+"#;
+
+const OTHER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: api, uid: api-uid}
+spec: {nodeName: node-a, containers: [], volumes: [{name: tmp, emptyDir: {medium: Memory}}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: elsewhere, uid: far-uid}
+spec: {nodeName: node-b, containers: [], volumes: [{name: tmp, emptyDir: {medium: Memory}}]}
+"#;
+
+impl World {
+    fn new() -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        for dir in ["manifests", "root", "disks/big", "disks/small"] {
+            std::fs::create_dir_all(base.join(dir)).unwrap();
+        }
+        std::fs::write(base.join("disks/small/marker"), "small").unwrap();
+        let settings = Settings {
+            manifests: base.join("manifests"),
+            root_dir: base.join("root"),
+            node: NodeConfig {
+                name: "node-a".into(),
+                labels: Default::default(),
+                host_path_roots: vec![base.clone()],
+            },
+            max_concurrent_ops: 4,
+            op_timeout: Duration::from_secs(5),
+            resync: Duration::from_secs(60),
+        };
+        let world = World {
+            _tmp: tmp,
+            base,
+            settings,
+            mounter: FakeMounter::new(),
+        };
+        world.write("storage.yaml", STORAGE);
+        world.write("web.yaml", WEB);
+        world.write("other.yaml", OTHER);
+        world
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        let text = text.replace("BASE", &self.base.display().to_string());
+        std::fs::write(self.settings.manifests.join(name), text).unwrap();
+    }
+
+    fn remove(&self, name: &str) {
+        std::fs::remove_file(self.settings.manifests.join(name)).unwrap();
+    }
+
+    async fn run_once(&self) -> Report {
+        app::run(
+            &self.settings,
+            true,
+            self.mounter.clone(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn volume(&self, uid: &str, plugin: &str, name: &str) -> PathBuf {
+        self.settings
+            .root_dir
+            .join(format!("pods/{uid}/volumes/kubernetes.io~{plugin}/{name}"))
+    }
+
+    fn mounts(&self) -> Vec<(PathBuf, String, String)> {
+        let mut mounts: Vec<_> = self
+            .mounter
+            .table()
+            .into_iter()
+            .map(|m| (m.mount_point, m.fs_type, m.root))
+            .collect();
+        mounts.sort();
+        mounts
+    }
+}
+
+#[tokio::test]
+async fn a_run_mounts_exactly_what_our_pods_need_and_a_second_run_changes_nothing() {
+    let world = World::new();
+    let report = world.run_once().await;
+    assert!(report.converged(), "{:#?}", report.rows);
+    let base = world.base.display().to_string();
+    assert_eq!(
+        world.mounts(),
+        vec![
+            (
+                world.volume("api-uid", "empty-dir", "tmp"),
+                "tmpfs".into(),
+                "/".into()
+            ),
+            (
+                world.volume("web-uid", "empty-dir", "cache"),
+                "tmpfs".into(),
+                "/".into()
+            ),
+            (
+                world.volume("web-uid", "host-path", "logs"),
+                "bind".into(),
+                format!("{base}/logs")
+            ),
+            (
+                world.volume("web-uid", "local-volume", "pv-small"),
+                "bind".into(),
+                format!("{base}/disks/small")
+            ),
+        ]
+    );
+    let cache = world
+        .mounter
+        .table()
+        .into_iter()
+        .find(|m| m.mount_point.ends_with("cache"))
+        .unwrap();
+    assert_eq!(
+        cache.super_options.get("size"),
+        Some(&Some("65536k".to_string()))
+    );
+    assert!(world.volume("web-uid", "empty-dir", "scratch").is_dir());
+    assert!(
+        world.base.join("logs").is_dir(),
+        "DirectoryOrCreate made the host path"
+    );
+
+    let calls = world.mounter.calls().len();
+    let again = world.run_once().await;
+    assert!(again.converged());
+    assert_eq!(
+        world.mounter.calls().len(),
+        calls,
+        "a converged host gets no mount calls"
+    );
+}
+
+#[tokio::test]
+async fn removing_a_pod_tears_down_exactly_its_mounts_and_directory_and_keeps_volume_data() {
+    let world = World::new();
+    assert!(world.run_once().await.converged());
+    std::fs::write(
+        world
+            .volume("web-uid", "empty-dir", "scratch")
+            .join("tmpdata"),
+        "x",
+    )
+    .unwrap();
+    world.remove("web.yaml");
+    let report = world.run_once().await;
+    assert!(report.converged(), "{:#?}", report.rows);
+    assert_eq!(
+        world.mounts(),
+        vec![(
+            world.volume("api-uid", "empty-dir", "tmp"),
+            "tmpfs".into(),
+            "/".into()
+        )]
+    );
+    assert!(
+        !world.settings.root_dir.join("pods/web-uid").exists(),
+        "the pod directory is gone"
+    );
+    assert!(
+        world.settings.root_dir.join("pods/api-uid").exists(),
+        "the other pod is untouched"
+    );
+    assert_eq!(
+        std::fs::read_to_string(world.base.join("disks/small/marker")).unwrap(),
+        "small"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_manifest_fails_the_run_and_unmounts_nothing() {
+    let world = World::new();
+    assert!(world.run_once().await.converged());
+    let before = world.mounts();
+    world.write("web.yaml", "apiVersion: v1\nkind: Pod\nmetadata: [broken\n");
+    let report = world.run_once().await;
+    assert!(!report.converged());
+    assert!(
+        report.desired.problems[0].contains("web.yaml:"),
+        "{:?}",
+        report.desired.problems
+    );
+    assert_eq!(
+        world.mounts(),
+        before,
+        "nothing is unmounted while the manifests are broken"
+    );
+}
+
+#[tokio::test]
+async fn a_volume_that_fails_fails_alone_and_is_reported() {
+    let world = World::new();
+    world.mounter.fail_at(
+        &world.volume("web-uid", "empty-dir", "cache"),
+        "simulated ENOSPC",
+    );
+    let report = world.run_once().await;
+    assert!(!report.converged());
+    let cache = report.rows.iter().find(|r| r.volume == "cache").unwrap();
+    assert_eq!(cache.state, VolumeState::Failed);
+    assert!(
+        cache.reason.contains("simulated ENOSPC"),
+        "{}",
+        cache.reason
+    );
+    let mounted = report
+        .rows
+        .iter()
+        .filter(|r| r.state == VolumeState::Mounted)
+        .count();
+    assert_eq!(
+        mounted, 4,
+        "every other volume converged: {:#?}",
+        report.rows
+    );
+}
+
+#[tokio::test]
+async fn a_symlink_at_a_volume_path_is_not_mounted_over() {
+    let world = World::new();
+    let target = world.volume("web-uid", "empty-dir", "cache");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(world.base.join("disks/big"), &target).unwrap();
+    let report = world.run_once().await;
+    let cache = report.rows.iter().find(|r| r.volume == "cache").unwrap();
+    assert_eq!(cache.state, VolumeState::Failed);
+    assert!(cache.reason.contains("symlink"), "{}", cache.reason);
+    assert!(!world
+        .mounts()
+        .iter()
+        .any(|(p, ..)| p == &target || p.starts_with(world.base.join("disks"))));
+}
+
+#[tokio::test]
+async fn the_daemon_retries_a_failed_volume_with_backoff_until_it_works() {
+    let world = World::new();
+    let cache = world.volume("web-uid", "empty-dir", "cache");
+    world.mounter.fail_at(&cache, "simulated transient failure");
+    let cancel = CancellationToken::new();
+    let (settings, mounter, stop) = (
+        world.settings.clone(),
+        world.mounter.clone(),
+        cancel.clone(),
+    );
+    let daemon =
+        tokio::spawn(async move { app::run(&settings, false, mounter, stop).await.unwrap() });
+    wait_until(|| {
+        world
+            .mounter
+            .calls()
+            .iter()
+            .filter(|c| c.ends_with("cache"))
+            .count()
+            >= 2
+    })
+    .await;
+    world.mounter.clear_failure(&cache);
+    wait_until(|| world.mounts().iter().any(|(p, ..)| p == &cache)).await;
+    cancel.cancel();
+    let report = daemon.await.unwrap();
+    assert!(report.converged(), "{:#?}", report.rows);
+    assert!(
+        !world.mounts().is_empty(),
+        "stopping the daemon unmounts nothing"
+    );
+}
+
+#[tokio::test]
+async fn the_daemon_follows_manifest_changes() {
+    let world = World::new();
+    world.remove("web.yaml");
+    let cancel = CancellationToken::new();
+    let (settings, mounter, stop) = (
+        world.settings.clone(),
+        world.mounter.clone(),
+        cancel.clone(),
+    );
+    let daemon =
+        tokio::spawn(async move { app::run(&settings, false, mounter, stop).await.unwrap() });
+    let cache = world.volume("web-uid", "empty-dir", "cache");
+    wait_until(|| world.mounts().len() == 1).await;
+    world.write("web.yaml", WEB);
+    wait_until(|| world.mounts().iter().any(|(p, ..)| p == &cache)).await;
+    world.remove("web.yaml");
+    wait_until(|| !world.settings.root_dir.join("pods/web-uid").exists()).await;
+    cancel.cancel();
+    daemon.await.unwrap();
+}
+
+async fn wait_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached within 10 s");
+}
