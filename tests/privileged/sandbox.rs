@@ -1,0 +1,147 @@
+//! A scratch tmpfs per test (inside the private namespace), manifests in it, and helpers to
+//! run the real binary and read the real mount table.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use volumed::actual::mountinfo::{parse, MountEntry};
+
+pub type TestResult = Result<(), String>;
+
+pub struct Sandbox {
+    pub base: PathBuf,
+    pub root: PathBuf,
+    pub manifests: PathBuf,
+}
+
+impl Sandbox {
+    pub fn new(name: &str) -> Sandbox {
+        let base = std::env::temp_dir().join(format!("volumed-e2e-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        // mount -t tmpfs tmpfs <base>: everything the test makes lives on it.
+        mount(Some("tmpfs"), &base, Some("tmpfs"), MsFlags::empty(), Some("size=64m")).expect("mount scratch tmpfs");
+        let sandbox = Sandbox { root: base.join("root"), manifests: base.join("manifests"), base };
+        std::fs::create_dir_all(&sandbox.manifests).unwrap();
+        sandbox
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.base.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text.replace("BASE", &self.base.display().to_string())).unwrap();
+    }
+
+    pub fn manifest(&self, name: &str, text: &str) {
+        self.write(&format!("manifests/{name}"), text);
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_volumed"));
+        cmd.args(args)
+            .arg("--manifests").arg(&self.manifests)
+            .arg("--root-dir").arg(&self.root)
+            .arg("--node-name").arg("node-a")
+            .arg("--host-path-root").arg(&self.base)
+            .env("VOLUMED_LOG", "info")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn volumed(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run volumed")
+    }
+
+    /// `run --once`, which must exit 0.
+    pub fn converge(&self) -> TestResult {
+        let out = self.volumed(&["run", "--once"]);
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!("run --once failed ({}):\n{}\n{}", out.status, text(&out.stdout), text(&out.stderr)))
+    }
+
+    pub fn daemon(&self) -> Child {
+        // A file, not a pipe: an unread pipe could fill and stall the daemon.
+        let log = std::fs::File::create(self.path("daemon.log")).unwrap();
+        self.command(&["run"]).stdout(Stdio::null()).stderr(log).spawn().expect("start volumed")
+    }
+
+    pub fn volume(&self, uid: &str, plugin: &str, name: &str) -> PathBuf {
+        self.root.join(format!("pods/{uid}/volumes/kubernetes.io~{plugin}/{name}"))
+    }
+
+    /// Mounts below the root dir, from the real mount table.
+    pub fn mounts(&self) -> Vec<MountEntry> {
+        mounts_under(&self.root)
+    }
+}
+
+pub fn mounts_under(dir: &Path) -> Vec<MountEntry> {
+    let file = std::fs::File::open("/proc/self/mountinfo").unwrap();
+    let mut entries: Vec<_> = parse(std::io::BufReader::new(file), "mountinfo").unwrap().into_iter().filter(|m| m.mount_point.starts_with(dir)).collect();
+    entries.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
+    entries
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // umount -l <base>: detaches the scratch tmpfs with every mount the test made below it.
+        let _ = umount2(&self.base, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.base);
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn check(ok: bool, what: impl FnOnce() -> String) -> TestResult {
+    if ok {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+/// Polls until `done` holds, failing after `limit`.
+pub fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> TestResult {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("{what}: not reached within {limit:?}"))
+}
+
+impl Sandbox {
+    /// SIGTERM, then the daemon must exit 0 within 10 s; returns its log.
+    pub fn stop(&self, daemon: Child) -> Result<String, String> {
+        let result = stop(daemon);
+        let log = std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default();
+        result.map(|()| log.clone()).map_err(|e| format!("{e}\n{log}"))
+    }
+}
+
+fn stop(mut daemon: Child) -> Result<(), String> {
+    // kill -TERM <pid>
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            return if status.success() { Ok(()) } else { Err(format!("daemon exited {status}")) };
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = daemon.kill();
+            return Err("daemon did not stop within 10 s of SIGTERM".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
