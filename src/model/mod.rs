@@ -153,6 +153,18 @@ impl MountSpec {
     }
 }
 
+/// Bytes in the largest binary unit that divides them exactly: 64Mi, 1536Ki, 1000.
+pub fn human_bytes(bytes: u64) -> String {
+    let units = ["Ei", "Pi", "Ti", "Gi", "Mi", "Ki"];
+    for (index, unit) in units.iter().enumerate() {
+        let scale = 1u64 << (10 * (units.len() - index));
+        if bytes >= scale && bytes % scale == 0 {
+            return format!("{}{unit}", bytes / scale);
+        }
+    }
+    bytes.to_string()
+}
+
 /// The pod a volume belongs to, for messages and status.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct PodRef {
@@ -177,4 +189,26 @@ pub struct DesiredVolume {
     /// The PersistentVolume behind it, for PVC-backed volumes.
     pub pv_name: Option<String>,
     pub spec: MountSpec,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_are_shown_in_the_largest_exact_unit() {
+        assert_eq!(human_bytes(64 << 20), "64Mi");
+        assert_eq!(human_bytes(1536 << 10), "1536Ki");
+        assert_eq!(human_bytes(1000), "1000");
+        assert_eq!(human_bytes(0), "0");
+    }
+
+    #[test]
+    fn volume_paths_follow_the_kubelet_layout() {
+        let key = VolumeKey { pod_uid: "u1".into(), plugin: Plugin::LocalVolume, name: "pv1".into() };
+        assert_eq!(key.path(Path::new("/var/lib/kubelet")), Path::new("/var/lib/kubelet/pods/u1/volumes/kubernetes.io~local-volume/pv1"));
+        assert_eq!(Plugin::from_dir_name("kubernetes.io~empty-dir"), Some(Plugin::EmptyDir));
+        assert_eq!(Plugin::from_dir_name("kubernetes.io~csi"), Some(Plugin::Other("csi".into())));
+        assert_eq!(Plugin::from_dir_name("other"), None);
+    }
 }

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds volumed and runs it once on deploy/examples, inside a private mount namespace so the
+# host's mount table is left as it was. Needs root (mounts are real).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+demo=/tmp/volumed-demo
+bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/volumed"
+
+if [ "${1:-}" != "--inside" ]; then
+  [ "$(id -u)" -eq 0 ] || { echo "demo.sh: run as root (volumed makes real mounts): sudo $0" >&2; exit 1; }
+  scripts/deps.sh
+  cargo build --locked
+  created=""
+  [ -e "$demo" ] || { mkdir -p "$demo"; created=1; }
+  status=0
+  unshare --mount --propagation private -- "$0" --inside || status=$?
+  [ -z "$created" ] || rmdir "$demo"
+  exit "$status"
+fi
+
+# From here on we are in the private namespace: nothing below propagates to the host.
+mount -t tmpfs -o size=64m volumed-demo "$demo"
+mkdir -p "$demo/disks/vol-small" "$demo/disks/vol-large"
+echo "data that lives on local volume vol-small" > "$demo/disks/vol-small/README"
+# A copy of the manifests, so the demo can take a pod away at the end.
+cp -r deploy/examples "$demo/manifests"
+args=(--manifests "$demo/manifests" --root-dir "$demo/root" --node-name demo-node --host-path-root "$demo")
+
+echo "== volumed plan (what run --once will do)"
+"$bin" plan "${args[@]}"
+echo
+echo "== volumed run --once"
+"$bin" --log warn run --once "${args[@]}"
+echo
+echo "== mounts volumed made"
+findmnt --list --noheadings -o TARGET,FSTYPE,OPTIONS | grep "$demo/root" | sed "s|$demo/root/||"
+echo
+echo "== the claim shop/web-data got the smallest fitting volume:"
+cat "$demo"/root/pods/*/volumes/kubernetes.io~local-volume/*/README
+echo
+echo "== volumed status"
+"$bin" status "${args[@]}"
+echo
+echo "== a second run changes nothing"
+"$bin" plan "${args[@]}"
+echo
+echo "== shop/web's manifest removed: teardown plan, then run --once"
+rm "$demo/manifests/web.yaml"
+"$bin" plan "${args[@]}" | sed "s|$demo/root/||"
+"$bin" --log warn run --once "${args[@]}"
+echo "mounts left under the root dir: $(grep -c "$demo/root" /proc/self/mountinfo || true)"
+echo "local volume data kept: $(cat "$demo/disks/vol-small/README")"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building, testing and demonstrating volumed needs on Debian, when missing:
+# system packages through apt, rustfmt and clippy through rustup. Safe to run repeatedly.
+set -euo pipefail
+
+packages=(pkg-config gcc libc6-dev util-linux mount findutils python3)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "deps: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "deps: cargo not found. volumed needs Rust 1.85 or newer: install it with rustup (https://rustup.rs), then re-run." >&2
+  exit 1
+fi
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    echo "deps: adding rustup component $component" >&2
+    rustup component add "$component"
+  fi
+done
