@@ -205,10 +205,23 @@ mod tests {
 
     #[test]
     fn volume_paths_follow_the_kubelet_layout() {
-        let key = VolumeKey { pod_uid: "u1".into(), plugin: Plugin::LocalVolume, name: "pv1".into() };
-        assert_eq!(key.path(Path::new("/var/lib/kubelet")), Path::new("/var/lib/kubelet/pods/u1/volumes/kubernetes.io~local-volume/pv1"));
-        assert_eq!(Plugin::from_dir_name("kubernetes.io~empty-dir"), Some(Plugin::EmptyDir));
-        assert_eq!(Plugin::from_dir_name("kubernetes.io~csi"), Some(Plugin::Other("csi".into())));
+        let key = VolumeKey {
+            pod_uid: "u1".into(),
+            plugin: Plugin::LocalVolume,
+            name: "pv1".into(),
+        };
+        assert_eq!(
+            key.path(Path::new("/var/lib/kubelet")),
+            Path::new("/var/lib/kubelet/pods/u1/volumes/kubernetes.io~local-volume/pv1")
+        );
+        assert_eq!(
+            Plugin::from_dir_name("kubernetes.io~empty-dir"),
+            Some(Plugin::EmptyDir)
+        );
+        assert_eq!(
+            Plugin::from_dir_name("kubernetes.io~csi"),
+            Some(Plugin::Other("csi".into()))
+        );
         assert_eq!(Plugin::from_dir_name("other"), None);
     }
 }

@@ -8,12 +8,30 @@ type Case = (&'static str, fn() -> TestResult);
 
 pub fn all() -> Vec<Case> {
     vec![
-        ("converge_then_noop_then_teardown_of_one_pod", converge_then_noop_then_teardown_of_one_pod),
-        ("restart_adopts_existing_mounts_without_remounting", restart_adopts_existing_mounts_without_remounting),
-        ("daemon_follows_manifest_changes", daemon_follows_manifest_changes),
-        ("malformed_manifest_fails_and_unmounts_nothing", malformed_manifest_fails_and_unmounts_nothing),
-        ("symlink_at_volume_path_is_never_mounted_over", symlink_at_volume_path_is_never_mounted_over),
-        ("read_only_claim_gives_a_read_only_bind", read_only_claim_gives_a_read_only_bind),
+        (
+            "converge_then_noop_then_teardown_of_one_pod",
+            converge_then_noop_then_teardown_of_one_pod,
+        ),
+        (
+            "restart_adopts_existing_mounts_without_remounting",
+            restart_adopts_existing_mounts_without_remounting,
+        ),
+        (
+            "daemon_follows_manifest_changes",
+            daemon_follows_manifest_changes,
+        ),
+        (
+            "malformed_manifest_fails_and_unmounts_nothing",
+            malformed_manifest_fails_and_unmounts_nothing,
+        ),
+        (
+            "symlink_at_volume_path_is_never_mounted_over",
+            symlink_at_volume_path_is_never_mounted_over,
+        ),
+        (
+            "read_only_claim_gives_a_read_only_bind",
+            read_only_claim_gives_a_read_only_bind,
+        ),
         ("a_failing_volume_fails_alone", a_failing_volume_fails_alone),
     ]
 }
@@ -102,25 +120,55 @@ fn converge_then_noop_then_teardown_of_one_pod() -> TestResult {
         sb.volume("web-uid", "host-path", "logs"),
         sb.volume("web-uid", "local-volume", "pv-small"),
     ];
-    check(points == want, || format!("mounts {points:#?}, want {want:#?}"))?;
+    check(points == want, || {
+        format!("mounts {points:#?}, want {want:#?}")
+    })?;
     let cache = &mounts[1];
     let size = cache.super_options.get("size").cloned().flatten();
-    check(cache.fs_type == "tmpfs" && size.as_deref() == Some("65536k"), || format!("cache mount {cache:?}"))?;
-    check(read(sb.volume("web-uid", "host-path", "logs").join("app.log"))? == "host data", || "hostPath bind shows other data".into())?;
-    check(read(sb.volume("web-uid", "local-volume", "pv-small").join("marker"))? == "small volume", || "the claim did not get the smallest fitting PV".into())?;
+    check(
+        cache.fs_type == "tmpfs" && size.as_deref() == Some("65536k"),
+        || format!("cache mount {cache:?}"),
+    )?;
+    check(
+        read(sb.volume("web-uid", "host-path", "logs").join("app.log"))? == "host data",
+        || "hostPath bind shows other data".into(),
+    )?;
+    check(
+        read(
+            sb.volume("web-uid", "local-volume", "pv-small")
+                .join("marker"),
+        )? == "small volume",
+        || "the claim did not get the smallest fitting PV".into(),
+    )?;
 
     sb.converge()?;
     let again = sb.mounts();
-    check(again == mounts, || format!("a second run changed the mount table:\nbefore {mounts:#?}\nafter {again:#?}"))?;
+    check(again == mounts, || {
+        format!("a second run changed the mount table:\nbefore {mounts:#?}\nafter {again:#?}")
+    })?;
 
-    std::fs::write(sb.volume("web-uid", "local-volume", "pv-small").join("written-by-pod"), "pod data").unwrap();
+    std::fs::write(
+        sb.volume("web-uid", "local-volume", "pv-small")
+            .join("written-by-pod"),
+        "pod data",
+    )
+    .unwrap();
     std::fs::remove_file(sb.manifests.join("web.yaml")).unwrap();
     sb.converge()?;
     let after = sb.mounts();
-    check(after.len() == 1 && after[0] == mounts[0], || format!("after removing web: {after:#?}"))?;
-    check(!sb.root.join("pods/web-uid").exists(), || "web's pod directory is still there".into())?;
-    check(read(sb.path("disks/small/written-by-pod"))? == "pod data", || "local volume data lost".into())?;
-    check(read(sb.path("host/logs/app.log"))? == "host data", || "hostPath data lost".into())
+    check(after.len() == 1 && after[0] == mounts[0], || {
+        format!("after removing web: {after:#?}")
+    })?;
+    check(!sb.root.join("pods/web-uid").exists(), || {
+        "web's pod directory is still there".into()
+    })?;
+    check(
+        read(sb.path("disks/small/written-by-pod"))? == "pod data",
+        || "local volume data lost".into(),
+    )?;
+    check(read(sb.path("host/logs/app.log"))? == "host data", || {
+        "hostPath data lost".into()
+    })
 }
 
 fn restart_adopts_existing_mounts_without_remounting() -> TestResult {
@@ -131,9 +179,15 @@ fn restart_adopts_existing_mounts_without_remounting() -> TestResult {
     std::thread::sleep(Duration::from_millis(700));
     let during = sb.mounts();
     let log = sb.stop(daemon)?;
-    check(during == before, || format!("the daemon remounted adopted volumes:\nbefore {before:#?}\nduring {during:#?}"))?;
-    check(!log.contains("op done"), || format!("the daemon ran ops on a converged host:\n{log}"))?;
-    check(sb.mounts() == before, || "stopping the daemon changed the mounts".into())
+    check(during == before, || {
+        format!("the daemon remounted adopted volumes:\nbefore {before:#?}\nduring {during:#?}")
+    })?;
+    check(!log.contains("op done"), || {
+        format!("the daemon ran ops on a converged host:\n{log}")
+    })?;
+    check(sb.mounts() == before, || {
+        "stopping the daemon changed the mounts".into()
+    })
 }
 
 fn daemon_follows_manifest_changes() -> TestResult {
@@ -142,27 +196,48 @@ fn daemon_follows_manifest_changes() -> TestResult {
     let daemon = sb.daemon();
     let cache = sb.volume("web-uid", "empty-dir", "cache");
     let result = (|| {
-        eventually(Duration::from_secs(10), "keep's volume mounted", || sb.mounts().len() == 1)?;
+        eventually(Duration::from_secs(10), "keep's volume mounted", || {
+            sb.mounts().len() == 1
+        })?;
         sb.manifest("web.yaml", WEB);
-        eventually(Duration::from_secs(10), "web's volumes mounted after its manifest appeared", || sb.mounts().len() == 4)?;
+        eventually(
+            Duration::from_secs(10),
+            "web's volumes mounted after its manifest appeared",
+            || sb.mounts().len() == 4,
+        )?;
         std::fs::remove_file(sb.manifests.join("web.yaml")).unwrap();
-        eventually(Duration::from_secs(10), "web's pod dir removed after its manifest went", || !cache.exists() && !sb.root.join("pods/web-uid").exists())
+        eventually(
+            Duration::from_secs(10),
+            "web's pod dir removed after its manifest went",
+            || !cache.exists() && !sb.root.join("pods/web-uid").exists(),
+        )
     })();
     let log = sb.stop(daemon)?;
     result.map_err(|e| format!("{e}\n{log}"))?;
-    check(sb.mounts().len() == 1, || "SIGTERM unmounted something".into())
+    check(sb.mounts().len() == 1, || {
+        "SIGTERM unmounted something".into()
+    })
 }
 
 fn malformed_manifest_fails_and_unmounts_nothing() -> TestResult {
     let sb = standard();
     sb.converge()?;
     let before = sb.mounts();
-    sb.manifest("web.yaml", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: [web\n");
+    sb.manifest(
+        "web.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: [web\n",
+    );
     let out = sb.volumed(&["run", "--once"]);
     let stderr = text(&out.stderr);
-    check(!out.status.success(), || "a malformed manifest must fail the run".into())?;
-    check(stderr.contains("web.yaml:"), || format!("the error must name the file and line:\n{stderr}"))?;
-    check(sb.mounts() == before, || "a malformed manifest unmounted something".into())
+    check(!out.status.success(), || {
+        "a malformed manifest must fail the run".into()
+    })?;
+    check(stderr.contains("web.yaml:"), || {
+        format!("the error must name the file and line:\n{stderr}")
+    })?;
+    check(sb.mounts() == before, || {
+        "a malformed manifest unmounted something".into()
+    })
 }
 
 fn symlink_at_volume_path_is_never_mounted_over() -> TestResult {
@@ -174,22 +249,45 @@ fn symlink_at_volume_path_is_never_mounted_over() -> TestResult {
     std::os::unix::fs::symlink(&victim, &cache).unwrap();
     let out = sb.volumed(&["run", "--once"]);
     let stderr = text(&out.stderr);
-    check(!out.status.success(), || "the run must report the refused volume".into())?;
-    check(stderr.contains("symlink"), || format!("the refusal must say why:\n{stderr}"))?;
-    check(crate::sandbox::mounts_under(&victim).is_empty(), || "something was mounted through the symlink".into())?;
-    check(sb.mounts().len() == 3, || format!("the other volumes must still converge: {:#?}", sb.mounts()))
+    check(!out.status.success(), || {
+        "the run must report the refused volume".into()
+    })?;
+    check(stderr.contains("symlink"), || {
+        format!("the refusal must say why:\n{stderr}")
+    })?;
+    check(crate::sandbox::mounts_under(&victim).is_empty(), || {
+        "something was mounted through the symlink".into()
+    })?;
+    check(sb.mounts().len() == 3, || {
+        format!("the other volumes must still converge: {:#?}", sb.mounts())
+    })
 }
 
 fn read_only_claim_gives_a_read_only_bind() -> TestResult {
     let sb = standard();
-    sb.manifest("web.yaml", &WEB.replace("claimName: data}", "claimName: data, readOnly: true}"));
+    sb.manifest(
+        "web.yaml",
+        &WEB.replace("claimName: data}", "claimName: data, readOnly: true}"),
+    );
     sb.converge()?;
     let data = sb.volume("web-uid", "local-volume", "pv-small");
-    let entry = sb.mounts().into_iter().find(|m| m.mount_point == data).ok_or("data not mounted")?;
-    check(entry.read_only, || format!("mount is not read-only: {entry:?}"))?;
+    let entry = sb
+        .mounts()
+        .into_iter()
+        .find(|m| m.mount_point == data)
+        .ok_or("data not mounted")?;
+    check(entry.read_only, || {
+        format!("mount is not read-only: {entry:?}")
+    })?;
     let write = std::fs::write(data.join("x"), "x");
-    check(write.as_ref().err().and_then(|e| e.raw_os_error()) == Some(nix::libc::EROFS), || format!("write through a read-only bind: {write:?}"))?;
-    check(std::fs::write(sb.path("disks/small/y"), "y").is_ok(), || "the source itself must stay writable".into())
+    check(
+        write.as_ref().err().and_then(|e| e.raw_os_error()) == Some(nix::libc::EROFS),
+        || format!("write through a read-only bind: {write:?}"),
+    )?;
+    check(
+        std::fs::write(sb.path("disks/small/y"), "y").is_ok(),
+        || "the source itself must stay writable".into(),
+    )
 }
 
 fn a_failing_volume_fails_alone() -> TestResult {
@@ -198,7 +296,14 @@ fn a_failing_volume_fails_alone() -> TestResult {
     sb.manifest("web.yaml", &WEB.replace("type: Directory", "type: File"));
     let out = sb.volumed(&["run", "--once"]);
     let stderr = text(&out.stderr);
-    check(!out.status.success(), || "a failed volume must fail the run".into())?;
-    check(stderr.contains("logs") && stderr.contains("not a regular file"), || format!("the summary must name the volume and why:\n{stderr}"))?;
-    check(sb.mounts().len() == 3, || format!("the other volumes must converge: {:#?}", sb.mounts()))
+    check(!out.status.success(), || {
+        "a failed volume must fail the run".into()
+    })?;
+    check(
+        stderr.contains("logs") && stderr.contains("not a regular file"),
+        || format!("the summary must name the volume and why:\n{stderr}"),
+    )?;
+    check(sb.mounts().len() == 3, || {
+        format!("the other volumes must converge: {:#?}", sb.mounts())
+    })
 }

@@ -24,7 +24,8 @@ fn main() {
     let trials = cases::all()
         .into_iter()
         .map(|(name, test)| {
-            Trial::test(name, move || test().map_err(Into::into)).with_ignored_flag(unavailable.is_some())
+            Trial::test(name, move || test().map_err(Into::into))
+                .with_ignored_flag(unavailable.is_some())
         })
         .collect();
     libtest_mimic::run(&args, trials).exit();
@@ -37,6 +38,12 @@ fn enter_private_namespace() -> Result<(), String> {
     }
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
     // mount --make-rprivate /
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(|e| format!("making / private: {e}"))
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making / private: {e}"))
 }

@@ -21,8 +21,19 @@ impl Sandbox {
         let base = std::env::temp_dir().join(format!("volumed-e2e-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&base).unwrap();
         // mount -t tmpfs tmpfs <base>: everything the test makes lives on it.
-        mount(Some("tmpfs"), &base, Some("tmpfs"), MsFlags::empty(), Some("size=64m")).expect("mount scratch tmpfs");
-        let sandbox = Sandbox { root: base.join("root"), manifests: base.join("manifests"), base };
+        mount(
+            Some("tmpfs"),
+            &base,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=64m"),
+        )
+        .expect("mount scratch tmpfs");
+        let sandbox = Sandbox {
+            root: base.join("root"),
+            manifests: base.join("manifests"),
+            base,
+        };
         std::fs::create_dir_all(&sandbox.manifests).unwrap();
         sandbox
     }
@@ -44,10 +55,14 @@ impl Sandbox {
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_volumed"));
         cmd.args(args)
-            .arg("--manifests").arg(&self.manifests)
-            .arg("--root-dir").arg(&self.root)
-            .arg("--node-name").arg("node-a")
-            .arg("--host-path-root").arg(&self.base)
+            .arg("--manifests")
+            .arg(&self.manifests)
+            .arg("--root-dir")
+            .arg(&self.root)
+            .arg("--node-name")
+            .arg("node-a")
+            .arg("--host-path-root")
+            .arg(&self.base)
             .env("VOLUMED_LOG", "info")
             .stdin(Stdio::null());
         cmd
@@ -63,17 +78,27 @@ impl Sandbox {
         if out.status.success() {
             return Ok(());
         }
-        Err(format!("run --once failed ({}):\n{}\n{}", out.status, text(&out.stdout), text(&out.stderr)))
+        Err(format!(
+            "run --once failed ({}):\n{}\n{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        ))
     }
 
     pub fn daemon(&self) -> Child {
         // A file, not a pipe: an unread pipe could fill and stall the daemon.
         let log = std::fs::File::create(self.path("daemon.log")).unwrap();
-        self.command(&["run"]).stdout(Stdio::null()).stderr(log).spawn().expect("start volumed")
+        self.command(&["run"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start volumed")
     }
 
     pub fn volume(&self, uid: &str, plugin: &str, name: &str) -> PathBuf {
-        self.root.join(format!("pods/{uid}/volumes/kubernetes.io~{plugin}/{name}"))
+        self.root
+            .join(format!("pods/{uid}/volumes/kubernetes.io~{plugin}/{name}"))
     }
 
     /// Mounts below the root dir, from the real mount table.
@@ -84,7 +109,11 @@ impl Sandbox {
 
 pub fn mounts_under(dir: &Path) -> Vec<MountEntry> {
     let file = std::fs::File::open("/proc/self/mountinfo").unwrap();
-    let mut entries: Vec<_> = parse(std::io::BufReader::new(file), "mountinfo").unwrap().into_iter().filter(|m| m.mount_point.starts_with(dir)).collect();
+    let mut entries: Vec<_> = parse(std::io::BufReader::new(file), "mountinfo")
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(dir))
+        .collect();
     entries.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
     entries
 }
@@ -126,17 +155,27 @@ impl Sandbox {
     pub fn stop(&self, daemon: Child) -> Result<String, String> {
         let result = stop(daemon);
         let log = std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default();
-        result.map(|()| log.clone()).map_err(|e| format!("{e}\n{log}"))
+        result
+            .map(|()| log.clone())
+            .map_err(|e| format!("{e}\n{log}"))
     }
 }
 
 fn stop(mut daemon: Child) -> Result<(), String> {
     // kill -TERM <pid>
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let start = Instant::now();
     loop {
         if let Some(status) = daemon.try_wait().unwrap() {
-            return if status.success() { Ok(()) } else { Err(format!("daemon exited {status}")) };
+            return if status.success() {
+                Ok(())
+            } else {
+                Err(format!("daemon exited {status}"))
+            };
         }
         if start.elapsed() > Duration::from_secs(10) {
             let _ = daemon.kill();
