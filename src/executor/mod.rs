@@ -36,7 +36,7 @@ pub enum OpEvent {
     Overdue { op: Op, after: Duration },
     Finished {
         op: Op,
-        result: Result<OpOutcome, String>,
+        outcome: OpOutcome,
         elapsed: Duration,
     },
 }
@@ -124,13 +124,13 @@ impl Executor {
                         work.await
                     }
                 };
-                let result = match joined {
-                    Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(join) => Err(format!("the worker running this op died: {join}")),
-                };
+                let outcome = joined.unwrap_or_else(|join| OpOutcome {
+                    did: Err(format!("the worker running this op died: {join}")),
+                    pod_dirs: None,
+                });
                 let _ = events.send(OpEvent::Finished {
                     op,
-                    result,
+                    outcome,
                     elapsed: started.elapsed(),
                 });
             }
@@ -147,15 +147,15 @@ impl Executor {
             }
             OpEvent::Finished {
                 op,
-                result,
+                outcome,
                 elapsed,
             } => {
                 let key = op.key();
                 self.in_flight.remove(&key);
-                match result {
-                    Ok(outcome) => {
+                match &outcome.did {
+                    Ok(did) => {
                         self.backoff.remove(&key);
-                        tracing::info!(op = op.verb(), key = %describe_key(&key), did = outcome.did, elapsed_ms = elapsed.as_millis() as u64, "op done");
+                        tracing::info!(op = op.verb(), key = %describe_key(&key), did, elapsed_ms = elapsed.as_millis() as u64, "op done");
                     }
                     Err(error) => {
                         let backoff = self.config.backoff.record_failure(

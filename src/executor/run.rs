@@ -18,13 +18,15 @@ pub struct OpContext {
 /// What an op left behind, for the sync loop's picture of the host.
 #[derive(Debug)]
 pub struct OpOutcome {
-    /// What the op did, for the log: "mounted", "already mounted", "removed", ...
-    pub did: &'static str,
-    /// The pod's volume directories after the op (`None`: the pod directory is gone).
-    pub pod_dirs: Option<BTreeSet<VolumeKey>>,
+    /// What the op did, for the log ("mounted", "already mounted", "removed", ...), or why
+    /// it failed.
+    pub did: Result<&'static str, String>,
+    /// The pod's volume directories after the op (`Some(None)`: the pod directory is gone;
+    /// `None`: the rescan failed and the loop keeps what it knew).
+    pub pod_dirs: Option<Option<BTreeSet<VolumeKey>>>,
 }
 
-pub fn run_op(ctx: &OpContext, op: &Op) -> Result<OpOutcome, HostError> {
+pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
     let did = match op {
         Op::SetUp { volume } => set_up(ctx, volume),
         Op::Unmount { key } => ctx
@@ -33,21 +35,26 @@ pub fn run_op(ctx: &OpContext, op: &Op) -> Result<OpOutcome, HostError> {
             .map(|()| "unmounted"),
         Op::RemoveVolumeDir { key } => {
             // Checked against a fresh mount table, not our records (rule 2).
-            let mounts = ctx.mounter.mount_table()?;
             let recursive = key.plugin == Plugin::EmptyDir;
-            ctx.fs
-                .remove_volume_dir(key, recursive, &mounts)
+            ctx.mounter
+                .mount_table()
+                .and_then(|mounts| ctx.fs.remove_volume_dir(key, recursive, &mounts))
                 .map(|()| "removed")
         }
         Op::RemovePodDir { pod_uid } => ctx.fs.remove_pod_dir(pod_uid).map(|()| "removed"),
     };
     // Rescan even after a failure: a half-done set-up may have created directories.
-    let pod_dirs = ctx.fs.scan_pod(op.pod_uid());
-    let did = did?;
-    Ok(OpOutcome {
-        did,
-        pod_dirs: pod_dirs?,
-    })
+    let pod_dirs = match ctx.fs.scan_pod(op.pod_uid()) {
+        Ok(dirs) => Some(dirs),
+        Err(err) => {
+            tracing::warn!(%err, "cannot rescan the pod directory after the op");
+            None
+        }
+    };
+    OpOutcome {
+        did: did.map_err(|e| e.to_string()),
+        pod_dirs,
+    }
 }
 
 fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostError> {

@@ -3,19 +3,17 @@
 //! uses `openat(O_NOFOLLOW)`, so a symlink planted in a pod directory is refused, never followed.
 
 use std::collections::BTreeSet;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
+use super::fs_util::{kind_name, list, remove_tree, rmdir};
 use super::{HostError, Source, Target};
 use crate::actual::mountinfo::MountEntry;
 use crate::actual::OnDisk;
 use crate::model::{PathType, Plugin, VolumeKey};
-
-/// Deepest emptyDir tree volumed removes; deeper trees are reported instead.
-const MAX_DEPTH: usize = 64;
 
 pub struct PodFs {
     root: PathBuf,
@@ -254,8 +252,15 @@ impl PodFs {
             return Ok(on_disk);
         };
         for uid in list(&pods, &self.root.join("pods"))? {
-            if let Some(volumes) = self.scan_pod(&uid)? {
-                on_disk.pods.insert(uid, volumes);
+            // One odd entry (say a planted symlink) must not keep the rest from being managed.
+            match self.scan_pod(&uid) {
+                Ok(Some(volumes)) => {
+                    on_disk.pods.insert(uid, volumes);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(pod_uid = %uid, %err, "skipping a pod directory that cannot be scanned safely")
+                }
             }
         }
         Ok(on_disk)
@@ -315,115 +320,6 @@ impl PodFs {
             };
         }
         Ok(Some(fd))
-    }
-}
-
-/// `rmdir <path>`, with the contents named when it is not empty.
-fn rmdir(parent: &impl AsFd, name: &str, path: &Path) -> Result<(), HostError> {
-    match rfs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(Errno::NOTEMPTY | Errno::EXIST) => {
-            let dir = rfs::openat(
-                parent,
-                name,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(HostError::io("opening", path))?;
-            let mut entries = list(&dir, path)?;
-            entries.truncate(8);
-            Err(HostError::NotEmpty {
-                path: path.to_path_buf(),
-                entries,
-            })
-        }
-        Err(Errno::BUSY) => Err(HostError::Unsafe {
-            path: path.to_path_buf(),
-            why: "it is still a mount point".into(),
-        }),
-        Err(e) => Err(HostError::io("removing", path)(e)),
-    }
-}
-
-/// `rm -r --one-file-system <path>` without following links.
-fn remove_tree(
-    parent: &impl AsFd,
-    name: &str,
-    path: &Path,
-    device: u64,
-    depth: usize,
-) -> Result<(), HostError> {
-    if depth > MAX_DEPTH {
-        return Err(HostError::Unsafe {
-            path: path.to_path_buf(),
-            why: format!("it is nested deeper than {MAX_DEPTH} levels; remove it by hand"),
-        });
-    }
-    let dir = rfs::openat(
-        parent,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(HostError::io("opening", path))?;
-    if rfs::fstat(&dir)
-        .map_err(HostError::io("inspecting", path))?
-        .st_dev
-        != device
-    {
-        return Err(HostError::Unsafe {
-            path: path.to_path_buf(),
-            why: "another filesystem is mounted there; volumed does not delete across filesystems"
-                .into(),
-        });
-    }
-    for entry in list(&dir, path)? {
-        let child = path.join(&entry);
-        let stat = rfs::statat(&dir, entry.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(HostError::io("inspecting", &child))?;
-        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
-            remove_tree(&dir, &entry, &child, device, depth + 1)?;
-        } else {
-            rfs::unlinkat(&dir, entry.as_str(), AtFlags::empty())
-                .map_err(HostError::io("removing", &child))?;
-        }
-    }
-    rmdir(parent, name, path)
-}
-
-/// The names in a directory, without `.` and `..`.
-fn list(dir: &impl AsFd, path: &Path) -> Result<Vec<String>, HostError> {
-    // O_PATH descriptors cannot be read: open the directory itself for reading.
-    let readable = rfs::openat(
-        dir,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(HostError::io("listing", path))?;
-    let entries = rfs::Dir::new(readable).map_err(HostError::io("listing", path))?;
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(HostError::io("listing", path))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name != "." && name != ".." {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
-fn kind_name(kind: FileType) -> &'static str {
-    match kind {
-        FileType::Directory => "directory",
-        FileType::RegularFile => "regular file",
-        FileType::Symlink => "symlink",
-        FileType::Socket => "socket",
-        FileType::CharacterDevice => "character device",
-        FileType::BlockDevice => "block device",
-        FileType::Fifo => "fifo",
-        FileType::Unknown => "file of unknown type",
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod fake;
 pub mod fs;
+mod fs_util;
 pub mod real;
 
 use std::os::fd::OwnedFd;

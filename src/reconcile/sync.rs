@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{plan, Op, OpKey};
 use super::status::{self, Failures, StatusRow, VolumeState};
-use crate::actual::mountinfo::PodMounts;
+use crate::actual::mountinfo::{MountTable, PodMounts};
 use crate::actual::watch::MountWatch;
 use crate::actual::OnDisk;
 use crate::desired::DesiredState;
@@ -62,12 +62,21 @@ impl SyncLoop {
         // A plan is made only from a mount table read after our last op finished.
         let mut need_covers = 0;
         let mut source_open = true;
+        // The pod-mount index is rebuilt only when a new table arrives, not on every pass.
+        let mut indexed: Option<(Arc<MountTable>, PodMounts)> = None;
         loop {
             let table = self.mounts.tables.borrow_and_update().clone();
             let desired = self.desired.borrow_and_update().clone();
             if table.covers >= need_covers {
-                let pod_mounts = PodMounts::index(&table.entries, &self.root);
-                let ops = plan(&desired, &pod_mounts, &self.on_disk);
+                if !indexed
+                    .as_ref()
+                    .is_some_and(|(seen, _)| Arc::ptr_eq(seen, &table))
+                {
+                    let index = PodMounts::index(&table.entries, &self.root);
+                    indexed = Some((table.clone(), index));
+                }
+                let pod_mounts = &indexed.as_ref().expect("indexed above").1;
+                let ops = plan(&desired, pod_mounts, &self.on_disk);
                 let _span = tracing::debug_span!("pass", ops = ops.len()).entered();
                 let started = self.executor.submit(ops);
                 if self.once && started == 0 && self.executor.in_flight() == 0 {
@@ -157,13 +166,13 @@ impl SyncLoop {
                 self.publish(failures);
                 return;
             }
-            OpEvent::Finished { op, result, .. } => (op, result),
+            OpEvent::Finished { op, outcome, .. } => (op, outcome),
         };
-        match outcome {
-            Ok(outcome) => {
-                self.on_disk.set_pod(op.pod_uid(), outcome.pod_dirs);
-                note(failures, pod_failures, &op, None);
-            }
+        if let Some(pod_dirs) = outcome.pod_dirs {
+            self.on_disk.set_pod(op.pod_uid(), pod_dirs);
+        }
+        match outcome.did {
+            Ok(_) => note(failures, pod_failures, &op, None),
             Err(error) => note(
                 failures,
                 pod_failures,
