@@ -355,3 +355,58 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
     }
     panic!("condition not reached within 10 s");
 }
+
+#[tokio::test]
+async fn a_recorded_binding_survives_a_restart_even_when_a_better_fit_appears() {
+    let world = World::new();
+    assert!(world.run_once().await.converged());
+    let tiny = "---\napiVersion: v1\nkind: PersistentVolume\nmetadata: {name: pv-tiny}\n\
+        spec: {capacity: {storage: 1Gi}, accessModes: [ReadWriteOnce], local: {path: BASE/disks/tiny}}\n";
+    std::fs::create_dir_all(world.base.join("disks/tiny")).unwrap();
+    world.write("tiny.yaml", tiny);
+    let report = world.run_once().await;
+    assert!(report.converged(), "{:#?}", report.rows);
+    let data = report.rows.iter().find(|r| r.volume == "data").unwrap();
+    assert!(data.path.ends_with("pv-small"), "the claim moved: {data:?}");
+    let record =
+        std::fs::read_to_string(world.settings.root_dir.join("state/bindings.json")).unwrap();
+    assert!(
+        record.contains("\"default/data\": \"pv-small\""),
+        "{record}"
+    );
+}
+
+#[tokio::test]
+async fn a_hung_volume_never_stalls_the_others_and_is_reported_stuck() {
+    let mut world = World::new();
+    world.settings.op_timeout = Duration::from_millis(200);
+    let cache = world.volume("web-uid", "empty-dir", "cache");
+    world.mounter.hang_at(&cache);
+    let cancel = CancellationToken::new();
+    let (settings, mounter, stop) = (
+        world.settings.clone(),
+        world.mounter.clone(),
+        cancel.clone(),
+    );
+    let daemon =
+        tokio::spawn(async move { app::run(&settings, false, mounter, stop).await.unwrap() });
+    // Every other volume converges while the cache mount hangs.
+    wait_until(|| world.mounts().len() == 3).await;
+    let failures = world.settings.root_dir.join("state/failures.json");
+    wait_until(|| std::fs::read_to_string(&failures).is_ok_and(|f| f.contains("stuck"))).await;
+    let attempts = world
+        .mounter
+        .calls()
+        .iter()
+        .filter(|c| c.ends_with("/cache"))
+        .count();
+    assert_eq!(
+        attempts, 1,
+        "a hung volume gets no second call while the first is stuck"
+    );
+    world.mounter.release(&cache);
+    wait_until(|| world.mounts().iter().any(|(p, ..)| p == &cache)).await;
+    cancel.cancel();
+    let report = daemon.await.unwrap();
+    assert!(report.converged(), "{:#?}", report.rows);
+}
