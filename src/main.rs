@@ -40,7 +40,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(run(settings, args.once))
+            let result = runtime.block_on(run(settings, args.once));
+            // Dropping a runtime waits for every blocking worker, a hung mount included; the
+            // report is out, so give workers a moment and let process exit end the rest.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            result
         }
         Command::Plan(args) => {
             let settings = Settings::from_args(&args.common, false)?;
@@ -124,6 +128,13 @@ async fn cancel_on_signal(cancel: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: stopping intake, letting in-flight ops finish"),
     }
     cancel.cancel();
+    // A second signal means "now": exit without waiting for in-flight ops.
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting at once; in-flight ops are abandoned");
+    std::process::exit(130);
 }
 
 fn plan_table(settings: &Settings, ops: &[Op]) -> String {
@@ -139,7 +150,17 @@ fn plan_table(settings: &Settings, ops: &[Op]) -> String {
                 volume.key.path(&settings.root_dir).display().to_string(),
                 volume.spec.describe(),
             ],
-            Op::Unmount { key } | Op::RemoveVolumeDir { key } => [
+            Op::Unmount { key, nested } => [
+                op.verb().into(),
+                key.pod_uid.clone(),
+                nested
+                    .clone()
+                    .unwrap_or_else(|| key.path(&settings.root_dir))
+                    .display()
+                    .to_string(),
+                String::new(),
+            ],
+            Op::RemoveVolumeDir { key } => [
                 op.verb().into(),
                 key.pod_uid.clone(),
                 key.path(&settings.root_dir).display().to_string(),

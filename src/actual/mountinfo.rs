@@ -95,6 +95,9 @@ fn unescape(field: &str) -> String {
 pub struct PodMounts {
     /// Mounts exactly at a pod volume path, innermost (newest) last.
     pub volumes: BTreeMap<VolumeKey, Vec<MountEntry>>,
+    /// Mounts strictly below a volume path, outermost first (e.g. propagated from the source
+    /// of a bind, or made inside an emptyDir).
+    pub nested: BTreeMap<VolumeKey, Vec<PathBuf>>,
     /// Any other mount under a pod's directory: it keeps that directory from being removed.
     pub stray: BTreeMap<String, Vec<PathBuf>>,
 }
@@ -109,13 +112,23 @@ impl PodMounts {
             };
             let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
             match parts.as_slice() {
-                [uid, "volumes", plugin, name] if Plugin::from_dir_name(plugin).is_some() => {
+                [uid, "volumes", plugin, name, rest @ ..]
+                    if Plugin::from_dir_name(plugin).is_some() =>
+                {
                     let key = VolumeKey {
                         pod_uid: uid.to_string(),
                         plugin: Plugin::from_dir_name(plugin).expect("checked above"),
                         name: name.to_string(),
                     };
-                    index.volumes.entry(key).or_default().push(entry.clone());
+                    if rest.is_empty() {
+                        index.volumes.entry(key).or_default().push(entry.clone());
+                    } else {
+                        index
+                            .nested
+                            .entry(key)
+                            .or_default()
+                            .push(entry.mount_point.clone());
+                    }
                 }
                 [uid, ..] => index
                     .stray
@@ -124,6 +137,9 @@ impl PodMounts {
                     .push(entry.mount_point.clone()),
                 [] => {}
             }
+        }
+        for nested in index.nested.values_mut() {
+            nested.sort_by_key(|path| path.components().count());
         }
         index
     }
@@ -134,7 +150,12 @@ impl PodMounts {
 
     /// True when something is mounted anywhere under the pod's directory.
     pub fn pod_has_mounts(&self, pod_uid: &str) -> bool {
-        self.stray.contains_key(pod_uid) || self.volumes.keys().any(|k| k.pod_uid == pod_uid)
+        self.stray.contains_key(pod_uid)
+            || self
+                .volumes
+                .keys()
+                .chain(self.nested.keys())
+                .any(|k| k.pod_uid == pod_uid)
     }
 }
 
@@ -185,7 +206,17 @@ mod tests {
             2,
             "two stacked mounts at one path"
         );
-        assert_eq!(index.stray["u2"].len(), 1, "a nested mount is stray");
+        let scratch = VolumeKey {
+            pod_uid: "u2".into(),
+            plugin: Plugin::EmptyDir,
+            name: "scratch".into(),
+        };
+        assert_eq!(
+            index.nested[&scratch].len(),
+            1,
+            "a mount inside a volume is nested"
+        );
+        assert!(!index.is_mounted(&scratch));
         assert!(index.pod_has_mounts("u2") && index.pod_has_mounts("u1"));
         assert!(!index.pod_has_mounts("u3"));
     }

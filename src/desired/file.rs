@@ -17,6 +17,8 @@ use super::{DesiredState, NodeConfig};
 
 /// Coalesces a burst of file events (an editor's write + rename) into one reload.
 const DEBOUNCE: Duration = Duration::from_millis(20);
+/// How long to wait before believing that pods vanished from the directory.
+const SETTLE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileSourceError {
@@ -99,7 +101,8 @@ impl FileSource {
         Ok(())
     }
 
-    /// Publishes snapshots until `cancel` fires. The first one is sent before returning.
+    /// Publishes snapshots until `cancel` fires: at start, after each finished write in the
+    /// directory, and on the resync interval.
     pub async fn run(
         self,
         tx: watch::Sender<Arc<DesiredState>>,
@@ -107,7 +110,9 @@ impl FileSource {
     ) -> Result<(), FileSourceError> {
         let (event_tx, mut events) = mpsc::unbounded_channel();
         let mut watcher = notify::recommended_watcher(move |event| {
-            let _ = event_tx.send(event);
+            if is_content_change(&event) {
+                let _ = event_tx.send(());
+            }
         })
         .map_err(|source| self.watch_error(source))?;
         watcher
@@ -115,10 +120,22 @@ impl FileSource {
             .map_err(|source| self.watch_error(source))?;
         let source = Arc::new(self);
         loop {
-            let reader = source.clone();
-            let state = tokio::task::spawn_blocking(move || reader.snapshot())
-                .await
-                .expect("the manifest reader does not panic");
+            let mut state = source.read().await;
+            let previous = tx.borrow().clone();
+            if state.complete && lost_pods(&previous, &state) {
+                // Pods vanished: read once more after the writer had time to finish, so a file
+                // caught half-written never looks like deleted pods.
+                tokio::time::sleep(SETTLE).await;
+                state = source.read().await;
+            }
+            if state.problems != previous.problems || state.warnings != previous.warnings {
+                for problem in &state.problems {
+                    tracing::error!(dir = %source.dir.display(), %problem, "manifest problem; nothing is torn down until it is fixed");
+                }
+                for warning in &state.warnings {
+                    tracing::warn!(dir = %source.dir.display(), %warning, "manifest skipped");
+                }
+            }
             tx.send_if_modified(|current| {
                 let changed = **current != state;
                 if changed {
@@ -129,12 +146,19 @@ impl FileSource {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(source.resync) => {}
-                Some(_) = events.recv() => {
+                Some(()) = events.recv() => {
                     tokio::time::sleep(DEBOUNCE).await;
                     while events.try_recv().is_ok() {}
                 }
             }
         }
+    }
+
+    async fn read(self: &Arc<Self>) -> DesiredState {
+        let reader = self.clone();
+        tokio::task::spawn_blocking(move || reader.snapshot())
+            .await
+            .expect("the manifest reader does not panic")
     }
 
     fn watch_error(&self, source: notify::Error) -> FileSourceError {
@@ -163,4 +187,29 @@ fn hold_back_new(
             .pending
             .insert(claim, format!("would bind to {pv}, held back: {why}"));
     }
+}
+
+/// True for events after which the directory's content may differ: a file closed after
+/// writing, created, removed or renamed. Opens and reads (our own included) and in-progress
+/// writes are not: reading a file mid-write would see half of it.
+fn is_content_change(event: &notify::Result<notify::Event>) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    match event {
+        // An error (e.g. a queue overflow) may have lost events: reload to be sure.
+        Err(_) => true,
+        Ok(event) => matches!(
+            event.kind,
+            EventKind::Create(_)
+                | EventKind::Remove(_)
+                | EventKind::Modify(ModifyKind::Name(_))
+                | EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Other
+                | EventKind::Any
+        ),
+    }
+}
+
+/// True when a pod of `before` is missing from `after`.
+fn lost_pods(before: &DesiredState, after: &DesiredState) -> bool {
+    before.pods.keys().any(|uid| !after.pods.contains_key(uid))
 }

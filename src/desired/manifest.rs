@@ -61,14 +61,13 @@ pub struct Manifests {
     origins: BTreeMap<(&'static str, String), PathBuf>,
 }
 
-/// Loads every `*.yaml`, `*.yml` and `*.json` file directly in `dir`, in name order.
+/// Loads every `*.yaml`, `*.yml` and `*.json` file directly in `dir`, in name order. An entry
+/// that cannot be read is an error, never a silent omission: a missing file would look like
+/// deleted pods.
 pub fn load_dir(dir: &Path) -> Manifests {
     let mut manifests = Manifests::default();
-    let mut files = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| is_manifest_file(path))
-            .collect::<Vec<_>>(),
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
         Err(source) => {
             manifests.errors.push(ManifestError::ReadDir {
                 dir: dir.to_path_buf(),
@@ -77,6 +76,30 @@ pub fn load_dir(dir: &Path) -> Manifests {
             return manifests;
         }
     };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = match entry {
+            Ok(entry) => entry.path(),
+            Err(source) => {
+                manifests.errors.push(ManifestError::ReadDir {
+                    dir: dir.to_path_buf(),
+                    source,
+                });
+                continue;
+            }
+        };
+        if !has_manifest_name(&path) {
+            continue;
+        }
+        // stat follows links: a dangling link is an error, a directory named x.yaml is skipped.
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => files.push(path),
+            Ok(_) => {}
+            Err(source) => manifests
+                .errors
+                .push(ManifestError::ReadFile { path, source }),
+        }
+    }
     files.sort();
     for path in files {
         match std::fs::read_to_string(&path) {
@@ -89,13 +112,13 @@ pub fn load_dir(dir: &Path) -> Manifests {
     manifests
 }
 
-fn is_manifest_file(path: &Path) -> bool {
+fn has_manifest_name(path: &Path) -> bool {
     let hidden = path
         .file_name()
         .and_then(|n| n.to_str())
         .is_none_or(|n| n.starts_with('.'));
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    !hidden && matches!(ext, "yaml" | "yml" | "json") && path.is_file()
+    !hidden && matches!(ext, "yaml" | "yml" | "json")
 }
 
 impl Manifests {

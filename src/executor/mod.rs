@@ -6,7 +6,7 @@ pub mod backoff;
 pub mod run;
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +47,8 @@ pub struct Executor {
     permits: Arc<Semaphore>,
     events: mpsc::UnboundedSender<OpEvent>,
     in_flight: HashMap<OpKey, Instant>,
+    /// In-flight keys whose op outlived its deadline.
+    overdue: HashSet<OpKey>,
     backoff: HashMap<OpKey, Backoff>,
 }
 
@@ -62,6 +64,7 @@ impl Executor {
             config,
             events,
             in_flight: HashMap::new(),
+            overdue: HashSet::new(),
             backoff: HashMap::new(),
         };
         (executor, rx)
@@ -72,7 +75,7 @@ impl Executor {
         let now = Instant::now();
         if self.config.retry {
             // Forget failures of keys the plan no longer asks about.
-            let wanted: std::collections::HashSet<OpKey> = ops.iter().map(Op::key).collect();
+            let wanted: HashSet<OpKey> = ops.iter().map(Op::key).collect();
             self.backoff.retain(|key, _| wanted.contains(key));
         }
         let mut started = 0;
@@ -104,7 +107,7 @@ impl Executor {
         let span = tracing::info_span!("op", op = op.verb(), key = %describe_key(&op.key()));
         tokio::spawn(
             async move {
-                let _permit = permits
+                let permit = permits
                     .acquire_owned()
                     .await
                     .expect("the semaphore is never closed");
@@ -117,6 +120,9 @@ impl Executor {
                 let joined = match tokio::time::timeout(deadline, &mut work).await {
                     Ok(joined) => joined,
                     Err(_) => {
+                        // A stuck call gives its slot back, so hung volumes cannot starve the
+                        // others; the key stays busy, so each volume has at most one stuck call.
+                        drop(permit);
                         let _ = events.send(OpEvent::Overdue {
                             op: op.clone(),
                             after: deadline,
@@ -143,6 +149,7 @@ impl Executor {
     pub fn complete(&mut self, event: &OpEvent) {
         match event {
             OpEvent::Overdue { op, after } => {
+                self.overdue.insert(op.key());
                 tracing::warn!(op = op.verb(), key = %describe_key(&op.key()), after_s = after.as_secs(), "op is stuck past its deadline; its volume is uncertain and other volumes go on")
             }
             OpEvent::Finished {
@@ -152,6 +159,7 @@ impl Executor {
             } => {
                 let key = op.key();
                 self.in_flight.remove(&key);
+                self.overdue.remove(&key);
                 match &outcome.did {
                     Ok(did) => {
                         self.backoff.remove(&key);
@@ -189,7 +197,17 @@ impl Executor {
         if !self.config.retry {
             return None;
         }
-        self.backoff.values().map(|b| b.not_before).min()
+        let now = Instant::now();
+        self.backoff
+            .iter()
+            .filter(|(key, b)| !self.in_flight.contains_key(*key) && b.not_before > now)
+            .map(|(_, b)| b.not_before)
+            .min()
+    }
+
+    /// Ops still running that are not past their deadline; `run --once` waits only for these.
+    pub fn in_flight_on_time(&self) -> usize {
+        self.in_flight.len() - self.overdue.len()
     }
 }
 

@@ -29,10 +29,10 @@ pub struct OpOutcome {
 pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
     let did = match op {
         Op::SetUp { volume } => set_up(ctx, volume),
-        Op::Unmount { key } => ctx
-            .mounter
-            .unmount(&key.path(ctx.fs.root()))
-            .map(|()| "unmounted"),
+        Op::Unmount { key, nested } => {
+            let target = nested.clone().unwrap_or_else(|| key.path(ctx.fs.root()));
+            ctx.mounter.unmount(&target).map(|()| "unmounted")
+        }
         Op::RemoveVolumeDir { key } => {
             // Checked against a fresh mount table, not our records (rule 2).
             let recursive = key.plugin == Plugin::EmptyDir;

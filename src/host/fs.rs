@@ -3,13 +3,13 @@
 //! uses `openat(O_NOFOLLOW)`, so a symlink planted in a pod directory is refused, never followed.
 
 use std::collections::BTreeSet;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::fs_util::{kind_name, list, remove_tree, rmdir};
+use super::fs_util::{kind_name, list, mount_id_of, remove_tree, rmdir};
 use super::{HostError, Source, Target};
 use crate::actual::mountinfo::MountEntry;
 use crate::actual::OnDisk;
@@ -102,23 +102,11 @@ impl PodFs {
     /// it for the `*OrCreate` types. Links in the host path are followed, as Kubernetes does,
     /// but the resolved path must stay inside the allowed host path roots.
     pub fn open_source(&self, path: &Path, expect: PathType) -> Result<Source, HostError> {
-        let missing = matches!(rfs::lstat(path), Err(Errno::NOENT));
-        if missing && expect == PathType::DirectoryOrCreate {
-            // mkdir -p -m 0755 <path>
-            std::fs::create_dir_all(path).map_err(|source| HostError::Io {
-                op: "creating",
-                path: path.to_path_buf(),
-                source,
-            })?;
-        } else if missing && expect == PathType::FileOrCreate {
-            // touch <path> (its parent must exist, as in Kubernetes)
-            rfs::open(
-                path,
-                OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o644),
-            )
-            .map_err(HostError::io("creating", path))?;
+        // lstat <path>
+        if matches!(rfs::lstat(path), Err(Errno::NOENT)) {
+            self.create_missing(path, expect)?;
         }
+        // O_PATH open: the object checked below is the object later bound.
         let fd = rfs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(
             |e| match e {
                 Errno::NOENT => HostError::PathCheck {
@@ -134,44 +122,72 @@ impl PodFs {
                 .map_err(HostError::io("inspecting", path))?
                 .st_mode,
         );
-        let fits = match expect {
-            PathType::Unchecked => true,
-            PathType::Directory | PathType::DirectoryOrCreate => kind == FileType::Directory,
-            PathType::File | PathType::FileOrCreate => kind == FileType::RegularFile,
-            PathType::Socket => kind == FileType::Socket,
-            PathType::CharDevice => kind == FileType::CharacterDevice,
-            PathType::BlockDevice => kind == FileType::BlockDevice,
-        };
-        if !fits {
+        if !fits(kind, expect) {
             return Err(HostError::PathCheck {
                 path: path.to_path_buf(),
                 expected: super::describe_path_type(expect),
                 found: format!("a {}", kind_name(kind)),
             });
         }
-        let resolved = rfs::readlink(
-            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)),
-            Vec::new(),
-        )
-        .map_err(HostError::io("resolving", path))?;
-        let resolved = PathBuf::from(resolved.to_string_lossy().into_owned());
-        if !self
-            .host_path_roots
-            .iter()
-            .any(|root| resolved.starts_with(root))
-        {
-            return Err(HostError::Unsafe {
-                path: path.to_path_buf(),
-                why: format!(
-                    "it resolves to {}, outside the allowed host path roots",
-                    resolved.display()
-                ),
-            });
-        }
+        // readlink /proc/self/fd/<n>: where the links led.
+        let resolved = rfs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new())
+            .map_err(HostError::io("resolving", path))?;
+        self.check_within_roots(path, Path::new(&*resolved.to_string_lossy()))?;
         Ok(Source {
             path: path.to_path_buf(),
             fd,
             is_dir: kind == FileType::Directory,
+        })
+    }
+
+    /// Creates a missing `*OrCreate` host path, after checking that where it would land (its
+    /// deepest existing ancestor, links resolved) lies inside the allowed roots.
+    fn create_missing(&self, path: &Path, expect: PathType) -> Result<(), HostError> {
+        if !matches!(expect, PathType::DirectoryOrCreate | PathType::FileOrCreate) {
+            return Ok(());
+        }
+        let existing = path
+            .ancestors()
+            .find(|a| a.symlink_metadata().is_ok())
+            .unwrap_or(Path::new("/"));
+        let resolved = existing.canonicalize().map_err(|source| HostError::Io {
+            op: "resolving",
+            path: existing.to_path_buf(),
+            source,
+        })?;
+        self.check_within_roots(path, &resolved)?;
+        if expect == PathType::DirectoryOrCreate {
+            // mkdir -p -m 0755 <path>
+            return std::fs::create_dir_all(path).map_err(|source| HostError::Io {
+                op: "creating",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+        // touch <path> (its parent must exist, as in Kubernetes)
+        rfs::open(
+            path,
+            OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .map(drop)
+        .map_err(HostError::io("creating", path))
+    }
+
+    fn check_within_roots(&self, path: &Path, resolved: &Path) -> Result<(), HostError> {
+        if self
+            .host_path_roots
+            .iter()
+            .any(|root| resolved.starts_with(root))
+        {
+            return Ok(());
+        }
+        Err(HostError::Unsafe {
+            path: path.to_path_buf(),
+            why: format!(
+                "it resolves to {}, outside the allowed host path roots (--host-path-root)",
+                resolved.display()
+            ),
         })
     }
 
@@ -218,10 +234,8 @@ impl PodFs {
                 .map_err(HostError::io("removing", &path));
         }
         if recursive {
-            let device = rfs::fstat(&parent)
-                .map_err(HostError::io("inspecting", &path))?
-                .st_dev;
-            return remove_tree(&parent, &key.name, &path, device, 0);
+            let mount_id = mount_id_of(&parent, &path)?;
+            return remove_tree(&parent, &key.name, &path, mount_id, 0);
         }
         rmdir(&parent, &key.name, &path)
     }
@@ -284,6 +298,13 @@ impl PodFs {
                 continue;
             };
             for name in list(&dir, &volumes_path.join(&plugin_dir))? {
+                // volumed never makes links here; a planted one is not taken for a volume (it
+                // would look like a set-up emptyDir) and keeps its pod directory, reported.
+                let kind = rfs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|st| FileType::from_raw_mode(st.st_mode));
+                if kind == Ok(FileType::Symlink) {
+                    continue;
+                }
                 keys.insert(VolumeKey {
                     pod_uid: pod_uid.to_string(),
                     plugin: plugin.clone(),
@@ -326,3 +347,15 @@ impl PodFs {
 #[cfg(test)]
 #[path = "fs_tests.rs"]
 mod tests;
+
+/// Kubernetes' hostPath type check.
+fn fits(kind: FileType, expect: PathType) -> bool {
+    match expect {
+        PathType::Unchecked => true,
+        PathType::Directory | PathType::DirectoryOrCreate => kind == FileType::Directory,
+        PathType::File | PathType::FileOrCreate => kind == FileType::RegularFile,
+        PathType::Socket => kind == FileType::Socket,
+        PathType::CharDevice => kind == FileType::CharacterDevice,
+        PathType::BlockDevice => kind == FileType::BlockDevice,
+    }
+}

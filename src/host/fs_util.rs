@@ -44,7 +44,7 @@ pub(super) fn remove_tree(
     parent: &impl AsFd,
     name: &str,
     path: &Path,
-    device: u64,
+    mount_id: u64,
     depth: usize,
 ) -> Result<(), HostError> {
     if depth > MAX_DEPTH {
@@ -60,15 +60,12 @@ pub(super) fn remove_tree(
         Mode::empty(),
     )
     .map_err(HostError::io("opening", path))?;
-    if rfs::fstat(&dir)
-        .map_err(HostError::io("inspecting", path))?
-        .st_dev
-        != device
-    {
+    // The mount id, not the device number: a bind mount of the same filesystem shares the
+    // device but not the mount, and must not be descended into either.
+    if mount_id_of(&dir, path)? != mount_id {
         return Err(HostError::Unsafe {
             path: path.to_path_buf(),
-            why: "another filesystem is mounted there; volumed does not delete across filesystems"
-                .into(),
+            why: "something is mounted there; volumed does not delete across mounts".into(),
         });
     }
     for entry in list(&dir, path)? {
@@ -76,8 +73,9 @@ pub(super) fn remove_tree(
         let stat = rfs::statat(&dir, entry.as_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(HostError::io("inspecting", &child))?;
         if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
-            remove_tree(&dir, &entry, &child, device, depth + 1)?;
+            remove_tree(&dir, &entry, &child, mount_id, depth + 1)?;
         } else {
+            // rm <child> (a link is removed, never followed)
             rfs::unlinkat(&dir, entry.as_str(), AtFlags::empty())
                 .map_err(HostError::io("removing", &child))?;
         }
@@ -119,4 +117,12 @@ pub(super) fn kind_name(kind: FileType) -> &'static str {
         FileType::Fifo => "fifo",
         FileType::Unknown => "file of unknown type",
     }
+}
+
+/// The id of the mount a descriptor lives on (`stat --format=%m` gives its mount point).
+pub(super) fn mount_id_of(fd: &impl AsFd, path: &Path) -> Result<u64, HostError> {
+    // statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID)
+    let stat = rfs::statx(fd, "", AtFlags::EMPTY_PATH, rfs::StatxFlags::MNT_ID)
+        .map_err(HostError::io("inspecting", path))?;
+    Ok(stat.stx_mnt_id)
 }

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::mount::{umount2, MntFlags};
+use nix::mount::{umount2, MntFlags, MsFlags};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, StatxAttributes, StatxFlags};
 use sys_mount::{Mount, MountFlags};
 
@@ -53,21 +53,16 @@ impl Mounter for RealMounter {
     }
 
     fn bind(&self, source: &Source, target: &Target, read_only: bool) -> Result<(), HostError> {
-        let what = || format!("bind of {}", source.path.display());
-        // mount --bind <source> <target>
+        let what = format!("bind of {}", source.path.display());
+        let fail = |what: &str| mount_error(what, &target.path);
+        // mount --bind <source> <target>  ("none": mount(2) ignores the type of a bind)
         Mount::builder()
+            .fstype("none")
             .flags(MountFlags::BIND)
             .mount(fd_path(&source.fd), fd_path(&target.fd))
-            .map_err(|err| HostError::Mount {
-                what: what(),
-                target: target.path.clone(),
-                source: err,
-            })?;
-        if !read_only {
-            return Ok(());
-        }
+            .map_err(fail(&what))?;
         // The target fd still names the covered directory; re-open the path through its parent
-        // to reach the new mount before making it read-only.
+        // to reach the new mount for the follow-up changes.
         let name = target
             .path
             .file_name()
@@ -78,19 +73,35 @@ impl Mounter for RealMounter {
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(HostError::io("re-opening", &target.path))?;
-        // mount -o remount,bind,ro <target>
-        let remount = Mount::builder()
-            .flags(MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY)
-            .mount("none", fd_path(&mounted));
-        if let Err(err) = remount {
-            // Never leave a writable mount where a read-only one was asked for.
-            let _ = self.unmount(&target.path);
-            return Err(HostError::Mount {
-                what: format!("read-only remount of {}", what()),
-                target: target.path.clone(),
-                source: err,
-            });
+        .map_err(HostError::io("re-opening", &target.path));
+        let follow_up = mounted.and_then(|mounted| {
+            // mount --make-rslave <target>: host mounts under the source still show up in the
+            // pod, but nothing mounted or unmounted in the pod's copy reaches the host.
+            // (nix: sys-mount's builder has no way to pass propagation flags alone.)
+            nix::mount::mount(
+                None::<&str>,
+                &fd_path(&mounted),
+                None::<&str>,
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|errno| fail(&format!("rslave propagation for {what}"))(errno.into()))?;
+            if read_only {
+                // mount -o remount,bind,ro <target>
+                Mount::builder()
+                    .fstype("none")
+                    .flags(MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY)
+                    .mount("none", fd_path(&mounted))
+                    .map_err(fail(&format!("read-only remount of {what}")))?;
+            }
+            Ok(())
+        });
+        if let Err(err) = follow_up {
+            // Never leave a half-made mount (writable where read-only was asked) in place.
+            if let Err(undo) = self.unmount(&target.path) {
+                tracing::error!(target = %target.path.display(), %undo, "cannot undo a half-made bind mount; status reports it as differing");
+            }
+            return Err(err);
         }
         Ok(())
     }
@@ -137,7 +148,7 @@ fn is_mount_point_path(path: &Path) -> Result<bool, HostError> {
     }
 }
 
-/// `stat` reports STATX_ATTR_MOUNT_ROOT for the root of a mount, bind mounts included.
+/// statx(fd, "", AT_EMPTY_PATH) reports STATX_ATTR_MOUNT_ROOT for the root of a mount, bind mounts included.
 fn mount_root(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> Result<bool, HostError> {
     let stat = rfs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
         .map_err(HostError::io("inspecting", path))?;
@@ -148,4 +159,13 @@ fn mount_root(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> Result<bool, Host
         return Err(HostError::io("inspecting", path)(rustix::io::Errno::NOTSUP));
     }
     Ok(stat.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
+}
+
+fn mount_error(what: &str, target: &Path) -> impl FnOnce(std::io::Error) -> HostError {
+    let (what, target) = (what.to_string(), target.to_path_buf());
+    move |source| HostError::Mount {
+        what,
+        target,
+        source,
+    }
 }

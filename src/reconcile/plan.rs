@@ -1,12 +1,15 @@
 //! `plan`: all reconcile policy in one pure function. It compares what the pods need with what
 //! the mount table and the pod directories show, and returns the ops that close the gap.
 
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
 use serde::Serialize;
 
 use crate::actual::mountinfo::PodMounts;
 use crate::actual::OnDisk;
 use crate::desired::DesiredState;
-use crate::model::{DesiredVolume, VolumeKey};
+use crate::model::{DesiredVolume, Plugin, VolumeKey};
 
 /// One step towards the desired state. Each is idempotent: running it on a host where it
 /// already happened changes nothing.
@@ -15,8 +18,12 @@ use crate::model::{DesiredVolume, VolumeKey};
 pub enum Op {
     /// Create the volume's path and mount (or create) what the spec says.
     SetUp { volume: Box<DesiredVolume> },
-    /// Unmount the top mount at an unwanted volume path.
-    Unmount { key: VolumeKey },
+    /// Unmount the top mount at an unwanted volume path, or first the innermost mount
+    /// nested below it.
+    Unmount {
+        key: VolumeKey,
+        nested: Option<PathBuf>,
+    },
     /// Remove an unwanted, unmounted volume path (an emptyDir's contents with it).
     RemoveVolumeDir { key: VolumeKey },
     /// Remove the directory of a pod that is gone, once its volumes are.
@@ -34,7 +41,7 @@ impl Op {
     pub fn key(&self) -> OpKey {
         match self {
             Op::SetUp { volume } => OpKey::Volume(volume.key.clone()),
-            Op::Unmount { key } | Op::RemoveVolumeDir { key } => OpKey::Volume(key.clone()),
+            Op::Unmount { key, .. } | Op::RemoveVolumeDir { key } => OpKey::Volume(key.clone()),
             Op::RemovePodDir { pod_uid } => OpKey::Pod(pod_uid.clone()),
         }
     }
@@ -42,7 +49,7 @@ impl Op {
     pub fn pod_uid(&self) -> &str {
         match self {
             Op::SetUp { volume } => &volume.key.pod_uid,
-            Op::Unmount { key } | Op::RemoveVolumeDir { key } => &key.pod_uid,
+            Op::Unmount { key, .. } | Op::RemoveVolumeDir { key } => &key.pod_uid,
             Op::RemovePodDir { pod_uid } => pod_uid,
         }
     }
@@ -58,20 +65,15 @@ impl Op {
 }
 
 /// The ops that move the host towards `desired`. Teardown is planned only from a complete
-/// snapshot (rule 1); a volume is torn down before its directory, and a pod directory only
-/// after all its volumes and mounts are gone.
+/// snapshot (rule 1) and only for volumes of plugins volumed manages; a running pod with a
+/// volume that cannot be resolved keeps all its volumes (a typo never costs data). Mounts
+/// nested inside a volume go first, innermost first, then the volume, then its directory,
+/// and a pod directory only after all its volumes and mounts are gone.
 pub fn plan(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec<Op> {
     let mut ops: Vec<Op> = desired
         .volumes
         .values()
-        .filter(|volume| {
-            let in_place = if volume.spec.is_mount() {
-                mounts.is_mounted(&volume.key)
-            } else {
-                on_disk.has_volume(&volume.key)
-            };
-            !in_place
-        })
+        .filter(|volume| !in_place(volume, mounts, on_disk))
         .map(|volume| Op::SetUp {
             volume: Box::new(volume.clone()),
         })
@@ -79,18 +81,40 @@ pub fn plan(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec
     if !desired.complete {
         return ops;
     }
-    let unwanted = |key: &&VolumeKey| !desired.volumes.contains_key(*key);
+    let held: BTreeSet<&str> = desired
+        .waiting
+        .iter()
+        .filter(|w| w.blocking)
+        .map(|w| w.pod.uid.as_str())
+        .collect();
+    let unwanted = |key: &VolumeKey| {
+        !matches!(key.plugin, Plugin::Other(_))
+            && !desired.volumes.contains_key(key)
+            && !held.contains(key.pod_uid.as_str())
+    };
+    let mounted_keys: BTreeSet<&VolumeKey> =
+        mounts.volumes.keys().chain(mounts.nested.keys()).collect();
+    for key in mounted_keys.into_iter().filter(|k| unwanted(k)) {
+        let innermost = mounts
+            .nested
+            .get(key)
+            .and_then(|nested| nested.last())
+            .cloned();
+        if innermost.is_some() || mounts.is_mounted(key) {
+            ops.push(Op::Unmount {
+                key: key.clone(),
+                nested: innermost,
+            });
+        }
+    }
+    let idle = |key: &&VolumeKey| !mounts.is_mounted(key) && !mounts.nested.contains_key(*key);
     ops.extend(
-        mounts
-            .volumes
-            .keys()
-            .filter(unwanted)
-            .map(|key| Op::Unmount { key: key.clone() }),
-    );
-    let dirs = on_disk.pods.values().flatten();
-    ops.extend(
-        dirs.filter(unwanted)
-            .filter(|key| !mounts.is_mounted(key))
+        on_disk
+            .pods
+            .values()
+            .flatten()
+            .filter(|key| unwanted(key))
+            .filter(idle)
             .map(|key| Op::RemoveVolumeDir { key: key.clone() }),
     );
     ops.extend(
@@ -107,6 +131,17 @@ pub fn plan(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec
             }),
     );
     ops
+}
+
+/// A volume is in place when something is mounted at its path (or, for a plain emptyDir,
+/// its directory exists). Whether the mount matches the spec is status's business: volumed
+/// never remounts under a running pod.
+pub fn in_place(volume: &DesiredVolume, mounts: &PodMounts, on_disk: &OnDisk) -> bool {
+    if volume.spec.is_mount() {
+        mounts.is_mounted(&volume.key)
+    } else {
+        on_disk.has_volume(&volume.key)
+    }
 }
 
 #[cfg(test)]

@@ -1,3 +1,6 @@
+//! Table-driven tests of `plan`: each case is a desired state, a mount table and the pod
+//! directories, and the exact ops expected.
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -88,7 +91,11 @@ fn verbs(ops: &[Op]) -> Vec<String> {
 fn describe(op: &Op) -> String {
     match op {
         Op::SetUp { volume } => volume.key.to_string(),
-        Op::Unmount { key } | Op::RemoveVolumeDir { key } => key.to_string(),
+        Op::Unmount {
+            key,
+            nested: Some(path),
+        } => format!("{key} {}", path.display()),
+        Op::Unmount { key, nested: None } | Op::RemoveVolumeDir { key } => key.to_string(),
         Op::RemovePodDir { pod_uid } => pod_uid.clone(),
     }
 }
@@ -196,4 +203,62 @@ fn plan_closes_the_gap_and_nothing_more() {
     for (name, want, mounts, on_disk, expected) in cases {
         assert_eq!(verbs(&plan(want, &mounts, &on_disk)), expected, "{name}");
     }
+}
+
+#[test]
+fn a_running_pod_with_an_unresolvable_volume_keeps_every_volume() {
+    let cache = key("p1", Plugin::EmptyDir, "cache");
+    let scratch = key("p1", Plugin::EmptyDir, "scratch");
+    // The pod's cache volume no longer resolves (say its sizeLimit became a typo) ...
+    let mut want = desired(true, &[(scratch.clone(), MountSpec::Directory)]);
+    want.waiting.push(crate::desired::WaitingVolume {
+        pod: want.pods["p1"].clone(),
+        volume_name: "cache".into(),
+        reason: "emptyDir.sizeLimit: quantity \"64MB\" is not valid".into(),
+        blocking: true,
+    });
+    let ops = plan(
+        &want,
+        &mounted(&[&cache], &[]),
+        &disk(&[&cache, &scratch], &[]),
+    );
+    // ... so nothing of the pod is torn down: not its tmpfs, not its emptyDir data.
+    assert_eq!(verbs(&ops), Vec::<String>::new());
+}
+
+#[test]
+fn volumes_of_plugins_volumed_does_not_manage_are_never_torn_down() {
+    let secret = key("gone", Plugin::Other("secret".into()), "token");
+    let ops = plan(
+        &desired(true, &[]),
+        &mounted(&[&secret], &[]),
+        &disk(&[&secret], &[]),
+    );
+    assert_eq!(
+        verbs(&ops),
+        Vec::<String>::new(),
+        "no unmount, no rmdir, and the pod dir stays"
+    );
+}
+
+#[test]
+fn mounts_nested_in_an_unwanted_volume_go_first_innermost_first() {
+    let logs = key("gone", Plugin::HostPath, "logs");
+    let base = logs.path(Path::new(ROOT));
+    let outer = base.join("a");
+    let inner = base.join("a/b");
+    let entries = vec![
+        entry(base.clone()),
+        entry(outer.clone()),
+        entry(inner.clone()),
+    ];
+    let mounts = PodMounts::index(&entries, Path::new(ROOT));
+    let ops = plan(&desired(true, &[]), &mounts, &disk(&[&logs], &[]));
+    assert_eq!(
+        verbs(&ops),
+        vec![format!("unmount {logs} {}", inner.display())]
+    );
+    let only_volume = PodMounts::index(&entries[..1], Path::new(ROOT));
+    let ops = plan(&desired(true, &[]), &only_volume, &disk(&[&logs], &[]));
+    assert_eq!(verbs(&ops), vec![format!("unmount {logs}")]);
 }

@@ -6,10 +6,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::actual::mountinfo::PodMounts;
+use super::plan::in_place;
+use crate::actual::mountinfo::{MountEntry, PodMounts};
 use crate::actual::OnDisk;
 use crate::desired::DesiredState;
-use crate::model::VolumeKey;
+use crate::model::{MountSpec, Plugin, VolumeKey};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -51,12 +52,15 @@ pub fn rows(
 ) -> Vec<StatusRow> {
     let mut rows = Vec::new();
     for volume in desired.volumes.values() {
-        let in_place = if volume.spec.is_mount() {
-            mounts.is_mounted(&volume.key)
-        } else {
-            on_disk.has_volume(&volume.key)
-        };
+        let in_place = in_place(volume, mounts, on_disk);
+        let differs = mounts
+            .volumes
+            .get(&volume.key)
+            .and_then(|stack| differs(&volume.spec, stack.last()?));
         let (state, reason) = match failures.get(&volume.key.to_string()) {
+            _ if in_place && differs.is_some() => {
+                (VolumeState::Failed, differs.unwrap_or_default())
+            }
             _ if in_place => (VolumeState::Mounted, volume.spec.describe()),
             Some(error) => (VolumeState::Failed, error.clone()),
             None => (
@@ -98,18 +102,49 @@ pub fn rows(
     rows
 }
 
+/// Why a mount at a wanted volume's path does not match its spec. volumed never remounts
+/// under a running pod, so this is reported, not changed.
+fn differs(spec: &MountSpec, top: &MountEntry) -> Option<String> {
+    let why = match spec {
+        MountSpec::Tmpfs { .. } if top.fs_type != "tmpfs" => {
+            format!("a {} mount is there, not tmpfs", top.fs_type)
+        }
+        MountSpec::Bind {
+            read_only: true, ..
+        } if !top.read_only => "it is mounted read-write, the spec wants read-only".into(),
+        MountSpec::Bind {
+            read_only: false, ..
+        } if top.read_only => "it is mounted read-only, the spec wants read-write".into(),
+        _ => return None,
+    };
+    Some(format!("mounted, but differs from the spec: {why}; volumed does not remount under a running pod, recreate the pod to apply it"))
+}
+
 fn leftover(
     root: &Path,
     key: &VolumeKey,
     desired: &DesiredState,
     failures: &Failures,
 ) -> StatusRow {
-    let reason = match failures.get(&key.to_string()) {
-        Some(error) => error.clone(),
-        None if !desired.complete => {
-            "kept: the desired state is incomplete, nothing is torn down until it is whole".into()
-        }
-        None => "no pod wants it any more".into(),
+    let held = desired
+        .waiting
+        .iter()
+        .any(|w| w.blocking && w.pod.uid == key.pod_uid);
+    let (state, reason) = match failures.get(&key.to_string()) {
+        _ if matches!(key.plugin, Plugin::Other(_)) => (
+            VolumeState::Unmanaged,
+            "a plugin volumed does not manage; left alone".to_string(),
+        ),
+        Some(error) => (VolumeState::TearingDown, error.clone()),
+        None if !desired.complete => (
+            VolumeState::TearingDown,
+            "kept: the desired state is incomplete, nothing is torn down until it is whole".into(),
+        ),
+        None if held => (
+            VolumeState::TearingDown,
+            "kept: its pod still runs and has a volume that cannot be resolved".into(),
+        ),
+        None => (VolumeState::TearingDown, "no pod wants it any more".into()),
     };
     StatusRow {
         pod: desired
@@ -119,7 +154,7 @@ fn leftover(
         volume: key.name.clone(),
         kind: key.plugin.to_string(),
         path: key.path(root).display().to_string(),
-        state: VolumeState::TearingDown,
+        state,
         reason,
     }
 }

@@ -79,7 +79,8 @@ impl SyncLoop {
                 let ops = plan(&desired, pod_mounts, &self.on_disk);
                 let _span = tracing::debug_span!("pass", ops = ops.len()).entered();
                 let started = self.executor.submit(ops);
-                if self.once && started == 0 && self.executor.in_flight() == 0 {
+                // Once mode does not wait for a stuck op: it is reported, and exit ends it.
+                if self.once && started == 0 && self.executor.in_flight_on_time() == 0 {
                     break;
                 }
             }
