@@ -57,6 +57,12 @@ pub async fn run(
     mounter: Arc<dyn Mounter>,
     cancel: CancellationToken,
 ) -> anyhow::Result<Report> {
+    // A daemon pointed at a missing directory must fail (and be restarted), not idle.
+    anyhow::ensure!(
+        settings.manifests.is_dir(),
+        "manifest directory {} does not exist or is not a directory; create it or fix --manifests",
+        settings.manifests.display()
+    );
     let source = file_source(settings, true);
     let fs = pod_fs(settings);
     let (on_disk, fs) = tokio::task::spawn_blocking(move || (fs.scan(), fs)).await?;

@@ -31,7 +31,13 @@ impl Settings {
     /// Resolves the arguments; `create_root` makes the root dir (mode 0750) when missing.
     pub fn from_args(args: &CommonArgs, create_root: bool) -> Result<Settings, ConfigError> {
         if create_root {
-            std::fs::create_dir_all(&args.root_dir).map_err(|source| ConfigError::RootDir {
+            // mkdir -p -m 0750 <root>
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o750,
+            )
+            .create(&args.root_dir)
+            .map_err(|source| ConfigError::RootDir {
                 path: args.root_dir.clone(),
                 source,
             })?;

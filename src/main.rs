@@ -91,6 +91,7 @@ async fn run(settings: Settings, once: bool) -> anyhow::Result<ExitCode> {
         .filter(|r| r.state == VolumeState::Mounted)
         .count();
     if report.converged() {
+        eprint!("{}", problems(&report.desired));
         println!(
             "volumed: {in_place} volume(s) of {} pod(s) in place",
             report.desired.pods.len()

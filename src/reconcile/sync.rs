@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::plan::{plan, Op, OpKey};
+use super::plan::{plan, OpKey};
 use super::status::{self, Failures, StatusRow, VolumeState};
 use crate::actual::mountinfo::{MountTable, PodMounts};
 use crate::actual::watch::MountWatch;
@@ -55,34 +55,30 @@ impl Report {
     }
 }
 
+/// What the loop keeps between passes.
+#[derive(Default)]
+struct Books {
+    /// Volume failures by key, as last reported.
+    failures: Failures,
+    /// Pod-directory removal failures by pod uid.
+    pod_failures: BTreeMap<String, String>,
+    /// The newest mount table and its pod-mount index.
+    indexed: Option<(Arc<MountTable>, PodMounts)>,
+    /// Whether the last pass found the host matching a complete snapshot.
+    matched: bool,
+}
+
 impl SyncLoop {
     pub async fn run(mut self, cancel: CancellationToken) -> Report {
-        let mut failures = Failures::new();
-        let mut pod_failures = BTreeMap::new();
+        let mut books = Books::default();
         // A plan is made only from a mount table read after our last op finished.
         let mut need_covers = 0;
         let mut source_open = true;
-        // The pod-mount index is rebuilt only when a new table arrives, not on every pass.
-        let mut indexed: Option<(Arc<MountTable>, PodMounts)> = None;
         loop {
-            let table = self.mounts.tables.borrow_and_update().clone();
-            let desired = self.desired.borrow_and_update().clone();
-            if table.covers >= need_covers {
-                if !indexed
-                    .as_ref()
-                    .is_some_and(|(seen, _)| Arc::ptr_eq(seen, &table))
-                {
-                    let index = PodMounts::index(&table.entries, &self.root);
-                    indexed = Some((table.clone(), index));
-                }
-                let pod_mounts = &indexed.as_ref().expect("indexed above").1;
-                let ops = plan(&desired, pod_mounts, &self.on_disk);
-                let _span = tracing::debug_span!("pass", ops = ops.len()).entered();
-                let started = self.executor.submit(ops);
-                // Once mode does not wait for a stuck op: it is reported, and exit ends it.
-                if self.once && started == 0 && self.executor.in_flight_on_time() == 0 {
-                    break;
-                }
+            let started = self.pass(&mut books, need_covers);
+            // Once mode does not wait for a stuck op: it is reported, and exit ends it.
+            if self.once && started == Some(0) && self.executor.in_flight_on_time() == 0 {
+                break;
             }
             let retry_at = self.executor.next_retry();
             tokio::select! {
@@ -96,39 +92,73 @@ impl SyncLoop {
                 _ = self.mounts.tables.changed() => {}
                 Some(event) = self.events.recv() => {
                     self.executor.complete(&event);
-                    self.record(event, &mut failures, &mut pod_failures);
+                    self.record(event, &mut books);
                     need_covers = self.mounts.refresh();
                 }
                 _ = sleep_until(retry_at), if retry_at.is_some() => {}
             }
         }
         if cancel.is_cancelled() {
-            self.drain(&mut failures, &mut pod_failures).await;
+            self.drain(&mut books).await;
         }
         let table = self.mounts.tables.borrow().clone();
         let desired = self.desired.borrow().clone();
         let pod_mounts = PodMounts::index(&table.entries, &self.root);
-        let rows = status::rows(&self.root, &desired, &pod_mounts, &self.on_disk, &failures);
+        let rows = status::rows(
+            &self.root,
+            &desired,
+            &pod_mounts,
+            &self.on_disk,
+            &books.failures,
+        );
         Report {
             desired,
             rows,
-            pod_failures,
+            pod_failures: books.pod_failures,
         }
+    }
+
+    /// Plans from the newest snapshot and mount table and starts what it can. `None` when the
+    /// table does not yet show the effect of our last op (planning then would redo it).
+    fn pass(&mut self, books: &mut Books, need_covers: u64) -> Option<usize> {
+        let table = self.mounts.tables.borrow_and_update().clone();
+        let desired = self.desired.borrow_and_update().clone();
+        if table.covers < need_covers {
+            return None;
+        }
+        // The pod-mount index is rebuilt only when a new table arrives, not on every pass.
+        if !books
+            .indexed
+            .as_ref()
+            .is_some_and(|(seen, _)| Arc::ptr_eq(seen, &table))
+        {
+            let index = PodMounts::index(&table.entries, &self.root);
+            books.indexed = Some((table, index));
+        }
+        let pod_mounts = &books.indexed.as_ref().expect("indexed above").1;
+        let ops = plan(&desired, pod_mounts, &self.on_disk);
+        let matched = desired.complete && ops.is_empty() && self.executor.in_flight() == 0;
+        if matched && !books.matched {
+            tracing::info!(
+                pods = desired.pods.len(),
+                volumes = desired.volumes.len(),
+                "host matches the desired state"
+            );
+        }
+        books.matched = matched;
+        let _span = tracing::debug_span!("pass", ops = ops.len()).entered();
+        Some(self.executor.submit(ops))
     }
 
     /// Stops intake and lets in-flight ops finish (never aborting one half-way), then waits
     /// for a mount table that shows their effect, so the report is true.
-    async fn drain(
-        &mut self,
-        failures: &mut Failures,
-        pod_failures: &mut BTreeMap<String, String>,
-    ) {
+    async fn drain(&mut self, books: &mut Books) {
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;
         while self.executor.in_flight() > 0 {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(event)) => {
                     self.executor.complete(&event);
-                    self.record(event, failures, pod_failures);
+                    self.record(event, books);
                 }
                 Ok(None) => break,
                 Err(_) => {
@@ -150,38 +180,36 @@ impl SyncLoop {
         .await;
     }
 
-    fn record(
-        &mut self,
-        event: OpEvent,
-        failures: &mut Failures,
-        pod_failures: &mut BTreeMap<String, String>,
-    ) {
-        let (op, outcome) = match event {
+    fn record(&mut self, event: OpEvent, books: &mut Books) {
+        let (op, error) = match event {
             OpEvent::Overdue { op, after } => {
                 let stuck = format!(
                     "stuck: {} has run for more than {}s (the host may be hung on this path)",
                     op.verb(),
                     after.as_secs()
                 );
-                note(failures, pod_failures, &op, Some(stuck));
-                self.publish(failures);
-                return;
+                (op, Some(stuck))
             }
-            OpEvent::Finished { op, outcome, .. } => (op, outcome),
+            OpEvent::Finished { op, outcome, .. } => {
+                if let Some(pod_dirs) = outcome.pod_dirs {
+                    self.on_disk.set_pod(op.pod_uid(), pod_dirs);
+                }
+                let error = outcome
+                    .did
+                    .err()
+                    .map(|e| format!("{} failed: {e}", op.verb()));
+                (op, error)
+            }
         };
-        if let Some(pod_dirs) = outcome.pod_dirs {
-            self.on_disk.set_pod(op.pod_uid(), pod_dirs);
-        }
-        match outcome.did {
-            Ok(_) => note(failures, pod_failures, &op, None),
-            Err(error) => note(
-                failures,
-                pod_failures,
-                &op,
-                Some(format!("{} failed: {error}", op.verb())),
-            ),
-        }
-        self.publish(failures);
+        let (map, key) = match op.key() {
+            OpKey::Volume(key) => (&mut books.failures, key.to_string()),
+            OpKey::Pod(uid) => (&mut books.pod_failures, uid),
+        };
+        match error {
+            Some(error) => map.insert(key, error),
+            None => map.remove(&key),
+        };
+        self.publish(&books.failures);
     }
 
     fn publish(&self, failures: &Failures) {
@@ -195,22 +223,6 @@ impl SyncLoop {
             });
         }
     }
-}
-
-fn note(
-    failures: &mut Failures,
-    pod_failures: &mut BTreeMap<String, String>,
-    op: &Op,
-    error: Option<String>,
-) {
-    let (map, key) = match op.key() {
-        OpKey::Volume(key) => (failures, key.to_string()),
-        OpKey::Pod(uid) => (pod_failures, uid),
-    };
-    match error {
-        Some(error) => map.insert(key, error),
-        None => map.remove(&key),
-    };
 }
 
 async fn sleep_until(at: Option<std::time::Instant>) {
