@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # Builds volumed and runs it once on deploy/examples, inside a private mount namespace so the
-# host's mount table is left as it was. Needs root (mounts are real).
+# host's mount table is left as it was. Builds as you; the mounting part runs as root (sudo
+# when you are not root), since the mounts are real.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 demo=/tmp/volumed-demo
 bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/volumed"
 
 if [ "${1:-}" != "--inside" ]; then
-  [ "$(id -u)" -eq 0 ] || { echo "demo.sh: run as root (volumed makes real mounts): sudo $0" >&2; exit 1; }
   scripts/deps.sh
   cargo build --locked
+  root=""
+  [ "$(id -u)" -eq 0 ] || root="sudo"
   created=""
-  [ -e "$demo" ] || { mkdir -p "$demo"; created=1; }
+  [ -e "$demo" ] || { $root mkdir -p "$demo"; created=1; }
   status=0
-  unshare --mount --propagation private -- "$0" --inside || status=$?
-  [ -z "$created" ] || rmdir "$demo"
+  $root unshare --mount --propagation private -- "$0" --inside "$bin" || status=$?
+  [ -z "$created" ] || $root rmdir "$demo"
   exit "$status"
 fi
+bin="$2"
 
 # From here on we are in the private namespace: nothing below propagates to the host.
 mount -t tmpfs -o size=64m volumed-demo "$demo"

@@ -1,3 +1,5 @@
+//! Table-driven tests of the binder against the Kubernetes binding rules.
+
 use std::path::Path;
 
 use super::*;

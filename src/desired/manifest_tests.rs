@@ -1,3 +1,5 @@
+//! Tests of the manifest parser: documents, kinds, errors with file and line.
+
 use super::*;
 
 fn parse(name: &str, text: &str) -> Manifests {

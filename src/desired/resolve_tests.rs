@@ -1,3 +1,5 @@
+//! Tests of pod-volume resolution: which pods are ours and what each volume needs.
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

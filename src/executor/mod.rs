@@ -227,3 +227,94 @@ fn fingerprint(op: &Op) -> u64 {
     }
     hasher.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::FakeMounter;
+    use crate::host::fs::PodFs;
+    use crate::model::{DesiredVolume, MountSpec, Plugin, PodRef, VolumeKey};
+
+    fn set_up(size: u64) -> Op {
+        let key = VolumeKey {
+            pod_uid: "u1".into(),
+            plugin: Plugin::EmptyDir,
+            name: "cache".into(),
+        };
+        let pod = PodRef {
+            namespace: "default".into(),
+            name: "p".into(),
+            uid: "u1".into(),
+        };
+        let spec = MountSpec::Tmpfs {
+            size_bytes: Some(size),
+        };
+        Op::SetUp {
+            volume: Box::new(DesiredVolume {
+                key,
+                pod,
+                volume_name: "cache".into(),
+                pv_name: None,
+                spec,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_op_backs_off_one_op_per_key_and_a_changed_spec_runs_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let mounter = FakeMounter::new();
+        let fs = PodFs::new(root.clone(), vec![root.clone()]);
+        let config = ExecutorConfig {
+            max_concurrent: 2,
+            deadline: Duration::from_secs(5),
+            backoff: BackoffPolicy::default(),
+            retry: true,
+        };
+        let (mut executor, mut events) = Executor::new(
+            OpContext {
+                mounter: mounter.clone(),
+                fs,
+            },
+            config,
+        );
+        let target = root.join("pods/u1/volumes/kubernetes.io~empty-dir/cache");
+        mounter.fail_at(&target, "simulated failure");
+
+        assert_eq!(executor.submit(vec![set_up(1 << 20)]), 1);
+        assert_eq!(
+            executor.submit(vec![set_up(1 << 20)]),
+            0,
+            "one op per key while it runs"
+        );
+        let event = events.recv().await.unwrap();
+        executor.complete(&event);
+        assert_eq!(
+            executor.submit(vec![set_up(1 << 20)]),
+            0,
+            "the same spec waits out its backoff"
+        );
+        let retry = executor.next_retry().expect("a retry is scheduled");
+        assert!(
+            retry > Instant::now() + Duration::from_millis(300),
+            "about 500 ms after the failure"
+        );
+
+        mounter.clear_failure(&target);
+        assert_eq!(
+            executor.submit(vec![set_up(2 << 20)]),
+            1,
+            "a changed spec is tried at once"
+        );
+        assert_eq!(
+            executor.next_retry(),
+            None,
+            "no wake-up for a key that is running"
+        );
+        let event = events.recv().await.unwrap();
+        executor.complete(&event);
+        assert!(matches!(&event, OpEvent::Finished { outcome, .. } if outcome.did.is_ok()));
+        assert_eq!(mounter.table().len(), 1);
+    }
+}

@@ -1,3 +1,5 @@
+//! Tests of PodFs on a temp dir: targets, symlink refusal, removal rules, host path checks.
+
 use std::os::unix::fs::symlink;
 
 use super::*;

@@ -33,6 +33,10 @@ pub fn all() -> Vec<Case> {
             read_only_claim_gives_a_read_only_bind,
         ),
         ("a_failing_volume_fails_alone", a_failing_volume_fails_alone),
+        (
+            "teardown_unmounts_propagated_submounts_without_touching_the_host",
+            teardown_unmounts_propagated_submounts_without_touching_the_host,
+        ),
     ]
 }
 
@@ -176,9 +180,18 @@ fn restart_adopts_existing_mounts_without_remounting() -> TestResult {
     sb.converge()?;
     let before = sb.mounts();
     let daemon = sb.daemon();
-    std::thread::sleep(Duration::from_millis(700));
+    let log_path = sb.path("daemon.log");
+    let matched = eventually(
+        Duration::from_secs(10),
+        "the daemon reports the host matches",
+        || {
+            std::fs::read_to_string(&log_path)
+                .is_ok_and(|log| log.contains("host matches the desired state"))
+        },
+    );
     let during = sb.mounts();
     let log = sb.stop(daemon)?;
+    matched.map_err(|e| format!("{e}\n{log}"))?;
     check(during == before, || {
         format!("the daemon remounted adopted volumes:\nbefore {before:#?}\nduring {during:#?}")
     })?;
@@ -305,5 +318,48 @@ fn a_failing_volume_fails_alone() -> TestResult {
     )?;
     check(sb.mounts().len() == 3, || {
         format!("the other volumes must converge: {:#?}", sb.mounts())
+    })
+}
+
+fn teardown_unmounts_propagated_submounts_without_touching_the_host() -> TestResult {
+    let sb = standard();
+    // mount --make-shared <base>: the hostPath source now sits in a peer group, as on a
+    // systemd host, so host mounts under it propagate into the pod's (rslave) bind.
+    nix::mount::mount(
+        None::<&str>,
+        &sb.base,
+        None::<&str>,
+        nix::mount::MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .unwrap();
+    sb.converge()?;
+    let host_sub = sb.path("host/logs/sub");
+    std::fs::create_dir_all(&host_sub).unwrap();
+    // mount -t tmpfs tmpfs <source>/sub, on the "host" side after the pod's bind exists.
+    nix::mount::mount(
+        Some("tmpfs"),
+        &host_sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::write(host_sub.join("f"), "host submount").unwrap();
+    let in_pod = sb.volume("web-uid", "host-path", "logs").join("sub/f");
+    check(read(in_pod)? == "host submount", || {
+        "the host submount did not propagate into the pod (is the bind rslave?)".into()
+    })?;
+    std::fs::remove_file(sb.manifests.join("web.yaml")).unwrap();
+    sb.converge()?;
+    check(!sb.root.join("pods/web-uid").exists(), || {
+        format!("web's pod dir remains: {:#?}", sb.mounts())
+    })?;
+    let host_mounts = crate::sandbox::mounts_under(&host_sub);
+    check(host_mounts.len() == 1, || {
+        format!("the host's own submount must survive the teardown: {host_mounts:#?}")
+    })?;
+    check(read(host_sub.join("f"))? == "host submount", || {
+        "host submount data lost".into()
     })
 }
