@@ -69,26 +69,7 @@ pub async fn run(
     let on_disk = on_disk.context("cannot scan the pod directories under the root dir")?;
     let mounts = MountWatch::spawn(mounter.clone(), settings.resync)?;
     // In once mode the snapshot is fixed; its sender lives until the loop ends.
-    let mut _fixed_snapshot = None;
-    let desired = if once {
-        let snapshot = tokio::task::spawn_blocking(move || source.snapshot()).await?;
-        let (tx, rx) = watch::channel(Arc::new(snapshot));
-        _fixed_snapshot = Some(tx);
-        rx
-    } else {
-        let waiting = DesiredState {
-            problems: vec!["waiting for the first read of the manifests".into()],
-            ..Default::default()
-        };
-        let (tx, rx) = watch::channel(Arc::new(waiting));
-        let source_cancel = cancel.clone();
-        tokio::spawn(async move {
-            if let Err(err) = source.run(tx, source_cancel).await {
-                tracing::error!(%err, "manifest source stopped");
-            }
-        });
-        rx
-    };
+    let (desired, _fixed_snapshot) = start_source(source, once, cancel.clone()).await?;
     let config = ExecutorConfig {
         max_concurrent: settings.max_concurrent_ops,
         deadline: settings.op_timeout,
@@ -116,6 +97,34 @@ pub async fn run(
     // The sender is gone with the loop: the writer flushes the last list and ends.
     let _ = writer.await;
     Ok(report)
+}
+
+/// Once: one snapshot, fixed (its sender is returned so the channel stays open). Daemon: the
+/// source runs on its own task and publishes snapshots until cancelled.
+async fn start_source(
+    source: FileSource,
+    once: bool,
+    cancel: CancellationToken,
+) -> anyhow::Result<(
+    watch::Receiver<Arc<DesiredState>>,
+    Option<watch::Sender<Arc<DesiredState>>>,
+)> {
+    if once {
+        let snapshot = tokio::task::spawn_blocking(move || source.snapshot()).await?;
+        let (tx, rx) = watch::channel(Arc::new(snapshot));
+        return Ok((rx, Some(tx)));
+    }
+    let waiting = DesiredState {
+        problems: vec!["waiting for the first read of the manifests".into()],
+        ..Default::default()
+    };
+    let (tx, rx) = watch::channel(Arc::new(waiting));
+    tokio::spawn(async move {
+        if let Err(err) = source.run(tx, cancel).await {
+            tracing::error!(%err, "manifest source stopped; keeping its last snapshot");
+        }
+    });
+    Ok((rx, None))
 }
 
 /// Keeps `<root>/state/failures.json` current, for `volumed status` in another process.

@@ -32,109 +32,128 @@ pub struct Bindings {
 }
 
 pub fn bind(input: &BindInput) -> Bindings {
-    let mut out = Bindings::default();
-    // PV name → claim key, for every volume already spoken for.
-    let mut taken: BTreeMap<String, String> = BTreeMap::new();
-
-    for (claim_key, pv_name) in input.recorded {
-        if !input.claims.contains_key(claim_key) {
-            // Keep the volume reserved for its claim, as a Released PV is in Kubernetes.
-            taken.insert(pv_name.clone(), claim_key.clone());
-        } else if input.volumes.contains_key(pv_name) {
-            taken.insert(pv_name.clone(), claim_key.clone());
-            out.bound.insert(claim_key.clone(), pv_name.clone());
-        } else {
-            out.pending.insert(
-                claim_key.clone(),
-                format!("claim was bound to PersistentVolume {pv_name}, which is gone; restore its manifest (a claim never moves to another volume)"),
-            );
-        }
-    }
-    let open = |out: &Bindings, key: &String| {
-        !out.bound.contains_key(key) && !out.pending.contains_key(key)
+    let mut binder = Binder {
+        input,
+        out: Bindings::default(),
+        taken: BTreeMap::new(),
     };
+    binder.keep_recorded();
+    binder.honour_volume_names();
+    binder.honour_claim_refs();
+    binder.bind_smallest_fits();
+    binder.out
+}
 
-    // Claims that name their volume.
-    for (key, claim) in input.claims {
-        let Some(pv_name) = claim.spec.as_ref().and_then(|s| s.volume_name.clone()) else {
-            continue;
-        };
-        if !open(&out, key) {
-            continue;
-        }
-        let verdict = match input.volumes.get(&pv_name) {
-            None => Err(format!(
-                "claim names PersistentVolume {pv_name}, which does not exist"
-            )),
-            Some(_) if taken.contains_key(&pv_name) => Err(format!(
-                "claim names PersistentVolume {pv_name}, which is bound to claim {}",
-                taken[&pv_name]
-            )),
-            Some(pv) => match reserved_for(pv) {
-                Some(owner) if owner != *key => Err(format!(
-                    "claim names PersistentVolume {pv_name}, whose claimRef reserves it for {owner}"
-                )),
-                _ => check_fit(input, claim, pv).map_err(|why| {
-                    format!("claim names PersistentVolume {pv_name}, which does not fit: {why}")
-                }),
-            },
-        };
-        settle(&mut out, &mut taken, key, &pv_name, verdict);
+/// The binder's working state, filled in the order Kubernetes gives precedence.
+struct Binder<'a> {
+    input: &'a BindInput<'a>,
+    out: Bindings,
+    /// PV name → claim key, for every volume already spoken for.
+    taken: BTreeMap<String, String>,
+}
+
+impl Binder<'_> {
+    fn open(&self, claim_key: &str) -> bool {
+        !self.out.bound.contains_key(claim_key) && !self.out.pending.contains_key(claim_key)
     }
 
-    // Volumes whose claimRef names a claim.
-    for (pv_name, pv) in input.volumes {
-        let Some(owner) = reserved_for(pv) else {
-            continue;
-        };
-        let Some(claim) = input.claims.get(&owner) else {
-            continue;
-        };
-        if taken.contains_key(pv_name) || !open(&out, &owner) {
-            continue;
-        }
-        let verdict = check_fit(input, claim, pv).map_err(|why| {
-            format!("PersistentVolume {pv_name} is reserved for this claim but does not fit: {why}")
-        });
-        settle(&mut out, &mut taken, &owner, pv_name, verdict);
-    }
-
-    // Everything else: the smallest fitting free volume.
-    for (key, claim) in input.claims {
-        if !open(&out, key) {
-            continue;
-        }
-        if waits_for_consumer(input, claim) && !input.consumed.contains(key) {
-            out.pending.insert(
-                key.clone(),
-                "waiting for first consumer: no pod on this node uses the claim yet".into(),
-            );
-            continue;
-        }
-        match smallest_fit(input, claim, &taken) {
-            Ok(pv_name) => settle(&mut out, &mut taken, key, &pv_name, Ok(())),
+    fn settle(&mut self, claim_key: &str, pv_name: &str, verdict: Result<(), String>) {
+        match verdict {
+            Ok(()) => {
+                self.taken
+                    .insert(pv_name.to_string(), claim_key.to_string());
+                self.out
+                    .bound
+                    .insert(claim_key.to_string(), pv_name.to_string());
+            }
             Err(why) => {
-                out.pending.insert(key.clone(), why);
+                self.out.pending.insert(claim_key.to_string(), why);
             }
         }
     }
-    out
-}
 
-fn settle(
-    out: &mut Bindings,
-    taken: &mut BTreeMap<String, String>,
-    claim_key: &str,
-    pv_name: &str,
-    verdict: Result<(), String>,
-) {
-    match verdict {
-        Ok(()) => {
-            taken.insert(pv_name.to_string(), claim_key.to_string());
-            out.bound.insert(claim_key.to_string(), pv_name.to_string());
+    /// Recorded bindings never move; a volume recorded for a deleted claim stays reserved,
+    /// as a Released PV does in Kubernetes.
+    fn keep_recorded(&mut self) {
+        for (claim_key, pv_name) in self.input.recorded {
+            if !self.input.claims.contains_key(claim_key) {
+                self.taken.insert(pv_name.clone(), claim_key.clone());
+            } else if self.input.volumes.contains_key(pv_name) {
+                self.settle(claim_key, pv_name, Ok(()));
+            } else {
+                let why = format!("claim was bound to PersistentVolume {pv_name}, which is gone; restore its manifest (a claim never moves to another volume)");
+                self.out.pending.insert(claim_key.clone(), why);
+            }
         }
-        Err(why) => {
-            out.pending.insert(claim_key.to_string(), why);
+    }
+
+    /// Claims that name their volume in `spec.volumeName` get exactly that one, or wait.
+    fn honour_volume_names(&mut self) {
+        for (key, claim) in self.input.claims {
+            let Some(pv_name) = claim.spec.as_ref().and_then(|s| s.volume_name.clone()) else {
+                continue;
+            };
+            if !self.open(key) {
+                continue;
+            }
+            let verdict = match self.input.volumes.get(&pv_name) {
+                None => Err(format!("claim names PersistentVolume {pv_name}, which does not exist")),
+                Some(_) if self.taken.contains_key(&pv_name) => Err(format!(
+                    "claim names PersistentVolume {pv_name}, which is bound to claim {}",
+                    self.taken[&pv_name]
+                )),
+                Some(pv) => match reserved_for(pv) {
+                    Some(owner) if owner != *key => Err(format!(
+                        "claim names PersistentVolume {pv_name}, whose claimRef reserves it for {owner}"
+                    )),
+                    _ => check_fit(self.input, claim, pv).map_err(|why| {
+                        format!("claim names PersistentVolume {pv_name}, which does not fit: {why}")
+                    }),
+                },
+            };
+            self.settle(key, &pv_name, verdict);
+        }
+    }
+
+    /// Volumes whose `claimRef` names a claim go to that claim if it fits.
+    fn honour_claim_refs(&mut self) {
+        for (pv_name, pv) in self.input.volumes {
+            let Some(owner) = reserved_for(pv) else {
+                continue;
+            };
+            let Some(claim) = self.input.claims.get(&owner) else {
+                continue;
+            };
+            if self.taken.contains_key(pv_name) || !self.open(&owner) {
+                continue;
+            }
+            let verdict = check_fit(self.input, claim, pv).map_err(|why| {
+                format!(
+                    "PersistentVolume {pv_name} is reserved for this claim but does not fit: {why}"
+                )
+            });
+            self.settle(&owner, pv_name, verdict);
+        }
+    }
+
+    /// Every other claim gets the smallest fitting free volume, WaitForFirstConsumer claims
+    /// only once a pod of this node uses them.
+    fn bind_smallest_fits(&mut self) {
+        for (key, claim) in self.input.claims {
+            if !self.open(key) {
+                continue;
+            }
+            if waits_for_consumer(self.input, claim) && !self.input.consumed.contains(key) {
+                let why = "waiting for first consumer: no pod on this node uses the claim yet";
+                self.out.pending.insert(key.clone(), why.into());
+                continue;
+            }
+            match smallest_fit(self.input, claim, &self.taken) {
+                Ok(pv_name) => self.settle(key, &pv_name, Ok(())),
+                Err(why) => {
+                    self.out.pending.insert(key.clone(), why);
+                }
+            }
         }
     }
 }

@@ -46,24 +46,8 @@ impl PodFs {
         let parent = self
             .walk(&["pods", &key.pod_uid, "volumes", &plugin_dir], true)?
             .expect("walk with create returns a directory");
-        let create = if as_file {
-            // touch <path>
-            rfs::openat(
-                &parent,
-                &key.name,
-                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(mode),
-            )
-            .map(drop)
-        } else {
-            // mkdir <path>
-            rfs::mkdirat(&parent, &key.name, Mode::from_raw_mode(mode))
-        };
-        let created = match create {
-            Ok(()) => true,
-            Err(Errno::EXIST) => false,
-            Err(e) => return Err(HostError::io("creating", &path)(e)),
-        };
+        let created = create_entry(&parent, &key.name, as_file, mode)
+            .map_err(HostError::io("creating", &path))?;
         let fd = rfs::openat(
             &parent,
             &key.name,
@@ -85,15 +69,13 @@ impl PodFs {
             });
         }
         if created && !as_file {
-            // chmod <mode> <path> (mkdir honours the umask, emptyDir must be world-writable)
-            let dir = rfs::openat(
-                &parent,
-                &key.name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
+            // chmod <mode> <path> (mkdir honours the umask; an emptyDir must be world-writable).
+            // Through /proc/self/fd: the checked directory is the one changed.
+            rfs::chmod(
+                format!("/proc/self/fd/{}", fd.as_raw_fd()),
+                Mode::from_raw_mode(mode),
             )
-            .map_err(HostError::io("opening", &path))?;
-            rfs::fchmod(&dir, Mode::from_raw_mode(mode)).map_err(HostError::io("chmod", &path))?;
+            .map_err(HostError::io("chmod", &path))?;
         }
         Ok(Target { path, fd, parent })
     }
@@ -357,5 +339,23 @@ fn fits(kind: FileType, expect: PathType) -> bool {
         PathType::Socket => kind == FileType::Socket,
         PathType::CharDevice => kind == FileType::CharacterDevice,
         PathType::BlockDevice => kind == FileType::BlockDevice,
+    }
+}
+
+/// Creates a mount target (an empty file or a directory) in `parent`; false if it existed.
+fn create_entry(parent: &OwnedFd, name: &str, as_file: bool, mode: u32) -> Result<bool, Errno> {
+    let created = if as_file {
+        // touch <path>
+        let flags =
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        rfs::openat(parent, name, flags, Mode::from_raw_mode(mode)).map(drop)
+    } else {
+        // mkdir <path>
+        rfs::mkdirat(parent, name, Mode::from_raw_mode(mode))
+    };
+    match created {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => Ok(false),
+        Err(e) => Err(e),
     }
 }

@@ -27,6 +27,16 @@ fn targets_are_created_and_found_again_by_a_scan() {
     let file = key("u1", Plugin::HostPath, "sock");
     fs.prepare_target(&file, true, 0o640).unwrap();
     assert!(cache.path(fs.root()).is_dir());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(cache.path(fs.root()))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(
+        mode & 0o777,
+        0o777,
+        "an emptyDir is world-writable whatever the umask"
+    );
     assert!(file.path(fs.root()).is_file());
     let scanned = fs.scan().unwrap();
     assert_eq!(scanned.pods["u1"], BTreeSet::from([cache, file]));

@@ -78,9 +78,15 @@ pub fn plan(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec
             volume: Box::new(volume.clone()),
         })
         .collect();
-    if !desired.complete {
-        return ops;
+    if desired.complete {
+        ops.extend(teardown(desired, mounts, on_disk));
     }
+    ops
+}
+
+/// Unmounts, directory removals and pod-directory removals for what no pod wants.
+fn teardown(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec<Op> {
+    let mut ops = Vec::new();
     let held: BTreeSet<&str> = desired
         .waiting
         .iter()
