@@ -3,7 +3,7 @@
 # system packages through apt, rustfmt and clippy through rustup. Safe to run repeatedly.
 set -euo pipefail
 
-packages=(pkg-config gcc libc6-dev util-linux mount findutils python3)
+packages=(pkg-config gcc libc6-dev libudev-dev util-linux mount fdisk e2fsprogs findutils python3)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -410,3 +410,38 @@ async fn a_hung_volume_never_stalls_the_others_and_is_reported_stuck() {
     let report = daemon.await.unwrap();
     assert!(report.converged(), "{:#?}", report.rows);
 }
+
+#[tokio::test]
+async fn a_manifest_caught_half_written_never_tears_anything_down() {
+    let world = World::new();
+    let cancel = CancellationToken::new();
+    let (settings, mounter, stop) = (
+        world.settings.clone(),
+        world.mounter.clone(),
+        cancel.clone(),
+    );
+    let daemon =
+        tokio::spawn(async move { app::run(&settings, false, mounter, stop).await.unwrap() });
+    wait_until(|| world.mounts().len() == 4).await;
+    // A writer that truncates and rewrites in two steps: the first step still parses, as a
+    // pod with fewer volumes.
+    let half: String = WEB.lines().take(9).collect::<Vec<_>>().join("\n");
+    assert!(half.contains("cache") && !half.contains("logs"), "{half}");
+    world.write("web.yaml", &half);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    world.write("web.yaml", WEB);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    cancel.cancel();
+    daemon.await.unwrap();
+    let unmounts: Vec<_> = world
+        .mounter
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("umount"))
+        .collect();
+    assert!(
+        unmounts.is_empty(),
+        "a half-written file tore volumes down: {unmounts:?}"
+    );
+    assert_eq!(world.mounts().len(), 4);
+}

@@ -17,8 +17,10 @@ use super::{DesiredState, NodeConfig};
 
 /// Coalesces a burst of file events (an editor's write + rename) into one reload.
 const DEBOUNCE: Duration = Duration::from_millis(20);
-/// How long to wait before believing that pods vanished from the directory.
+/// How long a risky read (one that loses pods or volumes, or binds) must stay unchanged.
 const SETTLE: Duration = Duration::from_millis(250);
+/// Reads before giving up on a directory that keeps changing (then: incomplete).
+const SETTLE_TRIES: u32 = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileSourceError {
@@ -37,8 +39,50 @@ pub struct FileSource {
 }
 
 impl FileSource {
-    /// One full read of the directory. Blocking file I/O: call it off the async runtime.
+    /// A snapshot safe to act on, for a one-shot command: see `settled`.
     pub fn snapshot(&self) -> DesiredState {
+        self.settled(None)
+    }
+
+    /// Reads the directory until the result is safe to act on. A read that would lose pods
+    /// or volumes against `baseline` (the last complete snapshot; none at start) or make new
+    /// bindings is trusted only when a second read `SETTLE` later agrees, so a file caught
+    /// mid-write never tears anything down or binds a claim from half a spec. Additions need
+    /// no second read and show up at once. Blocking file I/O: call it off the async runtime.
+    pub fn settled(&self, baseline: Option<&DesiredState>) -> DesiredState {
+        let (mut state, mut binds) = self.read_once(false);
+        for _ in 0..SETTLE_TRIES {
+            let risky = state.complete && (binds || baseline.is_none_or(|b| loses(b, &state)));
+            if risky {
+                std::thread::sleep(SETTLE);
+                let (again, again_binds) = self.read_once(false);
+                if again != state {
+                    (state, binds) = (again, again_binds);
+                    continue;
+                }
+            }
+            if !(binds && self.record_bindings) {
+                return state;
+            }
+            // Agreed twice: now record the new bindings for real.
+            let (recorded, _) = self.read_once(true);
+            if recorded == state {
+                return recorded;
+            }
+            (state, binds) = (recorded, false);
+        }
+        state.complete = false;
+        state.problems.push(format!(
+            "the manifest directory {} kept changing for {} ms; nothing is torn down until it settles",
+            self.dir.display(),
+            SETTLE.as_millis() * u128::from(SETTLE_TRIES)
+        ));
+        state
+    }
+
+    /// One full read; `record` saves new bindings. Also says whether the read made bindings
+    /// that are not recorded yet.
+    fn read_once(&self, record: bool) -> (DesiredState, bool) {
         let manifests = load_dir(&self.dir);
         let mut problems: Vec<String> = manifests.errors.iter().map(|e| e.to_string()).collect();
         let pods = our_pods(&manifests, &self.node);
@@ -61,11 +105,17 @@ impl FileSource {
             node_name: &self.node.name,
             node_labels: &labels,
         });
+        let binds = recorded.as_ref().is_some_and(|recorded| {
+            bindings
+                .bound
+                .iter()
+                .any(|(claim, pv)| recorded.get(claim) != Some(pv))
+        });
         match &recorded {
             // New bindings are made only from a complete view and a readable record, so a
             // claim is never bound while the volume it should get is in a broken file.
             Some(recorded) if problems.is_empty() => {
-                if let Err(why) = self.record_new(recorded, &bindings) {
+                if let Err(why) = self.record_new(recorded, &bindings, record) {
                     hold_back_new(&mut bindings, recorded, &why);
                     problems.push(why);
                 }
@@ -80,16 +130,17 @@ impl FileSource {
         let mut state = resolve(&manifests, &bindings, &self.node);
         state.problems.splice(0..0, problems);
         state.complete = state.problems.is_empty();
-        state
+        (state, binds)
     }
 
     fn record_new(
         &self,
         recorded: &std::collections::BTreeMap<String, String>,
         bindings: &Bindings,
+        record: bool,
     ) -> Result<(), String> {
         let is_new = |(claim, pv): &(&String, &String)| recorded.get(*claim) != Some(*pv);
-        if !self.record_bindings || !bindings.bound.iter().any(|b| is_new(&b)) {
+        if !record || !bindings.bound.iter().any(|b| is_new(&b)) {
             return Ok(());
         }
         let mut merged = recorded.clone();
@@ -119,14 +170,12 @@ impl FileSource {
             .watch(&self.dir, RecursiveMode::NonRecursive)
             .map_err(|source| self.watch_error(source))?;
         let source = Arc::new(self);
+        let mut baseline: Option<Arc<DesiredState>> = None;
         loop {
-            let mut state = source.read().await;
+            let state = source.read(baseline.clone()).await;
             let previous = tx.borrow().clone();
-            if state.complete && lost_pods(&previous, &state) {
-                // Pods vanished: read once more after the writer had time to finish, so a file
-                // caught half-written never looks like deleted pods.
-                tokio::time::sleep(SETTLE).await;
-                state = source.read().await;
+            if state.complete {
+                baseline = Some(Arc::new(state.clone()));
             }
             if state.problems != previous.problems || state.warnings != previous.warnings {
                 for problem in &state.problems {
@@ -154,9 +203,9 @@ impl FileSource {
         }
     }
 
-    async fn read(self: &Arc<Self>) -> DesiredState {
+    async fn read(self: &Arc<Self>, baseline: Option<Arc<DesiredState>>) -> DesiredState {
         let reader = self.clone();
-        tokio::task::spawn_blocking(move || reader.snapshot())
+        tokio::task::spawn_blocking(move || reader.settled(baseline.as_deref()))
             .await
             .expect("the manifest reader does not panic")
     }
@@ -209,7 +258,11 @@ fn is_content_change(event: &notify::Result<notify::Event>) -> bool {
     }
 }
 
-/// True when a pod of `before` is missing from `after`.
-fn lost_pods(before: &DesiredState, after: &DesiredState) -> bool {
+/// True when a pod or a volume of `before` is missing from `after`.
+fn loses(before: &DesiredState, after: &DesiredState) -> bool {
     before.pods.keys().any(|uid| !after.pods.contains_key(uid))
+        || before
+            .volumes
+            .keys()
+            .any(|key| !after.volumes.contains_key(key))
 }
