@@ -15,7 +15,7 @@ if [ "${1:-}" != "--inside" ]; then
   created=""
   [ -e "$demo" ] || { $root mkdir -p "$demo"; created=1; }
   status=0
-  $root unshare --mount --propagation private -- "$0" --inside "$bin" || status=$?
+  $root unshare --mount --propagation private -- "$PWD/scripts/demo.sh" --inside "$bin" || status=$?
   [ -z "$created" ] || $root rmdir "$demo"
   exit "$status"
 fi

@@ -79,11 +79,20 @@ pub struct CommonArgs {
     #[arg(long, default_value_t = 8)]
     pub max_concurrent_ops: usize,
     /// How long one op may run before its volume is reported stuck.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    #[arg(long, value_parser = at_least_a_second, default_value = "2m")]
     pub op_timeout: Duration,
     /// Safety re-read of the mount table and manifests when nothing reported a change.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    #[arg(long, value_parser = at_least_a_second, default_value = "60s")]
     pub resync: Duration,
+}
+
+/// A duration of one second or more (shorter timers would spin).
+fn at_least_a_second(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration < Duration::from_secs(1) {
+        return Err(format!("{text} is too short; use 1s or more"));
+    }
+    Ok(duration)
 }
 
 fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {

@@ -130,12 +130,13 @@ async fn cancel_on_signal(cancel: CancellationToken) {
     }
     cancel.cancel();
     // A second signal means "now": exit without waiting for in-flight ops.
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    // Exit status as a shell reports death by that signal: 128 + its number.
+    let code = tokio::select! {
+        _ = term.recv() => 128 + 15,
+        _ = int.recv() => 128 + 2,
+    };
     tracing::warn!("second signal: exiting at once; in-flight ops are abandoned");
-    std::process::exit(130);
+    std::process::exit(code);
 }
 
 fn plan_table(settings: &Settings, ops: &[Op]) -> String {

@@ -95,9 +95,9 @@ fn unescape(field: &str) -> String {
 pub struct PodMounts {
     /// Mounts exactly at a pod volume path, innermost (newest) last.
     pub volumes: BTreeMap<VolumeKey, Vec<MountEntry>>,
-    /// Mounts strictly below a volume path, outermost first (e.g. propagated from the source
-    /// of a bind, or made inside an emptyDir).
-    pub nested: BTreeMap<VolumeKey, Vec<PathBuf>>,
+    /// Mounts strictly below a volume path (e.g. propagated from the source of a bind, or
+    /// made inside an emptyDir).
+    pub nested: BTreeMap<VolumeKey, Vec<MountEntry>>,
     /// Any other mount under a pod's directory: it keeps that directory from being removed.
     pub stray: BTreeMap<String, Vec<PathBuf>>,
 }
@@ -123,11 +123,7 @@ impl PodMounts {
                     if rest.is_empty() {
                         index.volumes.entry(key).or_default().push(entry.clone());
                     } else {
-                        index
-                            .nested
-                            .entry(key)
-                            .or_default()
-                            .push(entry.mount_point.clone());
+                        index.nested.entry(key).or_default().push(entry.clone());
                     }
                 }
                 [uid, ..] => index
@@ -138,10 +134,18 @@ impl PodMounts {
                 [] => {}
             }
         }
-        for nested in index.nested.values_mut() {
-            nested.sort_by_key(|path| path.components().count());
-        }
         index
+    }
+
+    /// The nested mount to unmount next: a leaf of the mount tree (nothing is mounted on or
+    /// under it), the newest such, since an older one may be hidden under a newer mount.
+    pub fn next_nested(&self, key: &VolumeKey) -> Option<PathBuf> {
+        let nested = self.nested.get(key)?;
+        nested
+            .iter()
+            .filter(|m| !nested.iter().any(|other| other.parent_id == m.mount_id))
+            .max_by_key(|m| m.mount_id)
+            .map(|m| m.mount_point.clone())
     }
 
     pub fn is_mounted(&self, key: &VolumeKey) -> bool {

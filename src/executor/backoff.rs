@@ -36,6 +36,30 @@ impl BackoffPolicy {
         base.mul_f64(0.8 + 0.4 * fastrand::f64())
     }
 
+    /// Books a success: the first two of the same op in a row run freely, later ones wait
+    /// as failures would (`failures` counts the successes here).
+    pub fn record_repeat(
+        &self,
+        previous: Option<&Backoff>,
+        fingerprint: u64,
+        now: Instant,
+    ) -> Backoff {
+        let count = match previous {
+            Some(b) if b.fingerprint == fingerprint => b.failures + 1,
+            _ => 1,
+        };
+        let wait = if count > 2 {
+            self.delay(count - 2)
+        } else {
+            Duration::ZERO
+        };
+        Backoff {
+            failures: count,
+            fingerprint,
+            not_before: now + wait,
+        }
+    }
+
     pub fn record_failure(
         &self,
         previous: Option<&Backoff>,
@@ -78,6 +102,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_op_that_keeps_succeeding_without_effect_is_slowed_down() {
+        let policy = BackoffPolicy::default();
+        let now = Instant::now();
+        let first = policy.record_repeat(None, 7, now);
+        let second = policy.record_repeat(Some(&first), 7, now);
+        assert_eq!(
+            second.not_before, now,
+            "a second run (e.g. a stacked mount) is free"
+        );
+        let third = policy.record_repeat(Some(&second), 7, now);
+        assert!(third.not_before >= now + Duration::from_millis(400));
+        assert_eq!(
+            policy.record_repeat(Some(&third), 8, now).not_before,
+            now,
+            "another op starts afresh"
+        );
     }
 
     #[test]

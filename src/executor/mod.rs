@@ -50,6 +50,10 @@ pub struct Executor {
     /// In-flight keys whose op outlived its deadline.
     overdue: HashSet<OpKey>,
     backoff: HashMap<OpKey, Backoff>,
+    /// Ops that succeeded, by key. The same op asked for again right after succeeding made
+    /// no visible progress; from the third time it waits like a failure, so a no-op can
+    /// never spin the loop.
+    repeats: HashMap<OpKey, Backoff>,
 }
 
 impl Executor {
@@ -66,6 +70,7 @@ impl Executor {
             in_flight: HashMap::new(),
             overdue: HashSet::new(),
             backoff: HashMap::new(),
+            repeats: HashMap::new(),
         };
         (executor, rx)
     }
@@ -77,6 +82,7 @@ impl Executor {
             // Forget failures of keys the plan no longer asks about.
             let wanted: HashSet<OpKey> = ops.iter().map(Op::key).collect();
             self.backoff.retain(|key, _| wanted.contains(key));
+            self.repeats.retain(|key, _| wanted.contains(key));
         }
         let mut started = 0;
         for op in ops {
@@ -87,6 +93,11 @@ impl Executor {
             if let Some(backoff) = self.backoff.get(&key) {
                 let same_spec = backoff.fingerprint == fingerprint(&op);
                 if !self.config.retry || (same_spec && now < backoff.not_before) {
+                    continue;
+                }
+            }
+            if let Some(repeat) = self.repeats.get(&key) {
+                if repeat.fingerprint == fingerprint(&op) && now < repeat.not_before {
                     continue;
                 }
             }
@@ -163,6 +174,15 @@ impl Executor {
                 match &outcome.did {
                     Ok(did) => {
                         self.backoff.remove(&key);
+                        let repeat = self.config.backoff.record_repeat(
+                            self.repeats.get(&key),
+                            fingerprint(op),
+                            Instant::now(),
+                        );
+                        if repeat.failures > 2 {
+                            tracing::warn!(op = op.verb(), key = %describe_key(&key), times = repeat.failures, "op succeeded but the host did not change as planned; slowing down");
+                        }
+                        self.repeats.insert(key.clone(), repeat);
                         tracing::info!(op = op.verb(), key = %describe_key(&key), did, elapsed_ms = elapsed.as_millis() as u64, "op done");
                     }
                     Err(error) => {
@@ -200,6 +220,7 @@ impl Executor {
         let now = Instant::now();
         self.backoff
             .iter()
+            .chain(&self.repeats)
             .filter(|(key, b)| !self.in_flight.contains_key(*key) && b.not_before > now)
             .map(|(_, b)| b.not_before)
             .min()

@@ -149,7 +149,7 @@ impl PodFs {
         // touch <path> (its parent must exist, as in Kubernetes)
         rfs::open(
             path,
-            OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+            OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o644),
         )
         .map(drop)
@@ -276,7 +276,9 @@ impl PodFs {
             let Some(plugin) = Plugin::from_dir_name(&plugin_dir) else {
                 continue;
             };
-            let Some(dir) = self.walk(&["pods", pod_uid, "volumes", &plugin_dir], false)? else {
+            // An odd entry (a file or link named like a plugin) is skipped, not fatal: it keeps
+            // the pod directory from being removed, and that removal reports it.
+            let Ok(Some(dir)) = self.walk(&["pods", pod_uid, "volumes", &plugin_dir], false) else {
                 continue;
             };
             for name in list(&dir, &volumes_path.join(&plugin_dir))? {

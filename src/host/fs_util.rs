@@ -124,5 +124,12 @@ pub(super) fn mount_id_of(fd: &impl AsFd, path: &Path) -> Result<u64, HostError>
     // statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID)
     let stat = rfs::statx(fd, "", AtFlags::EMPTY_PATH, rfs::StatxFlags::MNT_ID)
         .map_err(HostError::io("inspecting", path))?;
+    // Kernels before 5.8 leave the id out (and zero): refuse rather than compare zeros.
+    if stat.stx_mask & rfs::StatxFlags::MNT_ID.bits() == 0 {
+        return Err(HostError::io(
+            "inspecting (this kernel reports no mount ids; 5.8+ is needed)",
+            path,
+        )(Errno::NOTSUP));
+    }
     Ok(stat.stx_mnt_id)
 }

@@ -88,9 +88,12 @@ impl Mounter for RealMounter {
             .map_err(|errno| fail(&format!("rslave propagation for {what}"))(errno.into()))?;
             if read_only {
                 // mount -o remount,bind,ro <target>
+                // A bind remount replaces the per-mount flags: keep the source's nosuid, nodev,
+                // noexec and atime flags, only adding ro.
+                let kept = kept_flags(&mounted).map_err(fail(&format!("statvfs of {what}")))?;
                 Mount::builder()
                     .fstype("none")
-                    .flags(MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY)
+                    .flags(MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY | kept)
                     .mount("none", fd_path(&mounted))
                     .map_err(fail(&format!("read-only remount of {what}")))?;
             }
@@ -168,4 +171,22 @@ fn mount_error(what: &str, target: &Path) -> impl FnOnce(std::io::Error) -> Host
         target,
         source,
     }
+}
+
+/// The per-mount flags of a mount, as remount flags (`statvfs` reports them).
+fn kept_flags(mounted: &impl std::os::fd::AsFd) -> std::io::Result<MountFlags> {
+    use nix::sys::statvfs::{fstatvfs, FsFlags};
+    let flags = fstatvfs(mounted)?.flags();
+    let map = [
+        (FsFlags::ST_NOSUID, MountFlags::NOSUID),
+        (FsFlags::ST_NODEV, MountFlags::NODEV),
+        (FsFlags::ST_NOEXEC, MountFlags::NOEXEC),
+        (FsFlags::ST_NOATIME, MountFlags::NOATIME),
+        (FsFlags::ST_NODIRATIME, MountFlags::NODIRATIME),
+        (FsFlags::ST_RELATIME, MountFlags::RELATIME),
+    ];
+    Ok(map
+        .iter()
+        .filter(|(st, _)| flags.contains(*st))
+        .fold(MountFlags::empty(), |acc, (_, ms)| acc | *ms))
 }

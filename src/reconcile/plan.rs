@@ -101,11 +101,7 @@ fn teardown(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec
     let mounted_keys: BTreeSet<&VolumeKey> =
         mounts.volumes.keys().chain(mounts.nested.keys()).collect();
     for key in mounted_keys.into_iter().filter(|k| unwanted(k)) {
-        let innermost = mounts
-            .nested
-            .get(key)
-            .and_then(|nested| nested.last())
-            .cloned();
+        let innermost = mounts.next_nested(key);
         if innermost.is_some() || mounts.is_mounted(key) {
             ops.push(Op::Unmount {
                 key: key.clone(),

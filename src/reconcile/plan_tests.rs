@@ -247,18 +247,30 @@ fn mounts_nested_in_an_unwanted_volume_go_first_innermost_first() {
     let base = logs.path(Path::new(ROOT));
     let outer = base.join("a");
     let inner = base.join("a/b");
-    let entries = vec![
-        entry(base.clone()),
-        entry(outer.clone()),
-        entry(inner.clone()),
+    let linked = |path: &std::path::PathBuf, mount_id, parent_id| MountEntry {
+        mount_id,
+        parent_id,
+        ..entry(path.clone())
+    };
+    let plan_for = |entries: &[MountEntry]| {
+        let mounts = PodMounts::index(entries, Path::new(ROOT));
+        verbs(&plan(&desired(true, &[]), &mounts, &disk(&[&logs], &[])))
+    };
+    let unmount = |path: &std::path::PathBuf| format!("unmount {logs} {}", path.display());
+    // A tree volume → a → a/b: the leaf first.
+    let tree = [
+        linked(&base, 10, 1),
+        linked(&inner, 12, 11),
+        linked(&outer, 11, 10),
     ];
-    let mounts = PodMounts::index(&entries, Path::new(ROOT));
-    let ops = plan(&desired(true, &[]), &mounts, &disk(&[&logs], &[]));
-    assert_eq!(
-        verbs(&ops),
-        vec![format!("unmount {logs} {}", inner.display())]
-    );
-    let only_volume = PodMounts::index(&entries[..1], Path::new(ROOT));
-    let ops = plan(&desired(true, &[]), &only_volume, &disk(&[&logs], &[]));
-    assert_eq!(verbs(&ops), vec![format!("unmount {logs}")]);
+    assert_eq!(plan_for(&tree), vec![unmount(&inner)]);
+    // A later mount over `a` hides the older `a/b`: the newest leaf, the reachable one, first.
+    let hidden = [
+        linked(&base, 10, 1),
+        linked(&inner, 12, 10),
+        linked(&outer, 13, 10),
+    ];
+    assert_eq!(plan_for(&hidden), vec![unmount(&outer)]);
+    // Nothing nested: the volume's own mount.
+    assert_eq!(plan_for(&tree[..1]), vec![format!("unmount {logs}")]);
 }

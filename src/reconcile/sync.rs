@@ -74,6 +74,7 @@ impl SyncLoop {
         // A plan is made only from a mount table read after our last op finished.
         let mut need_covers = 0;
         let mut source_open = true;
+        let mut watcher_open = true;
         loop {
             let started = self.pass(&mut books, need_covers);
             // Once mode does not wait for a stuck op: it is reported, and exit ends it.
@@ -89,7 +90,12 @@ impl SyncLoop {
                         source_open = false;
                     }
                 }
-                _ = self.mounts.tables.changed() => {}
+                changed = self.mounts.tables.changed(), if watcher_open => {
+                    if changed.is_err() {
+                        tracing::error!("the mount-table watcher stopped; planning on the last table, refreshed only by op results");
+                        watcher_open = false;
+                    }
+                }
                 Some(event) = self.events.recv() => {
                     self.executor.complete(&event);
                     self.record(event, &mut books);

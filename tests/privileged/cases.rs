@@ -282,8 +282,18 @@ fn read_only_claim_gives_a_read_only_bind() -> TestResult {
         "web.yaml",
         &WEB.replace("claimName: data}", "claimName: data, readOnly: true}"),
     );
+    // The volume's source is a nosuid,nodev filesystem: the read-only bind must stay so.
+    let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
+    let source = sb.path("disks/small");
+    nix::mount::mount(Some("tmpfs"), &source, Some("tmpfs"), flags, None::<&str>).unwrap();
     sb.converge()?;
     let data = sb.volume("web-uid", "local-volume", "pv-small");
+    use nix::sys::statvfs::FsFlags;
+    let kept = nix::sys::statvfs::statvfs(&data).unwrap().flags();
+    check(
+        kept.contains(FsFlags::ST_NOSUID | FsFlags::ST_NODEV),
+        || format!("the read-only bind lost nosuid/nodev: {kept:?}"),
+    )?;
     let entry = sb
         .mounts()
         .into_iter()
