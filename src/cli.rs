@@ -27,6 +27,15 @@ pub enum Command {
     Plan(ReadArgs),
     /// One row per pod volume: pod, volume, kind, path and state.
     Status(ReadArgs),
+    /// The host's block devices, as lsblk shows them (or as JSON).
+    Devices(DevicesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DevicesArgs {
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Args, Debug)]

@@ -3,7 +3,11 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Parser;
+use volumed::actual::devices::{lsblk_table, DeviceScanner};
+use volumed::host::format::RealFormatter;
+use volumed::host::Mounter;
 use tokio_util::sync::CancellationToken;
 use volumed::cli::{Cli, Command, Output};
 use volumed::cli_table::render;
@@ -63,6 +67,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Devices(args) => {
+            let mut scanner = DeviceScanner::new(Arc::new(RealFormatter));
+            let mounts = RealMounter.mount_table()?;
+            let devices = scanner.scan(&mounts).context("cannot list block devices from /sys/class/block")?;
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&devices)?),
+                Output::Table => print!("{}", lsblk_table(&devices)),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => {
             let settings = Settings::from_args(&args.common, false)?;

@@ -1,7 +1,9 @@
 //! Actual state: the mount table (and its change watcher) and what lies on disk under the
 //! root dir's pod directories.
 
+pub mod devices;
 pub mod mountinfo;
+pub mod sysfs;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};

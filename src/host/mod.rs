@@ -2,6 +2,7 @@
 //! mount table) and `PodFs`, the symlink-safe directory work under the root dir.
 
 pub mod fake;
+pub mod format;
 pub mod fs;
 mod fs_util;
 pub mod real;
@@ -45,6 +46,18 @@ pub enum HostError {
     NotEmpty { path: PathBuf, entries: Vec<String> },
     #[error("cannot read the mount table: {0}")]
     MountTable(String),
+    #[error("{command} {device} failed: {message}")]
+    Tool {
+        command: String,
+        device: PathBuf,
+        message: String,
+    },
+    #[error("refusing to {action} {device}: {why}")]
+    Refused {
+        action: &'static str,
+        device: PathBuf,
+        why: String,
+    },
 }
 
 impl HostError {

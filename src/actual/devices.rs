@@ -1,0 +1,227 @@
+//! Block-device inventory, lsblk-style: sysfs for the facts, the udev database for stable
+//! links and identity where a udev daemon keeps one, `blkid -p` for filesystems, and the
+//! mount table for mount points. udev types are not `Send`: call `scan` from one thread.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::mountinfo::MountEntry;
+use super::sysfs::{Sysfs, SysfsBlock};
+use crate::host::format::{Formatter, Probe};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BlockDevice {
+    /// Kernel name: `sdb`, `sdb1`, `loop3`.
+    pub name: String,
+    /// `major:minor`.
+    pub dev: String,
+    pub size_bytes: u64,
+    /// `disk`, `part`, `loop`, `dm`, `raid` or `rom`, as lsblk's TYPE.
+    pub kind: String,
+    pub read_only: bool,
+    pub rotational: bool,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub wwn: Option<String>,
+    pub devnode: PathBuf,
+    /// Stable links: `/dev/disk/by-id/...`, `by-path`, `by-uuid`, where present.
+    pub links: Vec<PathBuf>,
+    pub fs_type: Option<String>,
+    pub uuid: Option<String>,
+    pub pt_type: Option<String>,
+    pub parent: Option<String>,
+    pub partitions: Vec<String>,
+    pub holders: Vec<String>,
+    pub mount_points: Vec<PathBuf>,
+}
+
+/// Scans block devices; keeps blkid results for devices that did not change.
+pub struct DeviceScanner {
+    pub sysfs: Sysfs,
+    pub dev_dir: PathBuf,
+    pub formatter: Arc<dyn Formatter>,
+    probes: BTreeMap<(String, String, u64), Probe>,
+}
+
+impl DeviceScanner {
+    pub fn new(formatter: Arc<dyn Formatter>) -> DeviceScanner {
+        DeviceScanner { sysfs: Sysfs::default(), dev_dir: PathBuf::from("/dev"), formatter, probes: BTreeMap::new() }
+    }
+
+    /// Every block device with a non-zero size (as lsblk shows them), in name order.
+    pub fn scan(&mut self, mounts: &[MountEntry]) -> std::io::Result<Vec<BlockDevice>> {
+        let links = stable_links(&self.dev_dir);
+        let mut devices = Vec::new();
+        let mut seen = BTreeMap::new();
+        for name in self.sysfs.names()? {
+            let Some(block) = self.sysfs.block(&name) else { continue };
+            if block.size_bytes == 0 {
+                continue;
+            }
+            let devnode = self.dev_dir.join(&name);
+            let key = (name.clone(), format!("{}:{}", block.major, block.minor), block.size_bytes);
+            let probe = match self.probes.get(&key) {
+                Some(probe) => probe.clone(),
+                None => self.formatter.probe(&devnode).unwrap_or_else(|e| {
+                    tracing::debug!(device = %devnode.display(), %e, "blkid probe failed");
+                    Probe::Other { description: "unknown (blkid could not probe it)".into() }
+                }),
+            };
+            seen.insert(key, probe.clone());
+            devices.push(describe(block, devnode, &links, &probe, mounts));
+        }
+        self.probes = seen;
+        Ok(devices)
+    }
+}
+
+fn describe(block: SysfsBlock, devnode: PathBuf, links: &BTreeMap<PathBuf, Vec<PathBuf>>, probe: &Probe, mounts: &[MountEntry]) -> BlockDevice {
+    let dev = format!("{}:{}", block.major, block.minor);
+    let udev = udev_properties(&block.name);
+    let (fs_type, uuid, pt_type) = match probe {
+        Probe::Filesystem { fs_type, uuid } => (Some(fs_type.clone()), uuid.clone(), None),
+        Probe::PartitionTable { pt_type } => (None, None, Some(pt_type.clone())),
+        Probe::Other { description } => (Some(description.split(' ').next().unwrap_or("?").to_string()), None, None),
+        Probe::Blank => (None, None, None),
+    };
+    BlockDevice {
+        kind: kind_of(&block),
+        read_only: block.read_only,
+        rotational: block.rotational,
+        model: udev.get("ID_MODEL").cloned().or(block.model),
+        serial: udev.get("ID_SERIAL_SHORT").cloned().or(block.serial),
+        wwn: udev.get("ID_WWN").cloned().or(block.wwn),
+        links: match udev.get("DEVLINKS") {
+            Some(list) => list.split_whitespace().map(PathBuf::from).collect(),
+            None => links.get(&devnode).cloned().unwrap_or_default(),
+        },
+        mount_points: mounts.iter().filter(|m| m.device == dev).map(|m| m.mount_point.clone()).collect(),
+        name: block.name,
+        dev,
+        size_bytes: block.size_bytes,
+        devnode,
+        fs_type,
+        uuid,
+        pt_type,
+        parent: block.parent,
+        partitions: block.partitions,
+        holders: block.holders,
+    }
+}
+
+fn kind_of(block: &SysfsBlock) -> String {
+    let name = block.name.as_str();
+    let kind = if block.is_partition {
+        "part"
+    } else if name.starts_with("loop") {
+        "loop"
+    } else if name.starts_with("dm-") {
+        "dm"
+    } else if name.starts_with("md") {
+        "raid"
+    } else if name.starts_with("sr") {
+        "rom"
+    } else {
+        "disk"
+    };
+    kind.to_string()
+}
+
+/// The udev database's properties of a device; empty where no udev daemon fills it.
+fn udev_properties(name: &str) -> BTreeMap<String, String> {
+    let Ok(device) = udev::Device::from_subsystem_sysname("block".into(), name.into()) else {
+        return BTreeMap::new();
+    };
+    device
+        .properties()
+        .map(|p| (p.name().to_string_lossy().into_owned(), p.value().to_string_lossy().into_owned()))
+        .collect()
+}
+
+/// `/dev/disk/by-*/*` links by the device node they point at (used without a udev database).
+fn stable_links(dev_dir: &Path) -> BTreeMap<PathBuf, Vec<PathBuf>> {
+    let mut links: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
+    let Ok(kinds) = std::fs::read_dir(dev_dir.join("disk")) else { return links };
+    for kind in kinds.flatten() {
+        let Ok(entries) = std::fs::read_dir(kind.path()) else { continue };
+        for entry in entries.flatten() {
+            if let Ok(target) = std::fs::canonicalize(entry.path()) {
+                links.entry(target).or_default().push(entry.path());
+            }
+        }
+    }
+    for list in links.values_mut() {
+        list.sort();
+    }
+    links
+}
+
+/// Bytes as lsblk prints them: 1024-based, one decimal below 10 (`512M`, `1.5G`, `20G`).
+pub fn lsblk_size(bytes: u64) -> String {
+    let units = ["B", "K", "M", "G", "T", "P", "E"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let text = if value < 10.0 && value.fract() != 0.0 { format!("{value:.1}") } else { format!("{value:.0}") };
+    format!("{}{}", text.trim_end_matches(".0"), units[unit])
+}
+
+/// The inventory as `lsblk -o NAME,MAJ:MIN,SIZE,TYPE,FSTYPE,UUID,MOUNTPOINTS` shows it, with
+/// partitions under their disk.
+pub fn lsblk_table(devices: &[BlockDevice]) -> String {
+    let by_name: BTreeMap<&str, &BlockDevice> = devices.iter().map(|d| (d.name.as_str(), d)).collect();
+    let mut rows = Vec::new();
+    for device in devices.iter().filter(|d| d.parent.as_deref().is_none_or(|p| !by_name.contains_key(p))) {
+        rows.push(row(device, ""));
+        let children: Vec<&&BlockDevice> = device.partitions.iter().filter_map(|p| by_name.get(p.as_str())).collect();
+        for (index, child) in children.iter().enumerate() {
+            rows.push(row(child, if index + 1 == children.len() { "└─" } else { "├─" }));
+        }
+    }
+    crate::cli_table::render(&["NAME", "MAJ:MIN", "SIZE", "RO", "TYPE", "FSTYPE", "UUID", "MOUNTPOINTS"], &rows)
+}
+
+fn row(device: &BlockDevice, prefix: &str) -> [String; 8] {
+    let mounts: Vec<String> = device.mount_points.iter().map(|p| p.display().to_string()).collect();
+    [
+        format!("{prefix}{}", device.name),
+        device.dev.clone(),
+        lsblk_size(device.size_bytes),
+        if device.read_only { "1" } else { "0" }.into(),
+        device.kind.clone(),
+        device.fs_type.clone().or_else(|| device.pt_type.clone()).unwrap_or_default(),
+        device.uuid.clone().unwrap_or_default(),
+        mounts.join(","),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_print_as_lsblk_prints_them() {
+        for (bytes, want) in [(512 << 20, "512M"), (3 << 29, "1.5G"), (20 << 30, "20G"), (1000, "1000B"), (64 << 20, "64M")] {
+            assert_eq!(lsblk_size(bytes), want, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn partitions_are_listed_under_their_disk() {
+        let device = |name: &str, parent: Option<&str>, partitions: &[&str]| BlockDevice {
+            name: name.into(), dev: "8:0".into(), size_bytes: 1 << 30, kind: "disk".into(), read_only: false,
+            rotational: false, model: None, serial: None, wwn: None, devnode: format!("/dev/{name}").into(),
+            links: vec![], fs_type: None, uuid: None, pt_type: None, parent: parent.map(Into::into),
+            partitions: partitions.iter().map(|p| p.to_string()).collect(), holders: vec![], mount_points: vec![],
+        };
+        let table = lsblk_table(&[device("sda", None, &["sda1", "sda2"]), device("sda1", Some("sda"), &[]), device("sda2", Some("sda"), &[])]);
+        let names: Vec<&str> = table.lines().skip(1).map(|l| l.split_whitespace().next().unwrap()).collect();
+        assert_eq!(names, ["sda", "├─sda1", "└─sda2"]);
+    }
+}
