@@ -19,6 +19,7 @@ use crate::desired::DesiredState;
 use crate::executor::backoff::BackoffPolicy;
 use crate::executor::run::OpContext;
 use crate::executor::{Executor, ExecutorConfig};
+use crate::host::format::RealFormatter;
 use crate::host::fs::PodFs;
 use crate::host::Mounter;
 use crate::reconcile::plan::{plan, Op};
@@ -76,7 +77,13 @@ pub async fn run(
         backoff: BackoffPolicy::default(),
         retry: !once,
     };
-    let (executor, events) = Executor::new(OpContext { mounter, fs }, config);
+    let context = OpContext::new(
+        mounter,
+        fs,
+        Arc::new(RealFormatter),
+        settings.max_concurrent_formats,
+    );
+    let (executor, events) = Executor::new(context, config);
     let (failures_tx, failures_rx) = watch::channel(Failures::new());
     let writer = tokio::spawn(write_failures(
         failures_path(&settings.root_dir),

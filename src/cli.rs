@@ -87,6 +87,9 @@ pub struct CommonArgs {
     /// Most ops running at once.
     #[arg(long, default_value_t = 8)]
     pub max_concurrent_ops: usize,
+    /// Most mkfs runs at once.
+    #[arg(long, default_value_t = 2)]
+    pub max_concurrent_formats: usize,
     /// How long one op may run before its volume is reported stuck.
     #[arg(long, value_parser = at_least_a_second, default_value = "2m")]
     pub op_timeout: Duration,

@@ -23,6 +23,7 @@ pub struct Settings {
     pub root_dir: PathBuf,
     pub node: NodeConfig,
     pub max_concurrent_ops: usize,
+    pub max_concurrent_formats: usize,
     pub op_timeout: Duration,
     pub resync: Duration,
 }
@@ -68,6 +69,7 @@ impl Settings {
                 host_path_roots,
             },
             max_concurrent_ops: args.max_concurrent_ops,
+            max_concurrent_formats: args.max_concurrent_formats,
             op_timeout: args.op_timeout,
             resync: args.resync,
         })

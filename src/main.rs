@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use volumed::actual::devices::{lsblk_table, DeviceScanner};
-use volumed::host::format::RealFormatter;
-use volumed::host::Mounter;
 use tokio_util::sync::CancellationToken;
+use volumed::actual::devices::{lsblk_table, DeviceScanner};
 use volumed::cli::{Cli, Command, Output};
 use volumed::cli_table::render;
 use volumed::config::Settings;
 use volumed::desired::DesiredState;
+use volumed::host::format::RealFormatter;
 use volumed::host::real::RealMounter;
+use volumed::host::Mounter;
 use volumed::reconcile::plan::Op;
 use volumed::reconcile::status::{table, StatusRow, VolumeState};
 use volumed::{app, model};
@@ -71,7 +71,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Devices(args) => {
             let mut scanner = DeviceScanner::new(Arc::new(RealFormatter));
             let mounts = RealMounter.mount_table()?;
-            let devices = scanner.scan(&mounts).context("cannot list block devices from /sys/class/block")?;
+            let devices = scanner
+                .scan(&mounts)
+                .context("cannot list block devices from /sys/class/block")?;
             match args.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&devices)?),
                 Output::Table => print!("{}", lsblk_table(&devices)),
@@ -123,8 +125,8 @@ async fn run(settings: Settings, once: bool) -> anyhow::Result<ExitCode> {
         table(&bad),
         problems(&report.desired)
     );
-    for (pod, error) in &report.pod_failures {
-        eprintln!("pod directory {pod}: {error}");
+    for (subject, error) in &report.other_failures {
+        eprintln!("{subject}: {error}");
     }
     Ok(ExitCode::FAILURE)
 }
@@ -189,6 +191,14 @@ fn plan_table(settings: &Settings, ops: &[Op]) -> String {
                     .display()
                     .to_string(),
                 String::new(),
+            ],
+            Op::UnmountGlobal { pv_name } | Op::RemoveGlobalDir { pv_name } => [
+                op.verb().into(),
+                "-".into(),
+                model::global_mount_path(&settings.root_dir, &model::Plugin::LocalVolume, pv_name)
+                    .display()
+                    .to_string(),
+                format!("PersistentVolume {pv_name}"),
             ],
         })
         .collect();

@@ -80,6 +80,7 @@ impl World {
                 host_path_roots: vec![base.clone()],
             },
             max_concurrent_ops: 4,
+            max_concurrent_formats: 1,
             op_timeout: Duration::from_secs(5),
             resync: Duration::from_secs(60),
         };

@@ -48,7 +48,12 @@ pub struct DeviceScanner {
 
 impl DeviceScanner {
     pub fn new(formatter: Arc<dyn Formatter>) -> DeviceScanner {
-        DeviceScanner { sysfs: Sysfs::default(), dev_dir: PathBuf::from("/dev"), formatter, probes: BTreeMap::new() }
+        DeviceScanner {
+            sysfs: Sysfs::default(),
+            dev_dir: PathBuf::from("/dev"),
+            formatter,
+            probes: BTreeMap::new(),
+        }
     }
 
     /// Every block device with a non-zero size (as lsblk shows them), in name order.
@@ -57,17 +62,25 @@ impl DeviceScanner {
         let mut devices = Vec::new();
         let mut seen = BTreeMap::new();
         for name in self.sysfs.names()? {
-            let Some(block) = self.sysfs.block(&name) else { continue };
+            let Some(block) = self.sysfs.block(&name) else {
+                continue;
+            };
             if block.size_bytes == 0 {
                 continue;
             }
             let devnode = self.dev_dir.join(&name);
-            let key = (name.clone(), format!("{}:{}", block.major, block.minor), block.size_bytes);
+            let key = (
+                name.clone(),
+                format!("{}:{}", block.major, block.minor),
+                block.size_bytes,
+            );
             let probe = match self.probes.get(&key) {
                 Some(probe) => probe.clone(),
                 None => self.formatter.probe(&devnode).unwrap_or_else(|e| {
                     tracing::debug!(device = %devnode.display(), %e, "blkid probe failed");
-                    Probe::Other { description: "unknown (blkid could not probe it)".into() }
+                    Probe::Other {
+                        description: "unknown (blkid could not probe it)".into(),
+                    }
                 }),
             };
             seen.insert(key, probe.clone());
@@ -78,13 +91,23 @@ impl DeviceScanner {
     }
 }
 
-fn describe(block: SysfsBlock, devnode: PathBuf, links: &BTreeMap<PathBuf, Vec<PathBuf>>, probe: &Probe, mounts: &[MountEntry]) -> BlockDevice {
+fn describe(
+    block: SysfsBlock,
+    devnode: PathBuf,
+    links: &BTreeMap<PathBuf, Vec<PathBuf>>,
+    probe: &Probe,
+    mounts: &[MountEntry],
+) -> BlockDevice {
     let dev = format!("{}:{}", block.major, block.minor);
     let udev = udev_properties(&block.name);
     let (fs_type, uuid, pt_type) = match probe {
         Probe::Filesystem { fs_type, uuid } => (Some(fs_type.clone()), uuid.clone(), None),
         Probe::PartitionTable { pt_type } => (None, None, Some(pt_type.clone())),
-        Probe::Other { description } => (Some(description.split(' ').next().unwrap_or("?").to_string()), None, None),
+        Probe::Other { description } => (
+            Some(description.split(' ').next().unwrap_or("?").to_string()),
+            None,
+            None,
+        ),
         Probe::Blank => (None, None, None),
     };
     BlockDevice {
@@ -98,7 +121,11 @@ fn describe(block: SysfsBlock, devnode: PathBuf, links: &BTreeMap<PathBuf, Vec<P
             Some(list) => list.split_whitespace().map(PathBuf::from).collect(),
             None => links.get(&devnode).cloned().unwrap_or_default(),
         },
-        mount_points: mounts.iter().filter(|m| m.device == dev).map(|m| m.mount_point.clone()).collect(),
+        mount_points: mounts
+            .iter()
+            .filter(|m| m.device == dev)
+            .map(|m| m.mount_point.clone())
+            .collect(),
         name: block.name,
         dev,
         size_bytes: block.size_bytes,
@@ -137,16 +164,25 @@ fn udev_properties(name: &str) -> BTreeMap<String, String> {
     };
     device
         .properties()
-        .map(|p| (p.name().to_string_lossy().into_owned(), p.value().to_string_lossy().into_owned()))
+        .map(|p| {
+            (
+                p.name().to_string_lossy().into_owned(),
+                p.value().to_string_lossy().into_owned(),
+            )
+        })
         .collect()
 }
 
 /// `/dev/disk/by-*/*` links by the device node they point at (used without a udev database).
 fn stable_links(dev_dir: &Path) -> BTreeMap<PathBuf, Vec<PathBuf>> {
     let mut links: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
-    let Ok(kinds) = std::fs::read_dir(dev_dir.join("disk")) else { return links };
+    let Ok(kinds) = std::fs::read_dir(dev_dir.join("disk")) else {
+        return links;
+    };
     for kind in kinds.flatten() {
-        let Ok(entries) = std::fs::read_dir(kind.path()) else { continue };
+        let Ok(entries) = std::fs::read_dir(kind.path()) else {
+            continue;
+        };
         for entry in entries.flatten() {
             if let Ok(target) = std::fs::canonicalize(entry.path()) {
                 links.entry(target).or_default().push(entry.path());
@@ -168,34 +204,73 @@ pub fn lsblk_size(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    let text = if value < 10.0 && value.fract() != 0.0 { format!("{value:.1}") } else { format!("{value:.0}") };
+    let text = if value < 10.0 && value.fract() != 0.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.0}")
+    };
     format!("{}{}", text.trim_end_matches(".0"), units[unit])
 }
 
 /// The inventory as `lsblk -o NAME,MAJ:MIN,SIZE,TYPE,FSTYPE,UUID,MOUNTPOINTS` shows it, with
 /// partitions under their disk.
 pub fn lsblk_table(devices: &[BlockDevice]) -> String {
-    let by_name: BTreeMap<&str, &BlockDevice> = devices.iter().map(|d| (d.name.as_str(), d)).collect();
+    let by_name: BTreeMap<&str, &BlockDevice> =
+        devices.iter().map(|d| (d.name.as_str(), d)).collect();
     let mut rows = Vec::new();
-    for device in devices.iter().filter(|d| d.parent.as_deref().is_none_or(|p| !by_name.contains_key(p))) {
+    for device in devices
+        .iter()
+        .filter(|d| d.parent.as_deref().is_none_or(|p| !by_name.contains_key(p)))
+    {
         rows.push(row(device, ""));
-        let children: Vec<&&BlockDevice> = device.partitions.iter().filter_map(|p| by_name.get(p.as_str())).collect();
+        let children: Vec<&&BlockDevice> = device
+            .partitions
+            .iter()
+            .filter_map(|p| by_name.get(p.as_str()))
+            .collect();
         for (index, child) in children.iter().enumerate() {
-            rows.push(row(child, if index + 1 == children.len() { "└─" } else { "├─" }));
+            rows.push(row(
+                child,
+                if index + 1 == children.len() {
+                    "└─"
+                } else {
+                    "├─"
+                },
+            ));
         }
     }
-    crate::cli_table::render(&["NAME", "MAJ:MIN", "SIZE", "RO", "TYPE", "FSTYPE", "UUID", "MOUNTPOINTS"], &rows)
+    crate::cli_table::render(
+        &[
+            "NAME",
+            "MAJ:MIN",
+            "SIZE",
+            "RO",
+            "TYPE",
+            "FSTYPE",
+            "UUID",
+            "MOUNTPOINTS",
+        ],
+        &rows,
+    )
 }
 
 fn row(device: &BlockDevice, prefix: &str) -> [String; 8] {
-    let mounts: Vec<String> = device.mount_points.iter().map(|p| p.display().to_string()).collect();
+    let mounts: Vec<String> = device
+        .mount_points
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     [
         format!("{prefix}{}", device.name),
         device.dev.clone(),
         lsblk_size(device.size_bytes),
         if device.read_only { "1" } else { "0" }.into(),
         device.kind.clone(),
-        device.fs_type.clone().or_else(|| device.pt_type.clone()).unwrap_or_default(),
+        device
+            .fs_type
+            .clone()
+            .or_else(|| device.pt_type.clone())
+            .unwrap_or_default(),
         device.uuid.clone().unwrap_or_default(),
         mounts.join(","),
     ]
@@ -207,7 +282,13 @@ mod tests {
 
     #[test]
     fn sizes_print_as_lsblk_prints_them() {
-        for (bytes, want) in [(512 << 20, "512M"), (3 << 29, "1.5G"), (20 << 30, "20G"), (1000, "1000B"), (64 << 20, "64M")] {
+        for (bytes, want) in [
+            (512 << 20, "512M"),
+            (3 << 29, "1.5G"),
+            (20 << 30, "20G"),
+            (1000, "1000B"),
+            (64 << 20, "64M"),
+        ] {
             assert_eq!(lsblk_size(bytes), want, "{bytes}");
         }
     }
@@ -215,13 +296,35 @@ mod tests {
     #[test]
     fn partitions_are_listed_under_their_disk() {
         let device = |name: &str, parent: Option<&str>, partitions: &[&str]| BlockDevice {
-            name: name.into(), dev: "8:0".into(), size_bytes: 1 << 30, kind: "disk".into(), read_only: false,
-            rotational: false, model: None, serial: None, wwn: None, devnode: format!("/dev/{name}").into(),
-            links: vec![], fs_type: None, uuid: None, pt_type: None, parent: parent.map(Into::into),
-            partitions: partitions.iter().map(|p| p.to_string()).collect(), holders: vec![], mount_points: vec![],
+            name: name.into(),
+            dev: "8:0".into(),
+            size_bytes: 1 << 30,
+            kind: "disk".into(),
+            read_only: false,
+            rotational: false,
+            model: None,
+            serial: None,
+            wwn: None,
+            devnode: format!("/dev/{name}").into(),
+            links: vec![],
+            fs_type: None,
+            uuid: None,
+            pt_type: None,
+            parent: parent.map(Into::into),
+            partitions: partitions.iter().map(|p| p.to_string()).collect(),
+            holders: vec![],
+            mount_points: vec![],
         };
-        let table = lsblk_table(&[device("sda", None, &["sda1", "sda2"]), device("sda1", Some("sda"), &[]), device("sda2", Some("sda"), &[])]);
-        let names: Vec<&str> = table.lines().skip(1).map(|l| l.split_whitespace().next().unwrap()).collect();
+        let table = lsblk_table(&[
+            device("sda", None, &["sda1", "sda2"]),
+            device("sda1", Some("sda"), &[]),
+            device("sda2", Some("sda"), &[]),
+        ]);
+        let names: Vec<&str> = table
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
         assert_eq!(names, ["sda", "├─sda1", "└─sda2"]);
     }
 }

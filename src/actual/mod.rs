@@ -14,6 +14,8 @@ use crate::model::VolumeKey;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OnDisk {
     pub pods: BTreeMap<String, BTreeSet<VolumeKey>>,
+    /// PV names with a local-volume global mount point directory.
+    pub globals: BTreeSet<String>,
 }
 
 impl OnDisk {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use procfs::FromBufRead;
 use serde::Serialize;
 
-use crate::model::{Plugin, VolumeKey};
+use crate::model::{global_mount_path, Plugin, VolumeKey};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot parse mount table {source_name}: {message}")]
@@ -100,25 +100,42 @@ pub struct PodMounts {
     pub nested: BTreeMap<VolumeKey, Vec<MountEntry>>,
     /// Any other mount under a pod's directory: it keeps that directory from being removed.
     pub stray: BTreeMap<String, Vec<PathBuf>>,
+    /// Local-volume global mounts, by PV name.
+    pub globals: BTreeMap<String, Vec<MountEntry>>,
 }
 
 impl PodMounts {
     pub fn index(entries: &[MountEntry], root: &Path) -> PodMounts {
         let pods = root.join("pods");
         let mut index = PodMounts::default();
+        let globals = global_mount_path(root, &Plugin::LocalVolume, "");
         for entry in entries {
+            if let Some(pv_name) = entry
+                .mount_point
+                .strip_prefix(&globals)
+                .ok()
+                .and_then(single_name)
+            {
+                index
+                    .globals
+                    .entry(pv_name)
+                    .or_default()
+                    .push(entry.clone());
+                continue;
+            }
             let Ok(rel) = entry.mount_point.strip_prefix(&pods) else {
                 continue;
             };
             let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
             match parts.as_slice() {
-                [uid, "volumes", plugin, name, rest @ ..]
+                [uid, area @ ("volumes" | "volumeDevices"), plugin, name, rest @ ..]
                     if Plugin::from_dir_name(plugin).is_some() =>
                 {
                     let key = VolumeKey {
                         pod_uid: uid.to_string(),
                         plugin: Plugin::from_dir_name(plugin).expect("checked above"),
                         name: name.to_string(),
+                        block: *area == "volumeDevices",
                     };
                     if rest.is_empty() {
                         index.volumes.entry(key).or_default().push(entry.clone());
@@ -148,6 +165,19 @@ impl PodMounts {
             .map(|m| m.mount_point.clone())
     }
 
+    /// True when a pod mount shows the same filesystem as the PV's global mount (rule 2:
+    /// decided from the mount table, not from volumed's records).
+    pub fn global_in_use(&self, pv_name: &str) -> bool {
+        let Some(global) = self.globals.get(pv_name) else {
+            return false;
+        };
+        self.volumes
+            .values()
+            .chain(self.nested.values())
+            .flatten()
+            .any(|m| global.iter().any(|g| g.device == m.device))
+    }
+
     pub fn is_mounted(&self, key: &VolumeKey) -> bool {
         self.volumes.contains_key(key)
     }
@@ -161,6 +191,13 @@ impl PodMounts {
                 .chain(self.nested.keys())
                 .any(|k| k.pod_uid == pod_uid)
     }
+}
+
+/// The one path component of `rel`, if it has exactly one.
+fn single_name(rel: &Path) -> Option<String> {
+    let mut parts = rel.iter();
+    let name = parts.next()?.to_str()?.to_string();
+    parts.next().is_none().then_some(name)
 }
 
 #[cfg(test)]
@@ -204,6 +241,7 @@ mod tests {
             pod_uid: "u1".into(),
             plugin: Plugin::EmptyDir,
             name: "cache".into(),
+            block: false,
         };
         assert_eq!(
             index.volumes[&cache].len(),
@@ -214,6 +252,7 @@ mod tests {
             pod_uid: "u2".into(),
             plugin: Plugin::EmptyDir,
             name: "scratch".into(),
+            block: false,
         };
         assert_eq!(
             index.nested[&scratch].len(),

@@ -11,7 +11,9 @@ pub struct Sysfs {
 
 impl Default for Sysfs {
     fn default() -> Self {
-        Sysfs { root: PathBuf::from("/sys") }
+        Sysfs {
+            root: PathBuf::from("/sys"),
+        }
     }
 }
 
@@ -56,10 +58,17 @@ impl Sysfs {
         let is_partition = dir.join("partition").exists();
         let real = std::fs::canonicalize(&dir).ok();
         let parent = is_partition
-            .then(|| real.as_ref()?.parent()?.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .then(|| {
+                real.as_ref()?
+                    .parent()?
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
             .flatten();
         let disk_dir = parent.as_ref().map_or(dir.clone(), |p| self.dir(p));
-        let sectors: u64 = read(&dir.join("size")).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let sectors: u64 = read(&dir.join("size"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         Some(SysfsBlock {
             name: name.to_string(),
             major,
@@ -70,7 +79,11 @@ impl Sysfs {
             rotational: read(&disk_dir.join("queue/rotational")).as_deref() == Some("1"),
             is_partition,
             parent,
-            partitions: if is_partition { vec![] } else { children_with(&dir, "partition") },
+            partitions: if is_partition {
+                vec![]
+            } else {
+                children_with(&dir, "partition")
+            },
             holders: entries(&dir.join("holders")),
             model: read(&disk_dir.join("device/model")),
             serial: read(&disk_dir.join("device/serial")),
@@ -80,7 +93,8 @@ impl Sysfs {
 
     /// The device name for a `major:minor`, through `/sys/dev/block`.
     pub fn name_of(&self, major: u32, minor: u32) -> Option<String> {
-        let link = std::fs::canonicalize(self.root.join(format!("dev/block/{major}:{minor}"))).ok()?;
+        let link =
+            std::fs::canonicalize(self.root.join(format!("dev/block/{major}:{minor}"))).ok()?;
         Some(link.file_name()?.to_string_lossy().into_owned())
     }
 }
@@ -93,7 +107,10 @@ fn read(path: &Path) -> Option<String> {
 
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|it| it.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect())
+        .map(|it| {
+            it.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -101,7 +118,10 @@ fn entries(dir: &Path) -> Vec<String> {
 
 /// Subdirectories of `dir` that contain a file named `marker`.
 fn children_with(dir: &Path, marker: &str) -> Vec<String> {
-    entries(dir).into_iter().filter(|name| dir.join(name).join(marker).exists()).collect()
+    entries(dir)
+        .into_iter()
+        .filter(|name| dir.join(name).join(marker).exists())
+        .collect()
 }
 
 fn parse_dev(text: &str) -> Option<(u32, u32)> {
@@ -137,11 +157,21 @@ mod tests {
         std::fs::create_dir_all(root.join(format!("{disk}/sdb1/holders/dm-0"))).unwrap();
         std::fs::create_dir_all(root.join("class/block")).unwrap();
         std::os::unix::fs::symlink(root.join(disk), root.join("class/block/sdb")).unwrap();
-        std::os::unix::fs::symlink(root.join(format!("{disk}/sdb1")), root.join("class/block/sdb1")).unwrap();
+        std::os::unix::fs::symlink(
+            root.join(format!("{disk}/sdb1")),
+            root.join("class/block/sdb1"),
+        )
+        .unwrap();
         std::fs::create_dir_all(root.join("dev/block")).unwrap();
-        std::os::unix::fs::symlink(root.join(format!("{disk}/sdb1")), root.join("dev/block/8:17")).unwrap();
+        std::os::unix::fs::symlink(
+            root.join(format!("{disk}/sdb1")),
+            root.join("dev/block/8:17"),
+        )
+        .unwrap();
 
-        let sysfs = Sysfs { root: root.to_path_buf() };
+        let sysfs = Sysfs {
+            root: root.to_path_buf(),
+        };
         assert_eq!(sysfs.names().unwrap(), ["sdb", "sdb1"]);
         let sdb = sysfs.block("sdb").unwrap();
         assert_eq!((sdb.major, sdb.minor, sdb.size_bytes), (8, 16, 1 << 30));
@@ -149,7 +179,10 @@ mod tests {
         assert_eq!(sdb.partitions, ["sdb1"]);
         assert_eq!(sdb.model.as_deref(), Some("QEMU HARDDISK"));
         let part = sysfs.block("sdb1").unwrap();
-        assert!(part.is_partition && part.read_only && part.rotational, "{part:?}");
+        assert!(
+            part.is_partition && part.read_only && part.rotational,
+            "{part:?}"
+        );
         assert_eq!(part.parent.as_deref(), Some("sdb"));
         assert_eq!(part.holders, ["dm-0"]);
         assert_eq!(sysfs.name_of(8, 17).as_deref(), Some("sdb1"));

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Volume};
 use super::binder::Bindings;
 use super::manifest::Manifests;
 use super::{DesiredState, NodeConfig, WaitingVolume};
+use crate::model::mount_options::check_mount_options;
 use crate::model::names::{check_component, check_host_path};
 use crate::model::quantity::parse_bytes;
 use crate::model::{DesiredVolume, MountSpec, PathType, Plugin, PodRef, VolumeKey};
@@ -134,7 +135,7 @@ fn blocked(reason: impl Into<String>) -> Waiting {
 impl Context<'_> {
     fn volume(&self, volume: &Volume) -> Result<DesiredVolume, Waiting> {
         check_component("volume name", &volume.name).map_err(|e| blocked(e.to_string()))?;
-        let (plugin, name, spec, pv_name) = if let Some(empty_dir) = &volume.empty_dir {
+        let (plugin, name, spec, pv_name, block) = if let Some(empty_dir) = &volume.empty_dir {
             let spec = match empty_dir.medium.as_deref().unwrap_or("") {
                 "" => MountSpec::Directory,
                 "Memory" => MountSpec::Tmpfs {
@@ -152,18 +153,19 @@ impl Context<'_> {
                     )))
                 }
             };
-            (Plugin::EmptyDir, volume.name.clone(), spec, None)
+            (Plugin::EmptyDir, volume.name.clone(), spec, None, false)
         } else if let Some(host_path) = &volume.host_path {
             let spec = self.bind(
                 &host_path.path,
                 host_path.type_.as_deref().unwrap_or(""),
                 false,
             )?;
-            (Plugin::HostPath, volume.name.clone(), spec, None)
+            (Plugin::HostPath, volume.name.clone(), spec, None, false)
         } else if let Some(claim) = &volume.persistent_volume_claim {
             let (plugin, pv_name, spec) =
                 self.claim(&claim.claim_name, claim.read_only.unwrap_or(false))?;
-            (plugin, pv_name.clone(), spec, Some(pv_name))
+            let block = matches!(spec, MountSpec::BlockDevice { .. });
+            (plugin, pv_name.clone(), spec, Some(pv_name), block)
         } else if volume.nfs.is_some() {
             return Err(blocked(
                 "NFS volumes are not supported by this version of volumed",
@@ -176,6 +178,7 @@ impl Context<'_> {
                 pod_uid: self.pod.uid.clone(),
                 plugin,
                 name,
+                block,
             },
             pod: self.pod.clone(),
             volume_name: volume.name.clone(),
@@ -208,9 +211,6 @@ impl Context<'_> {
         check_component("PersistentVolume name", pv_name).map_err(|e| blocked(e.to_string()))?;
         let pv: &PersistentVolume = &self.manifests.volumes[pv_name];
         let pv_spec = pv.spec.clone().unwrap_or_default();
-        if pv_spec.volume_mode.as_deref() == Some("Block") {
-            return Err(blocked(format!("PersistentVolume {pv_name} has volumeMode Block, which this version of volumed does not support")));
-        }
         // A claim that can only be read is mounted read-only, like a readOnly pod volume.
         let claim_modes = claim
             .spec
@@ -219,8 +219,25 @@ impl Context<'_> {
             .unwrap_or_default();
         let read_only = read_only || claim_modes == ["ReadOnlyMany"];
         if let Some(local) = &pv_spec.local {
-            let spec = self.bind(&local.path, "Directory", read_only)?;
+            let path = self.host_path(&local.path)?;
+            let spec = if pv_spec.volume_mode.as_deref() == Some("Block") {
+                MountSpec::BlockDevice { path }
+            } else {
+                let mount_options = pv_spec.mount_options.clone().unwrap_or_default();
+                check_mount_options(&mount_options)
+                    .map_err(|e| blocked(format!("PersistentVolume {pv_name}: {e}")))?;
+                let fs_type = local.fs_type.clone().unwrap_or_else(|| "ext4".into());
+                check_component("fsType", &fs_type).map_err(|e| blocked(e.to_string()))?;
+                MountSpec::Local {
+                    path,
+                    fs_type,
+                    mount_options,
+                    read_only,
+                }
+            };
             Ok((Plugin::LocalVolume, pv_name.clone(), spec))
+        } else if pv_spec.volume_mode.as_deref() == Some("Block") {
+            Err(blocked(format!("PersistentVolume {pv_name} has volumeMode Block; only local volumes can be raw block volumes")))
         } else if let Some(host_path) = &pv_spec.host_path {
             let spec = self.bind(
                 &host_path.path,
@@ -234,29 +251,37 @@ impl Context<'_> {
     }
 
     fn bind(&self, path: &str, path_type: &str, read_only: bool) -> Result<MountSpec, Waiting> {
-        check_host_path("host path", path).map_err(|e| blocked(e.to_string()))?;
+        let source = self.host_path(path)?;
         let expect = PathType::parse(path_type).ok_or_else(|| {
             blocked(format!(
                 "hostPath type {path_type:?} is not a Kubernetes HostPathType"
             ))
         })?;
-        let source = PathBuf::from(path);
-        if !self
-            .node
-            .host_path_roots
-            .iter()
-            .any(|root| source.starts_with(root))
-        {
-            return Err(blocked(format!(
-                "host path {path} lies outside the allowed host path roots ({}); see --host-path-root",
-                display_roots(&self.node.host_path_roots)
-            )));
-        }
         Ok(MountSpec::Bind {
             source,
             expect,
             read_only,
         })
+    }
+
+    /// A host path from an object: absolute, normal, and inside the allowed roots (device
+    /// nodes under /dev are always allowed; the executor checks they are block devices).
+    fn host_path(&self, path: &str) -> Result<PathBuf, Waiting> {
+        check_host_path("host path", path).map_err(|e| blocked(e.to_string()))?;
+        let source = PathBuf::from(path);
+        let allowed = source.starts_with("/dev/")
+            || self
+                .node
+                .host_path_roots
+                .iter()
+                .any(|root| source.starts_with(root));
+        if !allowed {
+            return Err(blocked(format!(
+                "host path {path} lies outside the allowed host path roots ({}); see --host-path-root",
+                display_roots(&self.node.host_path_roots)
+            )));
+        }
+        Ok(source)
     }
 }
 

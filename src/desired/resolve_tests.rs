@@ -108,9 +108,10 @@ fn each_supported_volume_kind_resolves_to_its_mount() {
     );
     assert_eq!(
         spec_of(&state, "data"),
-        MountSpec::Bind {
-            source: "/mnt/disks/pv-1".into(),
-            expect: PathType::Directory,
+        MountSpec::Local {
+            path: "/mnt/disks/pv-1".into(),
+            fs_type: "ext4".into(),
+            mount_options: vec![],
             read_only: true
         }
     );

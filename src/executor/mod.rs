@@ -3,6 +3,7 @@
 //! blocks the sync loop: results come back as events on a channel.
 
 pub mod backoff;
+pub mod device;
 pub mod run;
 
 use std::collections::hash_map::DefaultHasher;
@@ -144,6 +145,7 @@ impl Executor {
                 let outcome = joined.unwrap_or_else(|join| OpOutcome {
                     did: Err(format!("the worker running this op died: {join}")),
                     pod_dirs: None,
+                    globals: None,
                 });
                 let _ = events.send(OpEvent::Finished {
                     op,
@@ -236,6 +238,7 @@ pub fn describe_key(key: &OpKey) -> String {
     match key {
         OpKey::Volume(key) => key.to_string(),
         OpKey::Pod(uid) => format!("pod {uid}"),
+        OpKey::Global(pv_name) => format!("global mount of {pv_name}"),
     }
 }
 
@@ -261,6 +264,7 @@ mod tests {
             pod_uid: "u1".into(),
             plugin: Plugin::EmptyDir,
             name: "cache".into(),
+            block: false,
         };
         let pod = PodRef {
             namespace: "default".into(),
@@ -294,10 +298,12 @@ mod tests {
             retry: true,
         };
         let (mut executor, mut events) = Executor::new(
-            OpContext {
-                mounter: mounter.clone(),
+            OpContext::new(
+                mounter.clone(),
                 fs,
-            },
+                Arc::new(crate::host::format::FakeFormatter::default()),
+                2,
+            ),
             config,
         );
         let target = root.join("pods/u1/volumes/kubernetes.io~empty-dir/cache");

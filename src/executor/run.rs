@@ -4,15 +4,40 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use super::device::{stage, FormatSlots, StagingLocks};
+use crate::actual::sysfs::Sysfs;
+use crate::host::format::Formatter;
 use crate::host::fs::PodFs;
 use crate::host::{HostError, Mounter};
-use crate::model::{DesiredVolume, MountSpec, Plugin, VolumeKey};
+use crate::model::{DesiredVolume, MountSpec, PathType, Plugin, VolumeKey};
 use crate::reconcile::plan::Op;
 
 /// The host seams an op works through.
 pub struct OpContext {
     pub mounter: Arc<dyn Mounter>,
     pub fs: PodFs,
+    pub formatter: Arc<dyn Formatter>,
+    pub sysfs: Sysfs,
+    pub formats: FormatSlots,
+    pub staging: StagingLocks,
+}
+
+impl OpContext {
+    pub fn new(
+        mounter: Arc<dyn Mounter>,
+        fs: PodFs,
+        formatter: Arc<dyn Formatter>,
+        max_formats: usize,
+    ) -> OpContext {
+        OpContext {
+            mounter,
+            fs,
+            formatter,
+            sysfs: Sysfs::default(),
+            formats: FormatSlots::new(max_formats),
+            staging: StagingLocks::default(),
+        }
+    }
 }
 
 /// What an op left behind, for the sync loop's picture of the host.
@@ -22,8 +47,10 @@ pub struct OpOutcome {
     /// it failed.
     pub did: Result<&'static str, String>,
     /// The pod's volume directories after the op (`Some(None)`: the pod directory is gone;
-    /// `None`: the rescan failed and the loop keeps what it knew).
+    /// `None`: the rescan failed, or the op has no pod, and the loop keeps what it knew).
     pub pod_dirs: Option<Option<BTreeSet<VolumeKey>>>,
+    /// The global mount point directories after the op, when it may have changed them.
+    pub globals: Option<BTreeSet<String>>,
 }
 
 pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
@@ -42,23 +69,88 @@ pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
                 .map(|()| "removed")
         }
         Op::RemovePodDir { pod_uid } => ctx.fs.remove_pod_dir(pod_uid).map(|()| "removed"),
+        Op::UnmountGlobal { pv_name } => unmount_global(ctx, pv_name),
+        Op::RemoveGlobalDir { pv_name } => ctx
+            .fs
+            .remove_global_dir(&Plugin::LocalVolume, pv_name)
+            .map(|()| "removed"),
     };
     // Rescan even after a failure: a half-done set-up may have created directories.
-    let pod_dirs = match ctx.fs.scan_pod(op.pod_uid()) {
+    let pod_dirs = op.pod_uid().and_then(|uid| match ctx.fs.scan_pod(uid) {
         Ok(dirs) => Some(dirs),
         Err(err) => {
             tracing::warn!(%err, "cannot rescan the pod directory after the op");
             None
         }
-    };
+    });
+    let globals = op
+        .touches_globals()
+        .then(|| ctx.fs.scan_globals(&Plugin::LocalVolume).ok())
+        .flatten();
     OpOutcome {
         did: did.map_err(|e| e.to_string()),
         pod_dirs,
+        globals,
     }
+}
+
+/// umount of a global mount, after checking the live mount table (rule 2): no pod mount may
+/// still show the same filesystem.
+fn unmount_global(ctx: &OpContext, pv_name: &str) -> Result<&'static str, HostError> {
+    let path = crate::model::global_mount_path(ctx.fs.root(), &Plugin::LocalVolume, pv_name);
+    let table = ctx.mounter.mount_table()?;
+    let Some(global) = table.iter().rfind(|m| m.mount_point == path) else {
+        return Ok("already unmounted");
+    };
+    let pods = ctx.fs.root().join("pods");
+    if let Some(user) = table
+        .iter()
+        .find(|m| m.device == global.device && m.mount_point.starts_with(&pods))
+    {
+        return Err(HostError::Unsafe {
+            path,
+            why: format!(
+                "{} still uses it; it is unmounted once no pod mount refers to it",
+                user.mount_point.display()
+            ),
+        });
+    }
+    ctx.mounter.unmount(&path).map(|()| "unmounted")
 }
 
 fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostError> {
     match &volume.spec {
+        MountSpec::Local {
+            path,
+            fs_type,
+            mount_options,
+            read_only,
+        } => {
+            let source = ctx.fs.open_source(path, PathType::Unchecked)?;
+            let source = if source.is_block {
+                stage(
+                    ctx,
+                    &volume.key.name,
+                    &source,
+                    fs_type,
+                    mount_options,
+                    *read_only,
+                )?
+            } else if source.is_dir {
+                source
+            } else {
+                return Err(HostError::PathCheck {
+                    path: path.clone(),
+                    expected: "a directory or a block device",
+                    found: "something else".into(),
+                });
+            };
+            bind_into(ctx, volume, &source, *read_only)
+        }
+        MountSpec::BlockDevice { path } => {
+            let source = ctx.fs.open_source(path, PathType::BlockDevice)?;
+            bind_into(ctx, volume, &source, false)
+        }
         MountSpec::Directory => {
             ctx.fs.prepare_target(&volume.key, false, 0o777)?;
             Ok("created")
@@ -85,4 +177,19 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
             Ok("mounted")
         }
     }
+}
+
+/// `mount --bind <source> <pod volume path>` unless something is mounted there already.
+fn bind_into(
+    ctx: &OpContext,
+    volume: &DesiredVolume,
+    source: &crate::host::Source,
+    read_only: bool,
+) -> Result<&'static str, HostError> {
+    let target = ctx.fs.prepare_target(&volume.key, !source.is_dir, 0o750)?;
+    if ctx.mounter.is_mount_point(&target)? {
+        return Ok("already mounted");
+    }
+    ctx.mounter.bind(source, &target, read_only)?;
+    Ok("mounted")
 }

@@ -89,13 +89,15 @@ impl FakeMounter {
         root: &str,
         options: BTreeMap<String, Option<String>>,
         read_only: bool,
+        device: Option<String>,
     ) -> Result<(), std::io::Error> {
         let mut state = self.enter("mount", &target.path)?;
         state.next_id += 1;
         let entry = MountEntry {
             mount_id: 1000 + state.next_id,
             parent_id: 1,
-            device: "0:99".into(),
+            // A new filesystem gets a device of its own; a bind shares its source's.
+            device: device.unwrap_or_else(|| format!("0:{}", 100 + state.next_id)),
             root: root.to_string(),
             mount_point: target.path.clone(),
             fs_type: fs_type.to_string(),
@@ -122,7 +124,7 @@ impl Mounter for FakeMounter {
         if let Some(size) = size_bytes {
             options.insert("size".into(), Some(format!("{}k", size.div_ceil(1024))));
         }
-        self.add(target, "tmpfs", "/", options, false)
+        self.add(target, "tmpfs", "/", options, false, None)
             .map_err(|source| HostError::Mount {
                 what: "tmpfs".into(),
                 target: target.path.clone(),
@@ -132,11 +134,40 @@ impl Mounter for FakeMounter {
 
     fn bind(&self, source: &Source, target: &Target, read_only: bool) -> Result<(), HostError> {
         let root = source.path.to_string_lossy();
-        self.add(target, "bind", &root, BTreeMap::new(), read_only)
-            .map_err(|err| HostError::Mount {
-                what: format!("bind of {}", source.path.display()),
+        let device = self
+            .lock()
+            .table
+            .iter()
+            .rfind(|m| m.mount_point == source.path)
+            .map_or_else(|| "0:99".to_string(), |m| m.device.clone());
+        self.add(
+            target,
+            "bind",
+            &root,
+            BTreeMap::new(),
+            read_only,
+            Some(device),
+        )
+        .map_err(|err| HostError::Mount {
+            what: format!("bind of {}", source.path.display()),
+            target: target.path.clone(),
+            source: err,
+        })
+    }
+
+    fn mount_device(
+        &self,
+        device: &Path,
+        target: &Target,
+        fs_type: &str,
+        _options: &[String],
+        read_only: bool,
+    ) -> Result<(), HostError> {
+        self.add(target, fs_type, "/", BTreeMap::new(), read_only, None)
+            .map_err(|source| HostError::Mount {
+                what: format!("{fs_type} on {}", device.display()),
                 target: target.path.clone(),
-                source: err,
+                source,
             })
     }
 

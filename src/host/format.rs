@@ -14,7 +14,10 @@ pub enum Probe {
     /// No signature at all (blkid exit code 2).
     Blank,
     /// A filesystem (`TYPE=`), with its UUID when it has one.
-    Filesystem { fs_type: String, uuid: Option<String> },
+    Filesystem {
+        fs_type: String,
+        uuid: Option<String>,
+    },
     /// A partition table (`PTTYPE=`).
     PartitionTable { pt_type: String },
     /// Some other signature (swap, RAID member, LVM, crypto, ...): `USAGE` and `TYPE`.
@@ -33,9 +36,16 @@ impl Probe {
             return Probe::PartitionTable { pt_type };
         }
         match (get("TYPE"), fields.get("USAGE").copied()) {
-            (Some(fs_type), Some("filesystem") | None) => Probe::Filesystem { fs_type, uuid: get("UUID") },
+            (Some(fs_type), Some("filesystem") | None) => Probe::Filesystem {
+                fs_type,
+                uuid: get("UUID"),
+            },
             (fs_type, usage) => Probe::Other {
-                description: format!("{} ({})", fs_type.as_deref().unwrap_or("unknown type"), usage.unwrap_or("unknown usage")),
+                description: format!(
+                    "{} ({})",
+                    fs_type.as_deref().unwrap_or("unknown type"),
+                    usage.unwrap_or("unknown usage")
+                ),
             },
         }
     }
@@ -77,7 +87,11 @@ fn run(program: &str, args: &[&str], device: &Path) -> Result<std::process::Outp
         .arg(device)
         .env("LC_ALL", "C")
         .output()
-        .map_err(|source| HostError::Tool { command: format!("{program} {}", args.join(" ")), device: device.to_path_buf(), message: format!("cannot run it: {source}; is it installed (e2fsprogs, util-linux)?") })
+        .map_err(|source| HostError::Tool {
+            command: format!("{program} {}", args.join(" ")),
+            device: device.to_path_buf(),
+            message: format!("cannot run it: {source}; is it installed (e2fsprogs, util-linux)?"),
+        })
 }
 
 impl Formatter for RealFormatter {
@@ -93,7 +107,15 @@ impl Formatter for RealFormatter {
             code => Err(HostError::Tool {
                 command: "blkid -p -o export".into(),
                 device: device.to_path_buf(),
-                message: format!("exit {code:?}: {}{}", String::from_utf8_lossy(&out.stderr).trim(), if code == Some(8) { " (ambivalent probe: several signatures)" } else { "" }),
+                message: format!(
+                    "exit {code:?}: {}{}",
+                    String::from_utf8_lossy(&out.stderr).trim(),
+                    if code == Some(8) {
+                        " (ambivalent probe: several signatures)"
+                    } else {
+                        ""
+                    }
+                ),
             }),
         }
     }
@@ -101,14 +123,31 @@ impl Formatter for RealFormatter {
     fn make_filesystem(&self, device: &Path, fs_type: &str) -> Result<(), HostError> {
         // mkfs.ext4 -F -m0 -E lazy_itable_init=1,lazy_journal_init=1 <device>
         let (program, args): (String, Vec<&str>) = match fs_type {
-            "ext4" | "ext3" | "ext2" => (format!("mkfs.{fs_type}"), vec!["-F", "-q", "-m0", "-E", "lazy_itable_init=1,lazy_journal_init=1"]),
+            "ext4" | "ext3" | "ext2" => (
+                format!("mkfs.{fs_type}"),
+                vec![
+                    "-F",
+                    "-q",
+                    "-m0",
+                    "-E",
+                    "lazy_itable_init=1,lazy_journal_init=1",
+                ],
+            ),
             other => (format!("mkfs.{other}"), vec![]),
         };
         let out = run(&program, &args, device)?;
         if out.status.success() {
             return Ok(());
         }
-        Err(HostError::Tool { command: format!("{program} {}", args.join(" ")), device: device.to_path_buf(), message: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()) })
+        Err(HostError::Tool {
+            command: format!("{program} {}", args.join(" ")),
+            device: device.to_path_buf(),
+            message: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
     }
 
     fn check(&self, device: &Path, fs_type: &str) -> Result<FsckResult, HostError> {
@@ -119,8 +158,15 @@ impl Formatter for RealFormatter {
         if (0..=2).contains(&exit_code) {
             return Ok(FsckResult::Clean { exit_code });
         }
-        let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        Ok(FsckResult::Failed { exit_code, output: output.trim().to_string() })
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(FsckResult::Failed {
+            exit_code,
+            output: output.trim().to_string(),
+        })
     }
 }
 
@@ -133,19 +179,40 @@ pub struct FakeFormatter {
 
 impl Formatter for FakeFormatter {
     fn probe(&self, device: &Path) -> Result<Probe, HostError> {
-        self.calls.lock().expect("fake lock").push(format!("probe {}", device.display()));
-        Ok(self.probes.lock().expect("fake lock").get(device).cloned().unwrap_or(Probe::Blank))
+        self.calls
+            .lock()
+            .expect("fake lock")
+            .push(format!("probe {}", device.display()));
+        Ok(self
+            .probes
+            .lock()
+            .expect("fake lock")
+            .get(device)
+            .cloned()
+            .unwrap_or(Probe::Blank))
     }
 
     fn make_filesystem(&self, device: &Path, fs_type: &str) -> Result<(), HostError> {
-        self.calls.lock().expect("fake lock").push(format!("mkfs.{fs_type} {}", device.display()));
-        let made = Probe::Filesystem { fs_type: fs_type.into(), uuid: None };
-        self.probes.lock().expect("fake lock").insert(device.to_path_buf(), made);
+        self.calls
+            .lock()
+            .expect("fake lock")
+            .push(format!("mkfs.{fs_type} {}", device.display()));
+        let made = Probe::Filesystem {
+            fs_type: fs_type.into(),
+            uuid: None,
+        };
+        self.probes
+            .lock()
+            .expect("fake lock")
+            .insert(device.to_path_buf(), made);
         Ok(())
     }
 
     fn check(&self, device: &Path, fs_type: &str) -> Result<FsckResult, HostError> {
-        self.calls.lock().expect("fake lock").push(format!("fsck.{fs_type} {}", device.display()));
+        self.calls
+            .lock()
+            .expect("fake lock")
+            .push(format!("fsck.{fs_type} {}", device.display()));
         Ok(FsckResult::Clean { exit_code: 0 })
     }
 }
@@ -157,11 +224,38 @@ mod tests {
     #[test]
     fn blkid_export_output_is_classified() {
         let cases = [
-            ("DEVNAME=/dev/loop0\nUUID=abc\nBLOCK_SIZE=4096\nTYPE=ext4\nUSAGE=filesystem\n", Probe::Filesystem { fs_type: "ext4".into(), uuid: Some("abc".into()) }),
-            ("DEVNAME=/dev/loop0\nPTUUID=1234\nPTTYPE=gpt\n", Probe::PartitionTable { pt_type: "gpt".into() }),
-            ("DEVNAME=/dev/loop0\nVERSION=1\nUUID=x\nTYPE=swap\nUSAGE=other\n", Probe::Other { description: "swap (other)".into() }),
-            ("DEVNAME=/dev/sdb\nTYPE=LVM2_member\nUSAGE=raid\n", Probe::Other { description: "LVM2_member (raid)".into() }),
-            ("DEVNAME=/dev/sdc\nTYPE=xfs\n", Probe::Filesystem { fs_type: "xfs".into(), uuid: None }),
+            (
+                "DEVNAME=/dev/loop0\nUUID=abc\nBLOCK_SIZE=4096\nTYPE=ext4\nUSAGE=filesystem\n",
+                Probe::Filesystem {
+                    fs_type: "ext4".into(),
+                    uuid: Some("abc".into()),
+                },
+            ),
+            (
+                "DEVNAME=/dev/loop0\nPTUUID=1234\nPTTYPE=gpt\n",
+                Probe::PartitionTable {
+                    pt_type: "gpt".into(),
+                },
+            ),
+            (
+                "DEVNAME=/dev/loop0\nVERSION=1\nUUID=x\nTYPE=swap\nUSAGE=other\n",
+                Probe::Other {
+                    description: "swap (other)".into(),
+                },
+            ),
+            (
+                "DEVNAME=/dev/sdb\nTYPE=LVM2_member\nUSAGE=raid\n",
+                Probe::Other {
+                    description: "LVM2_member (raid)".into(),
+                },
+            ),
+            (
+                "DEVNAME=/dev/sdc\nTYPE=xfs\n",
+                Probe::Filesystem {
+                    fs_type: "xfs".into(),
+                    uuid: None,
+                },
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(Probe::parse_export(text), want, "{text}");

@@ -15,6 +15,9 @@ use crate::actual::mountinfo::MountEntry;
 use crate::actual::OnDisk;
 use crate::model::{PathType, Plugin, VolumeKey};
 
+/// The two areas of a pod directory that hold volumes.
+const AREAS: [&str; 2] = ["volumes", "volumeDevices"];
+
 pub struct PodFs {
     root: PathBuf,
     host_path_roots: Vec<PathBuf>,
@@ -44,7 +47,7 @@ impl PodFs {
         let path = key.path(&self.root);
         let plugin_dir = key.plugin.dir_name();
         let parent = self
-            .walk(&["pods", &key.pod_uid, "volumes", &plugin_dir], true)?
+            .walk(&["pods", &key.pod_uid, key.area(), &plugin_dir], true)?
             .expect("walk with create returns a directory");
         let created = create_entry(&parent, &key.name, as_file, mode)
             .map_err(HostError::io("creating", &path))?;
@@ -114,11 +117,18 @@ impl PodFs {
         // readlink /proc/self/fd/<n>: where the links led.
         let resolved = rfs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new())
             .map_err(HostError::io("resolving", path))?;
-        self.check_within_roots(path, Path::new(&*resolved.to_string_lossy()))?;
+        let resolved = PathBuf::from(&*resolved.to_string_lossy());
+        // Device nodes live in /dev, outside any host path root; only block devices get in.
+        let is_block = kind == FileType::BlockDevice;
+        if !(is_block && resolved.starts_with("/dev/")) {
+            self.check_within_roots(path, &resolved)?;
+        }
         Ok(Source {
             path: path.to_path_buf(),
             fd,
             is_dir: kind == FileType::Directory,
+            is_block,
+            resolved,
         })
     }
 
@@ -193,7 +203,7 @@ impl PodFs {
             });
         }
         let Some(parent) = self.walk(
-            &["pods", &key.pod_uid, "volumes", &key.plugin.dir_name()],
+            &["pods", &key.pod_uid, key.area(), &key.plugin.dir_name()],
             false,
         )?
         else {
@@ -231,19 +241,24 @@ impl PodFs {
         let Some(pod) = self.walk(&["pods", pod_uid], false)? else {
             return Ok(());
         };
-        let volumes_path = pod_path.join("volumes");
-        if let Some(volumes) = self.walk(&["pods", pod_uid, "volumes"], false)? {
-            for plugin in list(&volumes, &volumes_path)? {
-                rmdir(&volumes, &plugin, &volumes_path.join(&plugin))?;
+        for area in AREAS {
+            let area_path = pod_path.join(area);
+            if let Some(dir) = self.walk(&["pods", pod_uid, area], false)? {
+                for plugin in list(&dir, &area_path)? {
+                    rmdir(&dir, &plugin, &area_path.join(&plugin))?;
+                }
+                rmdir(&pod, area, &area_path)?;
             }
-            rmdir(&pod, "volumes", &volumes_path)?;
         }
         rmdir(&pods, pod_uid, &pod_path)
     }
 
     /// Every pod directory and its volume directories.
     pub fn scan(&self) -> Result<OnDisk, HostError> {
-        let mut on_disk = OnDisk::default();
+        let mut on_disk = OnDisk {
+            globals: self.scan_globals(&Plugin::LocalVolume)?,
+            ..OnDisk::default()
+        };
         let Some(pods) = self.walk(&["pods"], false)? else {
             return Ok(on_disk);
         };
@@ -268,40 +283,59 @@ impl PodFs {
             return Ok(None);
         }
         let mut keys = BTreeSet::new();
-        let volumes_path = self.root.join("pods").join(pod_uid).join("volumes");
-        let Some(volumes) = self.walk(&["pods", pod_uid, "volumes"], false)? else {
-            return Ok(Some(keys));
+        for (area, block) in AREAS.iter().zip([false, true]) {
+            self.scan_area(pod_uid, area, block, &mut keys)?;
+        }
+        Ok(Some(keys))
+    }
+
+    /// The volumes of one area (`volumes` or `volumeDevices`) of a pod.
+    fn scan_area(
+        &self,
+        pod_uid: &str,
+        area: &str,
+        block: bool,
+        keys: &mut BTreeSet<VolumeKey>,
+    ) -> Result<(), HostError> {
+        let area_path = self.root.join("pods").join(pod_uid).join(area);
+        let Some(dir) = self.walk(&["pods", pod_uid, area], false)? else {
+            return Ok(());
         };
-        for plugin_dir in list(&volumes, &volumes_path)? {
+        for plugin_dir in list(&dir, &area_path)? {
             let Some(plugin) = Plugin::from_dir_name(&plugin_dir) else {
                 continue;
             };
             // An odd entry (a file or link named like a plugin) is skipped, not fatal: it keeps
             // the pod directory from being removed, and that removal reports it.
-            let Ok(Some(dir)) = self.walk(&["pods", pod_uid, "volumes", &plugin_dir], false) else {
+            let Ok(Some(plugin_fd)) = self.walk(&["pods", pod_uid, area, &plugin_dir], false)
+            else {
                 continue;
             };
-            for name in list(&dir, &volumes_path.join(&plugin_dir))? {
+            for name in list(&plugin_fd, &area_path.join(&plugin_dir))? {
                 // volumed never makes links here; a planted one is not taken for a volume (it
                 // would look like a set-up emptyDir) and keeps its pod directory, reported.
-                let kind = rfs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                let kind = rfs::statat(&plugin_fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
                     .map(|st| FileType::from_raw_mode(st.st_mode));
-                if kind == Ok(FileType::Symlink) {
-                    continue;
+                if kind != Ok(FileType::Symlink) {
+                    keys.insert(VolumeKey {
+                        pod_uid: pod_uid.to_string(),
+                        plugin: plugin.clone(),
+                        name,
+                        block,
+                    });
                 }
-                keys.insert(VolumeKey {
-                    pod_uid: pod_uid.to_string(),
-                    plugin: plugin.clone(),
-                    name,
-                });
             }
         }
-        Ok(Some(keys))
+        Ok(())
     }
 
     /// Opens `<root>/<components...>` as directories, creating them when asked; refuses a
     /// symlink or non-directory anywhere on the way. `None` when one is missing.
-    fn walk(&self, components: &[&str], create: bool) -> Result<Option<OwnedFd>, HostError> {
+    pub(super) fn walk(
+        &self,
+        components: &[&str],
+        create: bool,
+    ) -> Result<Option<OwnedFd>, HostError> {
         let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mut fd = rfs::open(&self.root, dir_flags, Mode::empty())
             .map_err(HostError::io("opening root dir", &self.root))?;

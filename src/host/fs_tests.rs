@@ -12,11 +12,7 @@ fn setup() -> (tempfile::TempDir, PodFs) {
 }
 
 fn key(uid: &str, plugin: Plugin, name: &str) -> VolumeKey {
-    VolumeKey {
-        pod_uid: uid.into(),
-        plugin,
-        name: name.into(),
-    }
+    VolumeKey::new(uid, plugin, name)
 }
 
 #[test]

@@ -13,7 +13,7 @@ use super::HostError;
 const MAX_DEPTH: usize = 64;
 
 /// `rmdir <path>`, with the contents named when it is not empty.
-pub(super) fn rmdir(parent: &impl AsFd, name: &str, path: &Path) -> Result<(), HostError> {
+pub(crate) fn rmdir(parent: &impl AsFd, name: &str, path: &Path) -> Result<(), HostError> {
     match rfs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
         Ok(()) | Err(Errno::NOENT) => Ok(()),
         Err(Errno::NOTEMPTY | Errno::EXIST) => {
@@ -84,7 +84,7 @@ pub(super) fn remove_tree(
 }
 
 /// The names in a directory, without `.` and `..`.
-pub(super) fn list(dir: &impl AsFd, path: &Path) -> Result<Vec<String>, HostError> {
+pub(crate) fn list(dir: &impl AsFd, path: &Path) -> Result<Vec<String>, HostError> {
     // O_PATH descriptors cannot be read: open the directory itself for reading.
     let readable = rfs::openat(
         dir,

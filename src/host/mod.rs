@@ -5,6 +5,7 @@ pub mod fake;
 pub mod format;
 pub mod fs;
 mod fs_util;
+mod global;
 pub mod real;
 
 use std::os::fd::OwnedFd;
@@ -87,6 +88,9 @@ pub struct Source {
     pub path: PathBuf,
     pub fd: OwnedFd,
     pub is_dir: bool,
+    pub is_block: bool,
+    /// Where the path's links led (e.g. `/dev/disk/by-id/x` → `/dev/sdb`).
+    pub resolved: PathBuf,
 }
 
 /// Mount-table access and the mount syscalls. Calls may block (a hung NFS server), so they
@@ -100,6 +104,15 @@ pub trait Mounter: Send + Sync + 'static {
     fn mount_tmpfs(&self, target: &Target, size_bytes: Option<u64>) -> Result<(), HostError>;
     /// `mount --bind <source> <target>` and, when read-only, `mount -o remount,bind,ro <target>`
     fn bind(&self, source: &Source, target: &Target, read_only: bool) -> Result<(), HostError>;
+    /// `mount -t <fs_type> -o <options> <device> <target>`
+    fn mount_device(
+        &self,
+        device: &Path,
+        target: &Target,
+        fs_type: &str,
+        options: &[String],
+        read_only: bool,
+    ) -> Result<(), HostError>;
     /// `umount --no-follow <target>` (one layer); Ok when nothing is mounted there.
     fn unmount(&self, target: &Path) -> Result<(), HostError>;
     /// True when something is mounted exactly at the target.

@@ -109,6 +109,29 @@ impl Mounter for RealMounter {
         Ok(())
     }
 
+    fn mount_device(
+        &self,
+        device: &Path,
+        target: &Target,
+        fs_type: &str,
+        options: &[String],
+        read_only: bool,
+    ) -> Result<(), HostError> {
+        let (flags, data) = split_options(options, read_only);
+        let what = format!("{fs_type} on {}", device.display());
+        // mount -t <fs_type> -o <options> <device> <target>
+        let builder = Mount::builder().fstype(fs_type).flags(flags);
+        let builder = if data.is_empty() {
+            builder
+        } else {
+            builder.data(&data)
+        };
+        builder
+            .mount(device, fd_path(&target.fd))
+            .map(drop)
+            .map_err(mount_error(&what, &target.path))
+    }
+
     fn unmount(&self, target: &Path) -> Result<(), HostError> {
         // umount --no-follow <target>. nix, not sys-mount: sys-mount 3.1 defines
         // UnmountFlags::NOFOLLOW as O_NOFOLLOW instead of UMOUNT_NOFOLLOW, which umount2 refuses.
@@ -164,6 +187,33 @@ fn mount_root(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> Result<bool, Host
     Ok(stat.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
 }
 
+/// Splits mount options into the flags mount(2) takes and the filesystem's data string.
+pub fn split_options(options: &[String], read_only: bool) -> (MountFlags, String) {
+    let mut flags = if read_only {
+        MountFlags::RDONLY
+    } else {
+        MountFlags::empty()
+    };
+    let mut data = Vec::new();
+    for option in options {
+        match option.as_str() {
+            "ro" => flags |= MountFlags::RDONLY,
+            "rw" | "defaults" => {}
+            "noatime" => flags |= MountFlags::NOATIME,
+            "nodiratime" => flags |= MountFlags::NODIRATIME,
+            "relatime" => flags |= MountFlags::RELATIME,
+            "strictatime" => flags |= MountFlags::STRICTATIME,
+            "nodev" => flags |= MountFlags::NODEV,
+            "nosuid" => flags |= MountFlags::NOSUID,
+            "noexec" => flags |= MountFlags::NOEXEC,
+            "sync" => flags |= MountFlags::SYNCHRONOUS,
+            "dirsync" => flags |= MountFlags::DIRSYNC,
+            other => data.push(other),
+        }
+    }
+    (flags, data.join(","))
+}
+
 fn mount_error(what: &str, target: &Path) -> impl FnOnce(std::io::Error) -> HostError {
     let (what, target) = (what.to_string(), target.to_path_buf());
     move |source| HostError::Mount {
@@ -189,4 +239,23 @@ fn kept_flags(mounted: &impl std::os::fd::AsFd) -> std::io::Result<MountFlags> {
         .iter()
         .filter(|(st, _)| flags.contains(*st))
         .fold(MountFlags::empty(), |acc, (_, ms)| acc | *ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_options_split_into_flags_and_filesystem_data() {
+        let options: Vec<String> = ["noatime", "nodev", "data=ordered", "discard"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (flags, data) = split_options(&options, true);
+        assert_eq!(
+            flags,
+            MountFlags::RDONLY | MountFlags::NOATIME | MountFlags::NODEV
+        );
+        assert_eq!(data, "data=ordered,discard");
+    }
 }

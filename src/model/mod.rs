@@ -1,6 +1,7 @@
 //! Plain data shared by every stage of the data flow: which volume, where it lives under the
 //! root dir, and what must be mounted there. No I/O happens here.
 
+pub mod mount_options;
 pub mod names;
 pub mod quantity;
 
@@ -58,18 +59,40 @@ impl fmt::Display for Plugin {
     }
 }
 
-/// Identifies one pod volume: `<root>/pods/<pod_uid>/volumes/kubernetes.io~<plugin>/<name>`.
+/// Identifies one pod volume: `<root>/pods/<pod_uid>/volumes/kubernetes.io~<plugin>/<name>`,
+/// or for a raw block volume `<root>/pods/<pod_uid>/volumeDevices/kubernetes.io~<plugin>/<name>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct VolumeKey {
     pub pod_uid: String,
     pub plugin: Plugin,
     pub name: String,
+    /// A raw block volume (volumeMode Block), kept under `volumeDevices/`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub block: bool,
 }
 
 impl VolumeKey {
+    pub fn new(pod_uid: &str, plugin: Plugin, name: &str) -> VolumeKey {
+        VolumeKey {
+            pod_uid: pod_uid.into(),
+            plugin,
+            name: name.into(),
+            block: false,
+        }
+    }
+
+    /// `volumes` or `volumeDevices`: the directory under the pod dir that holds this kind.
+    pub fn area(&self) -> &'static str {
+        if self.block {
+            "volumeDevices"
+        } else {
+            "volumes"
+        }
+    }
+
     pub fn path(&self, root: &Path) -> PathBuf {
         pod_dir(root, &self.pod_uid)
-            .join("volumes")
+            .join(self.area())
             .join(self.plugin.dir_name())
             .join(&self.name)
     }
@@ -77,8 +100,17 @@ impl VolumeKey {
 
 impl fmt::Display for VolumeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.pod_uid, self.plugin, self.name)
+        let block = if self.block { " (block)" } else { "" };
+        write!(f, "{}/{}/{}{block}", self.pod_uid, self.plugin, self.name)
     }
+}
+
+/// `<root>/plugins/kubernetes.io/<plugin>/mounts/<pv-name>`: a device's global mount.
+pub fn global_mount_path(root: &Path, plugin: &Plugin, pv_name: &str) -> PathBuf {
+    root.join("plugins/kubernetes.io")
+        .join(plugin.as_str())
+        .join("mounts")
+        .join(pv_name)
 }
 
 pub fn pod_dir(root: &Path, pod_uid: &str) -> PathBuf {
@@ -128,6 +160,16 @@ pub enum MountSpec {
         expect: PathType,
         read_only: bool,
     },
+    /// A `local` PV: a directory is bound like a hostPath; a block device is safe-formatted,
+    /// mounted once at its global mount, and that is bound into the pod.
+    Local {
+        path: PathBuf,
+        fs_type: String,
+        mount_options: Vec<String>,
+        read_only: bool,
+    },
+    /// A raw block volume: the device node bound onto a file in `volumeDevices/`.
+    BlockDevice { path: PathBuf },
 }
 
 impl MountSpec {
@@ -142,6 +184,17 @@ impl MountSpec {
             } => format!("tmpfs size={size}"),
             MountSpec::Tmpfs { size_bytes: None } => "tmpfs".to_string(),
             MountSpec::Directory => "directory".to_string(),
+            MountSpec::Local {
+                path,
+                fs_type,
+                read_only,
+                ..
+            } => format!(
+                "local {} ({fs_type} if a device){}",
+                path.display(),
+                if *read_only { " (ro)" } else { "" }
+            ),
+            MountSpec::BlockDevice { path } => format!("block device {}", path.display()),
             MountSpec::Bind {
                 source, read_only, ..
             } => format!(
@@ -205,11 +258,7 @@ mod tests {
 
     #[test]
     fn volume_paths_follow_the_kubelet_layout() {
-        let key = VolumeKey {
-            pod_uid: "u1".into(),
-            plugin: Plugin::LocalVolume,
-            name: "pv1".into(),
-        };
+        let key = VolumeKey::new("u1", Plugin::LocalVolume, "pv1");
         assert_eq!(
             key.path(Path::new("/var/lib/kubelet")),
             Path::new("/var/lib/kubelet/pods/u1/volumes/kubernetes.io~local-volume/pv1")

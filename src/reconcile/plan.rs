@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::actual::mountinfo::PodMounts;
 use crate::actual::OnDisk;
 use crate::desired::DesiredState;
-use crate::model::{DesiredVolume, Plugin, VolumeKey};
+use crate::model::{DesiredVolume, MountSpec, Plugin, VolumeKey};
 
 /// One step towards the desired state. Each is idempotent: running it on a host where it
 /// already happened changes nothing.
@@ -28,6 +28,10 @@ pub enum Op {
     RemoveVolumeDir { key: VolumeKey },
     /// Remove the directory of a pod that is gone, once its volumes are.
     RemovePodDir { pod_uid: String },
+    /// Unmount a local PV's global mount once no pod mount refers to it.
+    UnmountGlobal { pv_name: String },
+    /// Remove an unmounted global mount point.
+    RemoveGlobalDir { pv_name: String },
 }
 
 /// What an op is serialized on: at most one op per key runs at a time.
@@ -35,6 +39,8 @@ pub enum Op {
 pub enum OpKey {
     Volume(VolumeKey),
     Pod(String),
+    /// A global mount, by PV name.
+    Global(String),
 }
 
 impl Op {
@@ -43,14 +49,27 @@ impl Op {
             Op::SetUp { volume } => OpKey::Volume(volume.key.clone()),
             Op::Unmount { key, .. } | Op::RemoveVolumeDir { key } => OpKey::Volume(key.clone()),
             Op::RemovePodDir { pod_uid } => OpKey::Pod(pod_uid.clone()),
+            Op::UnmountGlobal { pv_name } | Op::RemoveGlobalDir { pv_name } => {
+                OpKey::Global(pv_name.clone())
+            }
         }
     }
 
-    pub fn pod_uid(&self) -> &str {
+    /// Whether the op may change the global mount point directories.
+    pub fn touches_globals(&self) -> bool {
         match self {
-            Op::SetUp { volume } => &volume.key.pod_uid,
-            Op::Unmount { key, .. } | Op::RemoveVolumeDir { key } => &key.pod_uid,
-            Op::RemovePodDir { pod_uid } => pod_uid,
+            Op::SetUp { volume } => matches!(volume.spec, MountSpec::Local { .. }),
+            Op::UnmountGlobal { .. } | Op::RemoveGlobalDir { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub fn pod_uid(&self) -> Option<&str> {
+        match self {
+            Op::SetUp { volume } => Some(&volume.key.pod_uid),
+            Op::Unmount { key, .. } | Op::RemoveVolumeDir { key } => Some(&key.pod_uid),
+            Op::RemovePodDir { pod_uid } => Some(pod_uid),
+            Op::UnmountGlobal { .. } | Op::RemoveGlobalDir { .. } => None,
         }
     }
 
@@ -60,6 +79,8 @@ impl Op {
             Op::Unmount { .. } => "unmount",
             Op::RemoveVolumeDir { .. } => "remove-volume-dir",
             Op::RemovePodDir { .. } => "remove-pod-dir",
+            Op::UnmountGlobal { .. } => "unmount-global",
+            Op::RemoveGlobalDir { .. } => "remove-global-dir",
         }
     }
 }
@@ -119,6 +140,27 @@ fn teardown(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec
             .filter(idle)
             .map(|key| Op::RemoveVolumeDir { key: key.clone() }),
     );
+    // A global mount goes when no wanted volume uses its PV and no pod mount shows it.
+    let wanted_global = |pv: &str| {
+        mounts.global_in_use(pv)
+            || desired.volumes.values().any(|v| {
+                matches!(v.spec, MountSpec::Local { .. }) && v.pv_name.as_deref() == Some(pv)
+            })
+    };
+    for pv_name in mounts.globals.keys().filter(|pv| !wanted_global(pv)) {
+        ops.push(Op::UnmountGlobal {
+            pv_name: pv_name.clone(),
+        });
+    }
+    for pv_name in on_disk
+        .globals
+        .iter()
+        .filter(|pv| !wanted_global(pv) && !mounts.globals.contains_key(*pv))
+    {
+        ops.push(Op::RemoveGlobalDir {
+            pv_name: pv_name.clone(),
+        });
+    }
     ops.extend(
         on_disk
             .pods

@@ -11,11 +11,7 @@ use crate::model::{MountSpec, Plugin, PodRef};
 const ROOT: &str = "/var/lib/volumed";
 
 fn key(uid: &str, plugin: Plugin, name: &str) -> VolumeKey {
-    VolumeKey {
-        pod_uid: uid.into(),
-        plugin,
-        name: name.into(),
-    }
+    VolumeKey::new(uid, plugin, name)
 }
 
 fn desired(complete: bool, volumes: &[(VolumeKey, MountSpec)]) -> DesiredState {
@@ -97,6 +93,7 @@ fn describe(op: &Op) -> String {
         } => format!("{key} {}", path.display()),
         Op::Unmount { key, nested: None } | Op::RemoveVolumeDir { key } => key.to_string(),
         Op::RemovePodDir { pod_uid } => pod_uid.clone(),
+        Op::UnmountGlobal { pv_name } | Op::RemoveGlobalDir { pv_name } => pv_name.clone(),
     }
 }
 

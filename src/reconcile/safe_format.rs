@@ -39,8 +39,15 @@ pub fn decide(facts: &DeviceFacts, fs_type: &str, volume_read_only: bool) -> Dec
         return Decision::Refuse(format!("reading its first and last MiB failed ({why}); a device that cannot be read is never formatted or mounted, check the disk (dmesg)"));
     }
     if !facts.mounted_at.is_empty() {
-        let places: Vec<String> = facts.mounted_at.iter().map(|p| p.display().to_string()).collect();
-        return Decision::Refuse(format!("it is mounted at {}; unmount it there or give the PV another device", places.join(", ")));
+        let places: Vec<String> = facts
+            .mounted_at
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        return Decision::Refuse(format!(
+            "it is mounted at {}; unmount it there or give the PV another device",
+            places.join(", ")
+        ));
     }
     if !facts.holders.is_empty() {
         return Decision::Refuse(format!("it is in use by {} (sysfs holders); free it (e.g. dmsetup remove, mdadm --stop) or give the PV another device", facts.holders.join(", ")));
@@ -86,26 +93,127 @@ mod tests {
 
     #[test]
     fn only_a_blank_readable_free_writable_device_is_formatted() {
-        let ext4 = Probe::Filesystem { fs_type: "ext4".into(), uuid: None };
+        let ext4 = Probe::Filesystem {
+            fs_type: "ext4".into(),
+            uuid: None,
+        };
         let cases: Vec<(&str, DeviceFacts, bool, &str)> = vec![
             ("blank and free", blank(), false, "format"),
-            ("unreadable", DeviceFacts { readable: Err("EIO at 0".into()), ..blank() }, false, "cannot be read"),
-            ("mounted elsewhere", DeviceFacts { mounted_at: vec!["/mnt/x".into()], ..blank() }, false, "mounted at /mnt/x"),
-            ("held by device-mapper", DeviceFacts { holders: vec!["dm-0".into()], ..blank() }, false, "in use by dm-0"),
-            ("partition table", DeviceFacts { probe: Probe::PartitionTable { pt_type: "gpt".into() }, ..blank() }, false, "gpt partition table"),
-            ("partitions without a table signature", DeviceFacts { partitions: vec!["loop7p1".into()], ..blank() }, false, "partitions (loop7p1)"),
-            ("another filesystem", DeviceFacts { probe: Probe::Filesystem { fs_type: "xfs".into(), uuid: None }, ..blank() }, false, "holds a xfs filesystem but the PV asks for ext4"),
-            ("a swap signature", DeviceFacts { probe: Probe::Other { description: "swap (other)".into() }, ..blank() }, false, "swap (other) signature"),
-            ("read-only device, blank", DeviceFacts { device_read_only: true, ..blank() }, false, "read-only"),
+            (
+                "unreadable",
+                DeviceFacts {
+                    readable: Err("EIO at 0".into()),
+                    ..blank()
+                },
+                false,
+                "cannot be read",
+            ),
+            (
+                "mounted elsewhere",
+                DeviceFacts {
+                    mounted_at: vec!["/mnt/x".into()],
+                    ..blank()
+                },
+                false,
+                "mounted at /mnt/x",
+            ),
+            (
+                "held by device-mapper",
+                DeviceFacts {
+                    holders: vec!["dm-0".into()],
+                    ..blank()
+                },
+                false,
+                "in use by dm-0",
+            ),
+            (
+                "partition table",
+                DeviceFacts {
+                    probe: Probe::PartitionTable {
+                        pt_type: "gpt".into(),
+                    },
+                    ..blank()
+                },
+                false,
+                "gpt partition table",
+            ),
+            (
+                "partitions without a table signature",
+                DeviceFacts {
+                    partitions: vec!["loop7p1".into()],
+                    ..blank()
+                },
+                false,
+                "partitions (loop7p1)",
+            ),
+            (
+                "another filesystem",
+                DeviceFacts {
+                    probe: Probe::Filesystem {
+                        fs_type: "xfs".into(),
+                        uuid: None,
+                    },
+                    ..blank()
+                },
+                false,
+                "holds a xfs filesystem but the PV asks for ext4",
+            ),
+            (
+                "a swap signature",
+                DeviceFacts {
+                    probe: Probe::Other {
+                        description: "swap (other)".into(),
+                    },
+                    ..blank()
+                },
+                false,
+                "swap (other) signature",
+            ),
+            (
+                "read-only device, blank",
+                DeviceFacts {
+                    device_read_only: true,
+                    ..blank()
+                },
+                false,
+                "read-only",
+            ),
             ("read-only volume, blank", blank(), true, "nothing to mount"),
-            ("existing ext4", DeviceFacts { probe: ext4.clone(), ..blank() }, false, "check"),
-            ("existing ext4, read-only volume", DeviceFacts { probe: ext4.clone(), ..blank() }, true, "mount-ro"),
-            ("existing ext4, read-only device", DeviceFacts { probe: ext4, device_read_only: true, ..blank() }, false, "mount-ro"),
+            (
+                "existing ext4",
+                DeviceFacts {
+                    probe: ext4.clone(),
+                    ..blank()
+                },
+                false,
+                "check",
+            ),
+            (
+                "existing ext4, read-only volume",
+                DeviceFacts {
+                    probe: ext4.clone(),
+                    ..blank()
+                },
+                true,
+                "mount-ro",
+            ),
+            (
+                "existing ext4, read-only device",
+                DeviceFacts {
+                    probe: ext4,
+                    device_read_only: true,
+                    ..blank()
+                },
+                false,
+                "mount-ro",
+            ),
         ];
         for (name, facts, read_only, want) in cases {
             let got = decide(&facts, "ext4", read_only);
             let ok = match (&got, want) {
-                (Decision::Format, "format") | (Decision::CheckThenMount, "check") | (Decision::MountReadOnly, "mount-ro") => true,
+                (Decision::Format, "format")
+                | (Decision::CheckThenMount, "check")
+                | (Decision::MountReadOnly, "mount-ro") => true,
                 (Decision::Refuse(why), fragment) => why.contains(fragment),
                 _ => false,
             };

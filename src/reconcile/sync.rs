@@ -15,7 +15,7 @@ use crate::actual::mountinfo::{MountTable, PodMounts};
 use crate::actual::watch::MountWatch;
 use crate::actual::OnDisk;
 use crate::desired::DesiredState;
-use crate::executor::{Executor, OpEvent};
+use crate::executor::{describe_key, Executor, OpEvent};
 
 pub struct SyncLoop {
     pub root: PathBuf,
@@ -38,8 +38,9 @@ pub struct SyncLoop {
 pub struct Report {
     pub desired: Arc<DesiredState>,
     pub rows: Vec<StatusRow>,
-    /// Teardown failures of whole pods (their directories), by pod uid.
-    pub pod_failures: BTreeMap<String, String>,
+    /// Failures of ops that are not about one volume (pod directories, global mounts), by
+    /// what they are about.
+    pub other_failures: BTreeMap<String, String>,
 }
 
 impl Report {
@@ -47,7 +48,7 @@ impl Report {
     /// failed.
     pub fn converged(&self) -> bool {
         self.desired.complete
-            && self.pod_failures.is_empty()
+            && self.other_failures.is_empty()
             && self
                 .rows
                 .iter()
@@ -60,8 +61,8 @@ impl Report {
 struct Books {
     /// Volume failures by key, as last reported.
     failures: Failures,
-    /// Pod-directory removal failures by pod uid.
-    pod_failures: BTreeMap<String, String>,
+    /// Failures of pod-directory and global-mount ops, by what they are about.
+    other_failures: BTreeMap<String, String>,
     /// The newest mount table and its pod-mount index.
     indexed: Option<(Arc<MountTable>, PodMounts)>,
     /// Whether the last pass found the host matching a complete snapshot.
@@ -120,7 +121,7 @@ impl SyncLoop {
         Report {
             desired,
             rows,
-            pod_failures: books.pod_failures,
+            other_failures: books.other_failures,
         }
     }
 
@@ -197,8 +198,11 @@ impl SyncLoop {
                 (op, Some(stuck))
             }
             OpEvent::Finished { op, outcome, .. } => {
-                if let Some(pod_dirs) = outcome.pod_dirs {
-                    self.on_disk.set_pod(op.pod_uid(), pod_dirs);
+                if let (Some(uid), Some(pod_dirs)) = (op.pod_uid(), outcome.pod_dirs) {
+                    self.on_disk.set_pod(uid, pod_dirs);
+                }
+                if let Some(globals) = outcome.globals {
+                    self.on_disk.globals = globals;
                 }
                 let error = outcome
                     .did
@@ -209,7 +213,7 @@ impl SyncLoop {
         };
         let (map, key) = match op.key() {
             OpKey::Volume(key) => (&mut books.failures, key.to_string()),
-            OpKey::Pod(uid) => (&mut books.pod_failures, uid),
+            other => (&mut books.other_failures, describe_key(&other)),
         };
         match error {
             Some(error) => map.insert(key, error),
