@@ -3,6 +3,7 @@
 //! Not root → every test is reported as ignored with the reason, or the run fails when
 //! VOLUMED_REQUIRE_PRIVILEGED=1 (as scripts/test.sh sets it under root).
 
+mod blockdev;
 mod cases;
 mod sandbox;
 
@@ -23,6 +24,7 @@ fn main() {
     }
     let trials = cases::all()
         .into_iter()
+        .chain(blockdev::all())
         .map(|(name, test)| {
             Trial::test(name, move || test().map_err(Into::into))
                 .with_ignored_flag(unavailable.is_some())

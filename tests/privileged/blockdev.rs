@@ -1,0 +1,381 @@
+//! Privileged block-device scenarios on loop devices backed by files the test creates:
+//! safe-format, global mounts shared by pods, refusals that leave devices byte-for-byte
+//! unchanged, raw block volumes, and `volumed devices`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::sandbox::{check, text, Sandbox, TestResult};
+
+type Case = (&'static str, fn() -> TestResult);
+
+pub fn all() -> Vec<Case> {
+    vec![
+        (
+            "blank_device_is_formatted_once_and_shared_by_two_pods",
+            blank_device_is_formatted_once_and_shared_by_two_pods,
+        ),
+        (
+            "existing_ext4_is_mounted_without_format",
+            existing_ext4_is_mounted_without_format,
+        ),
+        (
+            "devices_holding_anything_else_are_refused_and_untouched",
+            devices_holding_anything_else_are_refused_and_untouched,
+        ),
+        (
+            "a_filesystem_fsck_cannot_repair_is_not_mounted",
+            a_filesystem_fsck_cannot_repair_is_not_mounted,
+        ),
+        (
+            "block_mode_volume_is_a_device_node_in_volume_devices",
+            block_mode_volume_is_a_device_node_in_volume_devices,
+        ),
+        (
+            "devices_command_lists_loop_devices",
+            devices_command_lists_loop_devices,
+        ),
+    ]
+}
+
+/// A loop device over a file in the sandbox, detached on drop.
+pub struct Loop {
+    pub device: PathBuf,
+    pub file: PathBuf,
+}
+
+impl Loop {
+    pub fn new(sb: &Sandbox, name: &str, mib: u64, read_only: bool) -> Loop {
+        let file = sb.path(&format!("{name}.img"));
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        // losetup --find --show [--read-only] <file>
+        let mut cmd = Command::new("losetup");
+        cmd.args(["--find", "--show"]);
+        if read_only {
+            cmd.arg("--read-only");
+        }
+        let out = cmd.arg(&file).output().expect("run losetup");
+        assert!(out.status.success(), "losetup: {}", text(&out.stderr));
+        Loop {
+            device: PathBuf::from(text(&out.stdout).trim()),
+            file,
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.file).unwrap()
+    }
+
+    pub fn blkid(&self, tag: &str) -> String {
+        let out = Command::new("blkid")
+            .args(["-p", "-s", tag, "-o", "value"])
+            .arg(&self.device)
+            .output()
+            .unwrap();
+        text(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        // losetup --detach <device>
+        let _ = Command::new("losetup")
+            .arg("--detach")
+            .arg(&self.device)
+            .status();
+    }
+}
+
+fn run(program: &str, args: &[&str], device: &Path) {
+    let out = Command::new(program)
+        .args(args)
+        .arg(device)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        text(&out.stderr)
+    );
+}
+
+/// A PV on the device, a claim bound to it, and `pods` pods using it.
+fn manifests(sb: &Sandbox, device: &Path, pods: &[&str], extra_pv: &str) {
+    let mut text = format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: pv-disk}}\nspec:\n  capacity: {{storage: 32Mi}}\n  accessModes: [ReadWriteOnce]\n  local: {{path: {}}}\n{extra_pv}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data}}\nspec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 16Mi}}}}}}\n",
+        device.display()
+    );
+    for pod in pods {
+        text.push_str(&format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, uid: {pod}-uid}}\nspec: {{containers: [], volumes: [{{name: d, persistentVolumeClaim: {{claimName: data}}}}]}}\n"));
+    }
+    sb.manifest("disk.yaml", &text);
+}
+
+fn global(sb: &Sandbox) -> PathBuf {
+    sb.root
+        .join("plugins/kubernetes.io/local-volume/mounts/pv-disk")
+}
+
+fn blank_device_is_formatted_once_and_shared_by_two_pods() -> TestResult {
+    let sb = Sandbox::new(&format!("blank-{:x}", fastrand::u32(..)));
+    let disk = Loop::new(&sb, "disk", 64, false);
+    manifests(&sb, &disk.device, &["a", "b"], "  mountOptions: [noatime]");
+    sb.converge()?;
+    check(disk.blkid("TYPE") == "ext4", || {
+        "the blank device did not get ext4".into()
+    })?;
+    let uuid = disk.blkid("UUID");
+    let mounts = sb.mounts();
+    let points: Vec<_> = mounts.iter().map(|m| m.mount_point.clone()).collect();
+    let want = vec![
+        global(&sb),
+        sb.volume("a-uid", "local-volume", "pv-disk"),
+        sb.volume("b-uid", "local-volume", "pv-disk"),
+    ];
+    check(points == want, || format!("mounts {points:#?}"))?;
+    check(mounts.iter().all(|m| m.fs_type == "ext4"), || {
+        format!("{mounts:#?}")
+    })?;
+    std::fs::write(
+        sb.volume("a-uid", "local-volume", "pv-disk").join("data"),
+        "written by a",
+    )
+    .unwrap();
+    let seen = std::fs::read_to_string(sb.volume("b-uid", "local-volume", "pv-disk").join("data"))
+        .unwrap_or_default();
+    check(seen == "written by a", || {
+        "pod b does not see pod a's data".into()
+    })?;
+
+    // Teardown of both pods takes the global mount down too.
+    manifests(&sb, &disk.device, &[], "");
+    sb.converge()?;
+    check(sb.mounts().is_empty(), || {
+        format!("left mounted: {:#?}", sb.mounts())
+    })?;
+    check(!global(&sb).exists(), || {
+        "the global mount point remains".into()
+    })?;
+
+    // A new run ("restart") mounts the same filesystem again: no second format, data intact.
+    manifests(&sb, &disk.device, &["a"], "");
+    sb.converge()?;
+    check(disk.blkid("UUID") == uuid, || {
+        "the device was formatted a second time".into()
+    })?;
+    let back = std::fs::read_to_string(sb.volume("a-uid", "local-volume", "pv-disk").join("data"))
+        .unwrap_or_default();
+    check(back == "written by a", || {
+        "data did not survive teardown and remount".into()
+    })
+}
+
+fn existing_ext4_is_mounted_without_format() -> TestResult {
+    let sb = Sandbox::new(&format!("ext4-{:x}", fastrand::u32(..)));
+    let disk = Loop::new(&sb, "disk", 64, false);
+    run("mkfs.ext4", &["-q"], &disk.device);
+    let scratch = sb.path("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    nix::mount::mount(
+        Some(&disk.device),
+        &scratch,
+        Some("ext4"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::write(scratch.join("precious"), "existing data").unwrap();
+    nix::mount::umount(&scratch).unwrap();
+    let uuid = disk.blkid("UUID");
+    manifests(&sb, &disk.device, &["a"], "");
+    sb.converge()?;
+    check(disk.blkid("UUID") == uuid, || {
+        "an existing ext4 was reformatted".into()
+    })?;
+    let data = std::fs::read_to_string(
+        sb.volume("a-uid", "local-volume", "pv-disk")
+            .join("precious"),
+    )
+    .unwrap_or_default();
+    check(data == "existing data", || {
+        "existing data is not visible in the pod".into()
+    })
+}
+
+/// Runs once on a device that must be refused: non-zero exit, a reason naming the device,
+/// and not one byte changed.
+fn expect_refusal(sb: &Sandbox, disk: &Loop, reason: &str) -> TestResult {
+    let before = disk.bytes();
+    manifests(sb, &disk.device, &["a"], "");
+    let out = sb.volumed(&["run", "--once"]);
+    let stderr = text(&out.stderr);
+    check(!out.status.success(), || {
+        format!("{reason}: the run must fail")
+    })?;
+    let names_device = stderr.contains(&disk.device.display().to_string());
+    check(names_device && stderr.contains(reason), || {
+        format!(
+            "the refusal must name {} and say {reason:?}:\n{stderr}",
+            disk.device.display()
+        )
+    })?;
+    check(disk.bytes() == before, || {
+        format!("{reason}: the device was changed")
+    })?;
+    check(
+        !sb.mounts().iter().any(|m| m.mount_point == global(sb)),
+        || "a refused device was mounted".into(),
+    )
+}
+
+fn devices_holding_anything_else_are_refused_and_untouched() -> TestResult {
+    let sb = Sandbox::new(&format!("refuse-{:x}", fastrand::u32(..)));
+    let table = Loop::new(&sb, "table", 64, false);
+    // sfdisk: one partition over the whole disk (a dos table).
+    let mut sfdisk = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(&table.device)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(sfdisk.stdin.as_mut().unwrap(), b"label: dos\n,,L\n").unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    expect_refusal(&sb, &table, "partition")?;
+
+    let swap = Loop::new(&sb, "swap", 64, false);
+    run("mkswap", &[], &swap.device);
+    expect_refusal(&sb, &swap, "swap")?;
+
+    let xfs_like = Loop::new(&sb, "other", 64, false);
+    run("mkfs.ext2", &["-q"], &xfs_like.device);
+    expect_refusal(
+        &sb,
+        &xfs_like,
+        "holds a ext2 filesystem but the PV asks for ext4",
+    )?;
+
+    let busy = Loop::new(&sb, "busy", 64, false);
+    run("mkfs.ext4", &["-q"], &busy.device);
+    let elsewhere = sb.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    nix::mount::mount(
+        Some(&busy.device),
+        &elsewhere,
+        Some("ext4"),
+        nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .unwrap();
+    let result = expect_refusal(&sb, &busy, "mounted at");
+    nix::mount::umount(&elsewhere).unwrap();
+    result?;
+
+    let read_only = Loop::new(&sb, "ro", 64, true);
+    expect_refusal(&sb, &read_only, "read-only")
+}
+
+fn a_filesystem_fsck_cannot_repair_is_not_mounted() -> TestResult {
+    let sb = Sandbox::new(&format!("fsck-{:x}", fastrand::u32(..)));
+    let disk = Loop::new(&sb, "disk", 64, false);
+    run("mkfs.ext4", &["-q"], &disk.device);
+    // debugfs -w -R "clri <2>": clear the root inode, which fsck -p will not fix unattended;
+    // then mark the filesystem as not cleanly unmounted so fsck -p checks it at all.
+    run("debugfs", &["-w", "-R", "clri <2>"], &disk.device);
+    run("debugfs", &["-w", "-R", "ssv state 0"], &disk.device);
+    manifests(&sb, &disk.device, &["a"], "");
+    let out = sb.volumed(&["run", "--once"]);
+    let stderr = text(&out.stderr);
+    check(
+        !out.status.success() && stderr.contains("fsck.ext4 -p exited"),
+        || format!("fsck failure must refuse the mount:\n{stderr}"),
+    )?;
+    check(sb.mounts().is_empty(), || {
+        "a filesystem with errors was mounted".into()
+    })
+}
+
+fn block_mode_volume_is_a_device_node_in_volume_devices() -> TestResult {
+    let sb = Sandbox::new(&format!("block-{:x}", fastrand::u32(..)));
+    let disk = Loop::new(&sb, "disk", 16, false);
+    manifests(&sb, &disk.device, &["a"], "  volumeMode: Block");
+    sb.manifest(
+        "disk.yaml",
+        &std::fs::read_to_string(sb.manifests.join("disk.yaml"))
+            .unwrap()
+            .replace("resources:", "volumeMode: Block, resources:"),
+    );
+    sb.converge()?;
+    let node = sb
+        .root
+        .join("pods/a-uid/volumeDevices/kubernetes.io~local-volume/pv-disk");
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let (got, want) = (
+        std::fs::metadata(&node).map_err(|e| format!("{}: {e}", node.display()))?,
+        std::fs::metadata(&disk.device).unwrap(),
+    );
+    check(
+        got.file_type().is_block_device() && got.rdev() == want.rdev(),
+        || format!("{} is not the device node", node.display()),
+    )?;
+    // Usable: bytes written through the pod's node are on the device.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&node)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"raw block"))
+        .map_err(|e| e.to_string())?;
+    check(disk.bytes().starts_with(b"raw block"), || {
+        "a write through the pod's device node did not reach the device".into()
+    })?;
+    check(
+        disk.blkid("TYPE").is_empty() || disk.blkid("TYPE") != "ext4",
+        || "a Block volume was formatted".into(),
+    )?;
+    manifests(&sb, &disk.device, &[], "  volumeMode: Block");
+    sb.converge()?;
+    check(
+        !sb.root.join("pods/a-uid").exists() && sb.mounts().is_empty(),
+        || "the block volume was not torn down".into(),
+    )
+}
+
+fn devices_command_lists_loop_devices() -> TestResult {
+    let sb = Sandbox::new(&format!("devices-{:x}", fastrand::u32(..)));
+    let disk = Loop::new(&sb, "disk", 48, false);
+    run("mkfs.ext4", &["-q"], &disk.device);
+    let out = Command::new(env!("CARGO_BIN_EXE_volumed"))
+        .args(["devices", "--output", "json"])
+        .output()
+        .unwrap();
+    let devices: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("devices -o json: {e}: {}", text(&out.stderr)))?;
+    let name = disk
+        .device
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let entry = devices
+        .as_array()
+        .and_then(|list| list.iter().find(|d| d["name"] == name.as_str()))
+        .ok_or(format!("{name} not listed"))?;
+    check(
+        entry["size_bytes"] == 48u64 << 20 && entry["fs_type"] == "ext4" && entry["kind"] == "loop",
+        || format!("{entry}"),
+    )?;
+    let table = Command::new(env!("CARGO_BIN_EXE_volumed"))
+        .arg("devices")
+        .output()
+        .unwrap();
+    let line = text(&table.stdout)
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .map(str::to_string)
+        .unwrap_or_default();
+    check(
+        line.contains("48M") && line.contains("ext4") && line.contains(&disk.blkid("UUID")),
+        || format!("table row: {line:?}"),
+    )
+}
