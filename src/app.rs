@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::actual::device_watch;
 use crate::actual::mountinfo::PodMounts;
 use crate::actual::watch::MountWatch;
 use crate::actual::OnDisk;
@@ -19,7 +20,7 @@ use crate::desired::DesiredState;
 use crate::executor::backoff::BackoffPolicy;
 use crate::executor::run::OpContext;
 use crate::executor::{Executor, ExecutorConfig};
-use crate::host::format::RealFormatter;
+use crate::host::format::{Formatter, RealFormatter};
 use crate::host::fs::PodFs;
 use crate::host::Mounter;
 use crate::reconcile::plan::{plan, Op};
@@ -77,12 +78,15 @@ pub async fn run(
         backoff: BackoffPolicy::default(),
         retry: !once,
     };
-    let context = OpContext::new(
-        mounter,
-        fs,
-        Arc::new(RealFormatter),
-        settings.max_concurrent_formats,
-    );
+    let formatter: Arc<dyn Formatter> = Arc::new(RealFormatter);
+    let devices = if once {
+        None
+    } else {
+        device_watch::spawn(formatter.clone(), mounter.clone(), settings.resync)
+            .inspect_err(|err| tracing::warn!(%err, "cannot start the block-device watcher; device changes are seen at retries only"))
+            .ok()
+    };
+    let context = OpContext::new(mounter, fs, formatter, settings.max_concurrent_formats);
     let (executor, events) = Executor::new(context, config);
     let (failures_tx, failures_rx) = watch::channel(Failures::new());
     let writer = tokio::spawn(write_failures(
@@ -99,6 +103,7 @@ pub async fn run(
         once,
         failures_out: Some(failures_tx),
         shutdown_grace: SHUTDOWN_GRACE,
+        devices,
     };
     let report = sync.run(cancel).await;
     // The sender is gone with the loop: the writer flushes the last list and ends.

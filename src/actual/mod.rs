@@ -1,6 +1,7 @@
 //! Actual state: the mount table (and its change watcher) and what lies on disk under the
 //! root dir's pod directories.
 
+pub mod device_watch;
 pub mod devices;
 pub mod mountinfo;
 pub mod sysfs;

@@ -210,6 +210,13 @@ impl Executor {
         }
     }
 
+    /// Lets every backed-off op run at its next chance (something on the host changed that
+    /// may make it succeed, such as a device appearing).
+    pub fn forget_failures(&mut self) {
+        self.backoff.clear();
+        self.repeats.clear();
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{plan, OpKey};
 use super::status::{self, Failures, StatusRow, VolumeState};
+use crate::actual::devices::BlockDevice;
 use crate::actual::mountinfo::{MountTable, PodMounts};
 use crate::actual::watch::MountWatch;
 use crate::actual::OnDisk;
@@ -31,6 +32,8 @@ pub struct SyncLoop {
     pub failures_out: Option<watch::Sender<Failures>>,
     /// On cancel, how long to wait for in-flight ops before reporting without them.
     pub shutdown_grace: Duration,
+    /// The block-device inventory: a device coming or going retries failed volumes at once.
+    pub devices: Option<watch::Receiver<Arc<Vec<BlockDevice>>>>,
 }
 
 /// Where the loop left the host.
@@ -76,6 +79,10 @@ impl SyncLoop {
         let mut need_covers = 0;
         let mut source_open = true;
         let mut watcher_open = true;
+        let mut devices = self.devices.take();
+        if let Some(devices) = devices.as_mut() {
+            devices.borrow_and_update();
+        }
         loop {
             let started = self.pass(&mut books, need_covers);
             // Once mode does not wait for a stuck op: it is reported, and exit ends it.
@@ -101,6 +108,15 @@ impl SyncLoop {
                     self.executor.complete(&event);
                     self.record(event, &mut books);
                     need_covers = self.mounts.refresh();
+                }
+                changed = changed_devices(&mut devices) => {
+                    if changed {
+                        tracing::info!("block devices changed; retrying failed volumes now");
+                        self.executor.forget_failures();
+                    } else {
+                        tracing::warn!("the block-device watcher stopped; devices are seen again only when ops retry");
+                        devices = None;
+                    }
                 }
                 _ = sleep_until(retry_at), if retry_at.is_some() => {}
             }
@@ -232,6 +248,15 @@ impl SyncLoop {
                 changed
             });
         }
+    }
+}
+
+/// Waits for a new device inventory: true when one came, false when the watcher is gone;
+/// never resolves without a watcher.
+async fn changed_devices(devices: &mut Option<watch::Receiver<Arc<Vec<BlockDevice>>>>) -> bool {
+    match devices {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -379,3 +379,43 @@ fn devices_command_lists_loop_devices() -> TestResult {
         || format!("table row: {line:?}"),
     )
 }
+
+fn a_device_that_appears_later_wakes_the_daemon() -> TestResult {
+    let sb = Sandbox::new(&format!("hotplug-{:x}", fastrand::u32(..)));
+    // The PV names a by-id style link that points nowhere yet.
+    let link = sb.path("by-id/disk-later");
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    manifests(&sb, &link, &["a"], "");
+    let daemon = sb.daemon();
+    let log_path = sb.path("daemon.log");
+    let logged =
+        |needle: &str| std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains(needle));
+    let result = (|| {
+        crate::sandbox::eventually(
+            std::time::Duration::from_secs(10),
+            "the set-up fails while the device is missing",
+            || logged("op failed"),
+        )?;
+        let disk = Loop::new(&sb, "late", 32, false);
+        std::os::unix::fs::symlink(&disk.device, &link).unwrap();
+        crate::sandbox::eventually(
+            std::time::Duration::from_secs(10),
+            "the device event wakes the daemon",
+            || logged("block devices changed"),
+        )?;
+        crate::sandbox::eventually(
+            std::time::Duration::from_secs(10),
+            "the volume is mounted",
+            || sb.mounts().len() == 2,
+        )?;
+        Ok::<Loop, String>(disk)
+    })();
+    let log = sb.stop(daemon)?;
+    let disk = result.map_err(|e| format!("{e}\n{log}"))?;
+    // The daemon leaves its mounts on exit; detach the loop only after they are gone.
+    for mount in sb.mounts().iter().rev() {
+        nix::mount::umount(&mount.mount_point).unwrap();
+    }
+    drop(disk);
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! Keeps the block-device inventory current on one dedicated thread (udev types are not
+//! `Send`): a udev monitor (udevd's events where it runs, the kernel's otherwise) wakes a
+//! rescan, and a slow periodic rescan covers hosts where neither reaches us.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tokio::sync::watch;
+
+use super::devices::{BlockDevice, DeviceScanner};
+use crate::host::format::Formatter;
+use crate::host::Mounter;
+
+/// Starts the watcher; the first inventory is published before this returns.
+pub fn spawn(
+    formatter: Arc<dyn Formatter>,
+    mounter: Arc<dyn Mounter>,
+    rescan: Duration,
+) -> std::io::Result<watch::Receiver<Arc<Vec<BlockDevice>>>> {
+    let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("device-watch".into()).spawn(move || {
+        let mut scanner = DeviceScanner::new(formatter);
+        let monitor = open_monitor();
+        if let Err(err) = &monitor {
+            tracing::warn!(%err, rescan_s = rescan.as_secs(), "no udev monitor; block devices are rescanned periodically only");
+        }
+        let timeout = PollTimeout::try_from(rescan).unwrap_or(PollTimeout::MAX);
+        loop {
+            let mounts = mounter.mount_table().unwrap_or_default();
+            match scanner.scan(&mounts) {
+                Ok(devices) => publish(&tx, devices),
+                Err(err) => tracing::warn!(%err, "block device scan failed; keeping the last inventory"),
+            }
+            let _ = first_tx.send(());
+            if tx.is_closed() {
+                return;
+            }
+            match &monitor {
+                Ok(socket) => {
+                    // poll: wait for a block-device uevent, at most one rescan interval.
+                    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+                    let _ = poll(&mut fds, timeout);
+                    // Drain the burst (a new disk brings its partitions along).
+                    std::thread::sleep(Duration::from_millis(50));
+                    for event in socket.iter() {
+                        tracing::debug!(action = ?event.event_type(), device = ?event.sysname(), "block device event");
+                    }
+                }
+                Err(_) => std::thread::sleep(rescan),
+            }
+        }
+    })?;
+    let _ = first_rx.recv();
+    Ok(rx)
+}
+
+/// udevd's events when it runs (after its rules ran, with stable links); else the kernel's.
+fn open_monitor() -> std::io::Result<udev::MonitorSocket> {
+    let builder = if std::path::Path::new("/run/udev/control").exists() {
+        udev::MonitorBuilder::new()?
+    } else {
+        udev::MonitorBuilder::new_kernel()?
+    };
+    builder.match_subsystem("block")?.listen()
+}
+
+/// Publishes when a device came, went or changed; mount-point changes alone do not count
+/// (the mount table has its own watcher).
+fn publish(tx: &watch::Sender<Arc<Vec<BlockDevice>>>, devices: Vec<BlockDevice>) {
+    let identity = |list: &[BlockDevice]| -> Vec<(String, String, u64, Option<String>)> {
+        list.iter()
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    d.dev.clone(),
+                    d.size_bytes,
+                    d.fs_type.clone(),
+                )
+            })
+            .collect()
+    };
+    tx.send_if_modified(|current| {
+        let changed = identity(current) != identity(&devices);
+        if changed {
+            *current = Arc::new(devices);
+        }
+        changed
+    });
+}
