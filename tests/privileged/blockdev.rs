@@ -35,6 +35,10 @@ pub fn all() -> Vec<Case> {
             "devices_command_lists_loop_devices",
             devices_command_lists_loop_devices,
         ),
+        (
+            "a_device_that_appears_later_wakes_the_daemon",
+            a_device_that_appears_later_wakes_the_daemon,
+        ),
     ]
 }
 
