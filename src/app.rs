@@ -22,10 +22,30 @@ use crate::executor::run::OpContext;
 use crate::executor::{Executor, ExecutorConfig};
 use crate::host::format::{Formatter, RealFormatter};
 use crate::host::fs::PodFs;
+use crate::host::real::RealMounter;
 use crate::host::Mounter;
 use crate::reconcile::plan::{plan, Op};
 use crate::reconcile::status::{self, Failures, StatusRow};
 use crate::reconcile::sync::{Report, SyncLoop};
+
+/// The host seams a run works through.
+pub struct Host {
+    pub mounter: Arc<dyn Mounter>,
+    pub formatter: Arc<dyn Formatter>,
+    /// Watch block devices (udev/sysfs) and retry failed volumes when they change.
+    pub watch_devices: bool,
+}
+
+impl Host {
+    /// This machine: real syscalls, real blkid/mkfs/fsck, real device events.
+    pub fn real() -> Host {
+        Host {
+            mounter: Arc::new(RealMounter),
+            formatter: Arc::new(RealFormatter),
+            watch_devices: true,
+        }
+    }
+}
 
 /// How long shutdown waits for in-flight ops before exiting anyway (a hung mount cannot be
 /// waited out; it is never aborted half-way by us, the process exit ends it).
@@ -56,9 +76,14 @@ fn failures_path(root: &Path) -> PathBuf {
 pub async fn run(
     settings: &Settings,
     once: bool,
-    mounter: Arc<dyn Mounter>,
+    host: Host,
     cancel: CancellationToken,
 ) -> anyhow::Result<Report> {
+    let Host {
+        mounter,
+        formatter,
+        watch_devices,
+    } = host;
     // A daemon pointed at a missing directory must fail (and be restarted), not idle.
     anyhow::ensure!(
         settings.manifests.is_dir(),
@@ -78,8 +103,7 @@ pub async fn run(
         backoff: BackoffPolicy::default(),
         retry: !once,
     };
-    let formatter: Arc<dyn Formatter> = Arc::new(RealFormatter);
-    let devices = if once {
+    let devices = if once || !watch_devices {
         None
     } else {
         device_watch::spawn(formatter.clone(), mounter.clone(), settings.resync)

@@ -96,7 +96,7 @@ async fn run(settings: Settings, once: bool) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
     tracing::info!(node = %settings.node.name, root = %settings.root_dir.display(), manifests = %settings.manifests.display(), once, "volumed starting");
-    let report = app::run(&settings, once, Arc::new(RealMounter), cancel).await?;
+    let report = app::run(&settings, once, app::Host::real(), cancel).await?;
     if !once {
         tracing::info!("volumed stopped; mounts are left in place");
         return Ok(ExitCode::SUCCESS);

@@ -10,6 +10,7 @@ use volumed::app;
 use volumed::config::Settings;
 use volumed::desired::NodeConfig;
 use volumed::host::fake::FakeMounter;
+use volumed::host::format::FakeFormatter;
 use volumed::reconcile::status::VolumeState;
 use volumed::reconcile::sync::Report;
 
@@ -109,7 +110,7 @@ impl World {
         app::run(
             &self.settings,
             true,
-            self.mounter.clone(),
+            fake_host(self.mounter.clone()),
             CancellationToken::new(),
         )
         .await
@@ -302,8 +303,11 @@ async fn the_daemon_retries_a_failed_volume_with_backoff_until_it_works() {
         world.mounter.clone(),
         cancel.clone(),
     );
-    let daemon =
-        tokio::spawn(async move { app::run(&settings, false, mounter, stop).await.unwrap() });
+    let daemon = tokio::spawn(async move {
+        app::run(&settings, false, fake_host(mounter), stop)
+            .await
+            .unwrap()
+    });
     wait_until(|| {
         world
             .mounter
@@ -335,8 +339,11 @@ async fn the_daemon_follows_manifest_changes() {
         world.mounter.clone(),
         cancel.clone(),
     );
-    let daemon =
-        tokio::spawn(async move { app::run(&settings, false, mounter, stop).await.unwrap() });
+    let daemon = tokio::spawn(async move {
+        app::run(&settings, false, fake_host(mounter), stop)
+            .await
+            .unwrap()
+    });
     let cache = world.volume("web-uid", "empty-dir", "cache");
     wait_until(|| world.mounts().len() == 1).await;
     world.write("web.yaml", WEB);
@@ -345,6 +352,15 @@ async fn the_daemon_follows_manifest_changes() {
     wait_until(|| !world.settings.root_dir.join("pods/web-uid").exists()).await;
     cancel.cancel();
     daemon.await.unwrap();
+}
+
+/// The fake mounter, a fake formatter, and no device watching: nothing touches the host.
+fn fake_host(mounter: Arc<FakeMounter>) -> app::Host {
+    app::Host {
+        mounter,
+        formatter: Arc::new(FakeFormatter::default()),
+        watch_devices: false,
+    }
 }
 
 async fn wait_until(mut done: impl FnMut() -> bool) {
@@ -389,8 +405,11 @@ async fn a_hung_volume_never_stalls_the_others_and_is_reported_stuck() {
         world.mounter.clone(),
         cancel.clone(),
     );
-    let daemon =
-        tokio::spawn(async move { app::run(&settings, false, mounter, stop).await.unwrap() });
+    let daemon = tokio::spawn(async move {
+        app::run(&settings, false, fake_host(mounter), stop)
+            .await
+            .unwrap()
+    });
     // Every other volume converges while the cache mount hangs.
     wait_until(|| world.mounts().len() == 3).await;
     let failures = world.settings.root_dir.join("state/failures.json");
@@ -421,8 +440,11 @@ async fn a_manifest_caught_half_written_never_tears_anything_down() {
         world.mounter.clone(),
         cancel.clone(),
     );
-    let daemon =
-        tokio::spawn(async move { app::run(&settings, false, mounter, stop).await.unwrap() });
+    let daemon = tokio::spawn(async move {
+        app::run(&settings, false, fake_host(mounter), stop)
+            .await
+            .unwrap()
+    });
     wait_until(|| world.mounts().len() == 4).await;
     // A writer that truncates and rewrites in two steps: the first step still parses, as a
     // pod with fewer volumes.
