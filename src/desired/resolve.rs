@@ -219,9 +219,9 @@ impl Context<'_> {
             .unwrap_or_default();
         let read_only = read_only || claim_modes == ["ReadOnlyMany"];
         if let Some(local) = &pv_spec.local {
-            let path = self.host_path(&local.path)?;
+            let path = self.host_path(&local.path, true)?;
             let spec = if pv_spec.volume_mode.as_deref() == Some("Block") {
-                MountSpec::BlockDevice { path }
+                MountSpec::BlockDevice { path, read_only }
             } else {
                 let mount_options = pv_spec.mount_options.clone().unwrap_or_default();
                 check_mount_options(&mount_options)
@@ -251,7 +251,7 @@ impl Context<'_> {
     }
 
     fn bind(&self, path: &str, path_type: &str, read_only: bool) -> Result<MountSpec, Waiting> {
-        let source = self.host_path(path)?;
+        let source = self.host_path(path, false)?;
         let expect = PathType::parse(path_type).ok_or_else(|| {
             blocked(format!(
                 "hostPath type {path_type:?} is not a Kubernetes HostPathType"
@@ -264,12 +264,13 @@ impl Context<'_> {
         })
     }
 
-    /// A host path from an object: absolute, normal, and inside the allowed roots (device
-    /// nodes under /dev are always allowed; the executor checks they are block devices).
-    fn host_path(&self, path: &str) -> Result<PathBuf, Waiting> {
+    /// A host path from an object: absolute, normal, and inside the allowed roots. Only a
+    /// local PV (`local_device`) may also name a device node under /dev; the executor then
+    /// checks it is a block device. A pod's own hostPath never gets that exception.
+    fn host_path(&self, path: &str, local_device: bool) -> Result<PathBuf, Waiting> {
         check_host_path("host path", path).map_err(|e| blocked(e.to_string()))?;
         let source = PathBuf::from(path);
-        let allowed = source.starts_with("/dev/")
+        let allowed = (local_device && source.starts_with("/dev/"))
             || self
                 .node
                 .host_path_roots

@@ -126,7 +126,7 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
             mount_options,
             read_only,
         } => {
-            let source = ctx.fs.open_source(path, PathType::Unchecked)?;
+            let source = ctx.fs.open_source(path, PathType::Unchecked, true)?;
             let source = if source.is_block {
                 stage(
                     ctx,
@@ -147,9 +147,9 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
             };
             bind_into(ctx, volume, &source, *read_only)
         }
-        MountSpec::BlockDevice { path } => {
-            let source = ctx.fs.open_source(path, PathType::BlockDevice)?;
-            bind_into(ctx, volume, &source, false)
+        MountSpec::BlockDevice { path, read_only } => {
+            let source = ctx.fs.open_source(path, PathType::BlockDevice, true)?;
+            bind_into(ctx, volume, &source, *read_only)
         }
         MountSpec::Directory => {
             ctx.fs.prepare_target(&volume.key, false, 0o777)?;
@@ -168,7 +168,7 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
             expect,
             read_only,
         } => {
-            let source = ctx.fs.open_source(source, *expect)?;
+            let source = ctx.fs.open_source(source, *expect, false)?;
             let target = ctx.fs.prepare_target(&volume.key, !source.is_dir, 0o750)?;
             if ctx.mounter.is_mount_point(&target)? {
                 return Ok("already mounted");

@@ -35,6 +35,10 @@ impl Probe {
         if let Some(pt_type) = get("PTTYPE") {
             return Probe::PartitionTable { pt_type };
         }
+        // A partition's entry in its table (PART_ENTRY_*) is not a signature on the partition.
+        if !fields.keys().any(|k| !k.starts_with("PART_ENTRY_") && *k != "DEVNAME") {
+            return Probe::Blank;
+        }
         match (get("TYPE"), fields.get("USAGE").copied()) {
             (Some(fs_type), Some("filesystem") | None) => Probe::Filesystem {
                 fs_type,
@@ -254,6 +258,16 @@ mod tests {
                 Probe::Filesystem {
                     fs_type: "xfs".into(),
                     uuid: None,
+                },
+            ),
+            (
+                "DEVNAME=/dev/sdb1\nPART_ENTRY_SCHEME=gpt\nPART_ENTRY_NUMBER=1\n",
+                Probe::Blank,
+            ),
+            (
+                "DEVNAME=/dev/sdb1\nPART_ENTRY_SCHEME=dos\nVERSION=1\n",
+                Probe::Other {
+                    description: "unknown type (unknown usage)".into(),
                 },
             ),
         ];

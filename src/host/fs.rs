@@ -86,7 +86,9 @@ impl PodFs {
     /// Opens a host path for binding after the checks its `hostPath.type` asks for, creating
     /// it for the `*OrCreate` types. Links in the host path are followed, as Kubernetes does,
     /// but the resolved path must stay inside the allowed host path roots.
-    pub fn open_source(&self, path: &Path, expect: PathType) -> Result<Source, HostError> {
+    /// `local_device`: a local PV's path, which may be a device node under /dev outside the
+    /// host path roots; anything else must resolve inside them.
+    pub fn open_source(&self, path: &Path, expect: PathType, local_device: bool) -> Result<Source, HostError> {
         // lstat <path>
         if matches!(rfs::lstat(path), Err(Errno::NOENT)) {
             self.create_missing(path, expect)?;
@@ -120,7 +122,7 @@ impl PodFs {
         let resolved = PathBuf::from(&*resolved.to_string_lossy());
         // Device nodes live in /dev, outside any host path root; only block devices get in.
         let is_block = kind == FileType::BlockDevice;
-        if !(is_block && resolved.starts_with("/dev/")) {
+        if !(local_device && is_block && resolved.starts_with("/dev/")) {
             self.check_within_roots(path, &resolved)?;
         }
         Ok(Source {

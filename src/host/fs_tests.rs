@@ -136,15 +136,15 @@ fn host_paths_are_checked_by_type_and_created_when_asked() {
     let (dir, fs) = setup();
     let base = fs.root().to_path_buf();
     let made = base.join("made/deep");
-    let source = fs.open_source(&made, PathType::DirectoryOrCreate).unwrap();
+    let source = fs.open_source(&made, PathType::DirectoryOrCreate, false).unwrap();
     assert!(source.is_dir && made.is_dir());
     let file = base.join("made/file");
     assert!(
-        !fs.open_source(&file, PathType::FileOrCreate)
+        !fs.open_source(&file, PathType::FileOrCreate, false)
             .unwrap()
             .is_dir
     );
-    let wrong = fs.open_source(&file, PathType::Directory).err().unwrap();
+    let wrong = fs.open_source(&file, PathType::Directory, false).err().unwrap();
     assert!(
         wrong
             .to_string()
@@ -152,12 +152,12 @@ fn host_paths_are_checked_by_type_and_created_when_asked() {
         "{wrong}"
     );
     let missing = fs
-        .open_source(&base.join("nope"), PathType::Directory)
+        .open_source(&base.join("nope"), PathType::Directory, false)
         .err()
         .unwrap();
     assert!(missing.to_string().contains("found nothing"), "{missing}");
     assert!(fs
-        .open_source(&base.join("nope"), PathType::Socket)
+        .open_source(&base.join("nope"), PathType::Socket, false)
         .is_err());
     drop(dir);
 }
@@ -167,10 +167,20 @@ fn a_host_path_linking_outside_the_allowed_roots_is_refused() {
     let (_dir, fs) = setup();
     let link = fs.root().join("escape");
     symlink("/etc", &link).unwrap();
-    let err = fs.open_source(&link, PathType::Directory).err().unwrap();
+    let err = fs.open_source(&link, PathType::Directory, false).err().unwrap();
     assert!(
         err.to_string()
             .contains("outside the allowed host path roots"),
         "{err}"
     );
+}
+
+#[test]
+fn a_device_node_is_only_allowed_for_a_local_volume_outside_the_roots() {
+    let (_dir, fs) = setup();
+    // /dev/null is a character device: never a bind source outside the roots.
+    let err = fs.open_source(Path::new("/dev/null"), PathType::Unchecked, false).err().unwrap();
+    assert!(err.to_string().contains("outside the allowed host path roots"), "{err}");
+    let err = fs.open_source(Path::new("/dev/null"), PathType::Unchecked, true).err().unwrap();
+    assert!(err.to_string().contains("outside the allowed host path roots"), "only block devices: {err}");
 }

@@ -169,7 +169,7 @@ pub enum MountSpec {
         read_only: bool,
     },
     /// A raw block volume: the device node bound onto a file in `volumeDevices/`.
-    BlockDevice { path: PathBuf },
+    BlockDevice { path: PathBuf, read_only: bool },
 }
 
 impl MountSpec {
@@ -194,7 +194,11 @@ impl MountSpec {
                 path.display(),
                 if *read_only { " (ro)" } else { "" }
             ),
-            MountSpec::BlockDevice { path } => format!("block device {}", path.display()),
+            MountSpec::BlockDevice { path, read_only } => format!(
+                "block device {}{}",
+                path.display(),
+                if *read_only { " (ro)" } else { "" }
+            ),
             MountSpec::Bind {
                 source, read_only, ..
             } => format!(

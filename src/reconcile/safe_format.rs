@@ -27,7 +27,7 @@ pub enum Decision {
     Format,
     /// Holds the wanted filesystem: `fsck -p`, then mount.
     CheckThenMount,
-    /// Holds the wanted filesystem, read-only: mount it read-only without repairing anything.
+    /// Holds the wanted filesystem on a read-only device: mount it read-only, repair nothing.
     MountReadOnly,
     /// Anything else: leave the device alone.
     Refuse(String),
@@ -61,7 +61,9 @@ pub fn decide(facts: &DeviceFacts, fs_type: &str, volume_read_only: bool) -> Dec
     }
     match &facts.probe {
         Probe::Filesystem { fs_type: found, .. } if found == fs_type => {
-            if facts.device_read_only || volume_read_only {
+            // The global mount is shared by every pod of the PV, so only the device decides
+            // whether it is read-only; a read-only volume is a read-only bind of it.
+            if facts.device_read_only {
                 Decision::MountReadOnly
             } else {
                 Decision::CheckThenMount
@@ -195,7 +197,7 @@ mod tests {
                     ..blank()
                 },
                 true,
-                "mount-ro",
+                "check",
             ),
             (
                 "existing ext4, read-only device",
