@@ -13,14 +13,14 @@ use super::devices::{BlockDevice, DeviceScanner};
 use crate::host::format::Formatter;
 use crate::host::Mounter;
 
-/// Starts the watcher; the first inventory is published before this returns.
+/// Starts the watcher. Its first inventory arrives as a change (scanning may take a while:
+/// blkid runs once per device), so start-up never waits on a slow disk.
 pub fn spawn(
     formatter: Arc<dyn Formatter>,
     mounter: Arc<dyn Mounter>,
     rescan: Duration,
 ) -> std::io::Result<watch::Receiver<Arc<Vec<BlockDevice>>>> {
     let (tx, rx) = watch::channel(Arc::new(Vec::new()));
-    let (first_tx, first_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("device-watch".into()).spawn(move || {
         let mut scanner = DeviceScanner::new(formatter);
         let monitor = open_monitor();
@@ -34,7 +34,6 @@ pub fn spawn(
                 Ok(devices) => publish(&tx, devices),
                 Err(err) => tracing::warn!(%err, "block device scan failed; keeping the last inventory"),
             }
-            let _ = first_tx.send(());
             if tx.is_closed() {
                 return;
             }
@@ -45,15 +44,20 @@ pub fn spawn(
                     let _ = poll(&mut fds, timeout);
                     // Drain the burst (a new disk brings its partitions along).
                     std::thread::sleep(Duration::from_millis(50));
+                    let mut events = 0;
                     for event in socket.iter() {
                         tracing::debug!(action = ?event.event_type(), device = ?event.sysname(), "block device event");
+                        events += 1;
+                    }
+                    if events > 0 {
+                        // A device changed (say, wiped or formatted by hand): probe afresh.
+                        scanner.forget_probes();
                     }
                 }
                 Err(_) => std::thread::sleep(rescan),
             }
         }
     })?;
-    let _ = first_rx.recv();
     Ok(rx)
 }
 

@@ -56,6 +56,11 @@ impl DeviceScanner {
         }
     }
 
+    /// Drops the remembered blkid results: the next scan probes every device again.
+    pub fn forget_probes(&mut self) {
+        self.probes.clear();
+    }
+
     /// Every block device with a non-zero size (as lsblk shows them), in name order.
     pub fn scan(&mut self, mounts: &[MountEntry]) -> std::io::Result<Vec<BlockDevice>> {
         let links = stable_links(&self.dev_dir);

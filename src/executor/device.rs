@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 
 use rustix::fs as rfs;
@@ -47,19 +46,20 @@ impl FormatSlots {
     }
 }
 
-/// One staging per PV at a time: two pods sharing a PV must not both format or mount it.
+/// Serializes staging: one per PV (its global mount point) and one per device (two PVs may
+/// name the same disk through different links).
 #[derive(Default)]
 pub struct StagingLocks(Mutex<HashMap<String, Arc<Mutex<()>>>>);
 
 impl StagingLocks {
-    fn lock_for(&self, pv_name: &str) -> Arc<Mutex<()>> {
+    pub(super) fn lock_for(&self, key: &str) -> Arc<Mutex<()>> {
         let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        locks.entry(pv_name.to_string()).or_default().clone()
+        locks.entry(key.to_string()).or_default().clone()
     }
 }
 
 /// Makes sure the PV's device is mounted at its global mount (formatting it first when it is
-/// safe to) and returns that mount as a bind source.
+/// safe to) and returns that mount as a bind source, checked to hold that very device.
 pub fn stage(
     ctx: &OpContext,
     pv_name: &str,
@@ -68,75 +68,131 @@ pub fn stage(
     options: &[String],
     read_only: bool,
 ) -> Result<Source, HostError> {
-    let lock = ctx.staging.lock_for(pv_name);
-    let _staging = lock.lock().unwrap_or_else(|p| p.into_inner());
-    let target = ctx.fs.prepare_global(&Plugin::LocalVolume, pv_name)?;
-    if ctx.mounter.is_mount_point(&target)? {
-        return ctx.fs.open_global(&Plugin::LocalVolume, pv_name);
-    }
     let dev = device.resolved.as_path();
-    let facts = gather(ctx, device)?;
-    let refuse = |action, why: String| HostError::Refused {
-        action,
-        device: dev.to_path_buf(),
-        why,
-    };
-    let mount_read_only = match decide(&facts, fs_type, read_only) {
-        Decision::Refuse(why) => return Err(refuse("use", why)),
-        Decision::Format => {
-            tracing::warn!(device = %dev.display(), fs_type, pv = pv_name, "formatting a blank device");
-            ctx.formats
-                .run(|| ctx.formatter.make_filesystem(dev, fs_type))?;
-            false
-        }
-        Decision::CheckThenMount => {
-            if let FsckResult::Failed { exit_code, output } = ctx.formatter.check(dev, fs_type)? {
-                let why = format!("fsck.{fs_type} -p exited {exit_code}, so the filesystem has errors it will not fix alone: {output}; repair it by hand (fsck.{fs_type} {}) and volumed will mount it", dev.display());
-                return Err(refuse("mount", why));
-            }
-            false
-        }
-        Decision::MountReadOnly => true,
-    };
-    ctx.mounter
-        .mount_device(dev, &target, fs_type, options, mount_read_only)?;
-    ctx.fs.open_global(&Plugin::LocalVolume, pv_name)
-}
-
-/// What safe-format decides from: the probe, sysfs, the mount table and a test read.
-fn gather(ctx: &OpContext, device: &Source) -> Result<DeviceFacts, HostError> {
-    let dev = &device.resolved;
-    // stat <device>: its major:minor names it in sysfs and in the mount table.
+    // stat <device>: its major:minor names it in sysfs, the mount table and its global mount.
     let rdev = rfs::fstat(&device.fd)
         .map_err(HostError::io("inspecting", dev))?
         .st_rdev;
+    let pv_lock = ctx.staging.lock_for(&format!("pv/{pv_name}"));
+    let _pv = pv_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let dev_lock = ctx.staging.lock_for(&format!("dev/{rdev}"));
+    let _dev = dev_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let target = ctx.fs.prepare_global(&Plugin::LocalVolume, pv_name)?;
+    if !ctx.mounter.is_mount_point(&target)? {
+        let refuse = |action, why: String| HostError::Refused {
+            action,
+            device: dev.to_path_buf(),
+            why,
+        };
+        let mount_read_only = match decide(&gather(ctx, device, rdev)?, fs_type, read_only) {
+            Decision::Refuse(why) => return Err(refuse("use", why)),
+            Decision::Format => {
+                ctx.formats.run(|| {
+                    // Waiting for a slot took time: decide again right before mkfs.
+                    match decide(&gather(ctx, device, rdev)?, fs_type, read_only) {
+                        Decision::Format => {}
+                        Decision::Refuse(why) => return Err(refuse("format", why)),
+                        _ => return Err(refuse("format", "it changed while waiting to be formatted; it is looked at again on the next try".into())),
+                    }
+                    tracing::warn!(device = %dev.display(), fs_type, pv = pv_name, "formatting a blank device");
+                    ctx.formatter.make_filesystem(dev, fs_type)
+                })?;
+                false
+            }
+            Decision::CheckThenMount => {
+                if let FsckResult::Failed { exit_code, output } =
+                    ctx.formatter.check(dev, fs_type)?
+                {
+                    let why = format!("fsck.{fs_type} -p exited {exit_code}, so the filesystem has errors it will not fix alone: {output}; repair it by hand (fsck.{fs_type} {}) and volumed will mount it", dev.display());
+                    return Err(refuse("mount", why));
+                }
+                false
+            }
+            Decision::MountReadOnly => true,
+        };
+        ctx.mounter
+            .mount_device(dev, &target, fs_type, options, mount_read_only)?;
+    }
+    let global = ctx.fs.open_global(&Plugin::LocalVolume, pv_name)?;
+    // The global mount must hold this device, not another one (a recreated PV, a race).
+    let holds = rfs::fstat(&global.fd)
+        .map_err(HostError::io("inspecting", &global.path))?
+        .st_dev;
+    if holds != rdev {
+        return Err(HostError::Unsafe {
+            path: global.path,
+            why: format!(
+                "it holds device {}:{}, not {} ({}:{}); unmount it by hand if that PV is gone",
+                rfs::major(holds),
+                rfs::minor(holds),
+                dev.display(),
+                rfs::major(rdev),
+                rfs::minor(rdev)
+            ),
+        });
+    }
+    Ok(global)
+}
+
+/// What safe-format decides from: sysfs (the device and, for a partition, its disk), the
+/// mount table (mounts and raw block volumes), an exclusive open, a test read, and blkid.
+fn gather(ctx: &OpContext, device: &Source, rdev: u64) -> Result<DeviceFacts, HostError> {
+    let dev = &device.resolved;
     let (major, minor) = (rfs::major(rdev), rfs::minor(rdev));
     let block = device_facts(&ctx.sysfs, major, minor).ok_or_else(|| HostError::Refused {
         action: "use",
         device: dev.clone(),
         why: format!("block device {major}:{minor} is not in sysfs; is it still attached?"),
     })?;
+    // A partition shares fate with its disk: the disk's holders and mounts count too.
+    let disk = block.parent.as_deref().and_then(|p| ctx.sysfs.block(p));
+    let mut holders = block.holders.clone();
     let mut devs = vec![format!("{major}:{minor}")];
-    devs.extend(
+    for related in disk.iter().chain(
         block
             .partitions
             .iter()
             .filter_map(|p| ctx.sysfs.block(p))
-            .map(|p| format!("{}:{}", p.major, p.minor)),
-    );
-    let mounted_at = ctx
-        .mounter
-        .mount_table()?
-        .into_iter()
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        devs.push(format!("{}:{}", related.major, related.minor));
+        if disk.as_ref().is_some_and(|d| d.name == related.name) {
+            holders.extend(related.holders.iter().cloned());
+        }
+    }
+    let table = ctx.mounter.mount_table()?;
+    let mut mounted_at: Vec<std::path::PathBuf> = table
+        .iter()
         .filter(|m| devs.contains(&m.device))
-        .map(|m| m.mount_point)
+        .map(|m| m.mount_point.clone())
         .collect();
+    // Raw block volumes show devtmpfs in the mount table: compare the bound nodes themselves.
+    let raw_area = ctx.fs.root().join("pods");
+    mounted_at.extend(
+        table
+            .iter()
+            .filter(|m| {
+                m.mount_point.starts_with(&raw_area)
+                    && m.mount_point
+                        .components()
+                        .any(|c| c.as_os_str() == "volumeDevices")
+            })
+            .filter(|m| rfs::stat(&m.mount_point).is_ok_and(|st| st.st_rdev == rdev))
+            .map(|m| m.mount_point.clone()),
+    );
+    let probe = ctx.formatter.probe(dev)?;
+    // blkid ran on the path: make sure the path still names the device we hold.
+    if !rfs::stat(dev.as_path()).is_ok_and(|st| st.st_rdev == rdev) {
+        return Err(HostError::Refused { action: "use", device: dev.clone(), why: "its device node changed while it was examined; it is looked at again on the next try".into() });
+    }
     Ok(DeviceFacts {
         device: dev.clone(),
-        readable: read_ends(dev, block.size_bytes),
-        probe: ctx.formatter.probe(dev)?,
+        readable: read_ends(device, block.size_bytes),
+        exclusive: open_exclusive(device),
+        probe,
         partitions: block.partitions,
-        holders: block.holders,
+        holders,
         mounted_at,
         device_read_only: block.read_only,
     })
@@ -146,9 +202,22 @@ fn device_facts(sysfs: &Sysfs, major: u32, minor: u32) -> Option<crate::actual::
     sysfs.block(&sysfs.name_of(major, minor)?)
 }
 
+/// Re-opens the device we hold (not whatever its path names now) for reading.
+fn reopen(device: &Source, exclusive: bool) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    if exclusive {
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, nix::libc::O_EXCL);
+    }
+    options.open(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&device.fd)
+    ))
+}
+
 /// Reads the first and the last MiB: blkid's "nothing found" counts only if it could read.
-fn read_ends(device: &Path, size: u64) -> Result<(), String> {
-    let file = std::fs::File::open(device).map_err(|e| format!("open: {e}"))?;
+fn read_ends(device: &Source, size: u64) -> Result<(), String> {
+    let file = reopen(device, false).map_err(|e| format!("open: {e}"))?;
     let len = size.min(MIB);
     let mut buf = vec![0u8; len as usize];
     // dd if=<device> bs=1M count=1; and the same at the end
@@ -157,4 +226,13 @@ fn read_ends(device: &Path, size: u64) -> Result<(), String> {
             .map_err(|e| format!("read at byte {offset}: {e}"))?;
     }
     Ok(())
+}
+
+/// An exclusive open fails (EBUSY) while the device is mounted in any mount namespace or
+/// claimed by device-mapper, md, bcache or a running mkfs.
+fn open_exclusive(device: &Source) -> Result<(), String> {
+    reopen(device, true).map(drop).map_err(|e| match e.raw_os_error() {
+        Some(nix::libc::EBUSY) => "it is in use: mounted (perhaps in another mount namespace) or claimed by another driver".to_string(),
+        _ => format!("an exclusive open failed: {e}"),
+    })
 }

@@ -97,6 +97,9 @@ pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
 /// umount of a global mount, after checking the live mount table (rule 2): no pod mount may
 /// still show the same filesystem.
 fn unmount_global(ctx: &OpContext, pv_name: &str) -> Result<&'static str, HostError> {
+    // Not while a set-up of this PV is staging it.
+    let lock = ctx.staging.lock_for(&format!("pv/{pv_name}"));
+    let _staging = lock.lock().unwrap_or_else(|p| p.into_inner());
     let path = crate::model::global_mount_path(ctx.fs.root(), &Plugin::LocalVolume, pv_name);
     let table = ctx.mounter.mount_table()?;
     let Some(global) = table.iter().rfind(|m| m.mount_point == path) else {

@@ -36,7 +36,10 @@ impl Probe {
             return Probe::PartitionTable { pt_type };
         }
         // A partition's entry in its table (PART_ENTRY_*) is not a signature on the partition.
-        if !fields.keys().any(|k| !k.starts_with("PART_ENTRY_") && *k != "DEVNAME") {
+        if !fields
+            .keys()
+            .any(|k| !k.starts_with("PART_ENTRY_") && *k != "DEVNAME")
+        {
             return Probe::Blank;
         }
         match (get("TYPE"), fields.get("USAGE").copied()) {

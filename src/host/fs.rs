@@ -88,7 +88,12 @@ impl PodFs {
     /// but the resolved path must stay inside the allowed host path roots.
     /// `local_device`: a local PV's path, which may be a device node under /dev outside the
     /// host path roots; anything else must resolve inside them.
-    pub fn open_source(&self, path: &Path, expect: PathType, local_device: bool) -> Result<Source, HostError> {
+    pub fn open_source(
+        &self,
+        path: &Path,
+        expect: PathType,
+        local_device: bool,
+    ) -> Result<Source, HostError> {
         // lstat <path>
         if matches!(rfs::lstat(path), Err(Errno::NOENT)) {
             self.create_missing(path, expect)?;

@@ -136,7 +136,9 @@ fn host_paths_are_checked_by_type_and_created_when_asked() {
     let (dir, fs) = setup();
     let base = fs.root().to_path_buf();
     let made = base.join("made/deep");
-    let source = fs.open_source(&made, PathType::DirectoryOrCreate, false).unwrap();
+    let source = fs
+        .open_source(&made, PathType::DirectoryOrCreate, false)
+        .unwrap();
     assert!(source.is_dir && made.is_dir());
     let file = base.join("made/file");
     assert!(
@@ -144,7 +146,10 @@ fn host_paths_are_checked_by_type_and_created_when_asked() {
             .unwrap()
             .is_dir
     );
-    let wrong = fs.open_source(&file, PathType::Directory, false).err().unwrap();
+    let wrong = fs
+        .open_source(&file, PathType::Directory, false)
+        .err()
+        .unwrap();
     assert!(
         wrong
             .to_string()
@@ -167,7 +172,10 @@ fn a_host_path_linking_outside_the_allowed_roots_is_refused() {
     let (_dir, fs) = setup();
     let link = fs.root().join("escape");
     symlink("/etc", &link).unwrap();
-    let err = fs.open_source(&link, PathType::Directory, false).err().unwrap();
+    let err = fs
+        .open_source(&link, PathType::Directory, false)
+        .err()
+        .unwrap();
     assert!(
         err.to_string()
             .contains("outside the allowed host path roots"),
@@ -179,8 +187,22 @@ fn a_host_path_linking_outside_the_allowed_roots_is_refused() {
 fn a_device_node_is_only_allowed_for_a_local_volume_outside_the_roots() {
     let (_dir, fs) = setup();
     // /dev/null is a character device: never a bind source outside the roots.
-    let err = fs.open_source(Path::new("/dev/null"), PathType::Unchecked, false).err().unwrap();
-    assert!(err.to_string().contains("outside the allowed host path roots"), "{err}");
-    let err = fs.open_source(Path::new("/dev/null"), PathType::Unchecked, true).err().unwrap();
-    assert!(err.to_string().contains("outside the allowed host path roots"), "only block devices: {err}");
+    let err = fs
+        .open_source(Path::new("/dev/null"), PathType::Unchecked, false)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("outside the allowed host path roots"),
+        "{err}"
+    );
+    let err = fs
+        .open_source(Path::new("/dev/null"), PathType::Unchecked, true)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("outside the allowed host path roots"),
+        "only block devices: {err}"
+    );
 }

@@ -271,3 +271,74 @@ fn mounts_nested_in_an_unwanted_volume_go_first_innermost_first() {
     // Nothing nested: the volume's own mount.
     assert_eq!(plan_for(&tree[..1]), vec![format!("unmount {logs}")]);
 }
+
+#[test]
+fn a_global_mount_goes_only_after_every_pod_mount_of_it() {
+    let global_path = crate::model::global_mount_path(Path::new(ROOT), &Plugin::LocalVolume, "pv1");
+    let global = MountEntry {
+        device: "7:3".into(),
+        ..entry(global_path)
+    };
+    let user = key("p1", Plugin::LocalVolume, "pv1");
+    let bind = MountEntry {
+        device: "7:3".into(),
+        ..entry(user.path(Path::new(ROOT)))
+    };
+    let local = MountSpec::Local {
+        path: "/dev/loop3".into(),
+        fs_type: "ext4".into(),
+        mount_options: vec![],
+        read_only: false,
+    };
+    let mut wanted = desired(true, &[(user.clone(), local)]);
+    wanted.volumes.get_mut(&user).unwrap().pv_name = Some("pv1".into());
+    let with_globals = |globals: &[&str]| OnDisk {
+        globals: globals.iter().map(|g| g.to_string()).collect(),
+        ..disk(&[&user], &[])
+    };
+    let index = |entries: &[MountEntry]| PodMounts::index(entries, Path::new(ROOT));
+    let both = [global.clone(), bind.clone()];
+
+    // Wanted by a pod: nothing to do.
+    assert_eq!(
+        verbs(&plan(&wanted, &index(&both), &with_globals(&["pv1"]))),
+        Vec::<String>::new()
+    );
+    // The pod is gone but its bind is still mounted: the bind goes first, the global stays.
+    let gone = desired(true, &[]);
+    assert_eq!(
+        verbs(&plan(&gone, &index(&both), &with_globals(&["pv1"]))),
+        vec![format!("unmount {user}")]
+    );
+    // A running pod whose claim went pending keeps its bind, and so the global.
+    let mut held = desired(true, &[]);
+    let pod = PodRef {
+        namespace: "default".into(),
+        name: "p1".into(),
+        uid: "p1".into(),
+    };
+    held.pods.insert("p1".into(), pod.clone());
+    held.waiting.push(crate::desired::WaitingVolume {
+        pod,
+        volume_name: "d".into(),
+        reason: "pending".into(),
+        blocking: true,
+    });
+    assert_eq!(
+        verbs(&plan(&held, &index(&both), &with_globals(&["pv1"]))),
+        Vec::<String>::new()
+    );
+    // Nothing shows it any more: unmount, then remove its directory.
+    let no_pods = OnDisk {
+        globals: ["pv1".to_string()].into(),
+        ..OnDisk::default()
+    };
+    assert_eq!(
+        verbs(&plan(&gone, &index(&[global]), &no_pods)),
+        vec!["unmount-global pv1"]
+    );
+    assert_eq!(
+        verbs(&plan(&gone, &index(&[]), &no_pods)),
+        vec!["remove-global-dir pv1"]
+    );
+}

@@ -12,6 +12,8 @@ pub struct DeviceFacts {
     pub probe: Probe,
     /// Reading the first and last MiB worked (`Err` says what failed).
     pub readable: Result<(), String>,
+    /// An exclusive open worked: nothing in any namespace has it mounted or claimed.
+    pub exclusive: Result<(), String>,
     /// Partitions of the device (sysfs).
     pub partitions: Vec<String>,
     /// Devices stacked on it (sysfs holders: device-mapper, md, bcache...).
@@ -52,6 +54,10 @@ pub fn decide(facts: &DeviceFacts, fs_type: &str, volume_read_only: bool) -> Dec
     if !facts.holders.is_empty() {
         return Decision::Refuse(format!("it is in use by {} (sysfs holders); free it (e.g. dmsetup remove, mdadm --stop) or give the PV another device", facts.holders.join(", ")));
     }
+    // Checked after the mounts and holders we can name: this catches the ones we cannot see.
+    if let Err(why) = &facts.exclusive {
+        return Decision::Refuse(format!("{why}; free it or give the PV another device"));
+    }
     if !facts.partitions.is_empty() || matches!(facts.probe, Probe::PartitionTable { .. }) {
         let what = match &facts.probe {
             Probe::PartitionTable { pt_type } => format!("a {pt_type} partition table"),
@@ -86,6 +92,7 @@ mod tests {
             device: "/dev/loop7".into(),
             probe: Probe::Blank,
             readable: Ok(()),
+            exclusive: Ok(()),
             partitions: vec![],
             holders: vec![],
             mounted_at: vec![],
@@ -109,6 +116,15 @@ mod tests {
                 },
                 false,
                 "cannot be read",
+            ),
+            (
+                "in use in another namespace",
+                DeviceFacts {
+                    exclusive: Err("it is in use".into()),
+                    ..blank()
+                },
+                false,
+                "in use",
             ),
             (
                 "mounted elsewhere",

@@ -36,6 +36,14 @@ pub fn all() -> Vec<Case> {
             devices_command_lists_loop_devices,
         ),
         (
+            "a_device_used_as_a_raw_block_volume_is_never_formatted",
+            a_device_used_as_a_raw_block_volume_is_never_formatted,
+        ),
+        (
+            "a_read_only_pod_and_a_writable_pod_share_a_device",
+            a_read_only_pod_and_a_writable_pod_share_a_device,
+        ),
+        (
             "a_device_that_appears_later_wakes_the_daemon",
             a_device_that_appears_later_wakes_the_daemon,
         ),
@@ -278,7 +286,34 @@ fn devices_holding_anything_else_are_refused_and_untouched() -> TestResult {
     result?;
 
     let read_only = Loop::new(&sb, "ro", 64, true);
-    expect_refusal(&sb, &read_only, "read-only")
+    expect_refusal(&sb, &read_only, "read-only")?;
+
+    // Mounted in another mount namespace, which volumed's mount table does not show: the
+    // exclusive open still finds it busy.
+    let hidden = Loop::new(&sb, "hidden", 64, false);
+    run("mkfs.ext4", &["-q"], &hidden.device);
+    let holder_dir = sb.path("holder");
+    std::fs::create_dir_all(&holder_dir).unwrap();
+    let script = format!(
+        "mount {} {} && echo ready && sleep 30",
+        hidden.device.display(),
+        holder_dir.display()
+    );
+    let mut holder = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    let result = expect_refusal(&sb, &hidden, "in use");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    result
 }
 
 fn a_filesystem_fsck_cannot_repair_is_not_mounted() -> TestResult {
@@ -378,8 +413,9 @@ fn devices_command_lists_loop_devices() -> TestResult {
         .find(|l| l.starts_with(&name))
         .map(str::to_string)
         .unwrap_or_default();
+    let uuid = disk.blkid("UUID");
     check(
-        line.contains("48M") && line.contains("ext4") && line.contains(&disk.blkid("UUID")),
+        !uuid.is_empty() && line.contains("48M") && line.contains("ext4") && line.contains(&uuid),
         || format!("table row: {line:?}"),
     )
 }
@@ -422,4 +458,70 @@ fn a_device_that_appears_later_wakes_the_daemon() -> TestResult {
     }
     drop(disk);
     Ok(())
+}
+
+fn a_device_used_as_a_raw_block_volume_is_never_formatted() -> TestResult {
+    let sb = Sandbox::new(&format!("rawuse-{:x}", fastrand::u32(..)));
+    let disk = Loop::new(&sb, "disk", 16, false);
+    let link = sb.path("by-id/same-disk");
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&disk.device, &link).unwrap();
+    // Pod a uses the disk raw; a second PV names the same disk through a link, as a filesystem.
+    let raw = format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: pv-raw}}\nspec: {{capacity: {{storage: 8Mi}}, accessModes: [ReadWriteOnce], volumeMode: Block, local: {{path: {}}}}}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: raw}}\nspec: {{accessModes: [ReadWriteOnce], volumeMode: Block, resources: {{requests: {{storage: 8Mi}}}}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: raw, uid: raw-uid}}\nspec: {{containers: [], volumes: [{{name: d, persistentVolumeClaim: {{claimName: raw}}}}]}}\n",
+        disk.device.display()
+    );
+    sb.manifest("raw.yaml", &raw);
+    sb.converge()?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(
+            sb.root
+                .join("pods/raw-uid/volumeDevices/kubernetes.io~local-volume/pv-raw"),
+        )
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"database pages"))
+        .map_err(|e| e.to_string())?;
+    let before = disk.bytes();
+    manifests(&sb, &link, &["a"], "");
+    let out = sb.volumed(&["run", "--once"]);
+    let stderr = text(&out.stderr);
+    check(
+        !out.status.success() && stderr.contains("volumeDevices"),
+        || format!("a device in raw use must be refused, naming the raw volume:\n{stderr}"),
+    )?;
+    check(disk.bytes() == before, || {
+        "the raw volume's data was overwritten".into()
+    })?;
+    for mount in sb.mounts().iter().rev() {
+        nix::mount::umount(&mount.mount_point).unwrap();
+    }
+    Ok(())
+}
+
+fn a_read_only_pod_and_a_writable_pod_share_a_device() -> TestResult {
+    let sb = Sandbox::new(&format!("rorw-{:x}", fastrand::u32(..)));
+    let disk = Loop::new(&sb, "disk", 64, false);
+    // Formatted already: a blank device is never formatted for a read-only volume.
+    run("mkfs.ext4", &["-q"], &disk.device);
+    manifests(&sb, &disk.device, &["a", "b"], "");
+    let text = std::fs::read_to_string(sb.manifests.join("disk.yaml")).unwrap();
+    // Pod a (the first in the file) asks for the claim read-only.
+    let text = text.replacen("claimName: data}", "claimName: data, readOnly: true}", 1);
+    sb.manifest("disk.yaml", &text);
+    sb.converge()?;
+    let write = |pod: &str| {
+        std::fs::write(
+            sb.volume(&format!("{pod}-uid"), "local-volume", "pv-disk")
+                .join(pod),
+            pod,
+        )
+    };
+    let a = write("a");
+    check(
+        a.as_ref().err().and_then(|e| e.raw_os_error()) == Some(nix::libc::EROFS),
+        || format!("pod a must be read-only: {a:?}"),
+    )?;
+    check(write("b").is_ok(), || {
+        "pod b must be writable although pod a is read-only".into()
+    })
 }
