@@ -38,9 +38,11 @@ pub struct Host {
 
 impl Host {
     /// This machine: real syscalls, real blkid/mkfs/fsck, real device events.
-    pub fn real() -> Host {
+    pub fn real(mounter_path: &std::path::Path) -> Host {
         Host {
-            mounter: Arc::new(RealMounter),
+            mounter: Arc::new(RealMounter {
+                mounter_path: mounter_path.to_path_buf(),
+            }),
             formatter: Arc::new(RealFormatter),
             watch_devices: true,
         }
@@ -100,6 +102,8 @@ pub async fn run(
     let config = ExecutorConfig {
         max_concurrent: settings.max_concurrent_ops,
         deadline: settings.op_timeout,
+        nfs_mount_deadline: settings.mount_timeout,
+        max_per_server: settings.max_ops_per_server,
         backoff: BackoffPolicy::default(),
         retry: !once,
     };
@@ -110,7 +114,9 @@ pub async fn run(
             .inspect_err(|err| tracing::warn!(%err, "cannot start the block-device watcher; device changes are seen at retries only"))
             .ok()
     };
-    let context = OpContext::new(mounter, fs, formatter, settings.max_concurrent_formats);
+    let mut context = OpContext::new(mounter, fs, formatter, settings.max_concurrent_formats);
+    context.mount_timeout = settings.mount_timeout;
+    context.unmount_timeout = settings.op_timeout;
     let (executor, events) = Executor::new(context, config);
     let (failures_tx, failures_rx) = watch::channel(Failures::new());
     let writer = tokio::spawn(write_failures(

@@ -90,8 +90,19 @@ pub struct CommonArgs {
     /// Most mkfs runs at once.
     #[arg(long, default_value_t = 2)]
     pub max_concurrent_formats: usize,
-    /// How long one op may run before its volume is reported stuck.
+    /// The mount helper for NFS volumes, as kubelet's mounter path.
+    #[arg(long, value_name = "PATH", default_value = "mount")]
+    pub mounter_path: PathBuf,
+    /// How long an NFS mount may take before its helper is killed.
     #[arg(long, value_parser = at_least_a_second, default_value = "2m")]
+    pub mount_timeout: Duration,
+    /// Most ops in flight per NFS server, stuck ones included, so one dead server cannot
+    /// hold every worker.
+    #[arg(long, default_value_t = 2)]
+    pub max_ops_per_server: usize,
+    /// How long any other op (stat, unmount, directory work) may run before its volume is
+    /// reported stuck; an NFS unmount then escalates to umount -f and a lazy detach.
+    #[arg(long, value_parser = at_least_a_second, default_value = "30s")]
     pub op_timeout: Duration,
     /// Safety re-read of the mount table and manifests when nothing reported a change.
     #[arg(long, value_parser = at_least_a_second, default_value = "60s")]

@@ -24,6 +24,11 @@ pub struct Settings {
     pub node: NodeConfig,
     pub max_concurrent_ops: usize,
     pub max_concurrent_formats: usize,
+    pub mounter_path: PathBuf,
+    /// Deadline of an NFS mount (the helper is killed after it).
+    pub mount_timeout: Duration,
+    /// Most ops in flight per NFS server (stuck ones included).
+    pub max_ops_per_server: usize,
     pub op_timeout: Duration,
     pub resync: Duration,
 }
@@ -70,6 +75,9 @@ impl Settings {
             },
             max_concurrent_ops: args.max_concurrent_ops,
             max_concurrent_formats: args.max_concurrent_formats,
+            mounter_path: args.mounter_path.clone(),
+            mount_timeout: args.mount_timeout,
+            max_ops_per_server: args.max_ops_per_server,
             op_timeout: args.op_timeout,
             resync: args.resync,
         })

@@ -52,7 +52,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Plan(args) => {
             let settings = Settings::from_args(&args.common, false)?;
-            let (desired, ops) = app::plan_only(&settings, &RealMounter)?;
+            let (desired, ops) = app::plan_only(&settings, &RealMounter::default())?;
             match args.output {
                 Output::Json => println!(
                     "{}",
@@ -70,7 +70,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Devices(args) => {
             let mut scanner = DeviceScanner::new(Arc::new(RealFormatter));
-            let mounts = RealMounter.mount_table()?;
+            let mounts = RealMounter::default().mount_table()?;
             let devices = scanner
                 .scan(&mounts)
                 .context("cannot list block devices from /sys/class/block")?;
@@ -82,7 +82,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status(args) => {
             let settings = Settings::from_args(&args.common, false)?;
-            let (desired, rows) = app::status_only(&settings, &RealMounter)?;
+            let (desired, rows) = app::status_only(&settings, &RealMounter::default())?;
             match args.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 Output::Table => print!("{}{}", table(&rows), problems(&desired)),
@@ -96,7 +96,13 @@ async fn run(settings: Settings, once: bool) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
     tracing::info!(node = %settings.node.name, root = %settings.root_dir.display(), manifests = %settings.manifests.display(), once, "volumed starting");
-    let report = app::run(&settings, once, app::Host::real(), cancel).await?;
+    let report = app::run(
+        &settings,
+        once,
+        app::Host::real(&settings.mounter_path),
+        cancel,
+    )
+    .await?;
     if !once {
         tracing::info!("volumed stopped; mounts are left in place");
         return Ok(ExitCode::SUCCESS);
@@ -168,7 +174,7 @@ fn plan_table(settings: &Settings, ops: &[Op]) -> String {
                 volume.key.path(&settings.root_dir).display().to_string(),
                 volume.spec.describe(),
             ],
-            Op::Unmount { key, nested } => [
+            Op::Unmount { key, nested, .. } => [
                 op.verb().into(),
                 key.pod_uid.clone(),
                 nested

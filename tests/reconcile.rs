@@ -82,6 +82,9 @@ impl World {
             },
             max_concurrent_ops: 4,
             max_concurrent_formats: 1,
+            mounter_path: "mount".into(),
+            mount_timeout: Duration::from_secs(5),
+            max_ops_per_server: 2,
             op_timeout: Duration::from_secs(5),
             resync: Duration::from_secs(60),
         };

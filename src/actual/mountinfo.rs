@@ -178,6 +178,14 @@ impl PodMounts {
             .any(|m| global.iter().any(|g| g.device == m.device))
     }
 
+    /// The server of the NFS mount on top of a volume path (`server:/path` in mountinfo).
+    pub fn nfs_server(&self, key: &VolumeKey) -> Option<String> {
+        let source = self.volumes.get(key)?.last()?.source.as_deref()?;
+        source
+            .rsplit_once(":/")
+            .map(|(server, _)| server.to_string())
+    }
+
     pub fn is_mounted(&self, key: &VolumeKey) -> bool {
         self.volumes.contains_key(key)
     }

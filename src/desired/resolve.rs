@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Volume};
 use super::binder::Bindings;
 use super::manifest::Manifests;
 use super::{DesiredState, NodeConfig, WaitingVolume};
-use crate::model::mount_options::check_mount_options;
-use crate::model::names::{check_component, check_host_path};
+use crate::model::mount_options::{check_mount_options, check_nfs_options};
+use crate::model::names::{check_component, check_host_path, check_nfs_path, check_nfs_server};
 use crate::model::quantity::parse_bytes;
 use crate::model::{DesiredVolume, MountSpec, PathType, Plugin, PodRef, VolumeKey};
 
@@ -166,10 +166,9 @@ impl Context<'_> {
                 self.claim(&claim.claim_name, claim.read_only.unwrap_or(false))?;
             let block = matches!(spec, MountSpec::BlockDevice { .. });
             (plugin, pv_name.clone(), spec, Some(pv_name), block)
-        } else if volume.nfs.is_some() {
-            return Err(blocked(
-                "NFS volumes are not supported by this version of volumed",
-            ));
+        } else if let Some(nfs) = &volume.nfs {
+            let spec = nfs_spec(&nfs.server, &nfs.path, &[], nfs.read_only.unwrap_or(false))?;
+            (Plugin::Nfs, volume.name.clone(), spec, None, false)
         } else {
             return Err(("not managed by volumed (configMap, secret, projected and similar volumes belong to the container runtime's agent)".into(), false));
         };
@@ -236,6 +235,12 @@ impl Context<'_> {
                 }
             };
             Ok((Plugin::LocalVolume, pv_name.clone(), spec))
+        } else if let Some(nfs) = &pv_spec.nfs {
+            let options = pv_spec.mount_options.clone().unwrap_or_default();
+            let read_only = read_only || nfs.read_only.unwrap_or(false);
+            let spec = nfs_spec(&nfs.server, &nfs.path, &options, read_only)
+                .map_err(|(why, b)| (format!("PersistentVolume {pv_name}: {why}"), b))?;
+            Ok((Plugin::Nfs, pv_name.clone(), spec))
         } else if pv_spec.volume_mode.as_deref() == Some("Block") {
             Err(blocked(format!("PersistentVolume {pv_name} has volumeMode Block; only local volumes can be raw block volumes")))
         } else if let Some(host_path) = &pv_spec.host_path {
@@ -284,6 +289,25 @@ impl Context<'_> {
         }
         Ok(source)
     }
+}
+
+/// An NFS mount with every field checked, so nothing from the object reaches the mount
+/// helper as an extra argument or option.
+fn nfs_spec(
+    server: &str,
+    path: &str,
+    options: &[String],
+    read_only: bool,
+) -> Result<MountSpec, Waiting> {
+    check_nfs_server(server).map_err(|e| blocked(e.to_string()))?;
+    check_nfs_path(path).map_err(|e| blocked(e.to_string()))?;
+    check_nfs_options(options).map_err(|e| blocked(e.to_string()))?;
+    Ok(MountSpec::Nfs {
+        server: server.into(),
+        path: path.into(),
+        options: options.to_vec(),
+        read_only,
+    })
 }
 
 fn display_roots(roots: &[PathBuf]) -> String {

@@ -25,6 +25,10 @@ pub struct ExecutorConfig {
     pub max_concurrent: usize,
     /// How long an op may run before its volume is reported as stuck.
     pub deadline: Duration,
+    /// The NFS mount helper's own deadline; an NFS set-up gets a little more.
+    pub nfs_mount_deadline: Duration,
+    /// Ops in flight per NFS server, stuck ones included.
+    pub max_per_server: usize,
     pub backoff: BackoffPolicy,
     /// False for `run --once`: a failed op is reported, not retried.
     pub retry: bool,
@@ -55,6 +59,8 @@ pub struct Executor {
     /// no visible progress; from the third time it waits like a failure, so a no-op can
     /// never spin the loop.
     repeats: HashMap<OpKey, Backoff>,
+    /// Per-NFS-server slots.
+    servers: HashMap<String, Arc<Semaphore>>,
 }
 
 impl Executor {
@@ -72,6 +78,7 @@ impl Executor {
             overdue: HashSet::new(),
             backoff: HashMap::new(),
             repeats: HashMap::new(),
+            servers: HashMap::new(),
         };
         (executor, rx)
     }
@@ -109,16 +116,40 @@ impl Executor {
         started
     }
 
-    fn spawn(&self, op: Op) {
-        let (ctx, permits, events, deadline) = (
-            self.ctx.clone(),
-            self.permits.clone(),
-            self.events.clone(),
-            self.config.deadline,
-        );
+    /// How long this op may run before it is reported stuck: ops that bound their own blocking
+    /// calls (the NFS helper, the escalating unmount) get their inner deadline plus slack.
+    fn deadline_for(&self, op: &Op) -> Duration {
+        match (op, op.nfs_server()) {
+            (Op::SetUp { .. }, Some(_)) => self.config.nfs_mount_deadline + SLACK,
+            (_, Some(_)) => self.config.deadline + SLACK,
+            _ => self.config.deadline,
+        }
+    }
+
+    fn spawn(&mut self, op: Op) {
+        let deadline = self.deadline_for(&op);
+        let server = op.nfs_server().map(|server| {
+            let cap = self.config.max_per_server.max(1);
+            self.servers
+                .entry(server.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(cap)))
+                .clone()
+        });
+        let (ctx, permits, events) = (self.ctx.clone(), self.permits.clone(), self.events.clone());
         let span = tracing::info_span!("op", op = op.verb(), key = %describe_key(&op.key()));
         tokio::spawn(
             async move {
+                // The server's slot is held until the work really ends, stuck or not: a dead
+                // server can tie up at most its cap of threads.
+                let _server_slot = match server {
+                    Some(slots) => Some(
+                        slots
+                            .acquire_owned()
+                            .await
+                            .expect("the semaphore is never closed"),
+                    ),
+                    None => None,
+                };
                 let permit = permits
                     .acquire_owned()
                     .await
@@ -241,6 +272,9 @@ impl Executor {
     }
 }
 
+/// Extra time for ops that enforce their own deadline, so they report rather than go stuck.
+const SLACK: Duration = Duration::from_secs(15);
+
 pub fn describe_key(key: &OpKey) -> String {
     match key {
         OpKey::Volume(key) => key.to_string(),
@@ -265,6 +299,81 @@ mod tests {
     use crate::host::fake::FakeMounter;
     use crate::host::fs::PodFs;
     use crate::model::{DesiredVolume, MountSpec, Plugin, PodRef, VolumeKey};
+
+    fn config() -> ExecutorConfig {
+        ExecutorConfig {
+            max_concurrent: 4,
+            deadline: Duration::from_secs(5),
+            nfs_mount_deadline: Duration::from_secs(5),
+            max_per_server: 1,
+            backoff: BackoffPolicy::default(),
+            retry: true,
+        }
+    }
+
+    fn nfs(pod: &str, server: &str) -> Op {
+        let key = VolumeKey::new(pod, Plugin::Nfs, "share");
+        let pod_ref = PodRef {
+            namespace: "default".into(),
+            name: pod.into(),
+            uid: pod.into(),
+        };
+        let spec = MountSpec::Nfs {
+            server: server.into(),
+            path: "/export".into(),
+            options: vec![],
+            read_only: false,
+        };
+        Op::SetUp {
+            volume: Box::new(DesiredVolume {
+                key,
+                pod: pod_ref,
+                volume_name: "share".into(),
+                pv_name: None,
+                spec,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_nfs_server_gets_no_more_than_its_cap_while_other_servers_go_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let mounter = FakeMounter::new();
+        let fs = PodFs::new(root.clone(), vec![root.clone()]);
+        let formatter = Arc::new(crate::host::format::FakeFormatter::default());
+        let (mut executor, mut events) =
+            Executor::new(OpContext::new(mounter.clone(), fs, formatter, 1), config());
+        let target = |pod: &str| root.join(format!("pods/{pod}/volumes/kubernetes.io~nfs/share"));
+        mounter.hang_at(&target("p1"));
+        assert_eq!(
+            executor.submit(vec![
+                nfs("p1", "dead"),
+                nfs("p2", "dead"),
+                nfs("p3", "alive")
+            ]),
+            3
+        );
+        // p3's server is fine: it finishes while p1 hangs and p2 waits for dead's only slot.
+        let event = events.recv().await.unwrap();
+        executor.complete(&event);
+        assert!(matches!(&event, OpEvent::Finished { op, .. } if op.pod_uid() == Some("p3")));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let calls = mounter.calls();
+        assert!(calls
+            .iter()
+            .any(|c| c.ends_with("p1/volumes/kubernetes.io~nfs/share")));
+        assert!(
+            !calls.iter().any(|c| c.contains("/p2/")),
+            "p2 must wait for the dead server's slot: {calls:?}"
+        );
+        mounter.release(&target("p1"));
+        for _ in 0..2 {
+            let event = events.recv().await.unwrap();
+            executor.complete(&event);
+        }
+        assert_eq!(mounter.table().len(), 3);
+    }
 
     fn set_up(size: u64) -> Op {
         let key = VolumeKey {
@@ -298,12 +407,7 @@ mod tests {
         let root = tmp.path().canonicalize().unwrap();
         let mounter = FakeMounter::new();
         let fs = PodFs::new(root.clone(), vec![root.clone()]);
-        let config = ExecutorConfig {
-            max_concurrent: 2,
-            deadline: Duration::from_secs(5),
-            backoff: BackoffPolicy::default(),
-            retry: true,
-        };
+        let config = config();
         let (mut executor, mut events) = Executor::new(
             OpContext::new(
                 mounter.clone(),

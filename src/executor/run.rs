@@ -2,13 +2,15 @@
 //! here may block (mounts, stats of volume paths, directory removal).
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::device::{stage, FormatSlots, StagingLocks};
 use crate::actual::sysfs::Sysfs;
 use crate::host::format::Formatter;
 use crate::host::fs::PodFs;
-use crate::host::{HostError, Mounter};
+use crate::host::{ForceMode, HostError, Mounter};
 use crate::model::{DesiredVolume, MountSpec, PathType, Plugin, VolumeKey};
 use crate::reconcile::plan::Op;
 
@@ -20,6 +22,10 @@ pub struct OpContext {
     pub sysfs: Sysfs,
     pub formats: FormatSlots,
     pub staging: StagingLocks,
+    /// Deadline of an NFS mount helper.
+    pub mount_timeout: Duration,
+    /// How long a plain unmount may hang before an NFS unmount is forced.
+    pub unmount_timeout: Duration,
 }
 
 impl OpContext {
@@ -36,6 +42,8 @@ impl OpContext {
             sysfs: Sysfs::default(),
             formats: FormatSlots::new(max_formats),
             staging: StagingLocks::default(),
+            mount_timeout: Duration::from_secs(120),
+            unmount_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -56,9 +64,13 @@ pub struct OpOutcome {
 pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
     let did = match op {
         Op::SetUp { volume } => set_up(ctx, volume),
-        Op::Unmount { key, nested } => {
+        Op::Unmount { key, nested, .. } => {
             let target = nested.clone().unwrap_or_else(|| key.path(ctx.fs.root()));
-            ctx.mounter.unmount(&target).map(|()| "unmounted")
+            if key.plugin == Plugin::Nfs {
+                unmount_escalating(ctx, &target)
+            } else {
+                ctx.mounter.unmount(&target).map(|()| "unmounted")
+            }
         }
         Op::RemoveVolumeDir { key } => {
             // Checked against a fresh mount table, not our records (rule 2).
@@ -93,6 +105,37 @@ pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
         globals,
     }
 }
+
+/// An NFS unmount that cannot hang the op: a plain umount first; if the server does not
+/// answer within the deadline, umount --force, and if even that hangs, a lazy detach. The
+/// stuck calls are left behind on their threads (one per volume at most) and reported.
+fn unmount_escalating(ctx: &OpContext, target: &Path) -> Result<&'static str, HostError> {
+    let attempt = |mode: Option<ForceMode>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (mounter, target) = (ctx.mounter.clone(), target.to_path_buf());
+        std::thread::spawn(move || {
+            let result = match mode {
+                None => mounter.unmount(&target),
+                Some(mode) => mounter.force_unmount(&target, mode),
+            };
+            let _ = tx.send(result);
+        });
+        rx
+    };
+    if let Ok(result) = attempt(None).recv_timeout(ctx.unmount_timeout) {
+        return result.map(|()| "unmounted");
+    }
+    tracing::warn!(target = %target.display(), after_s = ctx.unmount_timeout.as_secs(), "unmount did not answer; forcing it (umount -f)");
+    if let Ok(Ok(())) = attempt(Some(ForceMode::Force)).recv_timeout(FORCE_WAIT) {
+        return Ok("unmounted with umount -f after the server stopped answering");
+    }
+    tracing::warn!(target = %target.display(), "forced unmount did not finish either; detaching lazily (umount -l)");
+    ctx.mounter.force_unmount(target, ForceMode::Detach)?;
+    Ok("detached lazily (umount -l) after the server stopped answering")
+}
+
+/// How long a forced NFS unmount may take before the lazy detach.
+const FORCE_WAIT: Duration = Duration::from_secs(5);
 
 /// umount of a global mount, after checking the live mount table (rule 2): no pod mount may
 /// still show the same filesystem.
@@ -149,6 +192,21 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
                 });
             };
             bind_into(ctx, volume, &source, *read_only)
+        }
+        MountSpec::Nfs {
+            server,
+            path,
+            options,
+            read_only,
+        } => {
+            let target = ctx.fs.prepare_target(&volume.key, false, 0o750)?;
+            if ctx.mounter.is_mount_point(&target)? {
+                return Ok("already mounted");
+            }
+            let source = format!("{server}:{path}");
+            ctx.mounter
+                .mount_nfs(&source, &target, options, *read_only, ctx.mount_timeout)?;
+            Ok("mounted")
         }
         MountSpec::BlockDevice { path, read_only } => {
             let source = ctx.fs.open_source(path, PathType::BlockDevice, true)?;

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-use super::{HostError, Mounter, Source, Target};
+use super::{ForceMode, HostError, Mounter, Source, Target};
 use crate::actual::mountinfo::MountEntry;
 
 #[derive(Default)]
@@ -169,6 +170,37 @@ impl Mounter for FakeMounter {
                 target: target.path.clone(),
                 source,
             })
+    }
+
+    fn mount_nfs(
+        &self,
+        source: &str,
+        target: &Target,
+        options: &[String],
+        read_only: bool,
+        _deadline: Duration,
+    ) -> Result<(), HostError> {
+        let mut options: BTreeMap<String, Option<String>> =
+            options.iter().map(|o| (o.clone(), None)).collect();
+        options.insert("addr".into(), Some(source.to_string()));
+        self.add(target, "nfs", "/", options, read_only, None)
+            .map_err(|err| HostError::Mount {
+                what: format!("nfs {source}"),
+                target: target.path.clone(),
+                source: err,
+            })
+    }
+
+    fn force_unmount(&self, target: &Path, mode: ForceMode) -> Result<(), HostError> {
+        // A forced or lazy unmount does not wait for the server: it ignores injected hangs.
+        let mut state = self.lock();
+        state
+            .calls
+            .push(format!("umount-{mode:?} {}", target.display()).to_lowercase());
+        if let Some(index) = state.table.iter().rposition(|m| m.mount_point == target) {
+            state.table.remove(index);
+        }
+        Ok(())
     }
 
     fn unmount(&self, target: &Path) -> Result<(), HostError> {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::fs_util::{kind_name, list, mount_id_of, remove_tree, rmdir};
+use super::fs_util::{kind_name, list, list_typed, mount_id_of, remove_tree, rmdir};
 use super::{HostError, Source, Target};
 use crate::actual::mountinfo::MountEntry;
 use crate::actual::OnDisk;
@@ -318,12 +318,10 @@ impl PodFs {
             else {
                 continue;
             };
-            for name in list(&plugin_fd, &area_path.join(&plugin_dir))? {
+            for (name, kind) in list_typed(&plugin_fd, &area_path.join(&plugin_dir))? {
                 // volumed never makes links here; a planted one is not taken for a volume (it
                 // would look like a set-up emptyDir) and keeps its pod directory, reported.
-                let kind = rfs::statat(&plugin_fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map(|st| FileType::from_raw_mode(st.st_mode));
-                if kind != Ok(FileType::Symlink) {
+                if kind != FileType::Symlink {
                     keys.insert(VolumeKey {
                         pod_uid: pod_uid.to_string(),
                         plugin: plugin.clone(),

@@ -85,6 +85,19 @@ pub(super) fn remove_tree(
 
 /// The names in a directory, without `.` and `..`.
 pub(crate) fn list(dir: &impl AsFd, path: &Path) -> Result<Vec<String>, HostError> {
+    Ok(list_typed(dir, path)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
+}
+
+/// The names in a directory with their types as readdir reports them (`d_type`). Unlike a
+/// stat, this never reaches into a filesystem mounted on an entry, so a dead NFS server
+/// cannot hang it.
+pub(crate) fn list_typed(
+    dir: &impl AsFd,
+    path: &Path,
+) -> Result<Vec<(String, FileType)>, HostError> {
     // O_PATH descriptors cannot be read: open the directory itself for reading.
     let readable = rfs::openat(
         dir,
@@ -99,10 +112,10 @@ pub(crate) fn list(dir: &impl AsFd, path: &Path) -> Result<Vec<String>, HostErro
         let entry = entry.map_err(HostError::io("listing", path))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name != "." && name != ".." {
-            names.push(name);
+            names.push((name, entry.file_type()));
         }
     }
-    names.sort();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(names)
 }
 

@@ -10,6 +10,7 @@ pub mod real;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::actual::mountinfo::MountEntry;
 use crate::model::PathType;
@@ -113,10 +114,31 @@ pub trait Mounter: Send + Sync + 'static {
         options: &[String],
         read_only: bool,
     ) -> Result<(), HostError>;
+    /// `<mounter> -t nfs [-o <options>] <server:path> <target>`: the mount helper, killed
+    /// when it has not finished within `deadline`.
+    fn mount_nfs(
+        &self,
+        source: &str,
+        target: &Target,
+        options: &[String],
+        read_only: bool,
+        deadline: Duration,
+    ) -> Result<(), HostError>;
+    /// `umount --force` or `umount --lazy`: only once a plain unmount hung past its deadline.
+    fn force_unmount(&self, target: &Path, mode: ForceMode) -> Result<(), HostError>;
     /// `umount --no-follow <target>` (one layer); Ok when nothing is mounted there.
     fn unmount(&self, target: &Path) -> Result<(), HostError>;
     /// True when something is mounted exactly at the target.
     fn is_mount_point(&self, target: &Target) -> Result<bool, HostError>;
+}
+
+/// How hard to push an unmount that did not answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForceMode {
+    /// MNT_FORCE: abort in-flight requests to the server (NFS).
+    Force,
+    /// MNT_DETACH: take it out of the mount table now, finish when no longer busy.
+    Detach,
 }
 
 /// What the executor needs of a host path before binding it.

@@ -4,19 +4,31 @@
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::mount::{umount2, MntFlags, MsFlags};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, StatxAttributes, StatxFlags};
 use sys_mount::{Mount, MountFlags};
 
-use super::{HostError, Mounter, Source, Target};
+use super::{ForceMode, HostError, Mounter, Source, Target};
 use crate::actual::mountinfo::{parse, MountEntry};
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 
-#[derive(Default)]
-pub struct RealMounter;
+pub struct RealMounter {
+    /// The mount helper for NFS (`--mounter-path`), as kubelet's mounter path.
+    pub mounter_path: PathBuf,
+}
+
+impl Default for RealMounter {
+    fn default() -> Self {
+        RealMounter {
+            mounter_path: PathBuf::from("mount"),
+        }
+    }
+}
 
 fn fd_path(fd: &impl AsRawFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -132,6 +144,60 @@ impl Mounter for RealMounter {
             .map_err(mount_error(&what, &target.path))
     }
 
+    fn mount_nfs(
+        &self,
+        source: &str,
+        target: &Target,
+        options: &[String],
+        read_only: bool,
+        deadline: Duration,
+    ) -> Result<(), HostError> {
+        let mut options = options.to_vec();
+        if read_only && !options.iter().any(|o| o == "ro") {
+            options.push("ro".into());
+        }
+        // <mounter> -t nfs -o <options> <server:path> <target>: one argument per field, no shell.
+        let mut command = Command::new(&self.mounter_path);
+        command.args(["-t", "nfs"]);
+        if !options.is_empty() {
+            command.arg("-o").arg(options.join(","));
+        }
+        command
+            .arg(source)
+            .arg(&target.path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let what = format!("nfs {source} ({} -t nfs)", self.mounter_path.display());
+        let child = command.spawn().map_err(mount_error(&what, &target.path))?;
+        let output =
+            wait_with_deadline(child, deadline).map_err(mount_error(&what, &target.path))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        Err(HostError::Mount {
+            what,
+            target: target.path.clone(),
+            source: std::io::Error::other(format!("the mount helper {}: {stderr}", output.status)),
+        })
+    }
+
+    fn force_unmount(&self, target: &Path, mode: ForceMode) -> Result<(), HostError> {
+        // umount --force <target> / umount --lazy <target>
+        let flags = match mode {
+            ForceMode::Force => MntFlags::MNT_FORCE,
+            ForceMode::Detach => MntFlags::MNT_DETACH,
+        };
+        match umount2(target, flags | MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) | Err(Errno::ENOENT) | Err(Errno::EINVAL) => Ok(()),
+            Err(errno) => Err(HostError::Unmount {
+                target: target.to_path_buf(),
+                source: errno.into(),
+            }),
+        }
+    }
+
     fn unmount(&self, target: &Path) -> Result<(), HostError> {
         // umount --no-follow <target>. nix, not sys-mount: sys-mount 3.1 defines
         // UnmountFlags::NOFOLLOW as O_NOFOLLOW instead of UMOUNT_NOFOLLOW, which umount2 refuses.
@@ -212,6 +278,35 @@ pub fn split_options(options: &[String], read_only: bool) -> (MountFlags, String
         }
     }
     (flags, data.join(","))
+}
+
+/// Waits for a helper; past `deadline` kills it (SIGKILL) and gives up on it.
+fn wait_with_deadline(
+    child: std::process::Child,
+    deadline: Duration,
+) -> std::io::Result<std::process::Output> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(output) => output,
+        Err(_) => {
+            // kill -KILL <pid>: a helper stuck on a dead server must not pile up.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let reaped = rx.recv_timeout(Duration::from_secs(5)).is_ok();
+            Err(std::io::Error::other(format!(
+                "the mount helper did not finish within {}s and was killed{}",
+                deadline.as_secs(),
+                if reaped {
+                    ""
+                } else {
+                    " (it has not exited yet)"
+                }
+            )))
+        }
+    }
 }
 
 fn mount_error(what: &str, target: &Path) -> impl FnOnce(std::io::Error) -> HostError {

@@ -17,6 +17,7 @@ pub enum Plugin {
     EmptyDir,
     HostPath,
     LocalVolume,
+    Nfs,
     /// A plugin directory found on disk that this version does not manage (e.g. kubelet's).
     Other(String),
 }
@@ -27,6 +28,7 @@ impl Plugin {
             Plugin::EmptyDir => "empty-dir",
             Plugin::HostPath => "host-path",
             Plugin::LocalVolume => "local-volume",
+            Plugin::Nfs => "nfs",
             Plugin::Other(name) => name,
         }
     }
@@ -42,6 +44,7 @@ impl Plugin {
             "empty-dir" => Plugin::EmptyDir,
             "host-path" => Plugin::HostPath,
             "local-volume" => Plugin::LocalVolume,
+            "nfs" => Plugin::Nfs,
             other => Plugin::Other(other.to_string()),
         })
     }
@@ -168,6 +171,13 @@ pub enum MountSpec {
         mount_options: Vec<String>,
         read_only: bool,
     },
+    /// `mount -t nfs -o <options> <server>:<path> <target>` through the mount helper.
+    Nfs {
+        server: String,
+        path: String,
+        options: Vec<String>,
+        read_only: bool,
+    },
     /// A raw block volume: the device node bound onto a file in `volumeDevices/`.
     BlockDevice { path: PathBuf, read_only: bool },
 }
@@ -192,6 +202,15 @@ impl MountSpec {
             } => format!(
                 "local {} ({fs_type} if a device){}",
                 path.display(),
+                if *read_only { " (ro)" } else { "" }
+            ),
+            MountSpec::Nfs {
+                server,
+                path,
+                read_only,
+                ..
+            } => format!(
+                "nfs {server}:{path}{}",
                 if *read_only { " (ro)" } else { "" }
             ),
             MountSpec::BlockDevice { path, read_only } => format!(

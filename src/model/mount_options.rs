@@ -68,3 +68,128 @@ mod tests {
         assert!(check_mount_options(&options(&["data=ordered", "data=journal"])).is_err());
     }
 }
+
+/// NFS mount options volumed passes to the mount helper (nfs(5)); anything else is refused
+/// rather than handed to a program running as root.
+const NFS_OPTIONS: &[&str] = &[
+    "vers",
+    "nfsvers",
+    "minorversion",
+    "proto",
+    "port",
+    "mountport",
+    "mountproto",
+    "mountvers",
+    "mounthost",
+    "timeo",
+    "retrans",
+    "retry",
+    "hard",
+    "soft",
+    "softerr",
+    "intr",
+    "nointr",
+    "rsize",
+    "wsize",
+    "bsize",
+    "ac",
+    "noac",
+    "actimeo",
+    "acregmin",
+    "acregmax",
+    "acdirmin",
+    "acdirmax",
+    "lookupcache",
+    "sec",
+    "lock",
+    "nolock",
+    "local_lock",
+    "tcp",
+    "udp",
+    "rdma",
+    "cto",
+    "nocto",
+    "acl",
+    "noacl",
+    "rdirplus",
+    "nordirplus",
+    "sharecache",
+    "nosharecache",
+    "resvport",
+    "noresvport",
+    "fsc",
+    "nofsc",
+    "nconnect",
+    "max_connect",
+    "clientaddr",
+    "addr",
+    "namlen",
+    "fg",
+    "bg",
+    "ro",
+    "rw",
+    "noatime",
+    "atime",
+    "nodiratime",
+    "relatime",
+    "strictatime",
+    "nosuid",
+    "suid",
+    "nodev",
+    "dev",
+    "noexec",
+    "exec",
+    "sync",
+    "async",
+    "xprtsec",
+    "trunkdiscovery",
+    "notrunkdiscovery",
+    "posix",
+    "noposix",
+];
+
+/// `check_mount_options` plus: every option must be a known NFS option (nfs(5)).
+pub fn check_nfs_options(options: &[String]) -> Result<(), MountOptionError> {
+    check_mount_options(options)?;
+    for option in options {
+        let name = option.split('=').next().unwrap_or_default();
+        if !NFS_OPTIONS.contains(&name) {
+            return Err(MountOptionError {
+                option: option.clone(),
+                why: "it is not an NFS mount option volumed knows (see nfs(5))",
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod nfs_tests {
+    use super::*;
+
+    #[test]
+    fn nfs_options_are_checked_against_nfs5() {
+        let ok: Vec<String> = ["nfsvers=4.1", "hard", "timeo=600", "sec=krb5p", "noatime"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(check_nfs_options(&ok), Ok(()));
+        for bad in [
+            "nfsvers=4,exec",
+            "hard soft",
+            "-fsomething",
+            "helper=/bin/sh",
+            "uid=0",
+            "",
+            "sec=sys sec=krb5",
+        ] {
+            let err = check_nfs_options(&[bad.to_string()]).expect_err(bad);
+            assert_eq!(err.option, bad);
+        }
+        let twice: Vec<String> = ["timeo=1", "timeo=2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(check_nfs_options(&twice).unwrap_err().why.contains("twice"));
+    }
+}

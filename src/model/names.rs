@@ -58,6 +58,50 @@ pub fn check_host_path(what: &'static str, path: &str) -> Result<(), NameError> 
     }
 }
 
+/// Accepts an NFS server as the mount helper reads it: a host name, an IPv4 address, or an
+/// IPv6 address in brackets; nothing that could be read as a flag or a second argument.
+pub fn check_nfs_server(server: &str) -> Result<(), NameError> {
+    let host_ok = |h: &str| {
+        !h.is_empty()
+            && !h.starts_with('-')
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    };
+    let ipv6_ok = |h: &str| {
+        h.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|a| {
+                !a.is_empty()
+                    && a.chars()
+                        .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+            })
+    };
+    if host_ok(server) || ipv6_ok(server) {
+        Ok(())
+    } else {
+        Err(NameError::BadComponent {
+            what: "NFS server",
+            name: server.to_string(),
+            why: "it must be a host name, an IPv4 address or a bracketed IPv6 address",
+        })
+    }
+}
+
+/// Accepts an NFS export path: absolute, without spaces, commas or control characters.
+pub fn check_nfs_path(path: &str) -> Result<(), NameError> {
+    let ok = path.starts_with('/')
+        && path.chars().all(|c| c.is_ascii_graphic() && c != ',')
+        && !path.split('/').any(|p| p == "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::BadPath {
+            what: "NFS export path",
+            path: path.to_string(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +114,20 @@ mod tests {
         assert!(check_component("volume", &"a".repeat(254)).is_err());
         for good in ["data", "cache-1", "my.vol", "..hidden"] {
             assert_eq!(check_component("volume", good), Ok(()), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn nfs_servers_and_paths_cannot_smuggle_arguments() {
+        for good in ["nfs1", "nfs.example.com", "10.0.0.5", "[fd00::5]"] {
+            assert_eq!(check_nfs_server(good), Ok(()), "{good}");
+        }
+        for bad in ["", "-oexec", "a b", "srv:/x", "fd00::5", "[]", "srv,x"] {
+            assert!(check_nfs_server(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(check_nfs_path("/exports/data"), Ok(()));
+        for bad in ["exports", "/a b", "/a,b", "/a/../b", ""] {
+            assert!(check_nfs_path(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -23,6 +23,8 @@ pub enum Op {
     Unmount {
         key: VolumeKey,
         nested: Option<PathBuf>,
+        /// The NFS server behind the mount, for the per-server cap.
+        server: Option<String>,
     },
     /// Remove an unwanted, unmounted volume path (an emptyDir's contents with it).
     RemoveVolumeDir { key: VolumeKey },
@@ -52,6 +54,18 @@ impl Op {
             Op::UnmountGlobal { pv_name } | Op::RemoveGlobalDir { pv_name } => {
                 OpKey::Global(pv_name.clone())
             }
+        }
+    }
+
+    /// The NFS server an op talks to, if any: such ops count against its per-server cap.
+    pub fn nfs_server(&self) -> Option<&str> {
+        match self {
+            Op::SetUp { volume } => match &volume.spec {
+                MountSpec::Nfs { server, .. } => Some(server),
+                _ => None,
+            },
+            Op::Unmount { server, .. } => server.as_deref(),
+            _ => None,
         }
     }
 
@@ -124,9 +138,13 @@ fn teardown(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec
     for key in mounted_keys.into_iter().filter(|k| unwanted(k)) {
         let innermost = mounts.next_nested(key);
         if innermost.is_some() || mounts.is_mounted(key) {
+            let server = (key.plugin == Plugin::Nfs)
+                .then(|| mounts.nfs_server(key))
+                .flatten();
             ops.push(Op::Unmount {
                 key: key.clone(),
                 nested: innermost,
+                server,
             });
         }
     }

@@ -90,8 +90,12 @@ fn describe(op: &Op) -> String {
         Op::Unmount {
             key,
             nested: Some(path),
+            ..
         } => format!("{key} {}", path.display()),
-        Op::Unmount { key, nested: None } | Op::RemoveVolumeDir { key } => key.to_string(),
+        Op::Unmount {
+            key, nested: None, ..
+        }
+        | Op::RemoveVolumeDir { key } => key.to_string(),
         Op::RemovePodDir { pod_uid } => pod_uid.clone(),
         Op::UnmountGlobal { pv_name } | Op::RemoveGlobalDir { pv_name } => pv_name.clone(),
     }
