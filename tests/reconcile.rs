@@ -471,3 +471,42 @@ async fn a_manifest_caught_half_written_never_tears_anything_down() {
     );
     assert_eq!(world.mounts().len(), 4);
 }
+
+#[tokio::test]
+async fn an_nfs_unmount_that_hangs_is_forced_after_its_deadline_and_reported() {
+    let mut world = World::new();
+    world.settings.op_timeout = Duration::from_secs(1);
+    world.write("nfs.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: share, uid: share-uid}\nspec: {nodeName: node-a, containers: [], volumes: [{name: files, nfs: {server: nfs1, path: /exports/files}}]}\n");
+    let cancel = CancellationToken::new();
+    let (settings, mounter, stop) = (
+        world.settings.clone(),
+        world.mounter.clone(),
+        cancel.clone(),
+    );
+    let daemon = tokio::spawn(async move {
+        app::run(&settings, false, fake_host(mounter), stop)
+            .await
+            .unwrap()
+    });
+    let target = world.volume("share-uid", "nfs", "files");
+    wait_until(|| {
+        world
+            .mounts()
+            .iter()
+            .any(|(p, fs, _)| p == &target && fs == "nfs")
+    })
+    .await;
+    // The server dies: a plain unmount now hangs.
+    world.mounter.hang_at(&target);
+    world.remove("nfs.yaml");
+    wait_until(|| !world.settings.root_dir.join("pods/share-uid").exists()).await;
+    let calls = world.mounter.calls();
+    let forced = format!("umount-force {}", target.display());
+    assert!(calls.contains(&forced), "{calls:?}");
+    assert!(
+        world.mounts().iter().any(|(p, ..)| p.ends_with("cache")),
+        "other pods keep their volumes"
+    );
+    cancel.cancel();
+    daemon.await.unwrap();
+}

@@ -165,3 +165,69 @@ fn a_pod_without_uid_gets_a_stable_derived_uid() {
     assert_eq!(uid(&first), uid(&second));
     assert_eq!(uid(&first).len(), 36);
 }
+
+#[test]
+fn nfs_volumes_resolve_with_checked_fields_or_wait_with_the_reason() {
+    let text = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: files, uid: f-uid}
+spec:
+  containers: []
+  volumes:
+  - {name: ok, nfs: {server: nfs1.example.com, path: /exports/a, readOnly: true}}
+  - {name: sneaky, nfs: {server: "-oexec", path: /exports/a}}
+  - {name: spaced, nfs: {server: nfs1, path: "/a b"}}
+  - {name: claim, persistentVolumeClaim: {claimName: shared}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: shared}
+spec: {resources: {requests: {storage: 1Gi}}}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-nfs}
+spec: {capacity: {storage: 1Gi}, mountOptions: [hard, "nfsvers=4.1,exec"], nfs: {server: nfs2, path: /exports/b}}
+"#;
+    let mut manifests = Manifests::default();
+    manifests.add_file(Path::new("nfs.yaml"), text);
+    assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
+    let bindings = Bindings {
+        bound: BTreeMap::from([("default/shared".to_string(), "pv-nfs".to_string())]),
+        pending: BTreeMap::new(),
+    };
+    let state = resolve(&manifests, &bindings, &node());
+    assert_eq!(
+        spec_of(&state, "ok"),
+        MountSpec::Nfs {
+            server: "nfs1.example.com".into(),
+            path: "/exports/a".into(),
+            options: vec![],
+            read_only: true
+        }
+    );
+    let reason = |name: &str| {
+        state
+            .waiting
+            .iter()
+            .find(|w| w.volume_name == name)
+            .map(|w| w.reason.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason("sneaky").contains("NFS server"),
+        "{}",
+        reason("sneaky")
+    );
+    assert!(
+        reason("spaced").contains("NFS export path"),
+        "{}",
+        reason("spaced")
+    );
+    assert!(
+        reason("claim").contains("pv-nfs") && reason("claim").contains("contains ','"),
+        "{}",
+        reason("claim")
+    );
+}

@@ -194,9 +194,10 @@ impl Mounter for FakeMounter {
     fn force_unmount(&self, target: &Path, mode: ForceMode) -> Result<(), HostError> {
         // A forced or lazy unmount does not wait for the server: it ignores injected hangs.
         let mut state = self.lock();
+        let mode = format!("{mode:?}").to_lowercase();
         state
             .calls
-            .push(format!("umount-{mode:?} {}", target.display()).to_lowercase());
+            .push(format!("umount-{mode} {}", target.display()));
         if let Some(index) = state.table.iter().rposition(|m| m.mount_point == target) {
             state.table.remove(index);
         }

@@ -5,6 +5,7 @@
 
 mod blockdev;
 mod cases;
+mod nfs;
 mod sandbox;
 
 use libtest_mimic::{Arguments, Trial};
@@ -25,6 +26,7 @@ fn main() {
     let trials = cases::all()
         .into_iter()
         .chain(blockdev::all())
+        .chain(nfs::all())
         .map(|(name, test)| {
             Trial::test(name, move || test().map_err(Into::into))
                 .with_ignored_flag(unavailable.is_some())

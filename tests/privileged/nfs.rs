@@ -1,0 +1,334 @@
+//! NFS and hung-mount isolation, with two stand-ins (this kernel has no NFS client):
+//! a mount-helper script that records its arguments and then mounts a tmpfs, fails as
+//! mount.nfs does, or hangs forever; and a FUSE filesystem that never answers, to hang
+//! stat for real.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::sandbox::{check, eventually, text, Sandbox, TestResult};
+
+type Case = (&'static str, fn() -> TestResult);
+
+pub fn all() -> Vec<Case> {
+    vec![
+        (
+            "nfs_mounts_go_through_the_helper_with_exact_arguments",
+            nfs_mounts_go_through_the_helper_with_exact_arguments,
+        ),
+        (
+            "a_failing_nfs_server_fails_its_volume_alone",
+            a_failing_nfs_server_fails_its_volume_alone,
+        ),
+        (
+            "a_hung_nfs_server_stalls_nothing_else",
+            a_hung_nfs_server_stalls_nothing_else,
+        ),
+        (
+            "a_hung_filesystem_under_a_host_path_stalls_nothing_else",
+            a_hung_filesystem_under_a_host_path_stalls_nothing_else,
+        ),
+    ]
+}
+
+/// Writes the mount-helper stand-in; its log has one line per call, arguments tab-separated.
+fn helper(sb: &Sandbox) -> PathBuf {
+    let script = format!(
+        r#"#!/bin/sh
+for arg in "$@"; do printf '%s\t' "$arg"; done >> {log}
+echo >> {log}
+eval source=\${{$(($#-1))}}
+eval target=\${{$#}}
+case "$source" in
+  good*) exec mount -t tmpfs -o size=1m "$source" "$target" ;;
+  bad*) echo "mount.nfs: access denied by server while mounting $source" >&2; exit 32 ;;
+  hang*) exec sleep 100000 ;;
+esac
+exit 1
+"#,
+        log = sb.path("helper.log").display()
+    );
+    let path = sb.path("mount-helper");
+    std::fs::write(&path, script).unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&path).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+fn calls(sb: &Sandbox) -> Vec<Vec<String>> {
+    let log = std::fs::read_to_string(sb.path("helper.log")).unwrap_or_default();
+    log.lines()
+        .map(|l| {
+            l.trim_end_matches('\t')
+                .split('\t')
+                .map(str::to_string)
+                .collect()
+        })
+        .collect()
+}
+
+fn nfs_pod(name: &str, server: &str, extra: &str) -> String {
+    format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, uid: {name}-uid}}\nspec:\n  containers: []\n  volumes:\n  - {{name: share, nfs: {{server: {server}, path: /exports/{name}}}}}\n{extra}")
+}
+
+const SCRATCH: &str = "  - {name: scratch, emptyDir: {medium: Memory}}\n";
+
+fn once(sb: &Sandbox, helper: &Path) -> std::process::Output {
+    sb.volumed(&[
+        "run",
+        "--once",
+        "--mounter-path",
+        &helper.display().to_string(),
+        "--mount-timeout",
+        "3s",
+        "--op-timeout",
+        "2s",
+    ])
+}
+
+fn nfs_mounts_go_through_the_helper_with_exact_arguments() -> TestResult {
+    let sb = Sandbox::new(&format!("nfs-{:x}", fastrand::u32(..)));
+    let helper = helper(&sb);
+    sb.manifest("pv.yaml", "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: pv-nfs}\nspec:\n  capacity: {storage: 1Gi}\n  accessModes: [ReadWriteMany]\n  mountOptions: [nfsvers=4.1, hard]\n  nfs: {server: good1, path: /exports/shared}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: shared}\nspec: {accessModes: [ReadWriteMany], resources: {requests: {storage: 1Gi}}}\n");
+    sb.manifest(
+        "pod.yaml",
+        &(nfs_pod("web", "good2", "")
+            + "  - {name: data, persistentVolumeClaim: {claimName: shared, readOnly: true}}\n"),
+    );
+    let out = once(&sb, &helper);
+    check(out.status.success(), || {
+        format!("run --once: {}", text(&out.stderr))
+    })?;
+    let pv_target = sb.volume("web-uid", "nfs", "pv-nfs").display().to_string();
+    let inline_target = sb.volume("web-uid", "nfs", "share").display().to_string();
+    let mut got = calls(&sb);
+    got.sort();
+    let want = vec![
+        vec![
+            "-t".to_string(),
+            "nfs".into(),
+            "-o".into(),
+            "nfsvers=4.1,hard,ro".into(),
+            "good1:/exports/shared".into(),
+            pv_target,
+        ],
+        vec![
+            "-t".to_string(),
+            "nfs".into(),
+            "good2:/exports/web".into(),
+            inline_target,
+        ],
+    ];
+    check(got == want, || {
+        format!("helper argv {got:#?}\nwant {want:#?}")
+    })?;
+    check(sb.mounts().len() == 2, || format!("{:#?}", sb.mounts()))?;
+    std::fs::remove_file(sb.manifests.join("pod.yaml")).unwrap();
+    let out = once(&sb, &helper);
+    check(out.status.success() && sb.mounts().is_empty(), || {
+        format!("teardown: {}\n{:#?}", text(&out.stderr), sb.mounts())
+    })
+}
+
+fn a_failing_nfs_server_fails_its_volume_alone() -> TestResult {
+    let sb = Sandbox::new(&format!("nfsbad-{:x}", fastrand::u32(..)));
+    let helper = helper(&sb);
+    sb.manifest(
+        "pods.yaml",
+        &(nfs_pod("broken", "bad1", "") + &nfs_pod("fine", "good1", SCRATCH)),
+    );
+    let out = once(&sb, &helper);
+    let stderr = text(&out.stderr);
+    check(!out.status.success(), || {
+        "a failed NFS mount must fail the run".into()
+    })?;
+    check(stderr.contains("access denied by server"), || {
+        format!("the helper's error must be shown:\n{stderr}")
+    })?;
+    check(sb.mounts().len() == 2, || {
+        format!("the other pod must converge: {:#?}", sb.mounts())
+    })
+}
+
+/// A daemon with short deadlines and the helper stand-in.
+fn daemon(sb: &Sandbox, helper: &Path) -> Child {
+    let log = std::fs::File::create(sb.path("daemon.log")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_volumed"))
+        .args(["run", "--manifests"])
+        .arg(&sb.manifests)
+        .arg("--root-dir")
+        .arg(&sb.root)
+        .args(["--node-name", "node-a", "--host-path-root"])
+        .arg(&sb.base)
+        .arg("--mounter-path")
+        .arg(helper)
+        .args(["--mount-timeout", "3s", "--op-timeout", "1s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// `volumed status` must answer within 3 s and show the volume with a stuck/failed reason.
+fn status_names(sb: &Sandbox, pod: &str, volume: &str, reason: &str) -> TestResult {
+    let started = Instant::now();
+    let out = sb.volumed(&["status", "--output", "json"]);
+    let took = started.elapsed();
+    check(took < Duration::from_secs(3), || {
+        format!("status took {took:?}")
+    })?;
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("status json: {e}: {}", text(&out.stderr)))?;
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["pod"] == pod && r["volume"] == volume))
+        .ok_or(format!("{pod} {volume} not in status"))?;
+    check(
+        row["state"] == "failed" && row["reason"].as_str().is_some_and(|r| r.contains(reason)),
+        || format!("status row {row}"),
+    )
+}
+
+fn stop_quickly(sb: &Sandbox, daemon: Child) -> Result<String, String> {
+    let started = Instant::now();
+    let log = sb.stop(daemon)?;
+    let took = started.elapsed();
+    check(took < Duration::from_secs(5), || {
+        format!("SIGTERM took {took:?}\n{log}")
+    })?;
+    Ok(log)
+}
+
+fn a_hung_nfs_server_stalls_nothing_else() -> TestResult {
+    let sb = Sandbox::new(&format!("nfshang-{:x}", fastrand::u32(..)));
+    let helper = helper(&sb);
+    sb.manifest("hung.yaml", &nfs_pod("stuck", "hang1", ""));
+    sb.manifest(
+        "fine.yaml",
+        &(nfs_pod("fine", "good1", SCRATCH) + &nfs_pod("other", "good2", "")),
+    );
+    let daemon = daemon(&sb, &helper);
+    let result = (|| {
+        eventually(
+            Duration::from_secs(5),
+            "other pods converge while hang1 hangs",
+            || sb.mounts().len() == 3,
+        )?;
+        eventually(Duration::from_secs(8), "the hung mount is reported", || {
+            status_names(&sb, "default/stuck", "share", "killed").is_ok()
+        })?;
+        status_names(&sb, "default/stuck", "share", "did not finish within 3s")?;
+        std::fs::remove_file(sb.manifests.join("fine.yaml")).unwrap();
+        eventually(
+            Duration::from_secs(5),
+            "the other pods are torn down while hang1 hangs",
+            || sb.mounts().is_empty() && !sb.root.join("pods/fine-uid").exists(),
+        )
+    })();
+    let log = stop_quickly(&sb, daemon)?;
+    result.map_err(|e| format!("{e}\n{log}"))
+}
+
+/// A FUSE filesystem that never answers a lookup or getattr: anything that stats below it hangs.
+struct HungFs {
+    parked: Mutex<Vec<Box<dyn std::any::Any + Send>>>,
+}
+
+impl fuser::Filesystem for HungFs {
+    fn lookup(
+        &self,
+        _req: &fuser::Request,
+        _parent: fuser::INodeNo,
+        _name: &std::ffi::OsStr,
+        reply: fuser::ReplyEntry,
+    ) {
+        self.parked.lock().unwrap().push(Box::new(reply));
+    }
+
+    fn getattr(
+        &self,
+        _req: &fuser::Request,
+        _ino: fuser::INodeNo,
+        _fh: Option<fuser::FileHandle>,
+        reply: fuser::ReplyAttr,
+    ) {
+        self.parked.lock().unwrap().push(Box::new(reply));
+    }
+}
+
+/// Aborts the FUSE connection (every hung call returns) and lets the mount go.
+fn abort_fuse(mountpoint: &Path) {
+    let entry = crate::sandbox::mounts_under(mountpoint)
+        .into_iter()
+        .find(|m| m.mount_point == mountpoint);
+    if let Some(minor) = entry.and_then(|m| m.device.split(':').nth(1).map(str::to_string)) {
+        let _ = nix::mount::mount(
+            Some("fusectl"),
+            "/sys/fs/fuse/connections",
+            Some("fusectl"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+        let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+    }
+    let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
+}
+
+fn a_hung_filesystem_under_a_host_path_stalls_nothing_else() -> TestResult {
+    let sb = Sandbox::new(&format!("fuse-{:x}", fastrand::u32(..)));
+    let helper = helper(&sb);
+    let fuse = sb.path("fuse");
+    std::fs::create_dir_all(&fuse).unwrap();
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![fuser::MountOption::FSName("volumed-hung".into())];
+    let session = fuser::spawn_mount(
+        HungFs {
+            parked: Mutex::new(Vec::new()),
+        },
+        &fuse,
+        &config,
+    )
+    .map_err(|e| format!("FUSE mount: {e}"))?;
+    let hung_pod = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: stuck, uid: stuck-uid}}\nspec: {{containers: [], volumes: [{{name: data, hostPath: {{path: {}/data}}}}]}}\n", fuse.display());
+    sb.manifest("hung.yaml", &hung_pod);
+    sb.manifest("fine.yaml", &nfs_pod("fine", "good1", SCRATCH));
+    let daemon = daemon(&sb, &helper);
+    let result = (|| {
+        eventually(
+            Duration::from_secs(5),
+            "the other pod converges while a stat hangs",
+            || sb.mounts().len() == 2,
+        )?;
+        eventually(
+            Duration::from_secs(5),
+            "the hung volume is reported stuck",
+            || status_names(&sb, "default/stuck", "data", "stuck").is_ok(),
+        )?;
+        status_names(&sb, "default/stuck", "data", "stuck")
+    })();
+    // SIGTERM: the daemon's shutdown must finish promptly. Its thread stuck in the FUSE call
+    // cannot be reaped until the filesystem answers (the kernel waits uninterruptibly for a
+    // request a FUSE server already read), so the connection is aborted afterwards.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let log_path = sb.path("daemon.log");
+    let stopped = eventually(
+        Duration::from_secs(5),
+        "the daemon finishes its shutdown after SIGTERM",
+        || std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("volumed stopped")),
+    );
+    abort_fuse(&fuse);
+    drop(session);
+    let log = sb.stop(daemon).unwrap_or_else(|e| e);
+    stopped.map_err(|e| format!("{e}\n{log}"))?;
+    result.map_err(|e| format!("{e}\n{log}"))
+}
