@@ -54,6 +54,8 @@ pub struct Executor {
     in_flight: HashMap<OpKey, Instant>,
     /// In-flight keys whose op outlived its deadline.
     overdue: HashSet<OpKey>,
+    /// How many ops ever outlived their deadline.
+    stuck_total: u64,
     backoff: HashMap<OpKey, Backoff>,
     /// Ops that succeeded, by key. The same op asked for again right after succeeding made
     /// no visible progress; from the third time it waits like a failure, so a no-op can
@@ -76,6 +78,7 @@ impl Executor {
             events,
             in_flight: HashMap::new(),
             overdue: HashSet::new(),
+            stuck_total: 0,
             backoff: HashMap::new(),
             repeats: HashMap::new(),
             servers: HashMap::new(),
@@ -194,7 +197,8 @@ impl Executor {
         match event {
             OpEvent::Overdue { op, after } => {
                 self.overdue.insert(op.key());
-                tracing::warn!(op = op.verb(), key = %describe_key(&op.key()), after_s = after.as_secs(), "op is stuck past its deadline; its volume is uncertain and other volumes go on")
+                self.stuck_total += 1;
+                tracing::warn!(op = op.verb(), key = %describe_key(&op.key()), after_s = after.as_secs(), stuck_now = self.overdue.len(), stuck_total = self.stuck_total, "op is stuck past its deadline; its volume is uncertain and other volumes go on")
             }
             OpEvent::Finished {
                 op,
@@ -246,6 +250,11 @@ impl Executor {
     pub fn forget_failures(&mut self) {
         self.backoff.clear();
         self.repeats.clear();
+    }
+
+    /// Ops stuck past their deadline now, and ever.
+    pub fn stuck(&self) -> (usize, u64) {
+        (self.overdue.len(), self.stuck_total)
     }
 
     pub fn in_flight(&self) -> usize {
