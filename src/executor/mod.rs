@@ -252,11 +252,6 @@ impl Executor {
         self.repeats.clear();
     }
 
-    /// Ops stuck past their deadline now, and ever.
-    pub fn stuck(&self) -> (usize, u64) {
-        (self.overdue.len(), self.stuck_total)
-    }
-
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
