@@ -40,9 +40,7 @@ impl Host {
     /// This machine: real syscalls, real blkid/mkfs/fsck, real device events.
     pub fn real(mounter_path: &std::path::Path) -> Host {
         Host {
-            mounter: Arc::new(RealMounter {
-                mounter_path: mounter_path.to_path_buf(),
-            }),
+            mounter: Arc::new(RealMounter::new(mounter_path.to_path_buf())),
             formatter: Arc::new(RealFormatter),
             watch_devices: true,
         }

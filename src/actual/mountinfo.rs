@@ -180,10 +180,7 @@ impl PodMounts {
 
     /// The server of the NFS mount on top of a volume path (`server:/path` in mountinfo).
     pub fn nfs_server(&self, key: &VolumeKey) -> Option<String> {
-        let source = self.volumes.get(key)?.last()?.source.as_deref()?;
-        source
-            .rsplit_once(":/")
-            .map(|(server, _)| server.to_string())
+        nfs_server_of(self.volumes.get(key)?.last()?.source.as_deref()?)
     }
 
     pub fn is_mounted(&self, key: &VolumeKey) -> bool {
@@ -199,6 +196,18 @@ impl PodMounts {
                 .chain(self.nested.keys())
                 .any(|k| k.pod_uid == pod_uid)
     }
+}
+
+/// The server part of an NFS source, as the per-server cap keys it: up to the first `:/`
+/// (after a bracketed IPv6 address), lowercased.
+pub fn nfs_server_of(source: &str) -> Option<String> {
+    let split_from = if source.starts_with('[') {
+        source.find(']')?
+    } else {
+        0
+    };
+    let at = split_from + source[split_from..].find(":/")?;
+    Some(source[..at].to_ascii_lowercase())
 }
 
 /// The one path component of `rel`, if it has exactly one.
@@ -232,6 +241,13 @@ mod tests {
         assert!(entries[2].read_only && !entries[1].read_only);
         assert!(entries[2].mount_point.ends_with("my logs"));
         assert_eq!(entries[2].root, "/srv/data");
+    }
+
+    #[test]
+    fn nfs_servers_are_keyed_case_insensitively_up_to_the_first_colon_slash() {
+        assert_eq!(nfs_server_of("NFS1:/exports/a:/b").as_deref(), Some("nfs1"));
+        assert_eq!(nfs_server_of("[fd00::5]:/x").as_deref(), Some("[fd00::5]"));
+        assert_eq!(nfs_server_of("tmpfs"), None);
     }
 
     #[test]

@@ -122,65 +122,81 @@ impl Executor {
     /// How long this op may run before it is reported stuck: ops that bound their own blocking
     /// calls (the NFS helper, the escalating unmount) get their inner deadline plus slack.
     fn deadline_for(&self, op: &Op) -> Duration {
-        match (op, op.nfs_server()) {
-            (Op::SetUp { .. }, Some(_)) => self.config.nfs_mount_deadline + SLACK,
-            (_, Some(_)) => self.config.deadline + SLACK,
+        match op {
+            Op::SetUp { volume } if matches!(volume.spec, crate::model::MountSpec::Nfs { .. }) => {
+                self.config.nfs_mount_deadline + SLACK
+            }
+            Op::Unmount { key, .. } if key.plugin == crate::model::Plugin::Nfs => {
+                self.config.deadline + SLACK
+            }
             _ => self.config.deadline,
         }
     }
 
     fn spawn(&mut self, op: Op) {
         let deadline = self.deadline_for(&op);
-        let server = op.nfs_server().map(|server| {
-            let cap = self.config.max_per_server.max(1);
-            self.servers
-                .entry(server.to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(cap)))
-                .clone()
-        });
+        let server = op
+            .nfs_server()
+            .map(|server| server.to_ascii_lowercase())
+            .map(|server| {
+                let cap = self.config.max_per_server.max(1);
+                self.servers
+                    .entry(server.to_string())
+                    .or_insert_with(|| Arc::new(Semaphore::new(cap)))
+                    .clone()
+            });
         let (ctx, permits, events) = (self.ctx.clone(), self.permits.clone(), self.events.clone());
         let span = tracing::info_span!("op", op = op.verb(), key = %describe_key(&op.key()));
+        let started = Instant::now();
+        let worker_op = op.clone();
+        // Set when the op outlives its deadline, waiting for a slot included.
+        let (overdue_tx, mut overdue_rx) = tokio::sync::oneshot::channel::<()>();
+        let work = async move {
+            // The server's slot is held until the work really ends, stuck or not: a dead
+            // server can tie up at most its cap of threads.
+            let _server_slot = match server {
+                Some(slots) => Some(
+                    slots
+                        .acquire_owned()
+                        .await
+                        .expect("the semaphore is never closed"),
+                ),
+                None => None,
+            };
+            let permit = permits
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let worker_span = tracing::Span::current();
+            let mut handle = tokio::task::spawn_blocking(move || {
+                worker_span.in_scope(|| run_op(&ctx, &worker_op))
+            });
+            let joined = tokio::select! {
+                joined = &mut handle => joined,
+                _ = &mut overdue_rx => {
+                    // A stuck call gives its global slot back, so hung volumes cannot starve
+                    // the others; the key stays busy, so each volume has at most one.
+                    drop(permit);
+                    handle.await
+                }
+            };
+            joined.unwrap_or_else(|join| OpOutcome {
+                did: Err(format!("the worker running this op died: {join}")),
+                pod_dirs: None,
+                globals: None,
+            })
+        };
         tokio::spawn(
             async move {
-                // The server's slot is held until the work really ends, stuck or not: a dead
-                // server can tie up at most its cap of threads.
-                let _server_slot = match server {
-                    Some(slots) => Some(
-                        slots
-                            .acquire_owned()
-                            .await
-                            .expect("the semaphore is never closed"),
-                    ),
-                    None => None,
-                };
-                let permit = permits
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
-                let started = Instant::now();
-                let worker_op = op.clone();
-                let worker_span = tracing::Span::current();
-                let mut work = tokio::task::spawn_blocking(move || {
-                    worker_span.in_scope(|| run_op(&ctx, &worker_op))
-                });
-                let joined = match tokio::time::timeout(deadline, &mut work).await {
-                    Ok(joined) => joined,
-                    Err(_) => {
-                        // A stuck call gives its slot back, so hung volumes cannot starve the
-                        // others; the key stays busy, so each volume has at most one stuck call.
-                        drop(permit);
-                        let _ = events.send(OpEvent::Overdue {
-                            op: op.clone(),
-                            after: deadline,
-                        });
+                tokio::pin!(work);
+                let outcome = tokio::select! {
+                    outcome = &mut work => outcome,
+                    _ = tokio::time::sleep(deadline) => {
+                        let _ = events.send(OpEvent::Overdue { op: op.clone(), after: deadline });
+                        let _ = overdue_tx.send(());
                         work.await
                     }
                 };
-                let outcome = joined.unwrap_or_else(|join| OpOutcome {
-                    did: Err(format!("the worker running this op died: {join}")),
-                    pod_dirs: None,
-                    globals: None,
-                });
                 let _ = events.send(OpEvent::Finished {
                     op,
                     outcome,

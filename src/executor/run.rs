@@ -26,6 +26,8 @@ pub struct OpContext {
     pub mount_timeout: Duration,
     /// How long a plain unmount may hang before an NFS unmount is forced.
     pub unmount_timeout: Duration,
+    /// Volume paths with an unmount call still hanging on a thread of its own.
+    pub lingering: Arc<std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>>,
 }
 
 impl OpContext {
@@ -44,6 +46,7 @@ impl OpContext {
             staging: StagingLocks::default(),
             mount_timeout: Duration::from_secs(120),
             unmount_timeout: Duration::from_secs(30),
+            lingering: Arc::default(),
         }
     }
 }
@@ -110,23 +113,45 @@ pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
 /// answer within the deadline, umount --force, and if even that hangs, a lazy detach. The
 /// stuck calls are left behind on their threads (one per volume at most) and reported.
 fn unmount_escalating(ctx: &OpContext, target: &Path) -> Result<&'static str, HostError> {
-    let attempt = |mode: Option<ForceMode>| {
+    // An earlier try left a call hanging on this volume: add none, go straight to the detach.
+    if ctx
+        .lingering
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(target)
+    {
+        ctx.mounter.force_unmount(target, ForceMode::Detach)?;
+        return Ok("detached lazily (umount -l): an earlier unmount of it still hangs");
+    }
+    let attempt = |mode: Option<ForceMode>, wait: Duration| {
         let (tx, rx) = std::sync::mpsc::channel();
-        let (mounter, target) = (ctx.mounter.clone(), target.to_path_buf());
+        let (mounter, path) = (ctx.mounter.clone(), target.to_path_buf());
+        let lingering = ctx.lingering.clone();
         std::thread::spawn(move || {
             let result = match mode {
-                None => mounter.unmount(&target),
-                Some(mode) => mounter.force_unmount(&target, mode),
+                None => mounter.unmount(&path),
+                Some(mode) => mounter.force_unmount(&path, mode),
             };
+            lingering
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&path);
             let _ = tx.send(result);
         });
-        rx
+        let answer = rx.recv_timeout(wait).ok();
+        if answer.is_none() {
+            ctx.lingering
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(target.to_path_buf());
+        }
+        answer
     };
-    if let Ok(result) = attempt(None).recv_timeout(ctx.unmount_timeout) {
+    if let Some(result) = attempt(None, ctx.unmount_timeout) {
         return result.map(|()| "unmounted");
     }
     tracing::warn!(target = %target.display(), after_s = ctx.unmount_timeout.as_secs(), "unmount did not answer; forcing it (umount -f)");
-    if let Ok(Ok(())) = attempt(Some(ForceMode::Force)).recv_timeout(FORCE_WAIT) {
+    if let Some(Ok(())) = attempt(Some(ForceMode::Force), FORCE_WAIT) {
         return Ok("unmounted with umount -f after the server stopped answering");
     }
     tracing::warn!(target = %target.display(), "forced unmount did not finish either; detaching lazily (umount -l)");

@@ -188,7 +188,17 @@ impl Mounter for FakeMounter {
                 what: format!("nfs {source}"),
                 target: target.path.clone(),
                 source: err,
-            })
+            })?;
+        // mountinfo shows an NFS mount's source as server:/path.
+        let mut state = self.lock();
+        if let Some(entry) = state
+            .table
+            .iter_mut()
+            .rfind(|m| m.mount_point == target.path)
+        {
+            entry.source = Some(source.to_string());
+        }
+        Ok(())
     }
 
     fn force_unmount(&self, target: &Path, mode: ForceMode) -> Result<(), HostError> {

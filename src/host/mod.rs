@@ -6,6 +6,7 @@ pub mod format;
 pub mod fs;
 mod fs_util;
 mod global;
+mod helper;
 pub mod real;
 
 use std::os::fd::OwnedFd;

@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -12,6 +12,7 @@ use nix::mount::{umount2, MntFlags, MsFlags};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, StatxAttributes, StatxFlags};
 use sys_mount::{Mount, MountFlags};
 
+use super::helper::HelperRuns;
 use super::{ForceMode, HostError, Mounter, Source, Target};
 use crate::actual::mountinfo::{parse, MountEntry};
 
@@ -20,13 +21,21 @@ const MOUNTINFO: &str = "/proc/self/mountinfo";
 pub struct RealMounter {
     /// The mount helper for NFS (`--mounter-path`), as kubelet's mounter path.
     pub mounter_path: PathBuf,
+    helpers: HelperRuns,
+}
+
+impl RealMounter {
+    pub fn new(mounter_path: PathBuf) -> RealMounter {
+        RealMounter {
+            mounter_path,
+            helpers: HelperRuns::default(),
+        }
+    }
 }
 
 impl Default for RealMounter {
     fn default() -> Self {
-        RealMounter {
-            mounter_path: PathBuf::from("mount"),
-        }
+        RealMounter::new(PathBuf::from("mount"))
     }
 }
 
@@ -152,35 +161,34 @@ impl Mounter for RealMounter {
         read_only: bool,
         deadline: Duration,
     ) -> Result<(), HostError> {
-        let mut options = options.to_vec();
+        let mut options: Vec<String> = options
+            .iter()
+            .filter(|o| !(read_only && *o == "rw"))
+            .cloned()
+            .collect();
         if read_only && !options.iter().any(|o| o == "ro") {
             options.push("ro".into());
         }
-        // <mounter> -t nfs -o <options> <server:path> <target>: one argument per field, no shell.
+        // <mounter> -t nfs -o <options> <server:path> <target>: one argument per field, no
+        // shell. The helper gets the target as a path (it cannot take our fd); it was just
+        // created below the root dir without following links.
         let mut command = Command::new(&self.mounter_path);
         command.args(["-t", "nfs"]);
         if !options.is_empty() {
             command.arg("-o").arg(options.join(","));
         }
-        command
-            .arg(source)
-            .arg(&target.path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        command.arg(source).arg(&target.path);
         let what = format!("nfs {source} ({} -t nfs)", self.mounter_path.display());
-        let child = command.spawn().map_err(mount_error(&what, &target.path))?;
-        let output =
-            wait_with_deadline(child, deadline).map_err(mount_error(&what, &target.path))?;
-        if output.status.success() {
-            return Ok(());
-        }
-        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
-        Err(HostError::Mount {
-            what,
+        let fail = |message: String| HostError::Mount {
+            what: what.clone(),
             target: target.path.clone(),
-            source: std::io::Error::other(format!("the mount helper {}: {stderr}", output.status)),
-        })
+            source: std::io::Error::other(message),
+        };
+        match self.helpers.run(command, &target.path, deadline) {
+            Ok((status, _)) if status.success() => Ok(()),
+            Ok((status, output)) => Err(fail(format!("the mount helper {status}: {output}"))),
+            Err(why) => Err(fail(format!("the mount helper: {why}"))),
+        }
     }
 
     fn force_unmount(&self, target: &Path, mode: ForceMode) -> Result<(), HostError> {
@@ -278,35 +286,6 @@ pub fn split_options(options: &[String], read_only: bool) -> (MountFlags, String
         }
     }
     (flags, data.join(","))
-}
-
-/// Waits for a helper; past `deadline` kills it (SIGKILL) and gives up on it.
-fn wait_with_deadline(
-    child: std::process::Child,
-    deadline: Duration,
-) -> std::io::Result<std::process::Output> {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(deadline) {
-        Ok(output) => output,
-        Err(_) => {
-            // kill -KILL <pid>: a helper stuck on a dead server must not pile up.
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let reaped = rx.recv_timeout(Duration::from_secs(5)).is_ok();
-            Err(std::io::Error::other(format!(
-                "the mount helper did not finish within {}s and was killed{}",
-                deadline.as_secs(),
-                if reaped {
-                    ""
-                } else {
-                    " (it has not exited yet)"
-                }
-            )))
-        }
-    }
 }
 
 fn mount_error(what: &str, target: &Path) -> impl FnOnce(std::io::Error) -> HostError {
