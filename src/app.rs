@@ -102,6 +102,7 @@ pub async fn run(
         deadline: settings.op_timeout,
         nfs_mount_deadline: settings.mount_timeout,
         max_per_server: settings.max_ops_per_server,
+        slack: crate::executor::SLACK,
         backoff: BackoffPolicy::default(),
         retry: !once,
     };

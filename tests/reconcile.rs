@@ -472,8 +472,9 @@ async fn a_manifest_caught_half_written_never_tears_anything_down() {
     assert_eq!(world.mounts().len(), 4);
 }
 
-#[tokio::test]
-async fn an_nfs_unmount_that_hangs_is_forced_after_its_deadline_and_reported() {
+/// Runs a daemon with an NFS pod, hangs its server, removes the pod, and returns the calls
+/// made while a new pod converged during the hang.
+async fn hung_nfs_teardown(force_hangs_too: bool) -> (World, Vec<String>) {
     let mut world = World::new();
     world.settings.op_timeout = Duration::from_secs(1);
     world.write("nfs.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: share, uid: share-uid}\nspec: {nodeName: node-a, containers: [], volumes: [{name: files, nfs: {server: nfs1, path: /exports/files}}]}\n");
@@ -496,17 +497,53 @@ async fn an_nfs_unmount_that_hangs_is_forced_after_its_deadline_and_reported() {
             .any(|(p, fs, _)| p == &target && fs == "nfs")
     })
     .await;
-    // The server dies: a plain unmount now hangs.
+    // The server dies: a plain unmount now hangs (and, if asked, a forced one too).
     world.mounter.hang_at(&target);
+    if force_hangs_too {
+        world.mounter.hang_forced_unmounts_too();
+    }
     world.remove("nfs.yaml");
+    // A pod that arrives during the hang converges all the same.
+    world.write("late.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: late, uid: late-uid}\nspec: {nodeName: node-a, containers: [], volumes: [{name: t, emptyDir: {medium: Memory}}]}\n");
+    let late = world.volume("late-uid", "empty-dir", "t");
+    wait_until(|| world.mounts().iter().any(|(p, ..)| p == &late)).await;
     wait_until(|| !world.settings.root_dir.join("pods/share-uid").exists()).await;
-    let calls = world.mounter.calls();
-    let forced = format!("umount-force {}", target.display());
-    assert!(calls.contains(&forced), "{calls:?}");
-    assert!(
-        world.mounts().iter().any(|(p, ..)| p.ends_with("cache")),
-        "other pods keep their volumes"
-    );
     cancel.cancel();
     daemon.await.unwrap();
+    world.mounter.release(&target);
+    let calls = world.mounter.calls();
+    (world, calls)
+}
+
+#[tokio::test]
+async fn an_nfs_unmount_that_hangs_is_forced_after_its_deadline() {
+    let (world, calls) = hung_nfs_teardown(false).await;
+    let target = world
+        .volume("share-uid", "nfs", "files")
+        .display()
+        .to_string();
+    let position = |call: &str| calls.iter().position(|c| c == &format!("{call} {target}"));
+    let (plain, forced) = (position("umount"), position("umount-force"));
+    assert!(
+        plain.is_some() && forced > plain,
+        "a plain unmount first, then the forced one: {calls:?}"
+    );
+    assert_eq!(
+        position("umount-detach"),
+        None,
+        "no detach when the forced unmount works"
+    );
+}
+
+#[tokio::test]
+async fn an_nfs_unmount_whose_force_hangs_too_is_detached_lazily() {
+    let (world, calls) = hung_nfs_teardown(true).await;
+    let target = world
+        .volume("share-uid", "nfs", "files")
+        .display()
+        .to_string();
+    assert!(
+        calls.contains(&format!("umount-detach {target}")),
+        "{calls:?}"
+    );
 }

@@ -29,6 +29,8 @@ pub struct ExecutorConfig {
     pub nfs_mount_deadline: Duration,
     /// Ops in flight per NFS server, stuck ones included.
     pub max_per_server: usize,
+    /// Added to the deadline of ops that enforce their own inner deadline (`SLACK`).
+    pub slack: Duration,
     pub backoff: BackoffPolicy,
     /// False for `run --once`: a failed op is reported, not retried.
     pub retry: bool,
@@ -124,10 +126,10 @@ impl Executor {
     fn deadline_for(&self, op: &Op) -> Duration {
         match op {
             Op::SetUp { volume } if matches!(volume.spec, crate::model::MountSpec::Nfs { .. }) => {
-                self.config.nfs_mount_deadline + SLACK
+                self.config.nfs_mount_deadline + self.config.slack
             }
             Op::Unmount { key, .. } if key.plugin == crate::model::Plugin::Nfs => {
-                self.config.deadline + SLACK
+                self.config.deadline + self.config.slack
             }
             _ => self.config.deadline,
         }
@@ -293,7 +295,7 @@ impl Executor {
 }
 
 /// Extra time for ops that enforce their own deadline, so they report rather than go stuck.
-const SLACK: Duration = Duration::from_secs(15);
+pub const SLACK: Duration = Duration::from_secs(15);
 
 pub fn describe_key(key: &OpKey) -> String {
     match key {
@@ -323,9 +325,10 @@ mod tests {
     fn config() -> ExecutorConfig {
         ExecutorConfig {
             max_concurrent: 4,
-            deadline: Duration::from_secs(5),
-            nfs_mount_deadline: Duration::from_secs(5),
+            deadline: Duration::from_millis(300),
+            nfs_mount_deadline: Duration::from_millis(300),
             max_per_server: 1,
+            slack: Duration::from_millis(100),
             backoff: BackoffPolicy::default(),
             retry: true,
         }
@@ -378,7 +381,22 @@ mod tests {
         let event = events.recv().await.unwrap();
         executor.complete(&event);
         assert!(matches!(&event, OpEvent::Finished { op, .. } if op.pod_uid() == Some("p3")));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Past every deadline (slack included): p1 is stuck, p2 is overdue waiting for the
+        // slot, and still p2 has not started.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let mut overdue = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            executor.complete(&event);
+            if let OpEvent::Overdue { op, .. } = &event {
+                overdue.push(op.pod_uid().unwrap_or_default().to_string());
+            }
+        }
+        overdue.sort();
+        assert_eq!(
+            overdue,
+            ["p1", "p2"],
+            "both the stuck op and the one waiting for its slot are overdue"
+        );
         let calls = mounter.calls();
         assert!(calls
             .iter()

@@ -24,6 +24,8 @@ struct FakeState {
     failures: BTreeMap<PathBuf, String>,
     /// Mount or unmount at these paths blocks until `release` is called.
     hangs: Vec<PathBuf>,
+    /// A forced unmount at a hung path hangs too (the lazy detach never does).
+    force_hangs: bool,
     /// Every mount and unmount, in order, as `mount <target>` / `umount <target>`.
     pub calls: Vec<String>,
 }
@@ -45,6 +47,10 @@ impl FakeMounter {
 
     pub fn hang_at(&self, target: &Path) {
         self.lock().hangs.push(target.to_path_buf());
+    }
+
+    pub fn hang_forced_unmounts_too(&self) {
+        self.lock().force_hangs = true;
     }
 
     pub fn release(&self, target: &Path) {
@@ -202,12 +208,19 @@ impl Mounter for FakeMounter {
     }
 
     fn force_unmount(&self, target: &Path, mode: ForceMode) -> Result<(), HostError> {
-        // A forced or lazy unmount does not wait for the server: it ignores injected hangs.
+        // A lazy unmount never waits for the server; a forced one waits only when told to.
         let mut state = self.lock();
-        let mode = format!("{mode:?}").to_lowercase();
-        state
-            .calls
-            .push(format!("umount-{mode} {}", target.display()));
+        state.calls.push(format!(
+            "umount-{} {}",
+            format!("{mode:?}").to_lowercase(),
+            target.display()
+        ));
+        while mode == ForceMode::Force
+            && state.force_hangs
+            && state.hangs.iter().any(|p| p == target)
+        {
+            state = self.released.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
         if let Some(index) = state.table.iter().rposition(|m| m.mount_point == target) {
             state.table.remove(index);
         }

@@ -44,7 +44,7 @@ eval target=\${{$#}}
 case "$source" in
   good*) exec mount -t tmpfs -o size=1m "$source" "$target" ;;
   bad*) echo "mount.nfs: access denied by server while mounting $source" >&2; exit 32 ;;
-  hang*) exec sleep 100000 ;;
+  hang*) sleep 100001 & wait ;;
 esac
 exit 1
 "#,
@@ -224,7 +224,9 @@ fn a_hung_nfs_server_stalls_nothing_else() -> TestResult {
             status_names(&sb, "default/stuck", "share", "killed").is_ok()
         })?;
         status_names(&sb, "default/stuck", "share", "did not finish within 3s")?;
+        // Both the hung pod and the others go: the hung one must not hold up the others.
         std::fs::remove_file(sb.manifests.join("fine.yaml")).unwrap();
+        std::fs::remove_file(sb.manifests.join("hung.yaml")).unwrap();
         eventually(
             Duration::from_secs(5),
             "the other pods are torn down while hang1 hangs",
@@ -232,7 +234,16 @@ fn a_hung_nfs_server_stalls_nothing_else() -> TestResult {
         )
     })();
     let log = stop_quickly(&sb, daemon)?;
-    result.map_err(|e| format!("{e}\n{log}"))
+    result.map_err(|e| format!("{e}\n{log}"))?;
+    // Like mount → mount.nfs, the stand-in leaves a child holding its output: killing the
+    // helper's process group must take that child too.
+    let leftover = Command::new("pgrep")
+        .args(["-f", "sleep 100001"])
+        .output()
+        .unwrap();
+    check(text(&leftover.stdout).trim().is_empty(), || {
+        format!("helper children left running: {}", text(&leftover.stdout))
+    })
 }
 
 /// A FUSE filesystem that never answers a lookup or getattr: anything that stats below it hangs.
