@@ -23,9 +23,18 @@ const OUTPUT_LIMIT: u64 = 16 * 1024;
 #[derive(Default)]
 pub struct HelperRuns(Mutex<HashMap<PathBuf, Pid>>);
 
+/// True while a process of the group is alive; zombies waiting to be reaped do not count.
 fn group_alive(pgid: Pid) -> bool {
-    // kill -0 -<pgid>
-    killpg(pgid, None).is_ok()
+    // kill -0 -<pgid> first: cheap, and final when it says the group is gone.
+    if killpg(pgid, None).is_err() {
+        return false;
+    }
+    let Ok(processes) = procfs::process::all_processes() else {
+        return true;
+    };
+    processes
+        .filter_map(|p| p.ok()?.stat().ok())
+        .any(|stat| stat.pgrp == pgid.as_raw() && stat.state != 'Z')
 }
 
 impl HelperRuns {
