@@ -300,17 +300,7 @@ async fn the_daemon_retries_a_failed_volume_with_backoff_until_it_works() {
     let world = World::new();
     let cache = world.volume("web-uid", "empty-dir", "cache");
     world.mounter.fail_at(&cache, "simulated transient failure");
-    let cancel = CancellationToken::new();
-    let (settings, mounter, stop) = (
-        world.settings.clone(),
-        world.mounter.clone(),
-        cancel.clone(),
-    );
-    let daemon = tokio::spawn(async move {
-        app::run(&settings, false, fake_host(mounter), stop)
-            .await
-            .unwrap()
-    });
+    let (cancel, daemon) = start_daemon(&world);
     wait_until(|| {
         world
             .mounter
@@ -336,6 +326,19 @@ async fn the_daemon_retries_a_failed_volume_with_backoff_until_it_works() {
 async fn the_daemon_follows_manifest_changes() {
     let world = World::new();
     world.remove("web.yaml");
+    let (cancel, daemon) = start_daemon(&world);
+    let cache = world.volume("web-uid", "empty-dir", "cache");
+    wait_until(|| world.mounts().len() == 1).await;
+    world.write("web.yaml", WEB);
+    wait_until(|| world.mounts().iter().any(|(p, ..)| p == &cache)).await;
+    world.remove("web.yaml");
+    wait_until(|| !world.settings.root_dir.join("pods/web-uid").exists()).await;
+    cancel.cancel();
+    daemon.await.unwrap();
+}
+
+/// Runs the daemon on the world until the returned token is cancelled.
+fn start_daemon(world: &World) -> (CancellationToken, tokio::task::JoinHandle<Report>) {
     let cancel = CancellationToken::new();
     let (settings, mounter, stop) = (
         world.settings.clone(),
@@ -347,14 +350,7 @@ async fn the_daemon_follows_manifest_changes() {
             .await
             .unwrap()
     });
-    let cache = world.volume("web-uid", "empty-dir", "cache");
-    wait_until(|| world.mounts().len() == 1).await;
-    world.write("web.yaml", WEB);
-    wait_until(|| world.mounts().iter().any(|(p, ..)| p == &cache)).await;
-    world.remove("web.yaml");
-    wait_until(|| !world.settings.root_dir.join("pods/web-uid").exists()).await;
-    cancel.cancel();
-    daemon.await.unwrap();
+    (cancel, daemon)
 }
 
 /// The fake mounter, a fake formatter, and no device watching: nothing touches the host.
@@ -402,17 +398,7 @@ async fn a_hung_volume_never_stalls_the_others_and_is_reported_stuck() {
     world.settings.op_timeout = Duration::from_millis(200);
     let cache = world.volume("web-uid", "empty-dir", "cache");
     world.mounter.hang_at(&cache);
-    let cancel = CancellationToken::new();
-    let (settings, mounter, stop) = (
-        world.settings.clone(),
-        world.mounter.clone(),
-        cancel.clone(),
-    );
-    let daemon = tokio::spawn(async move {
-        app::run(&settings, false, fake_host(mounter), stop)
-            .await
-            .unwrap()
-    });
+    let (cancel, daemon) = start_daemon(&world);
     // Every other volume converges while the cache mount hangs.
     wait_until(|| world.mounts().len() == 3).await;
     let failures = world.settings.root_dir.join("state/failures.json");
@@ -437,17 +423,7 @@ async fn a_hung_volume_never_stalls_the_others_and_is_reported_stuck() {
 #[tokio::test]
 async fn a_manifest_caught_half_written_never_tears_anything_down() {
     let world = World::new();
-    let cancel = CancellationToken::new();
-    let (settings, mounter, stop) = (
-        world.settings.clone(),
-        world.mounter.clone(),
-        cancel.clone(),
-    );
-    let daemon = tokio::spawn(async move {
-        app::run(&settings, false, fake_host(mounter), stop)
-            .await
-            .unwrap()
-    });
+    let (cancel, daemon) = start_daemon(&world);
     wait_until(|| world.mounts().len() == 4).await;
     // A writer that truncates and rewrites in two steps: the first step still parses, as a
     // pod with fewer volumes.
@@ -478,17 +454,7 @@ async fn hung_nfs_teardown(force_hangs_too: bool) -> (World, Vec<String>) {
     let mut world = World::new();
     world.settings.op_timeout = Duration::from_secs(1);
     world.write("nfs.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: share, uid: share-uid}\nspec: {nodeName: node-a, containers: [], volumes: [{name: files, nfs: {server: nfs1, path: /exports/files}}]}\n");
-    let cancel = CancellationToken::new();
-    let (settings, mounter, stop) = (
-        world.settings.clone(),
-        world.mounter.clone(),
-        cancel.clone(),
-    );
-    let daemon = tokio::spawn(async move {
-        app::run(&settings, false, fake_host(mounter), stop)
-            .await
-            .unwrap()
-    });
+    let (cancel, daemon) = start_daemon(&world);
     let target = world.volume("share-uid", "nfs", "files");
     wait_until(|| {
         world

@@ -277,32 +277,35 @@ fn claim_request(claim: &PersistentVolumeClaim) -> Result<u64, String> {
 const BETA_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-class";
 
 fn claim_class(claim: &PersistentVolumeClaim) -> String {
-    let annotation = claim
-        .metadata
-        .annotations
+    let spec_class = claim
+        .spec
         .as_ref()
-        .and_then(|a| a.get(BETA_CLASS_ANNOTATION));
-    annotation
-        .cloned()
-        .or_else(|| {
-            claim
-                .spec
-                .as_ref()
-                .and_then(|s| s.storage_class_name.clone())
-        })
-        .unwrap_or_default()
+        .and_then(|s| s.storage_class_name.as_deref());
+    storage_class(&claim.metadata, spec_class)
 }
 
 fn pv_class(pv: &PersistentVolume) -> String {
-    let annotation = pv
-        .metadata
+    let spec_class = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.as_deref());
+    storage_class(&pv.metadata, spec_class)
+}
+
+/// The beta annotation wins over the spec field, as in Kubernetes; none means "".
+fn storage_class(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec_class: Option<&str>,
+) -> String {
+    let annotation = meta
         .annotations
         .as_ref()
         .and_then(|a| a.get(BETA_CLASS_ANNOTATION));
     annotation
-        .cloned()
-        .or_else(|| pv.spec.as_ref().and_then(|s| s.storage_class_name.clone()))
+        .map(String::as_str)
+        .or(spec_class)
         .unwrap_or_default()
+        .to_string()
 }
 
 fn waits_for_consumer(input: &BindInput, claim: &PersistentVolumeClaim) -> bool {
