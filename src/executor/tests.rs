@@ -1,0 +1,177 @@
+//! Executor tests against the fake host: backoff, one op per key, per-server caps.
+use super::*;
+use crate::host::fake::FakeMounter;
+use crate::host::fs::PodFs;
+use crate::model::{DesiredVolume, MountSpec, Plugin, PodRef, VolumeKey};
+
+fn config() -> ExecutorConfig {
+    ExecutorConfig {
+        max_concurrent: 4,
+        deadline: Duration::from_millis(300),
+        nfs_mount_deadline: Duration::from_millis(300),
+        max_per_server: 1,
+        slack: Duration::from_millis(100),
+        backoff: BackoffPolicy::default(),
+        retry: true,
+    }
+}
+
+fn nfs(pod: &str, server: &str) -> Op {
+    let key = VolumeKey::new(pod, Plugin::Nfs, "share");
+    let pod_ref = PodRef {
+        namespace: "default".into(),
+        name: pod.into(),
+        uid: pod.into(),
+    };
+    let spec = MountSpec::Nfs {
+        server: server.into(),
+        path: "/export".into(),
+        options: vec![],
+        read_only: false,
+    };
+    Op::SetUp {
+        volume: Box::new(DesiredVolume {
+            key,
+            pod: pod_ref,
+            volume_name: "share".into(),
+            pv_name: None,
+            spec,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_hung_nfs_server_gets_no_more_than_its_cap_while_other_servers_go_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let mounter = FakeMounter::new();
+    let fs = PodFs::new(root.clone(), vec![root.clone()]);
+    let formatter = Arc::new(crate::host::format::FakeFormatter::default());
+    let (mut executor, mut events) =
+        Executor::new(OpContext::new(mounter.clone(), fs, formatter, 1), config());
+    let target = |pod: &str| root.join(format!("pods/{pod}/volumes/kubernetes.io~nfs/share"));
+    mounter.hang_at(&target("p1"));
+    assert_eq!(
+        executor.submit(vec![
+            nfs("p1", "dead"),
+            nfs("p2", "dead"),
+            nfs("p3", "alive")
+        ]),
+        3
+    );
+    // p3's server is fine: it finishes while p1 hangs and p2 waits for dead's only slot.
+    let event = events.recv().await.unwrap();
+    executor.complete(&event);
+    assert!(matches!(&event, OpEvent::Finished { op, .. } if op.pod_uid() == Some("p3")));
+    // Past every deadline (slack included): p1 is stuck, p2 is overdue waiting for the
+    // slot, and still p2 has not started.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut overdue = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        executor.complete(&event);
+        if let OpEvent::Overdue { op, .. } = &event {
+            overdue.push(op.pod_uid().unwrap_or_default().to_string());
+        }
+    }
+    overdue.sort();
+    assert_eq!(
+        overdue,
+        ["p1", "p2"],
+        "both the stuck op and the one waiting for its slot are overdue"
+    );
+    let calls = mounter.calls();
+    assert!(calls
+        .iter()
+        .any(|c| c.ends_with("p1/volumes/kubernetes.io~nfs/share")));
+    assert!(
+        !calls.iter().any(|c| c.contains("/p2/")),
+        "p2 must wait for the dead server's slot: {calls:?}"
+    );
+    mounter.release(&target("p1"));
+    for _ in 0..2 {
+        let event = events.recv().await.unwrap();
+        executor.complete(&event);
+    }
+    assert_eq!(mounter.table().len(), 3);
+}
+
+fn set_up(size: u64) -> Op {
+    let key = VolumeKey {
+        pod_uid: "u1".into(),
+        plugin: Plugin::EmptyDir,
+        name: "cache".into(),
+        block: false,
+    };
+    let pod = PodRef {
+        namespace: "default".into(),
+        name: "p".into(),
+        uid: "u1".into(),
+    };
+    let spec = MountSpec::Tmpfs {
+        size_bytes: Some(size),
+    };
+    Op::SetUp {
+        volume: Box::new(DesiredVolume {
+            key,
+            pod,
+            volume_name: "cache".into(),
+            pv_name: None,
+            spec,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_failed_op_backs_off_one_op_per_key_and_a_changed_spec_runs_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let mounter = FakeMounter::new();
+    let fs = PodFs::new(root.clone(), vec![root.clone()]);
+    let config = config();
+    let (mut executor, mut events) = Executor::new(
+        OpContext::new(
+            mounter.clone(),
+            fs,
+            Arc::new(crate::host::format::FakeFormatter::default()),
+            2,
+        ),
+        config,
+    );
+    let target = root.join("pods/u1/volumes/kubernetes.io~empty-dir/cache");
+    mounter.fail_at(&target, "simulated failure");
+
+    assert_eq!(executor.submit(vec![set_up(1 << 20)]), 1);
+    assert_eq!(
+        executor.submit(vec![set_up(1 << 20)]),
+        0,
+        "one op per key while it runs"
+    );
+    let event = events.recv().await.unwrap();
+    executor.complete(&event);
+    assert_eq!(
+        executor.submit(vec![set_up(1 << 20)]),
+        0,
+        "the same spec waits out its backoff"
+    );
+    let retry = executor.next_retry().expect("a retry is scheduled");
+    assert!(
+        retry > Instant::now() + Duration::from_millis(300),
+        "about 500 ms after the failure"
+    );
+
+    mounter.clear_failure(&target);
+    assert_eq!(
+        executor.submit(vec![set_up(2 << 20)]),
+        1,
+        "a changed spec is tried at once"
+    );
+    assert_eq!(
+        executor.next_retry(),
+        None,
+        "no wake-up for a key that is running"
+    );
+    let event = events.recv().await.unwrap();
+    executor.complete(&event);
+    assert!(matches!(&event, OpEvent::Finished { outcome, .. } if outcome.did.is_ok()));
+    assert_eq!(mounter.table().len(), 1);
+}
