@@ -1,6 +1,7 @@
 //! Desired state: what the pods on this host need, published as complete snapshots on a
 //! `watch` channel by a source (the manifest directory now, the API later).
 
+pub mod api_bindings;
 pub mod binder;
 pub mod binding_store;
 pub mod file;

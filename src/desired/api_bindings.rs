@@ -1,0 +1,142 @@
+//! API mode's claim → volume resolution (pure), as kubelet's desired-state populator does it:
+//! the cluster's controllers bind; volumed only checks that a claim is bound, consistently,
+//! and leaves a volume pending with the reason otherwise.
+
+use super::binder::Bindings;
+use super::manifest::Manifests;
+
+/// Bindings read from the objects themselves: a claim must exist, not be terminating, be
+/// `Bound` to `spec.volumeName`, and that volume's `claimRef` must name this very claim.
+pub fn bindings_from_api(objects: &Manifests) -> Bindings {
+    let mut out = Bindings::default();
+    for (key, claim) in &objects.claims {
+        match check(objects, key, claim) {
+            Ok(pv_name) => {
+                out.bound.insert(key.clone(), pv_name);
+            }
+            Err(why) => {
+                out.pending.insert(key.clone(), why);
+            }
+        }
+    }
+    out
+}
+
+fn check(
+    objects: &Manifests,
+    key: &str,
+    claim: &k8s_openapi::api::core::v1::PersistentVolumeClaim,
+) -> Result<String, String> {
+    if claim.metadata.deletion_timestamp.is_some() {
+        return Err("the claim is being deleted".into());
+    }
+    let phase = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending");
+    let pv_name = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .unwrap_or_default();
+    if phase != "Bound" || pv_name.is_empty() {
+        return Err(format!("the claim is {phase}, not bound to a volume yet"));
+    }
+    let pv = objects.volumes.get(&pv_name).ok_or_else(|| {
+        format!("the claim is bound to PersistentVolume {pv_name}, which does not exist")
+    })?;
+    let claim_ref = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+    let Some(claim_ref) = claim_ref else {
+        return Err(format!(
+            "PersistentVolume {pv_name} has no claimRef back to the claim"
+        ));
+    };
+    let ref_key = format!(
+        "{}/{}",
+        claim_ref.namespace.as_deref().unwrap_or("default"),
+        claim_ref.name.as_deref().unwrap_or("")
+    );
+    if ref_key != key {
+        return Err(format!(
+            "PersistentVolume {pv_name} is bound to {ref_key}, not to this claim"
+        ));
+    }
+    match (claim_ref.uid.as_deref(), claim.metadata.uid.as_deref()) {
+        (Some(ref_uid), Some(uid)) if ref_uid != uid => {
+            Err(format!("PersistentVolume {pv_name} is bound to an earlier claim of this name (uid {ref_uid}, this claim is {uid})"))
+        }
+        _ => Ok(pv_name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const OBJECTS: &str = r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: good, uid: c1}
+spec: {volumeName: pv-good}
+status: {phase: Bound}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: waiting, uid: c2}
+spec: {}
+status: {phase: Pending}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: stale, uid: c3-new}
+spec: {volumeName: pv-stale}
+status: {phase: Bound}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: dying, uid: c4, deletionTimestamp: "2026-11-22T00:00:00Z"}
+spec: {volumeName: pv-good}
+status: {phase: Bound}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: orphan, uid: c5}
+spec: {volumeName: pv-missing}
+status: {phase: Bound}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: thief, uid: c6}
+spec: {volumeName: pv-good}
+status: {phase: Bound}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-good}
+spec: {claimRef: {namespace: default, name: good, uid: c1}}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-stale}
+spec: {claimRef: {namespace: default, name: stale, uid: c3-old}}
+"#;
+
+    #[test]
+    fn only_consistently_bound_claims_resolve_to_their_volume() {
+        let mut objects = Manifests::default();
+        objects.add_file(Path::new("api.yaml"), OBJECTS);
+        assert!(objects.errors.is_empty(), "{:?}", objects.errors);
+        let bindings = bindings_from_api(&objects);
+        assert_eq!(bindings.bound.len(), 1);
+        assert_eq!(bindings.bound["default/good"], "pv-good");
+        let reason = |claim: &str| bindings.pending[&format!("default/{claim}")].clone();
+        assert!(reason("waiting").contains("Pending"));
+        assert!(reason("stale").contains("earlier claim"));
+        assert!(reason("dying").contains("being deleted"));
+        assert!(reason("orphan").contains("does not exist"));
+        assert!(reason("thief").contains("bound to default/good"));
+    }
+}
