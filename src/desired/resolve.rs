@@ -100,6 +100,7 @@ pub fn resolve(manifests: &Manifests, bindings: &Bindings, node: &NodeConfig) ->
             bindings,
             node,
             pod: &pod,
+            spec,
         };
         for volume in volumes_of(spec) {
             match context.volume(volume) {
@@ -123,6 +124,7 @@ struct Context<'a> {
     bindings: &'a Bindings,
     node: &'a NodeConfig,
     pod: &'a PodRef,
+    spec: &'a Pod,
 }
 
 /// Why a volume waits, and whether the pod is blocked by it.
@@ -165,6 +167,7 @@ impl Context<'_> {
             let (plugin, pv_name, spec) =
                 self.claim(&claim.claim_name, claim.read_only.unwrap_or(false))?;
             let block = matches!(spec, MountSpec::BlockDevice { .. });
+            self.check_usage(&volume.name, block)?;
             (plugin, pv_name.clone(), spec, Some(pv_name), block)
         } else if let Some(nfs) = &volume.nfs {
             let spec = nfs_spec(&nfs.server, &nfs.path, &[], nfs.read_only.unwrap_or(false))?;
@@ -184,6 +187,35 @@ impl Context<'_> {
             pv_name,
             spec,
         })
+    }
+
+    /// The volume's mode must match how the containers use it: volumeMounts for a
+    /// filesystem, volumeDevices for a raw block volume.
+    fn check_usage(&self, volume: &str, block: bool) -> Result<(), Waiting> {
+        let spec = self.spec.spec.as_ref();
+        let containers = spec.iter().flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        });
+        let (mut as_fs, mut as_device) = (false, false);
+        for container in containers {
+            as_fs |= container
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == volume);
+            as_device |= container
+                .volume_devices
+                .iter()
+                .flatten()
+                .any(|d| d.name == volume);
+        }
+        match (block, as_fs, as_device) {
+            (true, true, _) => Err(blocked(format!("volume {volume} has volumeMode Block but a container mounts it as a filesystem; use volumeDevices"))),
+            (false, _, true) => Err(blocked(format!("volume {volume} has volumeMode Filesystem but a container asks for it as a device; use volumeMounts"))),
+            _ => Ok(()),
+        }
     }
 
     fn claim(

@@ -231,3 +231,71 @@ spec: {capacity: {storage: 1Gi}, mountOptions: [hard, "nfsvers=4.1,exec"], nfs: 
         reason("claim")
     );
 }
+
+#[test]
+fn a_claim_used_against_its_volume_mode_waits_with_the_reason() {
+    let text = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: db, uid: db-uid}
+spec:
+  containers:
+  - name: c
+    image: x
+    volumeMounts: [{name: raw, mountPath: /raw}]
+    volumeDevices: [{name: files, devicePath: /dev/xvda}]
+  volumes:
+  - {name: raw, persistentVolumeClaim: {claimName: raw}}
+  - {name: files, persistentVolumeClaim: {claimName: files}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: raw}
+spec: {volumeMode: Block}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: files}
+spec: {}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-raw}
+spec: {volumeMode: Block, local: {path: /dev/sdb}}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-files}
+spec: {local: {path: /mnt/disks/files}}
+"#;
+    let mut manifests = Manifests::default();
+    manifests.add_file(Path::new("modes.yaml"), text);
+    assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
+    let bindings = Bindings {
+        bound: BTreeMap::from([
+            ("default/raw".to_string(), "pv-raw".to_string()),
+            ("default/files".to_string(), "pv-files".to_string()),
+        ]),
+        pending: BTreeMap::new(),
+    };
+    let state = resolve(&manifests, &bindings, &node());
+    assert!(state.volumes.is_empty(), "{:#?}", state.volumes);
+    let reason = |name: &str| {
+        state
+            .waiting
+            .iter()
+            .find(|w| w.volume_name == name)
+            .map(|w| w.reason.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason("raw").contains("use volumeDevices"),
+        "{}",
+        reason("raw")
+    );
+    assert!(
+        reason("files").contains("use volumeMounts"),
+        "{}",
+        reason("files")
+    );
+}
