@@ -16,6 +16,7 @@ use crate::actual::OnDisk;
 use crate::config::Settings;
 use crate::desired::binding_store::BindingStore;
 use crate::desired::file::FileSource;
+use crate::desired::kube::KubeSource;
 use crate::desired::DesiredState;
 use crate::executor::backoff::BackoffPolicy;
 use crate::executor::run::OpContext;
@@ -51,9 +52,9 @@ impl Host {
 /// waited out; it is never aborted half-way by us, the process exit ends it).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-fn file_source(settings: &Settings, record_bindings: bool) -> FileSource {
+fn file_source(settings: &Settings, dir: &Path, record_bindings: bool) -> FileSource {
     FileSource {
-        dir: settings.manifests.clone(),
+        dir: dir.to_path_buf(),
         node: settings.node.clone(),
         store: BindingStore::new(&settings.root_dir),
         record_bindings,
@@ -84,19 +85,26 @@ pub async fn run(
         formatter,
         watch_devices,
     } = host;
-    // A daemon pointed at a missing directory must fail (and be restarted), not idle.
-    anyhow::ensure!(
-        settings.manifests.is_dir(),
-        "manifest directory {} does not exist or is not a directory; create it or fix --manifests",
-        settings.manifests.display()
-    );
-    let source = file_source(settings, true);
+    if let Some(dir) = &settings.manifests {
+        // A daemon pointed at a missing directory must fail (and be restarted), not idle.
+        anyhow::ensure!(
+            dir.is_dir(),
+            "manifest directory {} does not exist or is not a directory; create it or fix --manifests",
+            dir.display()
+        );
+    }
     let fs = pod_fs(settings);
     let (on_disk, fs) = tokio::task::spawn_blocking(move || (fs.scan(), fs)).await?;
     let on_disk = on_disk.context("cannot scan the pod directories under the root dir")?;
     let mounts = MountWatch::spawn(mounter.clone(), settings.resync)?;
     // In once mode the snapshot is fixed; its sender lives until the loop ends.
-    let (desired, _fixed_snapshot) = start_source(source, once, cancel.clone()).await?;
+    let (desired, _fixed_snapshot) = match &settings.manifests {
+        Some(dir) => start_source(file_source(settings, dir, true), once, cancel.clone()).await?,
+        None => (
+            start_api_source(settings, once, cancel.clone()).await?,
+            None,
+        ),
+    };
     let config = ExecutorConfig {
         max_concurrent: settings.max_concurrent_ops,
         deadline: settings.op_timeout,
@@ -168,6 +176,40 @@ async fn start_source(
     Ok((rx, None))
 }
 
+/// The Kubernetes API source on its own task. In once mode this waits for its first
+/// complete snapshot (every watch listed once).
+async fn start_api_source(
+    settings: &Settings,
+    once: bool,
+    cancel: CancellationToken,
+) -> anyhow::Result<watch::Receiver<Arc<DesiredState>>> {
+    let config = match &settings.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer().await.context("no Kubernetes API configuration (in-cluster, $KUBECONFIG or ~/.kube/config); pass --kubeconfig or --manifests")?,
+    };
+    let client = kube::Client::try_from(config)?;
+    let waiting = DesiredState {
+        problems: vec!["waiting for the first complete list from the Kubernetes API".into()],
+        ..Default::default()
+    };
+    let (tx, mut rx) = watch::channel(Arc::new(waiting));
+    let source = KubeSource {
+        client,
+        node: settings.node.clone(),
+    };
+    tokio::spawn(source.run(tx, cancel.clone()));
+    if once {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            changed = rx.changed() => changed.context("the API source stopped before its first list")?,
+        }
+    }
+    Ok(rx)
+}
+
 /// Keeps `<root>/state/failures.json` current, for `volumed status` in another process.
 async fn write_failures(path: PathBuf, mut failures: watch::Receiver<Failures>) {
     loop {
@@ -220,7 +262,8 @@ fn observe(
     settings: &Settings,
     mounter: &dyn Mounter,
 ) -> anyhow::Result<(DesiredState, PodMounts, OnDisk)> {
-    let desired = file_source(settings, false).snapshot();
+    let dir = settings.manifests.as_deref().context("plan and status read a manifest directory (--manifests); with the API source, use `volumed run` and its status file")?;
+    let desired = file_source(settings, dir, false).snapshot();
     let table = mounter.mount_table()?;
     let mounts = PodMounts::index(&table, &settings.root_dir);
     let on_disk = if settings.root_dir.exists() {

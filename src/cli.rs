@@ -64,9 +64,13 @@ pub enum Output {
 
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
-    /// Directory of YAML/JSON manifests (Pod, PersistentVolumeClaim, PersistentVolume, StorageClass).
+    /// Directory of YAML/JSON manifests (Pod, PersistentVolumeClaim, PersistentVolume,
+    /// StorageClass). Without it, volumed watches the Kubernetes API instead.
     #[arg(long, value_name = "DIR", env = "VOLUMED_MANIFESTS")]
-    pub manifests: PathBuf,
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig for the API source; default: in-cluster config, or $KUBECONFIG, or ~/.kube/config.
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
     /// Where pod volume directories, global mounts and volumed's state live.
     #[arg(
         long,

@@ -19,7 +19,10 @@ pub enum ConfigError {
 
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub manifests: PathBuf,
+    /// The manifest directory; `None`: the Kubernetes API is the source.
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig for the API source (`None`: inferred).
+    pub kubeconfig: Option<PathBuf>,
     pub root_dir: PathBuf,
     pub node: NodeConfig,
     pub max_concurrent_ops: usize,
@@ -67,6 +70,7 @@ impl Settings {
             .collect();
         Ok(Settings {
             manifests: args.manifests.clone(),
+            kubeconfig: args.kubeconfig.clone(),
             root_dir,
             node: NodeConfig {
                 name,

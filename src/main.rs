@@ -95,7 +95,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 async fn run(settings: Settings, once: bool) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
-    tracing::info!(node = %settings.node.name, root = %settings.root_dir.display(), manifests = %settings.manifests.display(), once, "volumed starting");
+    tracing::info!(node = %settings.node.name, root = %settings.root_dir.display(), source = %settings.manifests.as_ref().map_or("the Kubernetes API".to_string(), |d| d.display().to_string()), once, "volumed starting");
     let report = app::run(
         &settings,
         once,

@@ -53,3 +53,174 @@ async fn the_fake_api_server_lists_and_watches_through_the_real_client() {
     seen.sort();
     assert_eq!(seen, ["api", "web"]);
 }
+
+mod daemon {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+    use volumed::app;
+    use volumed::config::Settings;
+    use volumed::desired::NodeConfig;
+    use volumed::host::fake::FakeMounter;
+    use volumed::host::format::FakeFormatter;
+
+    use super::apiserver::FakeApiServer;
+
+    pub struct Node {
+        pub _tmp: tempfile::TempDir,
+        pub base: PathBuf,
+        pub mounter: Arc<FakeMounter>,
+        pub cancel: CancellationToken,
+        pub daemon: tokio::task::JoinHandle<()>,
+    }
+
+    /// volumed (fake host) watching the fake API server through a kubeconfig on disk.
+    pub fn start(server: &FakeApiServer) -> Node {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        let kubeconfig = base.join("kubeconfig");
+        std::fs::write(&kubeconfig, format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+            server.url()
+        )).unwrap();
+        std::fs::create_dir_all(base.join("disks/pv1")).unwrap();
+        let settings = Settings {
+            manifests: None,
+            kubeconfig: Some(kubeconfig),
+            root_dir: base.join("root"),
+            node: NodeConfig {
+                name: "node-a".into(),
+                labels: Default::default(),
+                host_path_roots: vec![base.clone()],
+            },
+            max_concurrent_ops: 4,
+            max_concurrent_formats: 1,
+            mounter_path: "mount".into(),
+            mount_timeout: Duration::from_secs(5),
+            max_ops_per_server: 2,
+            op_timeout: Duration::from_secs(5),
+            resync: Duration::from_secs(60),
+        };
+        std::fs::create_dir_all(&settings.root_dir).unwrap();
+        let mounter = FakeMounter::new();
+        let cancel = CancellationToken::new();
+        let host = app::Host {
+            mounter: mounter.clone(),
+            formatter: Arc::new(FakeFormatter::default()),
+            watch_devices: false,
+        };
+        let stop = cancel.clone();
+        let daemon = tokio::spawn(async move {
+            app::run(&settings, false, host, stop).await.unwrap();
+        });
+        Node {
+            _tmp: tmp,
+            base,
+            mounter,
+            cancel,
+            daemon,
+        }
+    }
+
+    impl Node {
+        pub fn mounted(&self) -> Vec<PathBuf> {
+            let mut points: Vec<PathBuf> = self
+                .mounter
+                .table()
+                .into_iter()
+                .map(|m| m.mount_point)
+                .collect();
+            points.sort();
+            points
+        }
+
+        pub fn volume(&self, uid: &str, plugin: &str, name: &str) -> PathBuf {
+            self.base.join(format!(
+                "root/pods/{uid}/volumes/kubernetes.io~{plugin}/{name}"
+            ))
+        }
+
+        pub fn unmounts(&self) -> usize {
+            self.mounter
+                .calls()
+                .iter()
+                .filter(|c| c.starts_with("umount"))
+                .count()
+        }
+    }
+
+    pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}: not reached within 10 s");
+    }
+}
+
+fn cluster(server: &FakeApiServer, base: &std::path::Path) {
+    server.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a, labels: {{disk: ssd}}}}\n---\n\
+         apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: pv1}}\nspec: {{capacity: {{storage: 1Gi}}, local: {{path: {}/disks/pv1}}, claimRef: {{namespace: shop, name: data, uid: c1}}}}\n---\n\
+         apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: shop, uid: c1}}\nspec: {{volumeName: pv1}}\nstatus: {{phase: Bound}}\n",
+        base.display()
+    ));
+}
+
+fn pod(name: &str, uid: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, uid: {uid}}}\nspec:\n  nodeName: node-a\n  containers: []\n  volumes:\n  - {{name: cache, emptyDir: {{medium: Memory}}}}\n  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}\n")
+}
+
+#[tokio::test]
+async fn pods_from_the_api_get_their_volumes_and_lose_them_when_deleted() {
+    let server = FakeApiServer::start().await;
+    let node = daemon::start(&server);
+    cluster(&server, &node.base);
+    server.apply_yaml(&pod("web", "u1"));
+    let (cache, data) = (
+        node.volume("u1", "empty-dir", "cache"),
+        node.volume("u1", "local-volume", "pv1"),
+    );
+    daemon::until("the pod's volumes are mounted", || {
+        node.mounted() == [cache.clone(), data.clone()]
+    })
+    .await;
+    server.delete("Pod", "shop", "web");
+    daemon::until("the deleted pod's volumes are unmounted", || {
+        node.mounted().is_empty()
+    })
+    .await;
+    node.cancel.cancel();
+    node.daemon.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_api_outage_or_a_relist_unmounts_nothing() {
+    let server = FakeApiServer::start().await;
+    let node = daemon::start(&server);
+    cluster(&server, &node.base);
+    server.apply_yaml(&pod("web", "u1"));
+    daemon::until("the pod's volumes are mounted", || {
+        node.mounted().len() == 2
+    })
+    .await;
+    // The API goes away for a while: watches fail and retry; nothing is unmounted.
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(node.unmounts(), 0, "an outage unmounted something");
+    // It comes back with its history compacted: the watchers get 410 Gone and relist.
+    server.compact();
+    server.restart();
+    server.apply_yaml(&pod("api", "u2"));
+    daemon::until("a pod added after the outage is set up", || {
+        node.mounted().len() == 4
+    })
+    .await;
+    assert_eq!(node.unmounts(), 0, "the relist unmounted something");
+    node.cancel.cancel();
+    node.daemon.await.unwrap();
+}

@@ -73,7 +73,8 @@ impl World {
         }
         std::fs::write(base.join("disks/small/marker"), "small").unwrap();
         let settings = Settings {
-            manifests: base.join("manifests"),
+            manifests: Some(base.join("manifests")),
+            kubeconfig: None,
             root_dir: base.join("root"),
             node: NodeConfig {
                 name: "node-a".into(),
@@ -102,11 +103,11 @@ impl World {
 
     fn write(&self, name: &str, text: &str) {
         let text = text.replace("BASE", &self.base.display().to_string());
-        std::fs::write(self.settings.manifests.join(name), text).unwrap();
+        std::fs::write(self.base.join("manifests").join(name), text).unwrap();
     }
 
     fn remove(&self, name: &str) {
-        std::fs::remove_file(self.settings.manifests.join(name)).unwrap();
+        std::fs::remove_file(self.base.join("manifests").join(name)).unwrap();
     }
 
     async fn run_once(&self) -> Report {

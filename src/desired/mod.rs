@@ -5,6 +5,7 @@ pub mod api_bindings;
 pub mod binder;
 pub mod binding_store;
 pub mod file;
+pub mod kube;
 pub mod manifest;
 pub mod resolve;
 pub mod selector;

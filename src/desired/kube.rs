@@ -1,0 +1,169 @@
+//! The Kubernetes API source: kube-rs watchers and reflectors for this node's pods and the
+//! claims, volumes, classes and Node they need. A snapshot is published only once every store
+//! has completed its first list; relists swap a store whole (kube-rs buffers them), so a
+//! partial view is never published, and an outage publishes nothing: the last complete
+//! snapshot stays in force.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::api_bindings::bindings_from_api;
+use super::manifest::Manifests;
+use super::resolve::resolve;
+use super::{DesiredState, NodeConfig};
+
+/// Coalesces a burst of watch events into one snapshot.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+
+pub struct KubeSource {
+    pub client: Client,
+    pub node: NodeConfig,
+}
+
+struct Stores {
+    pods: Store<Pod>,
+    claims: Store<PersistentVolumeClaim>,
+    volumes: Store<PersistentVolume>,
+    classes: Store<StorageClass>,
+    nodes: Store<Node>,
+}
+
+impl KubeSource {
+    /// Publishes snapshots until `cancel` fires.
+    pub async fn run(self, tx: watch::Sender<Arc<DesiredState>>, cancel: CancellationToken) {
+        let (changed_tx, mut changed) = mpsc::unbounded_channel();
+        let on_node =
+            watcher::Config::default().fields(&format!("spec.nodeName={}", self.node.name));
+        let this_node =
+            watcher::Config::default().fields(&format!("metadata.name={}", self.node.name));
+        let all = watcher::Config::default;
+        let stores = Stores {
+            pods: reflect(Api::all(self.client.clone()), on_node, &changed_tx, &cancel),
+            claims: reflect(Api::all(self.client.clone()), all(), &changed_tx, &cancel),
+            volumes: reflect(Api::all(self.client.clone()), all(), &changed_tx, &cancel),
+            classes: reflect(Api::all(self.client.clone()), all(), &changed_tx, &cancel),
+            nodes: reflect(
+                Api::all(self.client.clone()),
+                this_node,
+                &changed_tx,
+                &cancel,
+            ),
+        };
+        let first_lists = async {
+            let _ = stores.pods.wait_until_ready().await;
+            let _ = stores.claims.wait_until_ready().await;
+            let _ = stores.volumes.wait_until_ready().await;
+            let _ = stores.classes.wait_until_ready().await;
+            let _ = stores.nodes.wait_until_ready().await;
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = first_lists => tracing::info!("every API watch completed its first list"),
+        }
+        loop {
+            let state = snapshot(&stores, &self.node);
+            tx.send_if_modified(|current| {
+                let changed = **current != state;
+                if changed {
+                    *current = Arc::new(state);
+                }
+                changed
+            });
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                Some(()) = changed.recv() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while changed.try_recv().is_ok() {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs a watcher into a reflector store on its own task; every event wakes the publisher.
+/// Errors (an outage, a 410 Gone) are retried with backoff, keeping the store as it was.
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: &mpsc::UnboundedSender<()>,
+    cancel: &CancellationToken,
+) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    let (changed, cancel) = (changed.clone(), cancel.clone());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                item = stream.next() => match item {
+                    Some(Ok(_)) => {
+                        let _ = changed.send(());
+                    }
+                    Some(Err(err)) => tracing::warn!(%err, kind, "API watch failed; retrying with backoff, the last complete view stays in force"),
+                    None => return,
+                },
+            }
+        }
+    });
+    reader
+}
+
+/// The desired state from the stores: objects as the file source would read them, bindings
+/// as the cluster made them.
+fn snapshot(stores: &Stores, node: &NodeConfig) -> DesiredState {
+    let mut objects = Manifests::default();
+    let key = |meta: &kube::api::ObjectMeta| {
+        format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.name.as_deref().unwrap_or("")
+        )
+    };
+    objects.pods = stores
+        .pods
+        .state()
+        .iter()
+        .map(|p| (key(&p.metadata), (**p).clone()))
+        .collect();
+    objects.claims = stores
+        .claims
+        .state()
+        .iter()
+        .map(|c| (key(&c.metadata), (**c).clone()))
+        .collect();
+    objects.volumes = stores
+        .volumes
+        .state()
+        .iter()
+        .map(|v| (v.name_any(), (**v).clone()))
+        .collect();
+    objects.classes = stores
+        .classes
+        .state()
+        .iter()
+        .map(|c| (c.name_any(), (**c).clone()))
+        .collect();
+    let mut node = node.clone();
+    if let Some(this) = stores.nodes.state().first() {
+        node.labels.extend(this.labels().clone());
+    }
+    let bindings = bindings_from_api(&objects);
+    let mut state = resolve(&objects, &bindings, &node);
+    state.complete = state.problems.is_empty();
+    state
+}
