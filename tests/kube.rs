@@ -78,6 +78,12 @@ mod daemon {
 
     /// volumed (fake host) watching the fake API server through a kubeconfig on disk.
     pub fn start(server: &FakeApiServer) -> Node {
+        start_adopting(server, &[])
+    }
+
+    /// As `start`, with an emptyDir `cache` of each given pod uid already mounted (left by an
+    /// earlier run) before volumed starts.
+    pub fn start_adopting(server: &FakeApiServer, adopted: &[&str]) -> Node {
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().canonicalize().unwrap();
         let kubeconfig = base.join("kubeconfig");
@@ -105,6 +111,13 @@ mod daemon {
         };
         std::fs::create_dir_all(&settings.root_dir).unwrap();
         let mounter = FakeMounter::new();
+        for uid in adopted {
+            let path = base.join(format!(
+                "root/pods/{uid}/volumes/kubernetes.io~empty-dir/cache"
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            mounter.adopt(&path, "tmpfs");
+        }
         let cancel = CancellationToken::new();
         let host = app::Host {
             mounter: mounter.clone(),
@@ -221,6 +234,75 @@ async fn an_api_outage_or_a_relist_unmounts_nothing() {
     })
     .await;
     assert_eq!(node.unmounts(), 0, "the relist unmounted something");
+    node.cancel.cancel();
+    node.daemon.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_terminating_pod_keeps_its_volumes_until_it_is_gone_or_terminal() {
+    let server = FakeApiServer::start().await;
+    let node = daemon::start(&server);
+    cluster(&server, &node.base);
+    server.apply_yaml(&pod("web", "u1"));
+    daemon::until("mounted", || node.mounted().len() == 2).await;
+    // Deleting: the API sets deletionTimestamp while containers may still run.
+    server.apply_yaml(&pod("web", "u1").replace(
+        "uid: u1}",
+        "uid: u1, deletionTimestamp: \"2026-11-22T00:00:00Z\"}",
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        node.mounted().len(),
+        2,
+        "a terminating pod lost its volumes"
+    );
+    // Terminal: now they go.
+    server.apply_yaml(&(pod("web", "u1") + "status: {phase: Succeeded}\n"));
+    daemon::until("a terminal pod's volumes are removed", || {
+        node.mounted().is_empty()
+    })
+    .await;
+    node.cancel.cancel();
+    node.daemon.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unbound_claim_leaves_the_volume_pending_and_the_rest_converges() {
+    let server = FakeApiServer::start().await;
+    let node = daemon::start(&server);
+    cluster(&server, &node.base);
+    server.apply_yaml("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: later, namespace: shop, uid: c9}\nspec: {}\nstatus: {phase: Pending}\n");
+    server.apply_yaml(&pod("web", "u1").replace("claimName: data", "claimName: later"));
+    let cache = node.volume("u1", "empty-dir", "cache");
+    daemon::until("the other volume converges", || {
+        node.mounted() == [cache.clone()]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        node.mounted(),
+        [cache.clone()],
+        "an unbound claim must not be mounted"
+    );
+    node.cancel.cancel();
+    node.daemon.await.unwrap();
+}
+
+#[tokio::test]
+async fn starting_while_the_api_is_down_unmounts_nothing_until_the_first_list() {
+    let server = FakeApiServer::start().await;
+    server.stop();
+    // A mount left by an earlier run, of a pod the API will not list any more.
+    let node = daemon::start_adopting(&server, &["gone-uid"]);
+    assert_eq!(node.mounted().len(), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(node.unmounts(), 0, "unmounted while the API was down");
+    server.restart();
+    cluster(&server, &node.base);
+    daemon::until("the first complete list tears the gone pod down", || {
+        node.mounted().is_empty()
+    })
+    .await;
     node.cancel.cancel();
     node.daemon.await.unwrap();
 }

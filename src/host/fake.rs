@@ -35,6 +35,24 @@ impl FakeMounter {
         Arc::new(FakeMounter::default())
     }
 
+    /// Adds a mount as if it had been there before volumed started.
+    pub fn adopt(&self, target: &Path, fs_type: &str) {
+        let mut state = self.lock();
+        state.next_id += 1;
+        let entry = MountEntry {
+            mount_id: 1000 + state.next_id,
+            parent_id: 1,
+            device: format!("0:{}", 100 + state.next_id),
+            root: "/".into(),
+            mount_point: target.to_path_buf(),
+            fs_type: fs_type.to_string(),
+            source: Some(fs_type.to_string()),
+            read_only: false,
+            super_options: BTreeMap::new(),
+        };
+        state.table.push(entry);
+    }
+
     pub fn fail_at(&self, target: &Path, message: &str) {
         self.lock()
             .failures
