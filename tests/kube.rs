@@ -281,7 +281,7 @@ async fn an_unbound_claim_leaves_the_volume_pending_and_the_rest_converges() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         node.mounted(),
-        [cache.clone()],
+        vec![cache],
         "an unbound claim must not be mounted"
     );
     node.cancel.cancel();
