@@ -16,7 +16,7 @@ use crate::actual::OnDisk;
 use crate::config::Settings;
 use crate::desired::binding_store::BindingStore;
 use crate::desired::file::FileSource;
-use crate::desired::kube::KubeSource;
+use crate::desired::kube::{publish_notices, KubeSource};
 use crate::desired::DesiredState;
 use crate::executor::backoff::BackoffPolicy;
 use crate::executor::run::OpContext;
@@ -98,12 +98,18 @@ pub async fn run(
     let on_disk = on_disk.context("cannot scan the pod directories under the root dir")?;
     let mounts = MountWatch::spawn(mounter.clone(), settings.resync)?;
     // In once mode the snapshot is fixed; its sender lives until the loop ends.
-    let (desired, _fixed_snapshot) = match &settings.manifests {
-        Some(dir) => start_source(file_source(settings, dir, true), once, cancel.clone()).await?,
-        None => (
-            start_api_source(settings, once, cancel.clone()).await?,
-            None,
-        ),
+    let (desired, _fixed_snapshot, notices) = match &settings.manifests {
+        Some(dir) => {
+            let (rx, fixed) =
+                start_source(file_source(settings, dir, true), once, cancel.clone()).await?;
+            (rx, fixed, None)
+        }
+        None => {
+            let (rx, client) = start_api_source(settings, once, cancel.clone()).await?;
+            let (tx, notices) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(publish_notices(client, settings.node.name.clone(), notices));
+            (rx, None, Some(tx))
+        }
     };
     let config = ExecutorConfig {
         max_concurrent: settings.max_concurrent_ops,
@@ -141,6 +147,7 @@ pub async fn run(
         failures_out: Some(failures_tx),
         shutdown_grace: SHUTDOWN_GRACE,
         devices,
+        notices,
     };
     let report = sync.run(cancel).await;
     // The sender is gone with the loop: the writer flushes the last list and ends.
@@ -182,7 +189,7 @@ async fn start_api_source(
     settings: &Settings,
     once: bool,
     cancel: CancellationToken,
-) -> anyhow::Result<watch::Receiver<Arc<DesiredState>>> {
+) -> anyhow::Result<(watch::Receiver<Arc<DesiredState>>, kube::Client)> {
     let config = match &settings.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path).with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
@@ -197,7 +204,7 @@ async fn start_api_source(
     };
     let (tx, mut rx) = watch::channel(Arc::new(waiting));
     let source = KubeSource {
-        client,
+        client: client.clone(),
         node: settings.node.clone(),
     };
     tokio::spawn(source.run(tx, cancel.clone()));
@@ -207,7 +214,7 @@ async fn start_api_source(
             changed = rx.changed() => changed.context("the API source stopped before its first list")?,
         }
     }
-    Ok(rx)
+    Ok((rx, client))
 }
 
 /// Keeps `<root>/state/failures.json` current, for `volumed status` in another process.

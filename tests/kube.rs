@@ -306,3 +306,42 @@ async fn starting_while_the_api_is_down_unmounts_nothing_until_the_first_list() 
     node.cancel.cancel();
     node.daemon.await.unwrap();
 }
+
+#[tokio::test]
+async fn failures_and_pending_volumes_are_recorded_as_events_on_the_pod() {
+    let server = FakeApiServer::start().await;
+    let node = daemon::start(&server);
+    cluster(&server, &node.base);
+    node.mounter
+        .fail_at(&node.volume("u1", "empty-dir", "cache"), "simulated ENOSPC");
+    server.apply_yaml("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: later, namespace: shop, uid: c9}\nspec: {}\nstatus: {phase: Pending}\n");
+    server.apply_yaml(&pod("web", "u1").replace("claimName: data", "claimName: later"));
+    let reasons = || -> Vec<String> {
+        server
+            .events()
+            .iter()
+            .filter(|e| e["regarding"]["uid"] == "u1")
+            .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    daemon::until("FailedMount and VolumePending events on the pod", || {
+        let reasons = reasons();
+        reasons.iter().any(|r| r == "FailedMount") && reasons.iter().any(|r| r == "VolumePending")
+    })
+    .await;
+    let event = server
+        .events()
+        .into_iter()
+        .find(|e| e["reason"] == "FailedMount")
+        .unwrap();
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("simulated ENOSPC"),
+        "{event}"
+    );
+    assert_eq!(event["type"], "Warning");
+    node.cancel.cancel();
+    node.daemon.await.unwrap();
+}

@@ -167,3 +167,70 @@ fn snapshot(stores: &Stores, node: &NodeConfig) -> DesiredState {
     state.complete = state.problems.is_empty();
     state
 }
+
+/// Records notices as Events on their pods with the kube-rs recorder (which folds repeats into
+/// an event series); the same notice is sent at most once a minute.
+pub async fn publish_notices(
+    client: Client,
+    node_name: String,
+    mut notices: mpsc::UnboundedReceiver<crate::reconcile::notices::Notice>,
+) {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: "volumed".into(),
+            instance: Some(node_name),
+        },
+    );
+    let mut last_sent: std::collections::HashMap<
+        (String, &'static str, String),
+        tokio::time::Instant,
+    > = Default::default();
+    while let Some(notice) = notices.recv().await {
+        let key = (
+            notice.pod.uid.clone(),
+            notice.reason,
+            notice.message.clone(),
+        );
+        let now = tokio::time::Instant::now();
+        if last_sent
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < REPEAT_AFTER)
+        {
+            continue;
+        }
+        last_sent.insert(key, now);
+        last_sent.retain(|_, at| now.duration_since(*at) < REPEAT_AFTER);
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(notice.pod.name.clone()),
+            namespace: Some(notice.pod.namespace.clone()),
+            uid: Some(notice.pod.uid.clone()),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: if notice.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: notice.reason.into(),
+            note: Some(notice.message),
+            action: if notice.reason == "FailedUnmount" {
+                "Unmount"
+            } else {
+                "Mount"
+            }
+            .into(),
+            secondary: None,
+        };
+        if let Err(err) = recorder.publish(&event, &reference).await {
+            tracing::warn!(%err, pod = %notice.pod, reason = notice.reason, "cannot record an Event; the log has the same news");
+        }
+    }
+}
+
+/// The same notice is not sent again within this time.
+const REPEAT_AFTER: Duration = Duration::from_secs(60);

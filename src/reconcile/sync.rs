@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::notices::{self, Notice};
 use super::plan::{plan, OpKey};
 use super::status::{self, Failures, StatusRow, VolumeState};
 use crate::actual::devices::BlockDevice;
@@ -32,6 +33,8 @@ pub struct SyncLoop {
     pub failures_out: Option<watch::Sender<Failures>>,
     /// On cancel, how long to wait for in-flight ops before reporting without them.
     pub shutdown_grace: Duration,
+    /// Where to tell pods about their volumes (Kubernetes Events in API mode).
+    pub notices: Option<mpsc::UnboundedSender<Notice>>,
     /// The block-device inventory: a device coming or going retries failed volumes at once.
     pub devices: Option<watch::Receiver<Arc<Vec<BlockDevice>>>>,
 }
@@ -70,6 +73,8 @@ struct Books {
     indexed: Option<(Arc<MountTable>, PodMounts)>,
     /// Whether the last pass found the host matching a complete snapshot.
     matched: bool,
+    /// Blocking waits already told to their pods.
+    pending_told: std::collections::BTreeSet<(String, String, String)>,
 }
 
 impl SyncLoop {
@@ -158,6 +163,11 @@ impl SyncLoop {
             let index = PodMounts::index(&table.entries, &self.root);
             books.indexed = Some((table, index));
         }
+        if let Some(out) = &self.notices {
+            for notice in notices::pending(&desired, &mut books.pending_told) {
+                let _ = out.send(notice);
+            }
+        }
         let pod_mounts = &books.indexed.as_ref().expect("indexed above").1;
         let ops = plan(&desired, pod_mounts, &self.on_disk);
         let matched = desired.complete && ops.is_empty() && self.executor.in_flight() == 0;
@@ -228,6 +238,11 @@ impl SyncLoop {
                 (op, error)
             }
         };
+        if let Some(out) = &self.notices {
+            if let Some(notice) = notices::for_op(&op, error.as_deref(), &self.desired.borrow()) {
+                let _ = out.send(notice);
+            }
+        }
         let (map, key) = match op.key() {
             OpKey::Volume(key) => (&mut books.failures, key.to_string()),
             other => (&mut books.other_failures, describe_key(&other)),
