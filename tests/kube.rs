@@ -26,6 +26,13 @@ async fn the_fake_api_server_lists_and_watches_through_the_real_client() {
         .list(&ListParams::default().fields("spec.nodeName=node-a"))
         .await
         .unwrap();
+    // Deleting through the API works too.
+    let shop: Api<Pod> = Api::namespaced(server.client(), "shop");
+    shop.delete("far", &Default::default()).await.unwrap();
+    assert_eq!(
+        pods.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
     assert_eq!(mine.items.len(), 1);
     assert_eq!(mine.items[0].metadata.name.as_deref(), Some("web"));
 
@@ -221,7 +228,12 @@ async fn an_api_outage_or_a_relist_unmounts_nothing() {
         node.mounted().len() == 2
     })
     .await;
-    // The API goes away for a while: watches fail and retry; nothing is unmounted.
+    // The API stalls (answers nothing), then goes away: watches fail and retry; nothing is
+    // unmounted.
+    server.stall(true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(node.unmounts(), 0, "a stalled API unmounted something");
+    server.stall(false);
     server.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(node.unmounts(), 0, "an outage unmounted something");

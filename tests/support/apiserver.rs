@@ -297,6 +297,16 @@ impl FakeApiServer {
                 self.apply(object.clone());
                 respond(StatusCode::CREATED, object)
             }
+            Method::DELETE => match (namespace, name) {
+                (namespace, Some(name)) => {
+                    self.delete(resource.kind(), namespace.as_deref().unwrap_or(""), &name);
+                    respond(StatusCode::OK, status_ok())
+                }
+                _ => respond(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    status(405, "MethodNotAllowed", "collection delete"),
+                ),
+            },
             _ => respond(
                 StatusCode::METHOD_NOT_ALLOWED,
                 status(405, "MethodNotAllowed", ""),
@@ -506,6 +516,10 @@ fn selected(object: &Value, query: &BTreeMap<String, String>) -> bool {
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "message": message, "reason": reason, "code": code})
+}
+
+fn status_ok() -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Success"})
 }
 
 fn respond(code: StatusCode, body: Value) -> Response<BoxBody<Bytes, Infallible>> {
