@@ -48,6 +48,9 @@ impl Host {
     }
 }
 
+/// How long `run --once` waits for the API's first complete list.
+const FIRST_LIST_WAIT: Duration = Duration::from_secs(60);
+
 /// How long shutdown waits for in-flight ops before exiting anyway (a hung mount cannot be
 /// waited out; it is never aborted half-way by us, the process exit ends it).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -211,7 +214,9 @@ async fn start_api_source(
     if once {
         tokio::select! {
             _ = cancel.cancelled() => {}
-            changed = rx.changed() => changed.context("the API source stopped before its first list")?,
+            changed = tokio::time::timeout(FIRST_LIST_WAIT, rx.changed()) => changed
+                .context("the Kubernetes API gave no complete list within 60s; nothing was changed")?
+                .context("the API source stopped before its first list")?,
         }
     }
     Ok((rx, client))

@@ -231,7 +231,8 @@ async fn an_api_outage_or_a_relist_unmounts_nothing() {
     // The API stalls (answers nothing), then goes away: watches fail and retry; nothing is
     // unmounted.
     server.stall(true);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.drop_watches();
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(node.unmounts(), 0, "a stalled API unmounted something");
     server.stall(false);
     server.stop();

@@ -4,13 +4,14 @@
 
 use super::binder::Bindings;
 use super::manifest::Manifests;
+use super::selector::{node_affinity_matches, Labels};
 
 /// Bindings read from the objects themselves: a claim must exist, not be terminating, be
 /// `Bound` to `spec.volumeName`, and that volume's `claimRef` must name this very claim.
-pub fn bindings_from_api(objects: &Manifests) -> Bindings {
+pub fn bindings_from_api(objects: &Manifests, node_name: &str, node_labels: &Labels) -> Bindings {
     let mut out = Bindings::default();
     for (key, claim) in &objects.claims {
-        match check(objects, key, claim) {
+        match check(objects, key, claim, node_name, node_labels) {
             Ok(pv_name) => {
                 out.bound.insert(key.clone(), pv_name);
             }
@@ -26,6 +27,8 @@ fn check(
     objects: &Manifests,
     key: &str,
     claim: &k8s_openapi::api::core::v1::PersistentVolumeClaim,
+    node_name: &str,
+    node_labels: &Labels,
 ) -> Result<String, String> {
     if claim.metadata.deletion_timestamp.is_some() {
         return Err("the claim is being deleted".into());
@@ -62,12 +65,25 @@ fn check(
             "PersistentVolume {pv_name} is bound to {ref_key}, not to this claim"
         ));
     }
+    // As kubelet: the volume must name this very claim, uid included.
     match (claim_ref.uid.as_deref(), claim.metadata.uid.as_deref()) {
-        (Some(ref_uid), Some(uid)) if ref_uid != uid => {
-            Err(format!("PersistentVolume {pv_name} is bound to an earlier claim of this name (uid {ref_uid}, this claim is {uid})"))
+        (Some(ref_uid), Some(uid)) if ref_uid == uid => {}
+        (ref_uid, uid) => {
+            return Err(format!(
+                "PersistentVolume {pv_name} is bound to a claim of this name with uid {}, this claim has uid {}",
+                ref_uid.unwrap_or("(none)"),
+                uid.unwrap_or("(none)")
+            ))
         }
-        _ => Ok(pv_name),
     }
+    // A pod placed on this node by hand never gets a volume pinned to another node.
+    let affinity = pv.spec.as_ref().and_then(|s| s.node_affinity.as_ref());
+    if !node_affinity_matches(affinity, node_name, node_labels) {
+        return Err(format!(
+            "PersistentVolume {pv_name}'s node affinity excludes node {node_name}"
+        ));
+    }
+    Ok(pv_name)
 }
 
 #[cfg(test)]
@@ -119,6 +135,19 @@ metadata: {name: pv-good}
 spec: {claimRef: {namespace: default, name: good, uid: c1}}
 ---
 apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: elsewhere, uid: c7}
+spec: {volumeName: pv-remote}
+status: {phase: Bound}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-remote}
+spec:
+  claimRef: {namespace: default, name: elsewhere, uid: c7}
+  nodeAffinity: {required: {nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [node-b]}]}]}}
+---
+apiVersion: v1
 kind: PersistentVolume
 metadata: {name: pv-stale}
 spec: {claimRef: {namespace: default, name: stale, uid: c3-old}}
@@ -129,14 +158,16 @@ spec: {claimRef: {namespace: default, name: stale, uid: c3-old}}
         let mut objects = Manifests::default();
         objects.add_file(Path::new("api.yaml"), OBJECTS);
         assert!(objects.errors.is_empty(), "{:?}", objects.errors);
-        let bindings = bindings_from_api(&objects);
+        let labels = Labels::from([("kubernetes.io/hostname".to_string(), "node-a".to_string())]);
+        let bindings = bindings_from_api(&objects, "node-a", &labels);
         assert_eq!(bindings.bound.len(), 1);
         assert_eq!(bindings.bound["default/good"], "pv-good");
         let reason = |claim: &str| bindings.pending[&format!("default/{claim}")].clone();
         assert!(reason("waiting").contains("Pending"));
-        assert!(reason("stale").contains("earlier claim"));
+        assert!(reason("stale").contains("uid c3-old"));
         assert!(reason("dying").contains("being deleted"));
         assert!(reason("orphan").contains("does not exist"));
         assert!(reason("thief").contains("bound to default/good"));
+        assert!(reason("elsewhere").contains("excludes node node-a"));
     }
 }

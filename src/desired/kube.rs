@@ -58,18 +58,30 @@ impl KubeSource {
                 &cancel,
             ),
         };
+        // Ok only when every store really completed a list: a store whose writer went away
+        // (shutdown, a dead task) must never pass for an empty, complete one.
         let first_lists = async {
-            let _ = stores.pods.wait_until_ready().await;
-            let _ = stores.claims.wait_until_ready().await;
-            let _ = stores.volumes.wait_until_ready().await;
-            let _ = stores.classes.wait_until_ready().await;
-            let _ = stores.nodes.wait_until_ready().await;
+            stores.pods.wait_until_ready().await?;
+            stores.claims.wait_until_ready().await?;
+            stores.volumes.wait_until_ready().await?;
+            stores.classes.wait_until_ready().await?;
+            stores.nodes.wait_until_ready().await
         };
         tokio::select! {
+            biased;
             _ = cancel.cancelled() => return,
-            _ = first_lists => tracing::info!("every API watch completed its first list"),
+            ready = first_lists => match ready {
+                Ok(()) => tracing::info!("every API watch completed its first list"),
+                Err(err) => {
+                    tracing::error!(%err, "an API watch stopped before its first list; publishing nothing");
+                    return;
+                }
+            },
         }
         loop {
+            if cancel.is_cancelled() {
+                return;
+            }
             let state = snapshot(&stores, &self.node);
             tx.send_if_modified(|current| {
                 let changed = **current != state;
@@ -162,7 +174,9 @@ fn snapshot(stores: &Stores, node: &NodeConfig) -> DesiredState {
     if let Some(this) = stores.nodes.state().first() {
         node.labels.extend(this.labels().clone());
     }
-    let bindings = bindings_from_api(&objects);
+    let mut labels = node.labels.clone();
+    labels.insert("kubernetes.io/hostname".into(), node.name.clone());
+    let bindings = bindings_from_api(&objects, &node.name, &labels);
     let mut state = resolve(&objects, &bindings, &node);
     state.complete = state.problems.is_empty();
     state
@@ -176,13 +190,10 @@ pub async fn publish_notices(
     mut notices: mpsc::UnboundedReceiver<crate::reconcile::notices::Notice>,
 ) {
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-    let recorder = Recorder::new(
-        client,
-        Reporter {
-            controller: "volumed".into(),
-            instance: Some(node_name),
-        },
-    );
+    let reporter = Reporter {
+        controller: "volumed".into(),
+        instance: Some(node_name),
+    };
     let mut last_sent: std::collections::HashMap<
         (String, &'static str, String),
         tokio::time::Instant,
@@ -226,6 +237,9 @@ pub async fn publish_notices(
             .into(),
             secondary: None,
         };
+        // A recorder per notice: kube-rs folds events of the same reason on the same object into
+        // one series and keeps its first message; each different message must stand alone.
+        let recorder = Recorder::new(client.clone(), reporter.clone());
         if let Err(err) = recorder.publish(&event, &reference).await {
             tracing::warn!(%err, pod = %notice.pod, reason = notice.reason, "cannot record an Event; the log has the same news");
         }

@@ -38,6 +38,8 @@ pub struct DesiredState {
     /// Pods of this node that are not terminal, by uid.
     pub pods: BTreeMap<String, PodRef>,
     pub volumes: BTreeMap<VolumeKey, DesiredVolume>,
+    /// Pods being deleted: their volumes stay as they are, none is newly set up.
+    pub terminating: std::collections::BTreeSet<String>,
     /// Pod volumes that cannot be set up yet, or are not volumed's to set up.
     pub waiting: Vec<WaitingVolume>,
 }

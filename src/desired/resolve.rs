@@ -94,6 +94,9 @@ pub fn resolve(manifests: &Manifests, bindings: &Bindings, node: &NodeConfig) ->
             ));
             continue;
         }
+        if spec.metadata.deletion_timestamp.is_some() {
+            state.terminating.insert(pod.uid.clone());
+        }
         state.pods.insert(pod.uid.clone(), pod.clone());
         let context = Context {
             manifests,

@@ -108,7 +108,10 @@ pub fn plan(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec
     let mut ops: Vec<Op> = desired
         .volumes
         .values()
-        .filter(|volume| !in_place(volume, mounts, on_disk))
+        // A pod being deleted keeps what it has and gets nothing new (as kubelet).
+        .filter(|volume| {
+            !in_place(volume, mounts, on_disk) && !desired.terminating.contains(&volume.key.pod_uid)
+        })
         .map(|volume| Op::SetUp {
             volume: Box::new(volume.clone()),
         })

@@ -346,3 +346,28 @@ fn a_global_mount_goes_only_after_every_pod_mount_of_it() {
         vec!["remove-global-dir pv1"]
     );
 }
+
+#[test]
+fn a_pod_being_deleted_keeps_its_volumes_and_gets_no_new_ones() {
+    let cache = key("p1", Plugin::EmptyDir, "cache");
+    let logs = key("p1", Plugin::HostPath, "logs");
+    let bind = MountSpec::Bind {
+        source: "/srv".into(),
+        expect: crate::model::PathType::Directory,
+        read_only: false,
+    };
+    let mut want = desired(
+        true,
+        &[
+            (cache.clone(), MountSpec::Tmpfs { size_bytes: None }),
+            (logs.clone(), bind),
+        ],
+    );
+    want.terminating.insert("p1".into());
+    let ops = plan(&want, &mounted(&[&cache], &[]), &disk(&[&cache], &[]));
+    assert_eq!(
+        verbs(&ops),
+        Vec::<String>::new(),
+        "the mounted volume stays, the missing one is not set up"
+    );
+}

@@ -96,6 +96,8 @@ impl SyncLoop {
             }
             let retry_at = self.executor.next_retry();
             tokio::select! {
+                // Cancellation first: after it, no new snapshot may lead to an op.
+                biased;
                 _ = cancel.cancelled() => break,
                 changed = self.desired.changed(), if source_open => {
                     if changed.is_err() {

@@ -369,7 +369,6 @@ impl FakeApiServer {
         let mut drops = self.drops.subscribe();
         drops.borrow_and_update();
         let query = query.clone();
-        let state = self.state.clone();
         tokio::spawn(async move {
             let line = |value: Value| Bytes::from(format!("{value}\n"));
             if gone {
@@ -392,18 +391,22 @@ impl FakeApiServer {
                     return;
                 }
             }
+            // Bookmarks carry the last version this stream sent, never one ahead of it.
+            let mut sent = backlog.iter().map(|c| c.rv).max().unwrap_or(from);
             let mut ticker = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tokio::select! {
                     change = live.recv() => match change {
                         Ok(change) if wanted(&change) => {
+                            sent = sent.max(change.rv);
                             if tx.send(line(json!({"type": change.kind, "object": change.object}))).await.is_err() { return; }
                         }
-                        Ok(_) => {}
+                        // Not for this stream, but processed in order: safe to bookmark past.
+                        Ok(change) => sent = sent.max(change.rv),
                         Err(_) => return,
                     },
                     _ = ticker.tick(), if bookmarks => {
-                        let rv = state.lock().unwrap().rv;
+                        let rv = sent;
                         let mark = json!({"type": "BOOKMARK", "object": {"apiVersion": resource.api_version(), "kind": resource.kind(), "metadata": {"resourceVersion": rv.to_string()}}});
                         if tx.send(line(mark)).await.is_err() { return; }
                     }
