@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 use super::plan::Op;
 use crate::desired::DesiredState;
 use crate::model::PodRef;
+#[cfg(test)]
+use crate::model::VolumeKey;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
@@ -16,9 +18,14 @@ pub struct Notice {
     pub warning: bool,
 }
 
-/// The notice for an op's outcome, when its pod is one the desired state still knows.
-pub fn for_op(op: &Op, error: Option<&str>, desired: &DesiredState) -> Option<Notice> {
-    let pod = desired.pods.get(op.pod_uid()?)?.clone();
+/// The notice for an op's outcome, for a pod the loop has seen (`known`: pods by uid, kept
+/// after they leave the desired state so teardown failures can still be told).
+pub fn for_op(
+    op: &Op,
+    error: Option<&str>,
+    known: &std::collections::BTreeMap<String, PodRef>,
+) -> Option<Notice> {
+    let pod = known.get(op.pod_uid()?)?.clone();
     let (reason, message, warning) = match (op, error) {
         (Op::SetUp { volume }, Some(error)) => (
             "FailedMount",
@@ -83,6 +90,34 @@ pub fn pending(
 mod tests {
     use super::*;
     use crate::desired::WaitingVolume;
+    use crate::model::VolumeKey;
+
+    #[test]
+    fn a_teardown_failure_is_told_to_a_pod_that_left_the_desired_state() {
+        let pod = PodRef {
+            namespace: "shop".into(),
+            name: "web".into(),
+            uid: "u1".into(),
+        };
+        let known = std::collections::BTreeMap::from([("u1".to_string(), pod.clone())]);
+        let op = Op::Unmount {
+            key: VolumeKey::new("u1", crate::model::Plugin::Nfs, "files"),
+            nested: None,
+            server: None,
+        };
+        let notice = for_op(&op, Some("device busy"), &known).expect("told");
+        assert_eq!((notice.reason, notice.warning), ("FailedUnmount", true));
+        assert!(notice.message.contains("files") && notice.message.contains("device busy"));
+        assert_eq!(
+            for_op(&op, None, &known),
+            None,
+            "a clean unmount is not news"
+        );
+        let stranger = Op::RemovePodDir {
+            pod_uid: "u9".into(),
+        };
+        assert_eq!(for_op(&stranger, Some("x"), &known), None);
+    }
 
     #[test]
     fn a_steady_wait_is_told_once_and_a_new_reason_again() {

@@ -73,6 +73,8 @@ struct Books {
     indexed: Option<(Arc<MountTable>, PodMounts)>,
     /// Whether the last pass found the host matching a complete snapshot.
     matched: bool,
+    /// Every pod seen in a snapshot, until its directory is gone: teardown news is told to it.
+    known_pods: BTreeMap<String, crate::model::PodRef>,
     /// Blocking waits already told to their pods.
     pending_told: std::collections::BTreeSet<(String, String, String)>,
 }
@@ -165,6 +167,12 @@ impl SyncLoop {
             let index = PodMounts::index(&table.entries, &self.root);
             books.indexed = Some((table, index));
         }
+        books.known_pods.extend(
+            desired
+                .pods
+                .iter()
+                .map(|(uid, pod)| (uid.clone(), pod.clone())),
+        );
         if let Some(out) = &self.notices {
             for notice in notices::pending(&desired, &mut books.pending_told) {
                 let _ = out.send(notice);
@@ -241,9 +249,12 @@ impl SyncLoop {
             }
         };
         if let Some(out) = &self.notices {
-            if let Some(notice) = notices::for_op(&op, error.as_deref(), &self.desired.borrow()) {
+            if let Some(notice) = notices::for_op(&op, error.as_deref(), &books.known_pods) {
                 let _ = out.send(notice);
             }
+        }
+        if let (super::plan::Op::RemovePodDir { pod_uid }, None) = (&op, &error) {
+            books.known_pods.remove(pod_uid);
         }
         let (map, key) = match op.key() {
             OpKey::Volume(key) => (&mut books.failures, key.to_string()),
