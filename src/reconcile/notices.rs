@@ -7,8 +7,6 @@ use std::collections::BTreeSet;
 use super::plan::Op;
 use crate::desired::DesiredState;
 use crate::model::PodRef;
-#[cfg(test)]
-use crate::model::VolumeKey;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
