@@ -3,6 +3,8 @@
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
+#[path = "support/settings.rs"]
+mod settings_support;
 
 use std::time::Duration;
 
@@ -68,8 +70,6 @@ mod daemon {
 
     use tokio_util::sync::CancellationToken;
     use volumed::app;
-    use volumed::config::Settings;
-    use volumed::desired::NodeConfig;
     use volumed::host::fake::FakeMounter;
     use volumed::host::format::FakeFormatter;
 
@@ -99,23 +99,7 @@ mod daemon {
             server.url()
         )).unwrap();
         std::fs::create_dir_all(base.join("disks/pv1")).unwrap();
-        let settings = Settings {
-            manifests: None,
-            kubeconfig: Some(kubeconfig),
-            root_dir: base.join("root"),
-            node: NodeConfig {
-                name: "node-a".into(),
-                labels: Default::default(),
-                host_path_roots: vec![base.clone()],
-            },
-            max_concurrent_ops: 4,
-            max_concurrent_formats: 1,
-            mounter_path: "mount".into(),
-            mount_timeout: Duration::from_secs(5),
-            max_ops_per_server: 2,
-            op_timeout: Duration::from_secs(5),
-            resync: Duration::from_secs(60),
-        };
+        let settings = super::settings_support::test_settings(&base, None, Some(kubeconfig));
         std::fs::create_dir_all(&settings.root_dir).unwrap();
         let mounter = FakeMounter::new();
         for uid in adopted {

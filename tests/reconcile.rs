@@ -1,6 +1,9 @@
 //! Whole reconcile runs against the fake mounter: real directories in a temp dir, a
 //! make-believe mount table. No root needed.
 
+#[path = "support/settings.rs"]
+mod settings_support;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +11,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use volumed::app;
 use volumed::config::Settings;
-use volumed::desired::NodeConfig;
 use volumed::host::fake::FakeMounter;
 use volumed::host::format::FakeFormatter;
 use volumed::reconcile::status::VolumeState;
@@ -72,23 +74,7 @@ impl World {
             std::fs::create_dir_all(base.join(dir)).unwrap();
         }
         std::fs::write(base.join("disks/small/marker"), "small").unwrap();
-        let settings = Settings {
-            manifests: Some(base.join("manifests")),
-            kubeconfig: None,
-            root_dir: base.join("root"),
-            node: NodeConfig {
-                name: "node-a".into(),
-                labels: Default::default(),
-                host_path_roots: vec![base.clone()],
-            },
-            max_concurrent_ops: 4,
-            max_concurrent_formats: 1,
-            mounter_path: "mount".into(),
-            mount_timeout: Duration::from_secs(5),
-            max_ops_per_server: 2,
-            op_timeout: Duration::from_secs(5),
-            resync: Duration::from_secs(60),
-        };
+        let settings = settings_support::test_settings(&base, Some(base.join("manifests")), None);
         let world = World {
             _tmp: tmp,
             base,

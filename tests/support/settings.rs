@@ -1,0 +1,34 @@
+//! Settings for the fake-host test runs: node `node-a`, host paths under `base`, short
+//! deadlines. Each test binary picks its source (a manifest dir or a kubeconfig).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use volumed::config::Settings;
+use volumed::desired::NodeConfig;
+
+pub fn test_settings(
+    base: &Path,
+    manifests: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
+) -> Settings {
+    Settings {
+        manifests,
+        kubeconfig,
+        root_dir: base.join("root"),
+        node: NodeConfig {
+            name: "node-a".into(),
+            labels: Default::default(),
+            host_path_roots: vec![base.to_path_buf()],
+        },
+        max_concurrent_ops: 4,
+        max_concurrent_formats: 1,
+        mounter_path: "mount".into(),
+        mount_timeout: Duration::from_secs(5),
+        max_ops_per_server: 2,
+        op_timeout: Duration::from_secs(5),
+        resync: Duration::from_secs(60),
+    }
+}
