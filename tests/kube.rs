@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::runtime::watcher;
+use kube::ResourceExt;
 
 use apiserver::FakeApiServer;
 
@@ -61,6 +62,124 @@ async fn the_fake_api_server_lists_and_watches_through_the_real_client() {
     }
     seen.sort();
     assert_eq!(seen, ["api", "web"]);
+}
+
+/// The parts of the protocol volumed's watchers meet on a real cluster: pages, conflicts,
+/// missing objects, refused selectors, a closed port.
+#[tokio::test]
+async fn the_fake_api_server_answers_pages_conflicts_and_outages_as_a_real_one() {
+    use kube::api::{Patch, PatchParams, PostParams};
+    let server = FakeApiServer::start().await;
+    for n in 0..3 {
+        server.apply_yaml(
+            &POD.replace("name: web", &format!("name: p{n}"))
+                .replace("uid: u1", &format!("uid: u{n}")),
+        );
+    }
+    let pods: Api<Pod> = Api::all(server.client());
+    let page = pods.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(page.items.len(), 2);
+    let token = page.metadata.continue_.clone().expect("a continue token");
+    // A change between pages does not show in the rest of the list (a consistent snapshot).
+    server.delete("Pod", "shop", "p2");
+    let rest = pods
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    let names: Vec<_> = page
+        .items
+        .iter()
+        .chain(&rest.items)
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(names, ["p0", "p1", "p2"]);
+    assert!(rest.metadata.continue_.is_none());
+    // Once compacted, the token has expired.
+    server.compact();
+    let expired = pods
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&expired, kube::Error::Api(s) if s.code == 410),
+        "{expired}"
+    );
+    // The watcher itself reads in pages and still sees every pod.
+    let config = watcher::Config::default().page_size(1);
+    let listed = watcher(pods.clone(), config)
+        .take_while(|e| std::future::ready(!matches!(e, Ok(watcher::Event::InitDone))))
+        .filter_map(|e| async move {
+            match e {
+                Ok(watcher::Event::InitApply(pod)) => Some(pod.name_any()),
+                _ => None,
+            }
+        })
+        .collect::<Vec<_>>();
+    let listed = tokio::time::timeout(Duration::from_secs(10), listed)
+        .await
+        .unwrap();
+    assert_eq!(listed, ["p0", "p1"]);
+
+    let shop: Api<Pod> = Api::namespaced(server.client(), "shop");
+    let existing: Pod = serde_yaml::from_str(&POD.replace("name: web", "name: p0")).unwrap();
+    let conflict = shop
+        .create(&PostParams::default(), &existing)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&conflict, kube::Error::Api(s) if s.code == 409),
+        "{conflict}"
+    );
+    let patch = Patch::Merge(serde_json::json!({"metadata": {"labels": {"a": "b"}}}));
+    let patched = shop
+        .patch("p0", &PatchParams::default(), &patch)
+        .await
+        .unwrap();
+    assert_eq!(patched.labels()["a"], "b");
+    assert_eq!(
+        patched.uid().as_deref(),
+        Some("u0"),
+        "a merge patch keeps the rest"
+    );
+    for missing in [
+        shop.patch("nope", &PatchParams::default(), &patch)
+            .await
+            .map(|_| ()),
+        shop.delete("nope", &Default::default()).await.map(|_| ()),
+        shop.get("nope").await.map(|_| ()),
+    ] {
+        assert!(
+            matches!(&missing, Err(kube::Error::Api(s)) if s.code == 404),
+            "{missing:?}"
+        );
+    }
+    let refused = pods
+        .list(&ListParams::default().fields("spec.hostname=x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 400),
+        "{refused}"
+    );
+
+    // Down: the port is closed. Back: the same objects on the same port.
+    server.stop().await;
+    let connect = tokio::net::TcpStream::connect(server.addr).await;
+    assert_eq!(
+        connect.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+    assert!(pods.list(&ListParams::default()).await.is_err());
+    server.restart().await;
+    let mut back = None;
+    for _ in 0..50 {
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            back = Some(list.items.len());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(back, Some(2));
 }
 
 mod daemon {
@@ -219,12 +338,12 @@ async fn an_api_outage_or_a_relist_unmounts_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(node.unmounts(), 0, "a stalled API unmounted something");
     server.stall(false);
-    server.stop();
+    server.stop().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(node.unmounts(), 0, "an outage unmounted something");
     // It comes back with its history compacted: the watchers get 410 Gone and relist.
     server.compact();
-    server.restart();
+    server.restart().await;
     server.apply_yaml(&pod("api", "u2"));
     daemon::until("a pod added after the outage is set up", || {
         node.mounted().len() == 4
@@ -288,13 +407,13 @@ async fn an_unbound_claim_leaves_the_volume_pending_and_the_rest_converges() {
 #[tokio::test]
 async fn starting_while_the_api_is_down_unmounts_nothing_until_the_first_list() {
     let server = FakeApiServer::start().await;
-    server.stop();
+    server.stop().await;
     // A mount left by an earlier run, of a pod the API will not list any more.
     let node = daemon::start_adopting(&server, &["gone-uid"]);
     assert_eq!(node.mounted().len(), 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(node.unmounts(), 0, "unmounted while the API was down");
-    server.restart();
+    server.restart().await;
     cluster(&server, &node.base);
     daemon::until("the first complete list tears the gone pod down", || {
         node.mounted().is_empty()

@@ -1,8 +1,10 @@
 //! A fake Kubernetes API server for tests, speaking the real wire protocol over HTTP on
-//! loopback: lists with `resourceVersion`, chunked watch streams (with bookmarks, and
-//! `410 Gone` for versions it has compacted away), field selectors for pods and nodes, and
-//! create/patch for Events. A test can add, change and delete objects, drop every watch,
-//! stall, or take the server down and bring it back.
+//! loopback: lists with `resourceVersion` and `limit`/`continue` pages (served from a snapshot,
+//! `410 Gone` once compacted), chunked watch streams (bookmarks, `timeoutSeconds`, `410 Gone`
+//! for versions it has compacted away), field selectors (`400` for unsupported ones), and
+//! create (`409` if it exists), merge-patch, replace and delete (`404` if missing). A test can
+//! add, change and delete objects, drop every watch, stall, or take the server down (its port
+//! closed, so connections are refused) and bring it back on the same port.
 
 #![allow(dead_code)]
 
@@ -81,13 +83,19 @@ struct Change {
     object: Value,
 }
 
+type Key = (Resource, String, String);
+
 #[derive(Default)]
 struct State {
     rv: u64,
-    objects: BTreeMap<(Resource, String, String), Value>,
+    objects: BTreeMap<Key, Value>,
     history: Vec<Change>,
     /// Watches from a version older than this get 410 Gone.
     oldest: u64,
+    /// The objects as they were at a version, kept for lists being read in pages.
+    snapshots: BTreeMap<u64, Arc<BTreeMap<Key, Value>>>,
+    /// How many list requests each resource has served (relists show up here).
+    lists: BTreeMap<Resource, usize>,
 }
 
 /// Handle on a running fake API server.
@@ -98,9 +106,12 @@ pub struct FakeApiServer {
     changes: broadcast::Sender<Change>,
     /// Bumped to end every open watch stream.
     drops: watch::Sender<u64>,
-    /// While true, requests hang (a stalled server); while `down`, connections are refused.
+    /// While true, requests hang (a stalled server).
     stalled: watch::Sender<bool>,
-    down: Arc<Mutex<bool>>,
+    /// While true the port is closed: connections are refused and open ones are cut.
+    down: watch::Sender<bool>,
+    /// Whether the port is open now (follows `down` once the accept task has acted on it).
+    listening: watch::Sender<bool>,
 }
 
 impl FakeApiServer {
@@ -113,32 +124,62 @@ impl FakeApiServer {
             changes: broadcast::channel(1024).0,
             drops: watch::channel(0).0,
             stalled: watch::channel(false).0,
-            down: Arc::default(),
+            down: watch::channel(false).0,
+            listening: watch::channel(true).0,
         };
-        let accept = server.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                if *accept.down.lock().unwrap() {
-                    drop(stream);
-                    continue;
-                }
-                let handler = accept.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let handler = handler.clone();
-                        async move { Ok::<_, Infallible>(handler.handle(req).await) }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                });
-            }
-        });
+        tokio::spawn(server.clone().serve(listener));
         server
+    }
+
+    /// Accepts connections until taken down; then closes the port until brought back.
+    async fn serve(self, mut listener: tokio::net::TcpListener) {
+        let mut down = self.down.subscribe();
+        loop {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        if let Ok((stream, _)) = accepted {
+                            tokio::spawn(self.clone().connection(stream));
+                        }
+                    }
+                    _ = down.wait_for(|d| *d) => break,
+                }
+            }
+            drop(listener);
+            self.listening.send_replace(false);
+            if down.wait_for(|d| !*d).await.is_err() {
+                return;
+            }
+            listener = self.rebind().await;
+            self.listening.send_replace(true);
+        }
+    }
+
+    /// The same port again (SO_REUSEADDR is set by tokio), retried briefly.
+    async fn rebind(&self) -> tokio::net::TcpListener {
+        for _ in 0..100 {
+            if let Ok(listener) = tokio::net::TcpListener::bind(self.addr).await {
+                return listener;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the fake API server cannot listen on {} again", self.addr);
+    }
+
+    async fn connection(self, stream: tokio::net::TcpStream) {
+        let mut down = self.down.subscribe();
+        let handler = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler.handle(req).await) }
+        });
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        // Taking the server down cuts open connections, as a dead apiserver would.
+        tokio::select! {
+            _ = connection => {}
+            _ = down.wait_for(|d| *d) => {}
+        }
     }
 
     pub fn url(&self) -> String {
@@ -156,13 +197,19 @@ impl FakeApiServer {
         let resource =
             Resource::of_kind(object["kind"].as_str().unwrap()).expect("a kind the server serves");
         let mut state = self.state.lock().unwrap();
+        self.store(&mut state, resource, object);
+    }
+
+    /// Returns the object as stored (with its resourceVersion).
+    fn store(&self, state: &mut State, resource: Resource, object: Value) -> Value {
         let key = key_of(resource, &object);
         let kind = if state.objects.contains_key(&key) {
             "MODIFIED"
         } else {
             "ADDED"
         };
-        self.record(&mut state, resource, kind, key, Some(object));
+        self.record(state, resource, kind, key.clone(), Some(object));
+        state.objects[&key].clone()
     }
 
     pub fn apply_yaml(&self, text: &str) {
@@ -223,11 +270,20 @@ impl FakeApiServer {
             .collect()
     }
 
-    /// Forgets history: any watch resuming from an older version gets 410 Gone.
+    /// How many lists of `kind` the server has answered.
+    pub fn lists(&self, kind: &str) -> usize {
+        let resource = Resource::of_kind(kind).unwrap();
+        let state = self.state.lock().unwrap();
+        state.lists.get(&resource).copied().unwrap_or(0)
+    }
+
+    /// Forgets history: any watch resuming from an older version, and any list being read in
+    /// pages, gets 410 Gone.
     pub fn compact(&self) {
         let mut state = self.state.lock().unwrap();
         state.oldest = state.rv + 1;
         state.history.clear();
+        state.snapshots.clear();
     }
 
     /// Ends every open watch stream (clients reconnect).
@@ -235,14 +291,18 @@ impl FakeApiServer {
         self.drops.send_modify(|n| *n += 1);
     }
 
-    /// Takes the server down: open watches end, new connections are refused.
-    pub fn stop(&self) {
-        *self.down.lock().unwrap() = true;
+    /// Takes the server down: its port closes (new connections are refused) and open
+    /// connections, watches included, are cut.
+    pub async fn stop(&self) {
+        self.down.send_replace(true);
         self.drop_watches();
+        let _ = self.listening.subscribe().wait_for(|l| !*l).await;
     }
 
-    pub fn restart(&self) {
-        *self.down.lock().unwrap() = false;
+    /// Brings the server back on the same port, with its objects and history.
+    pub async fn restart(&self) {
+        self.down.send_replace(false);
+        let _ = self.listening.subscribe().wait_for(|l| *l).await;
     }
 
     /// While stalled, requests get no answer.
@@ -253,86 +313,194 @@ impl FakeApiServer {
     async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
         let mut stalled = self.stalled.subscribe();
         let _ = stalled.wait_for(|s| !*s).await;
-        if *self.down.lock().unwrap() {
-            return respond(
-                StatusCode::SERVICE_UNAVAILABLE,
-                status(503, "ServiceUnavailable", "down"),
-            );
-        }
         let path = req.uri().path().to_string();
         let query = parse_query(req.uri().query().unwrap_or(""));
         let Some((resource, namespace, name)) = route(&path) else {
-            return respond(
+            return failure(
                 StatusCode::NOT_FOUND,
-                status(404, "NotFound", &format!("no route {path}")),
+                "NotFound",
+                &format!("no route {path}"),
             );
         };
-        match *req.method() {
-            Method::GET if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+        if let Err(message) = check_selector(resource, &query) {
+            return failure(StatusCode::BAD_REQUEST, "BadRequest", &message);
+        }
+        let method = req.method().clone();
+        match (method, &name) {
+            (Method::GET, None) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
                 self.watch(resource, namespace, &query)
             }
-            Method::GET => self.list(resource, namespace.as_deref(), &query),
-            Method::POST | Method::PATCH | Method::PUT => {
+            (Method::GET, None) => self.list(resource, namespace.as_deref(), &query),
+            (Method::GET, Some(name)) => {
+                let key = (resource, namespace.unwrap_or_default(), name.clone());
+                match self.state.lock().unwrap().objects.get(&key) {
+                    Some(object) => respond(StatusCode::OK, object.clone()),
+                    None => not_found(resource, name),
+                }
+            }
+            (method @ (Method::POST | Method::PATCH | Method::PUT), _) => {
                 let body = req
                     .into_body()
                     .collect()
                     .await
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
-                let mut object: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                if object.is_null() {
-                    return respond(
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if !body.is_object() {
+                    return failure(
                         StatusCode::BAD_REQUEST,
-                        status(400, "BadRequest", "no body"),
+                        "BadRequest",
+                        "the body is not a JSON object",
                     );
                 }
-                object["apiVersion"] = json!(resource.api_version());
-                object["kind"] = json!(resource.kind());
-                if let (Some(ns), true) = (&namespace, object["metadata"]["namespace"].is_null()) {
-                    object["metadata"]["namespace"] = json!(ns);
-                }
-                if let (Some(name), true) = (&name, object["metadata"]["name"].is_null()) {
-                    object["metadata"]["name"] = json!(name);
-                }
-                self.apply(object.clone());
-                respond(StatusCode::CREATED, object)
+                self.write(method, resource, namespace, name.clone(), body)
             }
-            Method::DELETE => match (namespace, name) {
-                (namespace, Some(name)) => {
-                    self.delete(resource.kind(), namespace.as_deref().unwrap_or(""), &name);
-                    respond(StatusCode::OK, status_ok())
+            (Method::DELETE, Some(name)) => {
+                let key = (resource, namespace.unwrap_or_default(), name.clone());
+                let mut state = self.state.lock().unwrap();
+                if !state.objects.contains_key(&key) {
+                    return not_found(resource, name);
                 }
-                _ => respond(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    status(405, "MethodNotAllowed", "collection delete"),
-                ),
-            },
-            _ => respond(
+                self.record(&mut state, resource, "DELETED", key, None);
+                respond(StatusCode::OK, status_ok())
+            }
+            _ => failure(
                 StatusCode::METHOD_NOT_ALLOWED,
-                status(405, "MethodNotAllowed", ""),
+                "MethodNotAllowed",
+                "not served by the fake API server",
             ),
         }
     }
 
+    /// POST creates (409 if it exists), PUT replaces and PATCH merges (RFC 7386) into an
+    /// existing object (404 if missing).
+    fn write(
+        &self,
+        method: Method,
+        resource: Resource,
+        namespace: Option<String>,
+        name: Option<String>,
+        mut body: Value,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        if let Some(ns) = &namespace {
+            body["metadata"]["namespace"] = json!(ns);
+        }
+        if let Some(name) = &name {
+            body["metadata"]["name"] = json!(name);
+        }
+        let Some(name) = body["metadata"]["name"].as_str().map(str::to_string) else {
+            return failure(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                "metadata.name is required",
+            );
+        };
+        let key = key_of(resource, &body);
+        let mut state = self.state.lock().unwrap();
+        let existing = state.objects.get(&key).cloned();
+        let object = match (method, existing) {
+            (Method::POST, Some(_)) => {
+                return failure(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    &format!("{} \"{name}\" already exists", resource.plural()),
+                )
+            }
+            (Method::POST, None) => body,
+            (_, None) => return not_found(resource, &name),
+            (Method::PATCH, Some(mut current)) => {
+                merge_patch(&mut current, body);
+                current
+            }
+            (_, Some(_)) => body,
+        };
+        let mut object = object;
+        object["apiVersion"] = json!(resource.api_version());
+        object["kind"] = json!(resource.kind());
+        let stored = self.store(&mut state, resource, object);
+        respond(StatusCode::CREATED, stored)
+    }
+
+    /// A list at the current version, or read in pages (`limit`, `continue`) from a snapshot
+    /// taken when the first page was served.
     fn list(
         &self,
         resource: Resource,
         namespace: Option<&str>,
         query: &BTreeMap<String, String>,
     ) -> Response<BoxBody<Bytes, Infallible>> {
-        let state = self.state.lock().unwrap();
-        let items: Vec<Value> = state
-            .objects
-            .iter()
-            .filter(|((r, ns, _), v)| {
-                *r == resource && namespace.is_none_or(|n| n == ns) && selected(v, query)
-            })
+        let mut state = self.state.lock().unwrap();
+        *state.lists.entry(resource).or_default() += 1;
+        let (rv, after, objects) = match query.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => {
+                let Some((rv, after)) = parse_continue(token) else {
+                    return failure(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        "malformed continue token",
+                    );
+                };
+                match state.snapshots.get(&rv) {
+                    Some(objects) => (rv, Some(after), objects.clone()),
+                    None => {
+                        return failure(
+                            StatusCode::GONE,
+                            "Expired",
+                            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                        )
+                    }
+                }
+            }
+            None => {
+                if let Some(asked) = query
+                    .get("resourceVersion")
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    let exact = query
+                        .get("resourceVersionMatch")
+                        .is_some_and(|m| m == "Exact");
+                    if asked > state.rv {
+                        return failure(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "Timeout",
+                            "Too large resource version",
+                        );
+                    }
+                    if exact && asked != state.rv {
+                        return failure(StatusCode::GONE, "Expired", "too old resource version");
+                    }
+                }
+                (state.rv, None, Arc::new(state.objects.clone()))
+            }
+        };
+        let limit = query
+            .get("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
+        let mut matching = objects.iter().filter(|((r, ns, name), v)| {
+            *r == resource
+                && namespace.is_none_or(|n| n == ns)
+                && after.as_ref().is_none_or(|a| (ns, name) > (&a.0, &a.1))
+                && selected(v, query)
+        });
+        let items: Vec<Value> = matching
+            .by_ref()
+            .take(limit)
             .map(|(_, v)| v.clone())
             .collect();
+        let remaining = matching.count();
+        let mut metadata = json!({"resourceVersion": rv.to_string()});
+        if remaining > 0 {
+            let last = key_of(resource, items.last().expect("a page before the rest"));
+            metadata["continue"] = json!(format!("{rv}/{}/{}", last.1, last.2));
+            metadata["remainingItemCount"] = json!(remaining);
+            state.snapshots.insert(rv, objects);
+        }
         let list = json!({
             "apiVersion": resource.api_version(),
             "kind": format!("{}List", resource.kind()),
-            "metadata": {"resourceVersion": state.rv.to_string()},
+            "metadata": metadata,
             "items": items,
         });
         respond(StatusCode::OK, list)
@@ -351,6 +519,12 @@ impl FakeApiServer {
         let bookmarks = query
             .get("allowWatchBookmarks")
             .is_some_and(|v| v == "true");
+        // The server ends a watch after `timeoutSeconds`, as the real one does.
+        let lifetime = query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(1800));
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
         let mut live = self.changes.subscribe();
         let (backlog, gone) = {
@@ -394,6 +568,8 @@ impl FakeApiServer {
             // Bookmarks carry the last version this stream sent, never one ahead of it.
             let mut sent = backlog.iter().map(|c| c.rv).max().unwrap_or(from);
             let mut ticker = tokio::time::interval(Duration::from_millis(500));
+            let ends = tokio::time::sleep(lifetime);
+            tokio::pin!(ends);
             loop {
                 tokio::select! {
                     change = live.recv() => match change {
@@ -411,6 +587,7 @@ impl FakeApiServer {
                         if tx.send(line(mark)).await.is_err() { return; }
                     }
                     _ = drops.changed() => return,
+                    _ = &mut ends => return,
                 }
             }
         });
@@ -498,23 +675,87 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Field selectors the server supports: `spec.nodeName=<n>` and `metadata.name=<n>`.
-fn selected(object: &Value, query: &BTreeMap<String, String>) -> bool {
+/// The field labels the server can select on (as the real one: a few per kind).
+fn field_labels(resource: Resource) -> &'static [&'static str] {
+    match resource {
+        Resource::Pods => &["metadata.name", "metadata.namespace", "spec.nodeName"],
+        Resource::Volumes | Resource::Classes | Resource::Nodes => &["metadata.name"],
+        _ => &["metadata.name", "metadata.namespace"],
+    }
+}
+
+fn selector_terms(query: &BTreeMap<String, String>) -> Vec<(&str, &str)> {
     let Some(selector) = query.get("fieldSelector") else {
-        return true;
+        return Vec::new();
     };
     selector
         .split(',')
         .filter(|s| !s.is_empty())
-        .all(|term| match term.split_once('=') {
-            Some(("spec.nodeName", node)) => {
-                object["spec"]["nodeName"].as_str().unwrap_or("") == node
-            }
-            Some(("metadata.name", name)) => {
-                object["metadata"]["name"].as_str().unwrap_or("") == name
-            }
-            _ => true,
+        .map(|term| {
+            term.split_once("==")
+                .or_else(|| term.split_once('='))
+                .unwrap_or((term, ""))
         })
+        .collect()
+}
+
+/// 400 for a field the real server would refuse (and for `!=`, which this fake lacks).
+fn check_selector(resource: Resource, query: &BTreeMap<String, String>) -> Result<(), String> {
+    for (field, _) in selector_terms(query) {
+        if !field_labels(resource).contains(&field) {
+            return Err(format!(
+                "field label not supported: {field} for {}",
+                resource.plural()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn selected(object: &Value, query: &BTreeMap<String, String>) -> bool {
+    selector_terms(query).into_iter().all(|(field, wanted)| {
+        let value = field.split('.').fold(object, |value, part| &value[part]);
+        value.as_str().unwrap_or("") == wanted
+    })
+}
+
+/// JSON merge patch (RFC 7386): objects merge, null deletes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: Value) {
+    match patch {
+        Value::Object(fields) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let target = target.as_object_mut().expect("made an object above");
+            for (name, value) in fields {
+                if value.is_null() {
+                    target.remove(&name);
+                } else {
+                    merge_patch(target.entry(name).or_insert(Value::Null), value);
+                }
+            }
+        }
+        other => *target = other,
+    }
+}
+
+/// `<rv>/<namespace>/<name>` of the last item served.
+fn parse_continue(token: &str) -> Option<(u64, (String, String))> {
+    let mut parts = token.splitn(3, '/');
+    let rv = parts.next()?.parse().ok()?;
+    Some((rv, (parts.next()?.to_string(), parts.next()?.to_string())))
+}
+
+fn not_found(resource: Resource, name: &str) -> Response<BoxBody<Bytes, Infallible>> {
+    failure(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("{} \"{name}\" not found", resource.plural()),
+    )
+}
+
+fn failure(code: StatusCode, reason: &str, message: &str) -> Response<BoxBody<Bytes, Infallible>> {
+    respond(code, status(code.as_u16(), reason, message))
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
