@@ -110,7 +110,12 @@ pub async fn run(
         None => {
             let (rx, client) = start_api_source(settings, once, cancel.clone()).await?;
             let (tx, notices) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(publish_notices(client, settings.node.name.clone(), notices));
+            tokio::spawn(publish_notices(
+                client,
+                settings.node.name.clone(),
+                crate::desired::kube::REPEAT_AFTER,
+                notices,
+            ));
             (rx, None, Some(tx))
         }
     };

@@ -458,6 +458,100 @@ async fn failures_and_pending_volumes_are_recorded_as_events_on_the_pod() {
         "{event}"
     );
     assert_eq!(event["type"], "Warning");
+    assert_eq!(event["action"], "Mount");
+    assert_eq!(event["reportingController"], "volumed");
+    assert_eq!(event["reportingInstance"], "node-a");
+    assert_eq!(event["metadata"]["namespace"], "shop");
+    let regarding = &event["regarding"];
+    assert_eq!(
+        (
+            &regarding["kind"],
+            &regarding["namespace"],
+            &regarding["name"]
+        ),
+        (&"Pod".into(), &"shop".into(), &"web".into())
+    );
+    let pending = server
+        .events()
+        .into_iter()
+        .find(|e| e["reason"] == "VolumePending")
+        .unwrap();
+    assert!(
+        pending["note"].as_str().unwrap_or("").contains("later"),
+        "the pending Event names the claim: {pending}"
+    );
     node.cancel.cancel();
     node.daemon.await.unwrap();
+}
+
+/// Each distinct message is its own Event; the same one again continues that Event's series
+/// (kube-rs's recorder), and within the repeat window it is not sent at all.
+#[tokio::test]
+async fn repeated_notices_become_one_event_series_and_distinct_ones_stand_alone() {
+    use volumed::model::PodRef;
+    use volumed::reconcile::notices::Notice;
+    let server = FakeApiServer::start().await;
+    let notice = |message: &str| Notice {
+        pod: PodRef {
+            namespace: "shop".into(),
+            name: "web".into(),
+            uid: "u1".into(),
+        },
+        reason: "FailedMount",
+        message: message.into(),
+        warning: true,
+    };
+    let publish = |repeat_after: Duration, notices: Vec<Notice>| {
+        let client = server.client();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            for n in notices {
+                tx.send(n).unwrap();
+            }
+            drop(tx);
+            volumed::desired::kube::publish_notices(client, "node-a".into(), repeat_after, rx)
+                .await;
+        }
+    };
+    let series = |server: &FakeApiServer| -> Vec<(String, i64)> {
+        let mut seen: Vec<_> = server
+            .events()
+            .iter()
+            .map(|e| {
+                (
+                    e["note"].as_str().unwrap_or("").to_string(),
+                    e["series"]["count"].as_i64().unwrap_or(1),
+                )
+            })
+            .collect();
+        seen.sort();
+        seen
+    };
+    publish(
+        Duration::ZERO,
+        vec![
+            notice("volume a: ENOSPC"),
+            notice("volume b: EIO"),
+            notice("volume a: ENOSPC"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        series(&server),
+        [("volume a: ENOSPC".into(), 2), ("volume b: EIO".into(), 1)]
+    );
+    publish(
+        Duration::from_secs(3600),
+        vec![
+            notice("volume c: EIO"),
+            notice("volume c: EIO"),
+            notice("volume c: EIO"),
+        ],
+    )
+    .await;
+    assert_eq!(series(&server).len(), 3);
+    assert!(
+        series(&server).contains(&("volume c: EIO".into(), 1)),
+        "a repeat within the window was sent"
+    );
 }

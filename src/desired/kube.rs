@@ -182,11 +182,14 @@ fn snapshot(stores: &Stores, node: &NodeConfig) -> DesiredState {
     state
 }
 
-/// Records notices as Events on their pods with the kube-rs recorder (which folds repeats into
-/// an event series); the same notice is sent at most once a minute.
+/// Records notices as Events on their pods with the kube-rs recorder. Each distinct notice
+/// (pod, reason, message) keeps its own recorder, so a repeat is a PATCH to the same Event's
+/// series (its count and last time) rather than a new Event; a notice repeated within
+/// `repeat_after` is not sent at all.
 pub async fn publish_notices(
     client: Client,
     node_name: String,
+    repeat_after: Duration,
     mut notices: mpsc::UnboundedReceiver<crate::reconcile::notices::Notice>,
 ) {
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -194,25 +197,33 @@ pub async fn publish_notices(
         controller: "volumed".into(),
         instance: Some(node_name),
     };
-    let mut last_sent: std::collections::HashMap<
-        (String, &'static str, String),
-        tokio::time::Instant,
-    > = Default::default();
+    struct Told {
+        recorder: Recorder,
+        /// When it was last sent (never, for a recorder just made).
+        at: Option<tokio::time::Instant>,
+    }
+    let mut told: std::collections::HashMap<(String, &'static str, String), Told> =
+        Default::default();
     while let Some(notice) = notices.recv().await {
+        let now = tokio::time::Instant::now();
+        // kube-rs forgets a series after a few minutes; so do we, to stay small.
+        told.retain(|_, t| t.at.is_some_and(|at| now.duration_since(at) < SERIES_KEPT));
         let key = (
             notice.pod.uid.clone(),
             notice.reason,
             notice.message.clone(),
         );
-        let now = tokio::time::Instant::now();
-        if last_sent
-            .get(&key)
-            .is_some_and(|at| now.duration_since(*at) < REPEAT_AFTER)
+        let told = told.entry(key).or_insert_with(|| Told {
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            at: None,
+        });
+        if told
+            .at
+            .is_some_and(|at| now.duration_since(at) < repeat_after)
         {
             continue;
         }
-        last_sent.insert(key, now);
-        last_sent.retain(|_, at| now.duration_since(*at) < REPEAT_AFTER);
+        told.at = Some(now);
         let reference = k8s_openapi::api::core::v1::ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
@@ -237,14 +248,14 @@ pub async fn publish_notices(
             .into(),
             secondary: None,
         };
-        // A recorder per notice: kube-rs folds events of the same reason on the same object into
-        // one series and keeps its first message; each different message must stand alone.
-        let recorder = Recorder::new(client.clone(), reporter.clone());
-        if let Err(err) = recorder.publish(&event, &reference).await {
+        if let Err(err) = told.recorder.publish(&event, &reference).await {
             tracing::warn!(%err, pod = %notice.pod, reason = notice.reason, "cannot record an Event; the log has the same news");
         }
     }
 }
 
 /// The same notice is not sent again within this time.
-const REPEAT_AFTER: Duration = Duration::from_secs(60);
+pub const REPEAT_AFTER: Duration = Duration::from_secs(60);
+
+/// How long a notice's Event series is continued (kube-rs keeps its own for 6 minutes).
+const SERIES_KEPT: Duration = Duration::from_secs(6 * 60);
