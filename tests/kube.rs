@@ -359,22 +359,40 @@ async fn a_terminating_pod_keeps_its_volumes_until_it_is_gone_or_terminal() {
     let server = FakeApiServer::start().await;
     let node = daemon::start(&server);
     cluster(&server, &node.base);
-    server.apply_yaml(&pod("web", "u1"));
+    let only_cache = |name: &str, uid: &str| {
+        pod(name, uid).replace(
+            "  - {name: data, persistentVolumeClaim: {claimName: data}}\n",
+            "",
+        )
+    };
+    server.apply_yaml(&only_cache("web", "u1"));
+    server.apply_yaml(&only_cache("api", "u2"));
     daemon::until("mounted", || node.mounted().len() == 2).await;
     // Deleting: the API sets deletionTimestamp while containers may still run.
-    server.apply_yaml(&pod("web", "u1").replace(
-        "uid: u1}",
-        "uid: u1, deletionTimestamp: \"2026-11-22T00:00:00Z\"}",
-    ));
+    let terminating = |name: &str, uid: &str| {
+        only_cache(name, uid).replace(
+            &format!("uid: {uid}}}"),
+            &format!("uid: {uid}, deletionTimestamp: \"2026-11-22T00:00:00Z\"}}"),
+        )
+    };
+    server.apply_yaml(&terminating("web", "u1"));
+    server.apply_yaml(&terminating("api", "u2"));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         node.mounted().len(),
         2,
         "a terminating pod lost its volumes"
     );
-    // Terminal: now they go.
-    server.apply_yaml(&(pod("web", "u1") + "status: {phase: Succeeded}\n"));
+    // Terminal: its volumes go; the other still terminating pod keeps its own.
+    server.apply_yaml(&(terminating("web", "u1") + "status: {phase: Succeeded}\n"));
+    let api_cache = node.volume("u2", "empty-dir", "cache");
     daemon::until("a terminal pod's volumes are removed", || {
+        node.mounted() == [api_cache.clone()]
+    })
+    .await;
+    // Gone from the API: its volumes go too.
+    server.delete("Pod", "shop", "api");
+    daemon::until("a deleted pod's volumes are removed", || {
         node.mounted().is_empty()
     })
     .await;
@@ -554,4 +572,130 @@ async fn repeated_notices_become_one_event_series_and_distinct_ones_stand_alone(
         series(&server).contains(&("volume c: EIO".into(), 1)),
         "a repeat within the window was sent"
     );
+}
+
+/// Claims the cluster has not (or not consistently) bound: the volume waits with the reason,
+/// told to the pod as a `VolumePending` Event, and the pod's other volumes converge.
+#[tokio::test]
+async fn missing_mismatched_or_wrong_mode_claims_wait_with_the_reason_as_an_event() {
+    let server = FakeApiServer::start().await;
+    let node = daemon::start(&server);
+    cluster(&server, &node.base);
+    // pv2 names claim `stale` with the uid of an earlier claim of that name.
+    server.apply_yaml(&format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: pv2}}\nspec: {{capacity: {{storage: 1Gi}}, local: {{path: {base}/disks/pv1}}, claimRef: {{namespace: shop, name: stale, uid: old-uid}}}}\n---\n\
+         apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: stale, namespace: shop, uid: new-uid}}\nspec: {{volumeName: pv2}}\nstatus: {{phase: Bound}}\n---\n\
+         apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: pv3}}\nspec: {{capacity: {{storage: 1Gi}}, volumeMode: Block, local: {{path: {base}/disks/pv1}}, claimRef: {{namespace: shop, name: raw, uid: c3}}}}\n---\n\
+         apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: raw, namespace: shop, uid: c3}}\nspec: {{volumeName: pv3, volumeMode: Block}}\nstatus: {{phase: Bound}}\n",
+        base = node.base.display()
+    ));
+    let cases = [
+        ("u1", "absent", "absent"),
+        ("u2", "stale", "uid old-uid"),
+        ("u3", "raw", "volumeMode Block"),
+    ];
+    for (uid, claim, _) in cases {
+        server.apply_yaml(
+            &pod(&format!("p-{uid}"), uid)
+                .replace("claimName: data", &format!("claimName: {claim}"))
+                .replace(
+                    "containers: []",
+                    "containers: [{name: c, volumeMounts: [{name: data, mountPath: /data}]}]",
+                ),
+        );
+    }
+    let caches: Vec<_> = cases
+        .iter()
+        .map(|(uid, ..)| node.volume(uid, "empty-dir", "cache"))
+        .collect();
+    let told = |uid: &str, phrase: &str| {
+        server.events().iter().any(|e| {
+            e["regarding"]["uid"] == uid
+                && e["reason"] == "VolumePending"
+                && e["note"].as_str().unwrap_or("").contains(phrase)
+        })
+    };
+    daemon::until("every cache is mounted and every wait is told", || {
+        node.mounted() == caches && cases.iter().all(|(uid, _, why)| told(uid, why))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        node.mounted(),
+        caches,
+        "a claim that is not soundly bound was mounted"
+    );
+    node.cancel.cancel();
+    node.daemon.await.unwrap();
+}
+
+/// A pod deleted while the API was away goes once the API is back; the others stay.
+#[tokio::test]
+async fn a_pod_deleted_during_an_outage_is_torn_down_after_it_and_only_it() {
+    let server = FakeApiServer::start().await;
+    let node = daemon::start(&server);
+    cluster(&server, &node.base);
+    server.apply_yaml(&pod("web", "u1"));
+    server.apply_yaml(&pod("api", "u2").replace("claimName: data", "claimName: none"));
+    daemon::until("both pods are set up", || node.mounted().len() == 3).await;
+    server.stop().await;
+    server.delete("Pod", "shop", "web");
+    server.compact();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(node.unmounts(), 0, "unmounted during the outage");
+    server.restart().await;
+    daemon::until("the deleted pod is torn down after the outage", || {
+        node.mounted() == [node.volume("u2", "empty-dir", "cache")]
+    })
+    .await;
+    node.cancel.cancel();
+    node.daemon.await.unwrap();
+}
+
+/// A watch ended with 410 Gone while the server stays up: the watcher relists, nothing is
+/// unmounted on the way, and changes made meanwhile are seen.
+#[tokio::test]
+async fn a_watch_expired_with_410_relists_without_unmounting() {
+    let server = FakeApiServer::start().await;
+    let node = daemon::start(&server);
+    cluster(&server, &node.base);
+    server.apply_yaml(&pod("web", "u1"));
+    daemon::until("mounted", || node.mounted().len() == 2).await;
+    let lists_before = server.lists("Pod");
+    // The new pod is behind the compaction: every version a watch could resume from is gone.
+    server.apply_yaml(&pod("api", "u2"));
+    server.compact();
+    server.drop_watches();
+    daemon::until("the pod watch relists and the new pod is set up", || {
+        server.lists("Pod") > lists_before && node.mounted().len() == 4
+    })
+    .await;
+    assert_eq!(node.unmounts(), 0, "the relist unmounted something");
+    node.cancel.cancel();
+    node.daemon.await.unwrap();
+}
+
+/// Mounts left by an earlier run for pods the API still lists are kept through startup.
+#[tokio::test]
+async fn mounts_of_listed_pods_are_adopted_not_redone() {
+    let server = FakeApiServer::start().await;
+    // Listed before volumed starts: its first complete list already has the pod.
+    server.apply_yaml(&pod("web", "u1").replace(
+        "{name: data, persistentVolumeClaim: {claimName: data}}",
+        "{name: scratch, emptyDir: {}}",
+    ));
+    let node = daemon::start_adopting(&server, &["u1"]);
+    daemon::until("the new volume is set up beside the adopted cache", || {
+        node.mounted().len() == 2 || node.volume("u1", "empty-dir", "scratch").is_dir()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = node.mounter.calls();
+    assert_eq!(node.unmounts(), 0, "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.contains("empty-dir")),
+        "the adopted cache was mounted again: {calls:?}"
+    );
+    node.cancel.cancel();
+    node.daemon.await.unwrap();
 }
