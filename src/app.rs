@@ -252,21 +252,21 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()>
 }
 
 /// What `run --once` would do now, without changing anything (bindings are not recorded).
-pub fn plan_only(
+pub async fn plan_only(
     settings: &Settings,
     mounter: &dyn Mounter,
 ) -> anyhow::Result<(DesiredState, Vec<Op>)> {
-    let (desired, mounts, on_disk) = observe(settings, mounter)?;
+    let (desired, mounts, on_disk) = observe(settings, mounter).await?;
     let ops = plan(&desired, &mounts, &on_disk);
     Ok((desired, ops))
 }
 
 /// The status rows as the host stands, with the failures a running daemon last recorded.
-pub fn status_only(
+pub async fn status_only(
     settings: &Settings,
     mounter: &dyn Mounter,
 ) -> anyhow::Result<(DesiredState, Vec<StatusRow>)> {
-    let (desired, mounts, on_disk) = observe(settings, mounter)?;
+    let (desired, mounts, on_disk) = observe(settings, mounter).await?;
     let failures: Failures = std::fs::read(failures_path(&settings.root_dir))
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -275,12 +275,22 @@ pub fn status_only(
     Ok((desired, rows))
 }
 
-fn observe(
+/// The desired state from the manifests, or from one complete list of the API (watches
+/// started, listed once, stopped), beside the host as it stands.
+async fn observe(
     settings: &Settings,
     mounter: &dyn Mounter,
 ) -> anyhow::Result<(DesiredState, PodMounts, OnDisk)> {
-    let dir = settings.manifests.as_deref().context("plan and status read a manifest directory (--manifests); with the API source, use `volumed run` and its status file")?;
-    let desired = file_source(settings, dir, false).snapshot();
+    let desired = match &settings.manifests {
+        Some(dir) => file_source(settings, dir, false).snapshot(),
+        None => {
+            let cancel = CancellationToken::new();
+            let (snapshot, _client) = start_api_source(settings, true, cancel.clone()).await?;
+            let desired = (**snapshot.borrow()).clone();
+            cancel.cancel();
+            desired
+        }
+    };
     let table = mounter.mount_table()?;
     let mounts = PodMounts::index(&table, &settings.root_dir);
     let on_disk = if settings.root_dir.exists() {

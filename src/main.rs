@@ -52,7 +52,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Plan(args) => {
             let settings = Settings::from_args(&args.common, false)?;
-            let (desired, ops) = app::plan_only(&settings, &RealMounter::default())?;
+            let (desired, ops) = read_only_runtime()?
+                .block_on(app::plan_only(&settings, &RealMounter::default()))?;
             match args.output {
                 Output::Json => println!(
                     "{}",
@@ -82,7 +83,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status(args) => {
             let settings = Settings::from_args(&args.common, false)?;
-            let (desired, rows) = app::status_only(&settings, &RealMounter::default())?;
+            let (desired, rows) = read_only_runtime()?
+                .block_on(app::status_only(&settings, &RealMounter::default()))?;
             match args.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 Output::Table => print!("{}{}", table(&rows), problems(&desired)),
@@ -90,6 +92,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `plan` and `status` only read (the API, when that is the source): one thread will do.
+fn read_only_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 async fn run(settings: Settings, once: bool) -> anyhow::Result<ExitCode> {

@@ -212,11 +212,7 @@ mod daemon {
     pub fn start_adopting(server: &FakeApiServer, adopted: &[&str]) -> Node {
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().canonicalize().unwrap();
-        let kubeconfig = base.join("kubeconfig");
-        std::fs::write(&kubeconfig, format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
-            server.url()
-        )).unwrap();
+        let kubeconfig = kubeconfig(server, &base);
         std::fs::create_dir_all(base.join("disks/pv1")).unwrap();
         let settings = super::settings_support::test_settings(&base, None, Some(kubeconfig));
         std::fs::create_dir_all(&settings.root_dir).unwrap();
@@ -245,6 +241,16 @@ mod daemon {
             cancel,
             daemon,
         }
+    }
+
+    /// A kubeconfig in `dir` for the fake server.
+    pub fn kubeconfig(server: &FakeApiServer, dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(&path, format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+            server.url()
+        )).unwrap();
+        path
     }
 
     impl Node {
@@ -698,4 +704,47 @@ async fn mounts_of_listed_pods_are_adopted_not_redone() {
     );
     node.cancel.cancel();
     node.daemon.await.unwrap();
+}
+
+/// `plan` and `status` without `--manifests` read one complete list from the API.
+#[tokio::test]
+async fn plan_and_status_read_the_api_once() {
+    use volumed::reconcile::plan::Op;
+    use volumed::reconcile::status::VolumeState;
+    let server = FakeApiServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().canonicalize().unwrap();
+    std::fs::create_dir_all(base.join("disks/pv1")).unwrap();
+    cluster(&server, &base);
+    server.apply_yaml(&pod("web", "u1"));
+    server.apply_yaml(&pod("api", "u2").replace("claimName: data", "claimName: none"));
+    let settings =
+        settings_support::test_settings(&base, None, Some(daemon::kubeconfig(&server, &base)));
+    let mounter = volumed::host::fake::FakeMounter::new();
+    let (desired, ops) = volumed::app::plan_only(&settings, mounter.as_ref())
+        .await
+        .unwrap();
+    let mut set_up: Vec<_> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::SetUp { volume } => Some(format!("{}:{}", volume.key.pod_uid, volume.volume_name)),
+            _ => None,
+        })
+        .collect();
+    set_up.sort();
+    assert_eq!(set_up, ["u1:cache", "u1:data", "u2:cache"]);
+    assert_eq!(desired.pods.len(), 2);
+    let (_, rows) = volumed::app::status_only(&settings, mounter.as_ref())
+        .await
+        .unwrap();
+    let pending: Vec<_> = rows
+        .iter()
+        .filter(|r| r.state == VolumeState::Pending)
+        .map(|r| (r.pod.as_str(), r.volume.as_str()))
+        .collect();
+    assert_eq!(pending, [("shop/api", "data")], "{rows:?}");
+    assert!(
+        mounter.calls().is_empty(),
+        "plan or status changed the host"
+    );
 }
