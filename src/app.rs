@@ -16,7 +16,7 @@ use crate::actual::OnDisk;
 use crate::config::Settings;
 use crate::desired::binding_store::BindingStore;
 use crate::desired::file::FileSource;
-use crate::desired::kube::{publish_notices, KubeSource};
+use crate::desired::kube::{describe_failing, publish_notices, KubeSource, WatchErrors};
 use crate::desired::DesiredState;
 use crate::executor::backoff::BackoffPolicy;
 use crate::executor::run::OpContext;
@@ -47,9 +47,6 @@ impl Host {
         }
     }
 }
-
-/// How long `run --once` waits for the API's first complete list.
-const FIRST_LIST_WAIT: Duration = Duration::from_secs(60);
 
 /// How long shutdown waits for in-flight ops before exiting anyway (a hung mount cannot be
 /// waited out; it is never aborted half-way by us, the process exit ends it).
@@ -211,17 +208,28 @@ async fn start_api_source(
         ..Default::default()
     };
     let (tx, mut rx) = watch::channel(Arc::new(waiting));
+    let failing = WatchErrors::default();
     let source = KubeSource {
         client: client.clone(),
         node: settings.node.clone(),
+        failing: failing.clone(),
     };
     tokio::spawn(source.run(tx, cancel.clone()));
     if once {
         tokio::select! {
             _ = cancel.cancelled() => {}
-            changed = tokio::time::timeout(FIRST_LIST_WAIT, rx.changed()) => changed
-                .context("the Kubernetes API gave no complete list within 60s; nothing was changed")?
-                .context("the API source stopped before its first list")?,
+            changed = tokio::time::timeout(settings.first_list_timeout, rx.changed()) => match changed {
+                Ok(changed) => changed.context("the API source stopped before its first list")?,
+                Err(_) => {
+                    let why = describe_failing(&failing);
+                    anyhow::bail!(
+                        "the Kubernetes API gave no complete list within {}; nothing was changed{}{}",
+                        humantime::format_duration(settings.first_list_timeout),
+                        if why.is_empty() { "" } else { ":\n  " },
+                        why.join("\n  ")
+                    );
+                }
+            },
         }
     }
     Ok((rx, client))

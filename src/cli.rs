@@ -71,6 +71,10 @@ pub struct CommonArgs {
     /// Kubeconfig for the API source; default: in-cluster config, or $KUBECONFIG, or ~/.kube/config.
     #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
     pub kubeconfig: Option<PathBuf>,
+    /// How long `run --once`, `plan` and `status` wait for the API's first complete list
+    /// before giving up (changing nothing).
+    #[arg(long, value_parser = at_least_a_second, default_value = "60s", conflicts_with = "manifests")]
+    pub first_list_timeout: Duration,
     /// Where pod volume directories, global mounts and volumed's state live.
     #[arg(
         long,

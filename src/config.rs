@@ -23,6 +23,8 @@ pub struct Settings {
     pub manifests: Option<PathBuf>,
     /// Kubeconfig for the API source (`None`: inferred).
     pub kubeconfig: Option<PathBuf>,
+    /// How long a one-shot command waits for the API's first complete list.
+    pub first_list_timeout: Duration,
     pub root_dir: PathBuf,
     pub node: NodeConfig,
     pub max_concurrent_ops: usize,
@@ -71,6 +73,7 @@ impl Settings {
         Ok(Settings {
             manifests: args.manifests.clone(),
             kubeconfig: args.kubeconfig.clone(),
+            first_list_timeout: args.first_list_timeout,
             root_dir,
             node: NodeConfig {
                 name,

@@ -748,3 +748,29 @@ async fn plan_and_status_read_the_api_once() {
         "plan or status changed the host"
     );
 }
+
+/// A watch the API refuses (RBAC missing) is named in the error of a one-shot command, which
+/// changes nothing.
+#[tokio::test]
+async fn a_refused_watch_is_named_when_the_first_list_never_completes() {
+    let server = FakeApiServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().canonicalize().unwrap();
+    server.forbid("PersistentVolume");
+    let mut settings =
+        settings_support::test_settings(&base, None, Some(daemon::kubeconfig(&server, &base)));
+    settings.first_list_timeout = Duration::from_secs(2);
+    let mounter = volumed::host::fake::FakeMounter::new();
+    let err = volumed::app::plan_only(&settings, mounter.as_ref())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no complete list within 2s"), "{err}");
+    assert!(
+        err.contains("watch of PersistentVolume objects is failing")
+            && err.contains("forbidden")
+            && err.contains("deploy/rbac.yaml"),
+        "{err}"
+    );
+    assert!(!err.contains("Pod objects"), "{err}");
+}

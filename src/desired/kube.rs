@@ -27,6 +27,22 @@ const DEBOUNCE: Duration = Duration::from_millis(20);
 pub struct KubeSource {
     pub client: Client,
     pub node: NodeConfig,
+    /// The last error of each watch that is failing now, by kind; shared with whoever reports
+    /// on the source (a timed-out first list says why).
+    pub failing: WatchErrors,
+}
+
+/// The last error of each failing watch, by kind (`Pod`, `Node`, ...).
+pub type WatchErrors = Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>;
+
+/// One line per failing watch, for a message to the operator.
+pub fn describe_failing(failing: &WatchErrors) -> Vec<String> {
+    failing
+        .lock()
+        .expect("watch errors are only ever inserted and removed")
+        .iter()
+        .map(|(kind, err)| format!("the API watch of {kind} objects is failing: {err}"))
+        .collect()
 }
 
 struct Stores {
@@ -46,17 +62,18 @@ impl KubeSource {
         let this_node =
             watcher::Config::default().fields(&format!("metadata.name={}", self.node.name));
         let all = watcher::Config::default;
+        let watching = Watching {
+            changed: changed_tx,
+            failing: self.failing.clone(),
+            cancel: cancel.clone(),
+        };
+        let client = &self.client;
         let stores = Stores {
-            pods: reflect(Api::all(self.client.clone()), on_node, &changed_tx, &cancel),
-            claims: reflect(Api::all(self.client.clone()), all(), &changed_tx, &cancel),
-            volumes: reflect(Api::all(self.client.clone()), all(), &changed_tx, &cancel),
-            classes: reflect(Api::all(self.client.clone()), all(), &changed_tx, &cancel),
-            nodes: reflect(
-                Api::all(self.client.clone()),
-                this_node,
-                &changed_tx,
-                &cancel,
-            ),
+            pods: watching.reflect(Api::all(client.clone()), on_node),
+            claims: watching.reflect(Api::all(client.clone()), all()),
+            volumes: watching.reflect(Api::all(client.clone()), all()),
+            classes: watching.reflect(Api::all(client.clone()), all()),
+            nodes: watching.reflect(Api::all(client.clone()), this_node),
         };
         // Ok only when every store really completed a list: a store whose writer went away
         // (shutdown, a dead task) must never pass for an empty, complete one.
@@ -82,7 +99,19 @@ impl KubeSource {
             if cancel.is_cancelled() {
                 return;
             }
-            let state = snapshot(&stores, &self.node);
+            let mut state = snapshot(&stores, &self.node);
+            // Shown by `status` and the --once report; the snapshot itself stays in force.
+            state.warnings.extend(
+                describe_failing(&self.failing)
+                    .into_iter()
+                    .map(|w| w + "; the last complete view stays in force while it retries"),
+            );
+            let previous = tx.borrow().clone();
+            if state.problems != previous.problems {
+                for problem in &state.problems {
+                    tracing::error!(%problem, "problem in the API objects; nothing is torn down until it is fixed");
+                }
+            }
             tx.send_if_modified(|current| {
                 let changed = **current != state;
                 if changed {
@@ -101,38 +130,77 @@ impl KubeSource {
     }
 }
 
-/// Runs a watcher into a reflector store on its own task; every event wakes the publisher.
-/// Errors (an outage, a 410 Gone) are retried with backoff, keeping the store as it was.
-fn reflect<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    changed: &mpsc::UnboundedSender<()>,
-    cancel: &CancellationToken,
-) -> Store<K>
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (reader, writer) = reflector::store();
-    let kind = K::kind(&K::DynamicType::default()).to_string();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
-    let (changed, cancel) = (changed.clone(), cancel.clone());
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                item = stream.next() => match item {
+/// What every watch task shares: the publisher's wake-up, the failing-watch record, the
+/// shutdown signal.
+struct Watching {
+    changed: mpsc::UnboundedSender<()>,
+    failing: WatchErrors,
+    cancel: CancellationToken,
+}
+
+impl Watching {
+    /// Runs a watcher into a reflector store on its own task; every event wakes the
+    /// publisher. Errors (an outage, a 410 Gone, a refusal) are retried with backoff, keeping
+    /// the store as it was, and recorded as failing until the watch delivers again.
+    fn reflect<K>(&self, api: Api<K>, config: watcher::Config) -> Store<K>
+    where
+        K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let (reader, writer) = reflector::store();
+        let kind = K::kind(&K::DynamicType::default()).to_string();
+        let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+        let (changed, failing, cancel) = (
+            self.changed.clone(),
+            self.failing.clone(),
+            self.cancel.clone(),
+        );
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let item = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    item = stream.next() => item,
+                };
+                let mut failing = failing
+                    .lock()
+                    .expect("watch errors are only ever inserted and removed");
+                match item {
                     Some(Ok(_)) => {
-                        let _ = changed.send(());
+                        if failing.remove(&kind).is_some() {
+                            tracing::info!(kind, "API watch delivers again");
+                        }
                     }
-                    Some(Err(err)) => tracing::warn!(%err, kind, "API watch failed; retrying with backoff, the last complete view stays in force"),
+                    Some(Err(err)) => {
+                        tracing::warn!(%err, kind, "API watch failed; retrying with backoff, the last complete view stays in force");
+                        failing.insert(kind.clone(), for_operator(&err));
+                    }
                     None => return,
-                },
+                }
+                let _ = changed.send(());
             }
-        }
-    });
-    reader
+        });
+        reader
+    }
+}
+
+/// A watch error in a line: the API's own message and code, and for a refusal, the fix.
+fn for_operator(err: &watcher::Error) -> String {
+    let status = match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.as_ref(),
+        watcher::Error::WatchError(status) => status.as_ref(),
+        other => return other.to_string(),
+    };
+    let hint = match status.code {
+        401 | 403 => "; check volumed's credentials and that deploy/rbac.yaml is applied",
+        _ => "",
+    };
+    format!(
+        "{} (HTTP {} {}){hint}",
+        status.message, status.code, status.reason
+    )
 }
 
 /// The desired state from the stores: objects as the file source would read them, bindings

@@ -96,6 +96,8 @@ struct State {
     snapshots: BTreeMap<u64, Arc<BTreeMap<Key, Value>>>,
     /// How many list requests each resource has served (relists show up here).
     lists: BTreeMap<Resource, usize>,
+    /// Resources the client may not read (403, as with missing RBAC rules).
+    forbidden: Vec<Resource>,
 }
 
 /// Handle on a running fake API server.
@@ -270,6 +272,12 @@ impl FakeApiServer {
             .collect()
     }
 
+    /// Refuses every request for `kind` with 403 Forbidden, as a missing RBAC rule does.
+    pub fn forbid(&self, kind: &str) {
+        let resource = Resource::of_kind(kind).unwrap();
+        self.state.lock().unwrap().forbidden.push(resource);
+    }
+
     /// How many lists of `kind` the server has answered.
     pub fn lists(&self, kind: &str) -> usize {
         let resource = Resource::of_kind(kind).unwrap();
@@ -322,6 +330,17 @@ impl FakeApiServer {
                 &format!("no route {path}"),
             );
         };
+        if self.state.lock().unwrap().forbidden.contains(&resource) {
+            return failure(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!(
+                    "{} is forbidden: User \"system:anonymous\" cannot list resource \"{}\" at the cluster scope",
+                    resource.plural(),
+                    resource.plural()
+                ),
+            );
+        }
         if let Err(message) = check_selector(resource, &query) {
             return failure(StatusCode::BAD_REQUEST, "BadRequest", &message);
         }

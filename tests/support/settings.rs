@@ -17,6 +17,7 @@ pub fn test_settings(
     Settings {
         manifests,
         kubeconfig,
+        first_list_timeout: Duration::from_secs(60),
         root_dir: base.join("root"),
         node: NodeConfig {
             name: "node-a".into(),
