@@ -3,6 +3,9 @@
 //! Not root → every test is reported as ignored with the reason, or the run fails when
 //! VOLUMED_REQUIRE_PRIVILEGED=1 (as scripts/test.sh sets it under root).
 
+mod api;
+#[path = "../support/apiserver.rs"]
+mod apiserver;
 mod blockdev;
 mod cases;
 mod nfs;
@@ -27,6 +30,7 @@ fn main() {
         .into_iter()
         .chain(blockdev::all())
         .chain(nfs::all())
+        .chain(api::all())
         .map(|(name, test)| {
             Trial::test(name, move || test().map_err(Into::into))
                 .with_ignored_flag(unavailable.is_some())

@@ -53,14 +53,18 @@ impl Sandbox {
     }
 
     fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.command_without_source(args, "node-a");
+        cmd.arg("--manifests").arg(&self.manifests);
+        cmd
+    }
+
+    fn command_without_source(&self, args: &[&str], node: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_volumed"));
         cmd.args(args)
-            .arg("--manifests")
-            .arg(&self.manifests)
             .arg("--root-dir")
             .arg(&self.root)
             .arg("--node-name")
-            .arg("node-a")
+            .arg(node)
             .arg("--host-path-root")
             .arg(&self.base)
             .env("VOLUMED_LOG", "info")
@@ -87,10 +91,20 @@ impl Sandbox {
     }
 
     pub fn daemon(&self) -> Child {
+        Self::spawn_logged(self.command(&["run"]), &self.path("daemon.log"))
+    }
+
+    /// The daemon with the Kubernetes API as its source.
+    pub fn api_daemon(&self, kubeconfig: &Path, node: &str) -> Child {
+        let mut cmd = self.command_without_source(&["run"], node);
+        cmd.arg("--kubeconfig").arg(kubeconfig);
+        Self::spawn_logged(cmd, &self.path("daemon.log"))
+    }
+
+    fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
         // A file, not a pipe: an unread pipe could fill and stall the daemon.
-        let log = std::fs::File::create(self.path("daemon.log")).unwrap();
-        self.command(&["run"])
-            .stdout(Stdio::null())
+        let log = std::fs::File::create(log).unwrap();
+        cmd.stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start volumed")

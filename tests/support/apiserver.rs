@@ -425,7 +425,14 @@ impl FakeApiServer {
                     &format!("{} \"{name}\" already exists", resource.plural()),
                 )
             }
-            (Method::POST, None) => body,
+            (Method::POST, None) => {
+                // As the real server: a new object gets its identity.
+                let mut body = body;
+                if body["metadata"]["uid"].is_null() {
+                    body["metadata"]["uid"] = json!(uuid::Uuid::from_u128(fastrand::u128(..)).to_string());
+                }
+                body
+            }
             (_, None) => return not_found(resource, &name),
             (Method::PATCH, Some(mut current)) => {
                 merge_patch(&mut current, body);
