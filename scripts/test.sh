@@ -20,4 +20,6 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "privileged" and m.get("executable"):
         print(m["executable"])')
-sudo env VOLUMED_REQUIRE_PRIVILEGED=1 "$privileged"
+sudo env VOLUMED_REQUIRE_PRIVILEGED=1 \
+  ${VOLUMED_TEST_KUBECONFIG:+VOLUMED_TEST_KUBECONFIG="$VOLUMED_TEST_KUBECONFIG"} \
+  ${VOLUMED_TEST_NODE:+VOLUMED_TEST_NODE="$VOLUMED_TEST_NODE"} "$privileged"
