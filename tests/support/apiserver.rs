@@ -429,7 +429,8 @@ impl FakeApiServer {
                 // As the real server: a new object gets its identity.
                 let mut body = body;
                 if body["metadata"]["uid"].is_null() {
-                    body["metadata"]["uid"] = json!(uuid::Uuid::from_u128(fastrand::u128(..)).to_string());
+                    body["metadata"]["uid"] =
+                        json!(uuid::Uuid::from_u128(fastrand::u128(..)).to_string());
                 }
                 body
             }
