@@ -16,7 +16,7 @@ use crate::actual::OnDisk;
 use crate::config::Settings;
 use crate::desired::binding_store::BindingStore;
 use crate::desired::file::FileSource;
-use crate::desired::kube::{describe_failing, publish_notices, KubeSource, WatchErrors};
+use crate::desired::kube::{publish_notices, KubeSource, SharedHealth};
 use crate::desired::DesiredState;
 use crate::executor::backoff::BackoffPolicy;
 use crate::executor::run::OpContext;
@@ -51,6 +51,12 @@ impl Host {
 /// How long shutdown waits for in-flight ops before exiting anyway (a hung mount cannot be
 /// waited out; it is never aborted half-way by us, the process exit ends it).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Notices waiting for the API at most; beyond that the newest are dropped.
+const NOTICE_QUEUE: usize = 1024;
+
+/// How long the last Events may take to reach the API at exit.
+const EVENTS_GRACE: Duration = Duration::from_secs(5);
 
 fn file_source(settings: &Settings, dir: &Path, record_bindings: bool) -> FileSource {
     FileSource {
@@ -98,22 +104,24 @@ pub async fn run(
     let on_disk = on_disk.context("cannot scan the pod directories under the root dir")?;
     let mounts = MountWatch::spawn(mounter.clone(), settings.resync)?;
     // In once mode the snapshot is fixed; its sender lives until the loop ends.
-    let (desired, _fixed_snapshot, notices) = match &settings.manifests {
+    let (desired, _fixed_snapshot, notices, publisher) = match &settings.manifests {
         Some(dir) => {
             let (rx, fixed) =
                 start_source(file_source(settings, dir, true), once, cancel.clone()).await?;
-            (rx, fixed, None)
+            (rx, fixed, None, None)
         }
         None => {
-            let (rx, client) = start_api_source(settings, once, cancel.clone()).await?;
-            let (tx, notices) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(publish_notices(
+            let (rx, client) = start_api_source(settings, once, cancel.clone())
+                .await
+                .context("volumed changed nothing")?;
+            let (tx, notices) = tokio::sync::mpsc::channel(NOTICE_QUEUE);
+            let publisher = tokio::spawn(publish_notices(
                 client,
                 settings.node.name.clone(),
                 crate::desired::kube::REPEAT_AFTER,
                 notices,
             ));
-            (rx, None, Some(tx))
+            (rx, None, Some(tx), Some(publisher))
         }
     };
     let config = ExecutorConfig {
@@ -155,6 +163,15 @@ pub async fn run(
         notices,
     };
     let report = sync.run(cancel).await;
+    // The notice sender is gone with the loop: the Events already queued (the last ones of a
+    // --once run, say) get a moment to reach the API.
+    if let Some(publisher) = publisher {
+        if tokio::time::timeout(EVENTS_GRACE, publisher).await.is_err() {
+            tracing::warn!(
+                "the API did not take the last Events in time; the log has the same news"
+            );
+        }
+    }
     // The sender is gone with the loop: the writer flushes the last list and ends.
     let _ = writer.await;
     Ok(report)
@@ -202,17 +219,18 @@ async fn start_api_source(
         }
         None => kube::Config::infer().await.context("no Kubernetes API configuration (in-cluster, $KUBECONFIG or ~/.kube/config); pass --kubeconfig or --manifests")?,
     };
+    let server = config.cluster_url.to_string();
     let client = kube::Client::try_from(config)?;
     let waiting = DesiredState {
         problems: vec!["waiting for the first complete list from the Kubernetes API".into()],
         ..Default::default()
     };
     let (tx, mut rx) = watch::channel(Arc::new(waiting));
-    let failing = WatchErrors::default();
+    let health = SharedHealth::default();
     let source = KubeSource {
         client: client.clone(),
         node: settings.node.clone(),
-        failing: failing.clone(),
+        health: health.clone(),
     };
     tokio::spawn(source.run(tx, cancel.clone()));
     if once {
@@ -221,11 +239,15 @@ async fn start_api_source(
             changed = tokio::time::timeout(settings.first_list_timeout, rx.changed()) => match changed {
                 Ok(changed) => changed.context("the API source stopped before its first list")?,
                 Err(_) => {
-                    let why = describe_failing(&failing);
+                    let health = health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut why = vec![format!(
+                        "still waiting for the first list of: {}",
+                        health.unlisted().join(", ")
+                    )];
+                    why.extend(health.failing());
                     anyhow::bail!(
-                        "the Kubernetes API gave no complete list within {}; nothing was changed{}{}",
+                        "the Kubernetes API at {server} gave no complete list within {}:\n  {}\nIs it reachable from this host? Check --kubeconfig (or the in-cluster config and $KUBECONFIG), or wait longer with --first-list-timeout",
                         humantime::format_duration(settings.first_list_timeout),
-                        if why.is_empty() { "" } else { ":\n  " },
                         why.join("\n  ")
                     );
                 }
@@ -264,7 +286,8 @@ pub async fn plan_only(
     settings: &Settings,
     mounter: &dyn Mounter,
 ) -> anyhow::Result<(DesiredState, Vec<Op>)> {
-    let (desired, mounts, on_disk) = observe(settings, mounter).await?;
+    let desired = desired_now(settings).await?;
+    let (mounts, on_disk) = host_now(settings, mounter)?;
     let ops = plan(&desired, &mounts, &on_disk);
     Ok((desired, ops))
 }
@@ -274,7 +297,14 @@ pub async fn status_only(
     settings: &Settings,
     mounter: &dyn Mounter,
 ) -> anyhow::Result<(DesiredState, Vec<StatusRow>)> {
-    let (desired, mounts, on_disk) = observe(settings, mounter).await?;
+    // The host is worth seeing exactly when the API is not answering.
+    let desired = desired_now(settings)
+        .await
+        .unwrap_or_else(|err| DesiredState {
+            problems: vec![format!("the desired state is unknown: {err:#}")],
+            ..Default::default()
+        });
+    let (mounts, on_disk) = host_now(settings, mounter)?;
     let failures: Failures = std::fs::read(failures_path(&settings.root_dir))
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -284,21 +314,23 @@ pub async fn status_only(
 }
 
 /// The desired state from the manifests, or from one complete list of the API (watches
-/// started, listed once, stopped), beside the host as it stands.
-async fn observe(
-    settings: &Settings,
-    mounter: &dyn Mounter,
-) -> anyhow::Result<(DesiredState, PodMounts, OnDisk)> {
-    let desired = match &settings.manifests {
+/// started, listed once, stopped).
+async fn desired_now(settings: &Settings) -> anyhow::Result<DesiredState> {
+    Ok(match &settings.manifests {
         Some(dir) => file_source(settings, dir, false).snapshot(),
         None => {
             let cancel = CancellationToken::new();
-            let (snapshot, _client) = start_api_source(settings, true, cancel.clone()).await?;
+            // The watches stop however this ends.
+            let _stop = cancel.clone().drop_guard();
+            let (snapshot, _client) = start_api_source(settings, true, cancel).await?;
             let desired = (**snapshot.borrow()).clone();
-            cancel.cancel();
             desired
         }
-    };
+    })
+}
+
+/// The mounts and pod directories as they stand.
+fn host_now(settings: &Settings, mounter: &dyn Mounter) -> anyhow::Result<(PodMounts, OnDisk)> {
     let table = mounter.mount_table()?;
     let mounts = PodMounts::index(&table, &settings.root_dir);
     let on_disk = if settings.root_dir.exists() {
@@ -306,5 +338,5 @@ async fn observe(
     } else {
         OnDisk::default()
     };
-    Ok((desired, mounts, on_disk))
+    Ok((mounts, on_disk))
 }

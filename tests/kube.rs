@@ -153,6 +153,39 @@ async fn the_fake_api_server_answers_pages_conflicts_and_outages_as_a_real_one()
             "{missing:?}"
         );
     }
+    // A write based on an older version loses, as on a real server.
+    let mut stale = patched.clone();
+    stale.metadata.resource_version = Some("1".into());
+    stale.metadata.managed_fields = None;
+    let conflict = shop
+        .replace("p0", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&conflict, kube::Error::Api(s) if s.code == 409),
+        "{conflict}"
+    );
+    // A pod moving off the selected node is DELETED for a watch on that node.
+    let on_node = watcher::Config::default().fields("spec.nodeName=node-a");
+    let mut events = watcher(pods.clone(), on_node).boxed();
+    let moved = loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("watch events arrive")
+            .unwrap()
+            .unwrap();
+        if matches!(event, watcher::Event::InitDone) {
+            server.apply_yaml(
+                &POD.replace("name: web", "name: p0")
+                    .replace("uid: u1", "uid: u0")
+                    .replace("node-a", "node-b"),
+            );
+        }
+        if let watcher::Event::Delete(pod) = event {
+            break pod.name_any();
+        }
+    };
+    assert_eq!(moved, "p0");
     let refused = pods
         .list(&ListParams::default().fields("spec.hostname=x"))
         .await
@@ -347,13 +380,19 @@ async fn an_api_outage_or_a_relist_unmounts_nothing() {
     server.stop().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(node.unmounts(), 0, "an outage unmounted something");
-    // It comes back with its history compacted: the watchers get 410 Gone and relist.
+    // Meanwhile the cluster moved on and compacted its history: the watchers get 410 Gone
+    // when they resume, and relist.
+    server.apply_yaml(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a, labels: {disk: ssd, zone: b}}\n",
+    );
     server.compact();
+    let lists_before = server.lists("Pod");
     server.restart().await;
     server.apply_yaml(&pod("api", "u2"));
-    daemon::until("a pod added after the outage is set up", || {
-        node.mounted().len() == 4
-    })
+    daemon::until(
+        "the watches relist and a pod added after the outage is set up",
+        || server.lists("Pod") > lists_before && node.mounted().len() == 4,
+    )
     .await;
     assert_eq!(node.unmounts(), 0, "the relist unmounted something");
     node.cancel.cancel();
@@ -528,9 +567,9 @@ async fn repeated_notices_become_one_event_series_and_distinct_ones_stand_alone(
     let publish = |repeat_after: Duration, notices: Vec<Notice>| {
         let client = server.client();
         async move {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
             for n in notices {
-                tx.send(n).unwrap();
+                tx.try_send(n).unwrap();
             }
             drop(tx);
             volumed::desired::kube::publish_notices(client, "node-a".into(), repeat_after, rx)
@@ -668,10 +707,10 @@ async fn a_watch_expired_with_410_relists_without_unmounting() {
     server.apply_yaml(&pod("web", "u1"));
     daemon::until("mounted", || node.mounted().len() == 2).await;
     let lists_before = server.lists("Pod");
-    // The new pod is behind the compaction: every version a watch could resume from is gone.
+    // The server's watch cache falls behind: every open watch ends with 410 Gone.
     server.apply_yaml(&pod("api", "u2"));
     server.compact();
-    server.drop_watches();
+    server.expire_watches();
     daemon::until("the pod watch relists and the new pod is set up", || {
         server.lists("Pod") > lists_before && node.mounted().len() == 4
     })
@@ -747,6 +786,31 @@ async fn plan_and_status_read_the_api_once() {
         mounter.calls().is_empty(),
         "plan or status changed the host"
     );
+    assert!(
+        !base.join("root").exists(),
+        "plan or status made the root dir"
+    );
+
+    // The API down: plan refuses, status still shows the host, with why the rest is unknown.
+    let adopted = base.join("root/pods/gone/volumes/kubernetes.io~empty-dir/cache");
+    std::fs::create_dir_all(&adopted).unwrap();
+    mounter.adopt(&adopted, "tmpfs");
+    server.stop().await;
+    let mut settings = settings;
+    settings.first_list_timeout = Duration::from_secs(1);
+    assert!(volumed::app::plan_only(&settings, mounter.as_ref())
+        .await
+        .is_err());
+    let (desired, rows) = volumed::app::status_only(&settings, mounter.as_ref())
+        .await
+        .unwrap();
+    assert!(
+        desired.problems[0].contains("the desired state is unknown"),
+        "{:?}",
+        desired.problems
+    );
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].reason.starts_with("kept"), "{rows:?}");
 }
 
 /// A watch the API refuses (RBAC missing) is named in the error of a one-shot command, which
@@ -767,10 +831,81 @@ async fn a_refused_watch_is_named_when_the_first_list_never_completes() {
         .to_string();
     assert!(err.contains("no complete list within 2s"), "{err}");
     assert!(
-        err.contains("watch of PersistentVolume objects is failing")
+        err.contains("watch of PersistentVolume objects has been failing since")
             && err.contains("forbidden")
             && err.contains("deploy/rbac.yaml"),
         "{err}"
     );
+    assert!(
+        err.contains("still waiting for the first list of: PersistentVolume\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&server.url()),
+        "the message names the server: {err}"
+    );
     assert!(!err.contains("Pod objects"), "{err}");
+}
+
+/// A node name the API does not know lists no pods: that is not "every pod is gone". Nothing
+/// is torn down until the Node exists.
+#[tokio::test]
+async fn an_unknown_node_name_tears_nothing_down() {
+    let server = FakeApiServer::start().await;
+    // A mount left by an earlier run, for a pod the API does not list.
+    let node = daemon::start_adopting(&server, &["gone-uid"]);
+    daemon::until("the first list is read", || server.lists("Node") > 0).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        node.unmounts(),
+        0,
+        "torn down for a Node the API does not have"
+    );
+    cluster(&server, &node.base);
+    daemon::until("with the Node known, the gone pod is torn down", || {
+        node.mounted().is_empty()
+    })
+    .await;
+    node.cancel.cancel();
+    node.daemon.await.unwrap();
+}
+
+/// A relist read in pages and caught half-way (the server stops answering for the next page)
+/// is never taken for the whole: pods on the later pages keep their volumes.
+#[tokio::test]
+async fn a_relist_caught_between_pages_tears_nothing_down() {
+    let server = FakeApiServer::start().await;
+    let node = daemon::start(&server);
+    cluster(&server, &node.base);
+    // More pods than kube-rs's page of 500.
+    const PODS: usize = 520;
+    for n in 0..PODS {
+        server.apply_yaml(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{n:04}, namespace: shop, uid: u{n:04}}}\nspec: {{nodeName: node-a, containers: []}}\n"
+        ));
+    }
+    server.apply_yaml(&pod("zz-last", "u-last"));
+    let last = node.volume("u-last", "empty-dir", "cache");
+    daemon::until("the last pod's volumes are mounted", || {
+        node.mounted().contains(&last)
+    })
+    .await;
+    let lists_before = server.lists("Pod");
+    server.stall_continues(true);
+    server.compact();
+    server.expire_watches();
+    daemon::until("the relist has read its first page", || {
+        server.lists("Pod") > lists_before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(node.unmounts(), 0, "a half-read list tore something down");
+    server.stall_continues(false);
+    server.delete("Pod", "shop", "zz-last");
+    daemon::until("the whole relist is applied", || {
+        !node.mounted().contains(&last)
+    })
+    .await;
+    node.cancel.cancel();
+    node.daemon.await.unwrap();
 }

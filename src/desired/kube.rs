@@ -4,13 +4,15 @@
 //! partial view is never published, and an outage publishes nothing: the last complete
 //! snapshot stays in force.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::reflector::{self, Store};
+use kube::runtime::utils::Backoff;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
@@ -20,29 +22,88 @@ use super::api_bindings::bindings_from_api;
 use super::manifest::Manifests;
 use super::resolve::resolve;
 use super::{DesiredState, NodeConfig};
+use crate::executor::backoff::BackoffPolicy;
 
 /// Coalesces a burst of watch events into one snapshot.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
+/// The kinds watched, as their watches are named to the operator.
+const KINDS: [&str; 5] = [
+    "Pod",
+    "PersistentVolumeClaim",
+    "PersistentVolume",
+    "StorageClass",
+    "Node",
+];
+
 pub struct KubeSource {
     pub client: Client,
     pub node: NodeConfig,
-    /// The last error of each watch that is failing now, by kind; shared with whoever reports
-    /// on the source (a timed-out first list says why).
-    pub failing: WatchErrors,
+    /// How the watches stand; shared with whoever reports on the source.
+    pub health: SharedHealth,
 }
 
-/// The last error of each failing watch, by kind (`Pod`, `Node`, ...).
-pub type WatchErrors = Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>;
+/// How the watches stand: which completed a first list, which are failing and why.
+#[derive(Debug, Default)]
+pub struct WatchHealth {
+    listed: BTreeSet<String>,
+    failing: BTreeMap<String, Failing>,
+}
 
-/// One line per failing watch, for a message to the operator.
-pub fn describe_failing(failing: &WatchErrors) -> Vec<String> {
-    failing
+#[derive(Debug)]
+struct Failing {
+    /// The first error of this run of errors (stable across retries).
+    since: SystemTime,
+    last_error: String,
+}
+
+pub type SharedHealth = Arc<Mutex<WatchHealth>>;
+
+impl WatchHealth {
+    /// One line per failing watch.
+    pub fn failing(&self) -> Vec<String> {
+        self.failing
+            .iter()
+            .map(|(kind, f)| {
+                format!(
+                    "the API watch of {kind} objects has been failing since {}: {}",
+                    humantime::format_rfc3339_seconds(f.since),
+                    f.last_error
+                )
+            })
+            .collect()
+    }
+
+    /// The kinds whose first list has not completed.
+    pub fn unlisted(&self) -> Vec<&'static str> {
+        KINDS
+            .into_iter()
+            .filter(|kind| !self.listed.contains(*kind))
+            .collect()
+    }
+
+    fn failed(&mut self, kind: &str, error: String) {
+        self.failing
+            .entry(kind.to_string())
+            .and_modify(|f| f.last_error.clone_from(&error))
+            .or_insert_with(|| Failing {
+                since: SystemTime::now(),
+                last_error: error,
+            });
+    }
+
+    /// True when this changed what is reported.
+    fn delivered(&mut self, kind: &str, first_list_done: bool) -> bool {
+        let listed = first_list_done && self.listed.insert(kind.to_string());
+        self.failing.remove(kind).is_some() || listed
+    }
+}
+
+fn lock(health: &SharedHealth) -> std::sync::MutexGuard<'_, WatchHealth> {
+    // Only plain inserts and removals happen under the lock; a poisoned one is still sound.
+    health
         .lock()
-        .expect("watch errors are only ever inserted and removed")
-        .iter()
-        .map(|(kind, err)| format!("the API watch of {kind} objects is failing: {err}"))
-        .collect()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct Stores {
@@ -64,7 +125,7 @@ impl KubeSource {
         let all = watcher::Config::default;
         let watching = Watching {
             changed: changed_tx,
-            failing: self.failing.clone(),
+            health: self.health.clone(),
             cancel: cancel.clone(),
         };
         let client = &self.client;
@@ -100,11 +161,12 @@ impl KubeSource {
                 return;
             }
             let mut state = snapshot(&stores, &self.node);
-            // Shown by `status` and the --once report; the snapshot itself stays in force.
+            // In the --once report and `plan`; the daemon logs each failure as it happens.
             state.warnings.extend(
-                describe_failing(&self.failing)
+                lock(&self.health)
+                    .failing()
                     .into_iter()
-                    .map(|w| w + "; the last complete view stays in force while it retries"),
+                    .map(|w| w + " (the last complete view stays in force while it retries)"),
             );
             let previous = tx.borrow().clone();
             if state.problems != previous.problems {
@@ -130,11 +192,11 @@ impl KubeSource {
     }
 }
 
-/// What every watch task shares: the publisher's wake-up, the failing-watch record, the
+/// What every watch task shares: the publisher's wake-up, the watch health record, the
 /// shutdown signal.
 struct Watching {
     changed: mpsc::UnboundedSender<()>,
-    failing: WatchErrors,
+    health: SharedHealth,
     cancel: CancellationToken,
 }
 
@@ -149,10 +211,14 @@ impl Watching {
     {
         let (reader, writer) = reflector::store();
         let kind = K::kind(&K::DynamicType::default()).to_string();
-        let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
-        let (changed, failing, cancel) = (
+        let events = watcher(api, config)
+            // Never read here; on a big cluster they are most of an object's size.
+            .modify(|object| object.managed_fields_mut().clear())
+            .backoff(WatchBackoff::default());
+        let stream = reflector::reflector(writer, events);
+        let (changed, health, cancel) = (
             self.changed.clone(),
-            self.failing.clone(),
+            self.health.clone(),
             self.cancel.clone(),
         );
         tokio::spawn(async move {
@@ -162,18 +228,19 @@ impl Watching {
                     _ = cancel.cancelled() => return,
                     item = stream.next() => item,
                 };
-                let mut failing = failing
-                    .lock()
-                    .expect("watch errors are only ever inserted and removed");
                 match item {
-                    Some(Ok(_)) => {
-                        if failing.remove(&kind).is_some() {
+                    // `Init` comes before every list attempt and `InitApply` before the list
+                    // is whole: neither shows that the watch works again.
+                    Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+                    Some(Ok(event)) => {
+                        let done = matches!(event, watcher::Event::InitDone);
+                        if lock(&health).delivered(&kind, done) && !done {
                             tracing::info!(kind, "API watch delivers again");
                         }
                     }
                     Some(Err(err)) => {
                         tracing::warn!(%err, kind, "API watch failed; retrying with backoff, the last complete view stays in force");
-                        failing.insert(kind.clone(), for_operator(&err));
+                        lock(&health).failed(&kind, for_operator(&err));
                     }
                     None => return,
                 }
@@ -182,6 +249,45 @@ impl Watching {
         });
         reader
     }
+}
+
+/// Retry timing of a failing watch: 800 ms doubling to 30 s, jittered (kube-rs's default
+/// curve). Unlike kube-rs's default it ignores `reset()`, which its stream wrapper calls on
+/// every item, `Init` included, so a list failing over and over would retry at the first
+/// step forever; it starts afresh after two minutes without an error instead.
+#[derive(Default)]
+struct WatchBackoff {
+    failures: u32,
+    last_error: Option<std::time::Instant>,
+}
+
+impl WatchBackoff {
+    const POLICY: BackoffPolicy = BackoffPolicy {
+        initial: Duration::from_millis(800),
+        max: Duration::from_secs(30),
+    };
+    const QUIET_RESET: Duration = Duration::from_secs(120);
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        if self
+            .last_error
+            .is_some_and(|at| now.duration_since(at) > Self::QUIET_RESET)
+        {
+            self.failures = 0;
+        }
+        self.last_error = Some(now);
+        self.failures += 1;
+        Some(Self::POLICY.delay(self.failures))
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {}
 }
 
 /// A watch error in a line: the API's own message and code, and for a refusal, the fix.
@@ -239,13 +345,22 @@ fn snapshot(stores: &Stores, node: &NodeConfig) -> DesiredState {
         .map(|c| (c.name_any(), (**c).clone()))
         .collect();
     let mut node = node.clone();
-    if let Some(this) = stores.nodes.state().first() {
+    let this_node = stores.nodes.state().first().cloned();
+    if let Some(this) = &this_node {
         node.labels.extend(this.labels().clone());
     }
     let mut labels = node.labels.clone();
     labels.insert("kubernetes.io/hostname".into(), node.name.clone());
     let bindings = bindings_from_api(&objects, &node.name, &labels);
     let mut state = resolve(&objects, &bindings, &node);
+    // A node name the API does not know (--node-name defaults to the host name, which need not
+    // be the registered name) lists no pods: that must not read as "no pods, tear all down".
+    if this_node.is_none() {
+        state.problems.push(format!(
+            "there is no Node named {} in the Kubernetes API, so no pod can be on it; nothing is torn down until there is. Set --node-name to this host's NAME in `kubectl get nodes`",
+            node.name
+        ));
+    }
     state.complete = state.problems.is_empty();
     state
 }
@@ -258,7 +373,7 @@ pub async fn publish_notices(
     client: Client,
     node_name: String,
     repeat_after: Duration,
-    mut notices: mpsc::UnboundedReceiver<crate::reconcile::notices::Notice>,
+    mut notices: mpsc::Receiver<crate::reconcile::notices::Notice>,
 ) {
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
     let reporter = Reporter {
@@ -272,6 +387,7 @@ pub async fn publish_notices(
     }
     let mut told: std::collections::HashMap<(String, &'static str, String), Told> =
         Default::default();
+    let mut budget = EventBudget::new();
     while let Some(notice) = notices.recv().await {
         let now = tokio::time::Instant::now();
         // kube-rs forgets a series after a few minutes; so do we, to stay small.
@@ -289,6 +405,10 @@ pub async fn publish_notices(
             .at
             .is_some_and(|at| now.duration_since(at) < repeat_after)
         {
+            continue;
+        }
+        if !budget.take(now) {
+            tracing::debug!(pod = %notice.pod, reason = notice.reason, "over the Event rate; dropped (the log has the same news)");
             continue;
         }
         told.at = Some(now);
@@ -322,8 +442,73 @@ pub async fn publish_notices(
     }
 }
 
+/// A token bucket over all Events of this node, as kubelet's (--event-qps 50, --event-burst
+/// 100): a storm of failures cannot flood the API.
+struct EventBudget {
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl EventBudget {
+    const PER_SECOND: f64 = 50.0;
+    const BURST: f64 = 100.0;
+
+    fn new() -> EventBudget {
+        EventBudget {
+            tokens: Self::BURST,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self, now: tokio::time::Instant) -> bool {
+        let refill = now.duration_since(self.at).as_secs_f64() * Self::PER_SECOND;
+        self.tokens = (self.tokens + refill).min(Self::BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The same notice is not sent again within this time.
 pub const REPEAT_AFTER: Duration = Duration::from_secs(60);
 
 /// How long a notice's Event series is continued (kube-rs keeps its own for 6 minutes).
 const SERIES_KEPT: Duration = Duration::from_secs(6 * 60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_backoff_grows_through_resets_and_caps() {
+        let mut backoff = WatchBackoff::default();
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            // kube-rs's stream wrapper resets on every item, Init included.
+            backoff.reset();
+            delays.push(backoff.next().unwrap());
+        }
+        assert!(delays[0] <= Duration::from_millis(960), "{delays:?}");
+        assert!(delays[3] >= Duration::from_millis(5000), "{delays:?}");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(36)),
+            "{delays:?}"
+        );
+        assert!(delays[7] >= Duration::from_secs(24), "{delays:?}");
+    }
+
+    #[test]
+    fn the_event_budget_allows_a_burst_then_the_rate() {
+        let start = tokio::time::Instant::now();
+        let mut budget = EventBudget::new();
+        let burst = (0..150).filter(|_| budget.take(start)).count();
+        assert_eq!(burst, 100);
+        let later = start + Duration::from_secs(1);
+        let refilled = (0..150).filter(|_| budget.take(later)).count();
+        assert_eq!(refilled, 50);
+    }
+}

@@ -34,7 +34,9 @@ pub struct SyncLoop {
     /// On cancel, how long to wait for in-flight ops before reporting without them.
     pub shutdown_grace: Duration,
     /// Where to tell pods about their volumes (Kubernetes Events in API mode).
-    pub notices: Option<mpsc::UnboundedSender<Notice>>,
+    /// Where notices go (bounded: when the API is slow, the newest are dropped, not queued
+    /// without end; the log has the same news).
+    pub notices: Option<mpsc::Sender<Notice>>,
     /// The block-device inventory: a device coming or going retries failed volumes at once.
     pub devices: Option<watch::Receiver<Arc<Vec<BlockDevice>>>>,
 }
@@ -175,7 +177,7 @@ impl SyncLoop {
         );
         if let Some(out) = &self.notices {
             for notice in notices::pending(&desired, &mut books.pending_told) {
-                let _ = out.send(notice);
+                let _ = out.try_send(notice);
             }
         }
         let pod_mounts = &books.indexed.as_ref().expect("indexed above").1;
@@ -250,7 +252,7 @@ impl SyncLoop {
         };
         if let Some(out) = &self.notices {
             if let Some(notice) = notices::for_op(&op, error.as_deref(), &books.known_pods) {
-                let _ = out.send(notice);
+                let _ = out.try_send(notice);
             }
         }
         if let (super::plan::Op::RemovePodDir { pod_uid }, None) = (&op, &error) {

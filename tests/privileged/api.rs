@@ -2,12 +2,13 @@
 //! through the API gets its volumes, and loses them when deleted. Against the fake API server
 //! on loopback by default; against a real cluster when `VOLUMED_TEST_KUBECONFIG` names a
 //! kubeconfig (the pod goes to namespace `default`, bound to a node name no kubelet runs,
-//! `VOLUMED_TEST_NODE` or `volumed-e2e-<pid>`, and is deleted at the end).
+//! `VOLUMED_TEST_NODE` or `volumed-e2e-<pid>`; that Node is created if missing, and what the
+//! test created is deleted at the end).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 
 use crate::apiserver::FakeApiServer;
@@ -63,13 +64,38 @@ impl Cluster {
         }
     }
 
-    fn pods(&self) -> Api<Pod> {
+    fn client(&self) -> kube::Client {
         self.runtime.block_on(async {
             let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
             let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                 .await
                 .unwrap();
-            Api::namespaced(kube::Client::try_from(config).unwrap(), "default")
+            kube::Client::try_from(config).unwrap()
+        })
+    }
+
+    /// Makes this node's Node object unless it exists; true when this test made it.
+    fn ensure_node(&self, nodes: &Api<Node>) -> Result<bool, String> {
+        self.runtime.block_on(async {
+            if nodes
+                .get_opt(&self.node)
+                .await
+                .map_err(|e| format!("cannot read Node {}: {e}", self.node))?
+                .is_some()
+            {
+                return Ok(false);
+            }
+            let node: Node = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": self.node, "labels": {"volumed-e2e": "true"}},
+            }))
+            .unwrap();
+            nodes
+                .create(&PostParams::default(), &node)
+                .await
+                .map_err(|e| format!("cannot create Node {}: {e}", self.node))?;
+            Ok(true)
         })
     }
 }
@@ -77,7 +103,10 @@ impl Cluster {
 fn a_pod_created_through_the_api_gets_real_mounts_and_loses_them_when_deleted() -> TestResult {
     let sandbox = Sandbox::new("api");
     let cluster = Cluster::new(&sandbox);
-    let pods = cluster.pods();
+    let client = cluster.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let nodes: Api<Node> = Api::all(client);
+    let made_node = cluster.ensure_node(&nodes)?;
     let name = format!("volumed-e2e-{}", std::process::id());
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
@@ -155,10 +184,15 @@ fn a_pod_created_through_the_api_gets_real_mounts_and_loses_them_when_deleted() 
         );
         Ok(())
     });
-    // Whatever happened, the pod does not outlive the test.
+    // Whatever happened, what the test made does not outlive it.
     let _ = cluster
         .runtime
         .block_on(pods.delete(&name, &DeleteParams::default().grace_period(0)));
+    if made_node {
+        let _ = cluster
+            .runtime
+            .block_on(nodes.delete(&cluster.node, &DeleteParams::default()));
+    }
     let log = sandbox.stop(daemon);
     result.map_err(|e| format!("{e}\n{}", log.unwrap_or_else(|e| e)))
 }

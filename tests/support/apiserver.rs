@@ -1,10 +1,12 @@
 //! A fake Kubernetes API server for tests, speaking the real wire protocol over HTTP on
 //! loopback: lists with `resourceVersion` and `limit`/`continue` pages (served from a snapshot,
-//! `410 Gone` once compacted), chunked watch streams (bookmarks, `timeoutSeconds`, `410 Gone`
-//! for versions it has compacted away), field selectors (`400` for unsupported ones), and
-//! create (`409` if it exists), merge-patch, replace and delete (`404` if missing). A test can
-//! add, change and delete objects, drop every watch, stall, or take the server down (its port
-//! closed, so connections are refused) and bring it back on the same port.
+//! `410 Gone` once compacted), chunked watch streams (the current objects first when started
+//! from "now", bookmarks, `timeoutSeconds`, `410 Gone` for versions compacted away, DELETED
+//! for an object leaving the selection), field selectors (`400` for unsupported ones), and
+//! create (`409` if it exists), merge-patch, replace (`409` for a stale resourceVersion) and
+//! delete (`404` if missing). A test can add, change and delete objects, drop or expire every
+//! watch, stall all requests or only next pages, refuse a resource (403), or take the server
+//! down (its port closed, so connections are refused) and bring it back on the same port.
 
 #![allow(dead_code)]
 
@@ -81,6 +83,8 @@ struct Change {
     resource: Resource,
     kind: &'static str,
     object: Value,
+    /// The object before a MODIFIED change.
+    previous: Option<Value>,
 }
 
 type Key = (Resource, String, String);
@@ -106,10 +110,12 @@ pub struct FakeApiServer {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     changes: broadcast::Sender<Change>,
-    /// Bumped to end every open watch stream.
-    drops: watch::Sender<u64>,
+    /// Bumped to end every open watch stream; with `true`, each first gets a 410 Gone.
+    drops: watch::Sender<(u64, bool)>,
     /// While true, requests hang (a stalled server).
     stalled: watch::Sender<bool>,
+    /// While true, requests for the next page of a list hang.
+    continues_stalled: watch::Sender<bool>,
     /// While true the port is closed: connections are refused and open ones are cut.
     down: watch::Sender<bool>,
     /// Whether the port is open now (follows `down` once the accept task has acted on it).
@@ -124,8 +130,9 @@ impl FakeApiServer {
             addr: listener.local_addr().unwrap(),
             state: Arc::default(),
             changes: broadcast::channel(1024).0,
-            drops: watch::channel(0).0,
+            drops: watch::channel((0, false)).0,
             stalled: watch::channel(false).0,
+            continues_stalled: watch::channel(false).0,
             down: watch::channel(false).0,
             listening: watch::channel(true).0,
         };
@@ -248,14 +255,17 @@ impl FakeApiServer {
             },
         };
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        if kind != "DELETED" {
-            state.objects.insert(key, object.clone());
-        }
+        let previous = if kind != "DELETED" {
+            state.objects.insert(key, object.clone())
+        } else {
+            None
+        };
         let change = Change {
             rv,
             resource,
             kind,
             object,
+            previous,
         };
         state.history.push(change.clone());
         let _ = self.changes.send(change);
@@ -285,18 +295,30 @@ impl FakeApiServer {
         state.lists.get(&resource).copied().unwrap_or(0)
     }
 
-    /// Forgets history: any watch resuming from an older version, and any list being read in
-    /// pages, gets 410 Gone.
+    /// Forgets history before the current version: a watch resuming from an older version,
+    /// and a list being read in pages, gets 410 Gone.
     pub fn compact(&self) {
         let mut state = self.state.lock().unwrap();
-        state.oldest = state.rv + 1;
+        state.oldest = state.rv;
         state.history.clear();
         state.snapshots.clear();
     }
 
+    /// Ends every open watch with a 410 Gone error event, as a server whose watch cache fell
+    /// behind does; clients must list again.
+    pub fn expire_watches(&self) {
+        self.drops.send_modify(|(n, expire)| {
+            *n += 1;
+            *expire = true;
+        });
+    }
+
     /// Ends every open watch stream (clients reconnect).
     pub fn drop_watches(&self) {
-        self.drops.send_modify(|n| *n += 1);
+        self.drops.send_modify(|(n, expire)| {
+            *n += 1;
+            *expire = false;
+        });
     }
 
     /// Takes the server down: its port closes (new connections are refused) and open
@@ -313,6 +335,11 @@ impl FakeApiServer {
         let _ = self.listening.subscribe().wait_for(|l| *l).await;
     }
 
+    /// While stalled, requests for a list's next page get no answer (a list caught half-read).
+    pub fn stall_continues(&self, stalled: bool) {
+        self.continues_stalled.send_replace(stalled);
+    }
+
     /// While stalled, requests get no answer.
     pub fn stall(&self, stalled: bool) {
         self.stalled.send_replace(stalled);
@@ -323,6 +350,10 @@ impl FakeApiServer {
         let _ = stalled.wait_for(|s| !*s).await;
         let path = req.uri().path().to_string();
         let query = parse_query(req.uri().query().unwrap_or(""));
+        if query.get("continue").is_some_and(|c| !c.is_empty()) {
+            let mut stalled = self.continues_stalled.subscribe();
+            let _ = stalled.wait_for(|s| !*s).await;
+        }
         let Some((resource, namespace, name)) = route(&path) else {
             return failure(
                 StatusCode::NOT_FOUND,
@@ -435,6 +466,18 @@ impl FakeApiServer {
                 body
             }
             (_, None) => return not_found(resource, &name),
+            // Optimistic concurrency: a write based on an older version loses.
+            (_, Some(current))
+                if body["metadata"]["resourceVersion"]
+                    .as_str()
+                    .is_some_and(|rv| current["metadata"]["resourceVersion"] != rv) =>
+            {
+                return failure(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    &format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", resource.plural()),
+                )
+            }
             (Method::PATCH, Some(mut current)) => {
                 merge_patch(&mut current, body);
                 current
@@ -444,8 +487,14 @@ impl FakeApiServer {
         let mut object = object;
         object["apiVersion"] = json!(resource.api_version());
         object["kind"] = json!(resource.kind());
+        let created = !state.objects.contains_key(&key);
         let stored = self.store(&mut state, resource, object);
-        respond(StatusCode::CREATED, stored)
+        let code = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        respond(code, stored)
     }
 
     /// A list at the current version, or read in pages (`limit`, `continue`) from a snapshot
@@ -539,10 +588,17 @@ impl FakeApiServer {
         namespace: Option<String>,
         query: &BTreeMap<String, String>,
     ) -> Response<BoxBody<Bytes, Infallible>> {
-        let from: u64 = query
+        if query.get("sendInitialEvents").is_some_and(|v| v == "true") {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "sendInitialEvents (streaming lists) is not served by the fake API server",
+            );
+        }
+        let from: Option<u64> = query
             .get("resourceVersion")
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+            .filter(|v| *v != 0);
         let bookmarks = query
             .get("allowWatchBookmarks")
             .is_some_and(|v| v == "true");
@@ -552,68 +608,85 @@ impl FakeApiServer {
             .and_then(|t| t.parse().ok())
             .map(Duration::from_secs)
             .unwrap_or(Duration::from_secs(1800));
+        let scope = Scope {
+            resource,
+            namespace,
+            query: query.clone(),
+        };
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-        let mut live = self.changes.subscribe();
-        let (backlog, gone) = {
+        // Subscribed under the lock that changes are made and sent under: nothing is missed
+        // between the backlog and the live feed, and nothing is in both.
+        let (mut live, backlog, sent, gone) = {
             let state = self.state.lock().unwrap();
-            let gone = from != 0 && from < state.oldest;
-            (
-                state
-                    .history
-                    .iter()
-                    .filter(|c| c.rv > from)
-                    .cloned()
-                    .collect::<Vec<_>>(),
-                gone,
-            )
+            let live = self.changes.subscribe();
+            match from {
+                Some(from) if from < state.oldest => (live, Vec::new(), from, true),
+                Some(from) => {
+                    let backlog: Vec<Value> = state
+                        .history
+                        .iter()
+                        .filter(|c| c.rv > from)
+                        .filter_map(|c| scope.event(c))
+                        .collect();
+                    (live, backlog, state.rv, false)
+                }
+                // From "now": the current objects as ADDED, then what follows.
+                None => {
+                    let backlog = state
+                        .objects
+                        .iter()
+                        .filter(|((r, ..), v)| *r == resource && scope.matches(v))
+                        .map(|(_, v)| json!({"type": "ADDED", "object": v}))
+                        .collect();
+                    (live, backlog, state.rv, false)
+                }
+            }
         };
         let mut drops = self.drops.subscribe();
         drops.borrow_and_update();
-        let query = query.clone();
         tokio::spawn(async move {
             let line = |value: Value| Bytes::from(format!("{value}\n"));
+            let expired = || {
+                line(
+                    json!({"type": "ERROR", "object": status(410, "Expired", "too old resource version")}),
+                )
+            };
             if gone {
-                let _ = tx.send(line(json!({"type": "ERROR", "object": status(410, "Expired", "too old resource version")}))).await;
+                let _ = tx.send(expired()).await;
                 return;
             }
-            let wanted = |c: &Change| {
-                c.resource == resource
-                    && namespace
-                        .as_deref()
-                        .is_none_or(|n| c.object["metadata"]["namespace"] == n)
-                    && selected(&c.object, &query)
-            };
-            for change in backlog.iter().filter(|c| wanted(c)) {
-                if tx
-                    .send(line(json!({"type": change.kind, "object": change.object})))
-                    .await
-                    .is_err()
-                {
+            for event in backlog {
+                if tx.send(line(event)).await.is_err() {
                     return;
                 }
             }
-            // Bookmarks carry the last version this stream sent, never one ahead of it.
-            let mut sent = backlog.iter().map(|c| c.rv).max().unwrap_or(from);
+            // Bookmarks carry the last version this stream has covered, never one ahead.
+            let mut sent = sent;
             let mut ticker = tokio::time::interval(Duration::from_millis(500));
             let ends = tokio::time::sleep(lifetime);
             tokio::pin!(ends);
             loop {
                 tokio::select! {
                     change = live.recv() => match change {
-                        Ok(change) if wanted(&change) => {
-                            sent = sent.max(change.rv);
-                            if tx.send(line(json!({"type": change.kind, "object": change.object}))).await.is_err() { return; }
+                        Ok(change) if change.rv <= sent => {}
+                        Ok(change) => {
+                            sent = change.rv;
+                            if let Some(event) = scope.event(&change) {
+                                if tx.send(line(event)).await.is_err() { return; }
+                            }
                         }
-                        // Not for this stream, but processed in order: safe to bookmark past.
-                        Ok(change) => sent = sent.max(change.rv),
                         Err(_) => return,
                     },
                     _ = ticker.tick(), if bookmarks => {
-                        let rv = sent;
-                        let mark = json!({"type": "BOOKMARK", "object": {"apiVersion": resource.api_version(), "kind": resource.kind(), "metadata": {"resourceVersion": rv.to_string()}}});
+                        let mark = json!({"type": "BOOKMARK", "object": {"apiVersion": resource.api_version(), "kind": resource.kind(), "metadata": {"resourceVersion": sent.to_string()}}});
                         if tx.send(line(mark)).await.is_err() { return; }
                     }
-                    _ = drops.changed() => return,
+                    _ = drops.changed() => {
+                        if drops.borrow().1 {
+                            let _ = tx.send(expired()).await;
+                        }
+                        return;
+                    }
                     _ = &mut ends => return,
                 }
             }
@@ -628,6 +701,41 @@ impl FakeApiServer {
             .header("content-type", "application/json")
             .body(BodyExt::boxed(StreamBody::new(stream)))
             .unwrap()
+    }
+}
+
+/// What one watch stream covers: a resource, maybe a namespace, maybe a field selector.
+struct Scope {
+    resource: Resource,
+    namespace: Option<String>,
+    query: BTreeMap<String, String>,
+}
+
+impl Scope {
+    fn matches(&self, object: &Value) -> bool {
+        self.namespace
+            .as_deref()
+            .is_none_or(|n| object["metadata"]["namespace"] == n)
+            && selected(object, &self.query)
+    }
+
+    /// The event this stream sees for a change: an object leaving the selection is DELETED
+    /// for it, one entering is ADDED, as the real server does.
+    fn event(&self, change: &Change) -> Option<Value> {
+        if change.resource != self.resource {
+            return None;
+        }
+        let now = self.matches(&change.object);
+        let before = change.previous.as_ref().is_some_and(|p| self.matches(p));
+        let kind = match (change.kind, before, now) {
+            ("DELETED", _, true) => "DELETED",
+            ("ADDED", _, true) => "ADDED",
+            ("MODIFIED", true, true) => "MODIFIED",
+            ("MODIFIED", false, true) => "ADDED",
+            ("MODIFIED", true, false) => "DELETED",
+            _ => return None,
+        };
+        Some(json!({"type": kind, "object": change.object}))
     }
 }
 
