@@ -287,6 +287,11 @@ mod daemon {
     }
 
     impl Node {
+        pub async fn stop(self) {
+            self.cancel.cancel();
+            self.daemon.await.unwrap();
+        }
+
         pub fn mounted(&self) -> Vec<PathBuf> {
             let mut points: Vec<PathBuf> = self
                 .mounter
@@ -333,6 +338,20 @@ fn cluster(server: &FakeApiServer, base: &std::path::Path) {
     ));
 }
 
+/// The fake cluster with pod `web` (uid u1, an emptyDir and a claim) on node-a, and volumed
+/// once it has mounted both volumes.
+async fn web_pod_mounted() -> (FakeApiServer, daemon::Node) {
+    let server = FakeApiServer::start().await;
+    let node = daemon::start(&server);
+    cluster(&server, &node.base);
+    server.apply_yaml(&pod("web", "u1"));
+    daemon::until("the pod's volumes are mounted", || {
+        node.mounted().len() == 2
+    })
+    .await;
+    (server, node)
+}
+
 fn pod(name: &str, uid: &str) -> String {
     format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, uid: {uid}}}\nspec:\n  nodeName: node-a\n  containers: []\n  volumes:\n  - {{name: cache, emptyDir: {{medium: Memory}}}}\n  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}\n")
 }
@@ -356,20 +375,12 @@ async fn pods_from_the_api_get_their_volumes_and_lose_them_when_deleted() {
         node.mounted().is_empty()
     })
     .await;
-    node.cancel.cancel();
-    node.daemon.await.unwrap();
+    node.stop().await;
 }
 
 #[tokio::test]
 async fn an_api_outage_or_a_relist_unmounts_nothing() {
-    let server = FakeApiServer::start().await;
-    let node = daemon::start(&server);
-    cluster(&server, &node.base);
-    server.apply_yaml(&pod("web", "u1"));
-    daemon::until("the pod's volumes are mounted", || {
-        node.mounted().len() == 2
-    })
-    .await;
+    let (server, node) = web_pod_mounted().await;
     // The API stalls (answers nothing), then goes away: watches fail and retry; nothing is
     // unmounted.
     server.stall(true);
@@ -395,8 +406,7 @@ async fn an_api_outage_or_a_relist_unmounts_nothing() {
     )
     .await;
     assert_eq!(node.unmounts(), 0, "the relist unmounted something");
-    node.cancel.cancel();
-    node.daemon.await.unwrap();
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -441,8 +451,7 @@ async fn a_terminating_pod_keeps_its_volumes_until_it_is_gone_or_terminal() {
         node.mounted().is_empty()
     })
     .await;
-    node.cancel.cancel();
-    node.daemon.await.unwrap();
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -463,8 +472,7 @@ async fn an_unbound_claim_leaves_the_volume_pending_and_the_rest_converges() {
         vec![cache],
         "an unbound claim must not be mounted"
     );
-    node.cancel.cancel();
-    node.daemon.await.unwrap();
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -477,13 +485,18 @@ async fn starting_while_the_api_is_down_unmounts_nothing_until_the_first_list() 
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(node.unmounts(), 0, "unmounted while the API was down");
     server.restart().await;
-    cluster(&server, &node.base);
-    daemon::until("the first complete list tears the gone pod down", || {
+    the_gone_pod_goes_once_the_cluster_is_listed(&server, node).await;
+}
+
+/// With the cluster's objects (this Node included) in the API, the adopted mount of the pod
+/// the API does not list is torn down.
+async fn the_gone_pod_goes_once_the_cluster_is_listed(server: &FakeApiServer, node: daemon::Node) {
+    cluster(server, &node.base);
+    daemon::until("a complete list tears the gone pod down", || {
         node.mounted().is_empty()
     })
     .await;
-    node.cancel.cancel();
-    node.daemon.await.unwrap();
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -543,8 +556,7 @@ async fn failures_and_pending_volumes_are_recorded_as_events_on_the_pod() {
         pending["note"].as_str().unwrap_or("").contains("later"),
         "the pending Event names the claim: {pending}"
     );
-    node.cancel.cancel();
-    node.daemon.await.unwrap();
+    node.stop().await;
 }
 
 /// Each distinct message is its own Event; the same one again continues that Event's series
@@ -670,8 +682,7 @@ async fn missing_mismatched_or_wrong_mode_claims_wait_with_the_reason_as_an_even
         caches,
         "a claim that is not soundly bound was mounted"
     );
-    node.cancel.cancel();
-    node.daemon.await.unwrap();
+    node.stop().await;
 }
 
 /// A pod deleted while the API was away goes once the API is back; the others stay.
@@ -693,19 +704,14 @@ async fn a_pod_deleted_during_an_outage_is_torn_down_after_it_and_only_it() {
         node.mounted() == [node.volume("u2", "empty-dir", "cache")]
     })
     .await;
-    node.cancel.cancel();
-    node.daemon.await.unwrap();
+    node.stop().await;
 }
 
 /// A watch ended with 410 Gone while the server stays up: the watcher relists, nothing is
 /// unmounted on the way, and changes made meanwhile are seen.
 #[tokio::test]
 async fn a_watch_expired_with_410_relists_without_unmounting() {
-    let server = FakeApiServer::start().await;
-    let node = daemon::start(&server);
-    cluster(&server, &node.base);
-    server.apply_yaml(&pod("web", "u1"));
-    daemon::until("mounted", || node.mounted().len() == 2).await;
+    let (server, node) = web_pod_mounted().await;
     let lists_before = server.lists("Pod");
     // The server's watch cache falls behind: every open watch ends with 410 Gone.
     server.apply_yaml(&pod("api", "u2"));
@@ -716,8 +722,7 @@ async fn a_watch_expired_with_410_relists_without_unmounting() {
     })
     .await;
     assert_eq!(node.unmounts(), 0, "the relist unmounted something");
-    node.cancel.cancel();
-    node.daemon.await.unwrap();
+    node.stop().await;
 }
 
 /// Mounts left by an earlier run for pods the API still lists are kept through startup.
@@ -741,8 +746,7 @@ async fn mounts_of_listed_pods_are_adopted_not_redone() {
         !calls.iter().any(|c| c.contains("empty-dir")),
         "the adopted cache was mounted again: {calls:?}"
     );
-    node.cancel.cancel();
-    node.daemon.await.unwrap();
+    node.stop().await;
 }
 
 /// `plan` and `status` without `--manifests` read one complete list from the API.
@@ -861,13 +865,7 @@ async fn an_unknown_node_name_tears_nothing_down() {
         0,
         "torn down for a Node the API does not have"
     );
-    cluster(&server, &node.base);
-    daemon::until("with the Node known, the gone pod is torn down", || {
-        node.mounted().is_empty()
-    })
-    .await;
-    node.cancel.cancel();
-    node.daemon.await.unwrap();
+    the_gone_pod_goes_once_the_cluster_is_listed(&server, node).await;
 }
 
 /// A relist read in pages and caught half-way (the server stops answering for the next page)
@@ -906,6 +904,5 @@ async fn a_relist_caught_between_pages_tears_nothing_down() {
         !node.mounted().contains(&last)
     })
     .await;
-    node.cancel.cancel();
-    node.daemon.await.unwrap();
+    node.stop().await;
 }
