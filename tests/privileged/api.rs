@@ -51,11 +51,7 @@ impl Cluster {
             };
         }
         let fake = runtime.block_on(FakeApiServer::start());
-        let kubeconfig = sandbox.path("kubeconfig");
-        std::fs::write(&kubeconfig, format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
-            fake.url()
-        )).unwrap();
+        let kubeconfig = fake.kubeconfig(&sandbox.base);
         Cluster {
             kubeconfig,
             node,

@@ -4,7 +4,7 @@
 //! VOLUMED_REQUIRE_PRIVILEGED=1 (as scripts/test.sh sets it under root).
 
 mod api;
-#[path = "../support/apiserver.rs"]
+#[path = "../support/apiserver/mod.rs"]
 mod apiserver;
 mod blockdev;
 mod cases;

@@ -1,0 +1,164 @@
+//! How the API source's watches stand (which completed a first list, which fail and why) and
+//! how a failing one retries: the part of the API source the operator reads about.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher;
+
+use crate::executor::backoff::BackoffPolicy;
+
+/// The kinds watched, as their watches are named to the operator.
+pub(super) const KINDS: [&str; 5] = [
+    "Pod",
+    "PersistentVolumeClaim",
+    "PersistentVolume",
+    "StorageClass",
+    "Node",
+];
+
+/// How the watches stand: which completed a first list, which are failing and why.
+#[derive(Debug, Default)]
+pub struct WatchHealth {
+    listed: BTreeSet<String>,
+    failing: BTreeMap<String, Failing>,
+}
+
+#[derive(Debug)]
+struct Failing {
+    /// The first error of this run of errors (stable across retries).
+    since: SystemTime,
+    last_error: String,
+}
+
+pub type SharedHealth = Arc<Mutex<WatchHealth>>;
+
+impl WatchHealth {
+    /// One line per failing watch.
+    pub fn failing(&self) -> Vec<String> {
+        self.failing
+            .iter()
+            .map(|(kind, f)| {
+                format!(
+                    "the API watch of {kind} objects has been failing since {}: {}",
+                    humantime::format_rfc3339_seconds(f.since),
+                    f.last_error
+                )
+            })
+            .collect()
+    }
+
+    /// The kinds whose first list has not completed.
+    pub fn unlisted(&self) -> Vec<&'static str> {
+        KINDS
+            .into_iter()
+            .filter(|kind| !self.listed.contains(*kind))
+            .collect()
+    }
+
+    pub(super) fn failed(&mut self, kind: &str, error: String) {
+        self.failing
+            .entry(kind.to_string())
+            .and_modify(|f| f.last_error.clone_from(&error))
+            .or_insert_with(|| Failing {
+                since: SystemTime::now(),
+                last_error: error,
+            });
+    }
+
+    /// True when this changed what is reported.
+    pub(super) fn delivered(&mut self, kind: &str, first_list_done: bool) -> bool {
+        let listed = first_list_done && self.listed.insert(kind.to_string());
+        self.failing.remove(kind).is_some() || listed
+    }
+}
+
+pub(super) fn lock(health: &SharedHealth) -> std::sync::MutexGuard<'_, WatchHealth> {
+    // Only plain inserts and removals happen under the lock; a poisoned one is still sound.
+    health
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Retry timing of a failing watch: 800 ms doubling to 30 s, jittered (kube-rs's default
+/// curve). Unlike kube-rs's default it ignores `reset()`, which its stream wrapper calls on
+/// every item, `Init` included, so a list failing over and over would retry at the first
+/// step forever; it starts afresh after two minutes without an error instead.
+#[derive(Default)]
+pub(super) struct WatchBackoff {
+    failures: u32,
+    last_error: Option<std::time::Instant>,
+}
+
+impl WatchBackoff {
+    const POLICY: BackoffPolicy = BackoffPolicy {
+        initial: Duration::from_millis(800),
+        max: Duration::from_secs(30),
+    };
+    const QUIET_RESET: Duration = Duration::from_secs(120);
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        if self
+            .last_error
+            .is_some_and(|at| now.duration_since(at) > Self::QUIET_RESET)
+        {
+            self.failures = 0;
+        }
+        self.last_error = Some(now);
+        self.failures += 1;
+        Some(Self::POLICY.delay(self.failures))
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {}
+}
+
+/// A watch error in a line: the API's own message and code, and for a refusal, the fix.
+pub(super) fn for_operator(err: &watcher::Error) -> String {
+    let status = match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.as_ref(),
+        watcher::Error::WatchError(status) => status.as_ref(),
+        other => return other.to_string(),
+    };
+    let hint = match status.code {
+        401 | 403 => "; check volumed's credentials and that deploy/rbac.yaml is applied",
+        _ => "",
+    };
+    format!(
+        "{} (HTTP {} {}){hint}",
+        status.message, status.code, status.reason
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_backoff_grows_through_resets_and_caps() {
+        let mut backoff = WatchBackoff::default();
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            // kube-rs's stream wrapper resets on every item, Init included.
+            backoff.reset();
+            delays.push(backoff.next().unwrap());
+        }
+        assert!(delays[0] <= Duration::from_millis(960), "{delays:?}");
+        assert!(delays[3] >= Duration::from_millis(5000), "{delays:?}");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(36)),
+            "{delays:?}"
+        );
+        assert!(delays[7] >= Duration::from_secs(24), "{delays:?}");
+    }
+}

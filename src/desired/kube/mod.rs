@@ -1,0 +1,236 @@
+//! The Kubernetes API source: kube-rs watchers and reflectors for this node's pods and the
+//! claims, volumes, classes and Node they need. A snapshot is published only once every store
+//! has completed its first list; relists swap a store whole (kube-rs buffers them), so a
+//! partial view is never published, and an outage publishes nothing: the last complete
+//! snapshot stays in force.
+
+mod events;
+mod health;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::api_bindings::bindings_from_api;
+use super::manifest::Manifests;
+use super::resolve::resolve;
+use super::{DesiredState, NodeConfig};
+pub use events::{publish_notices, REPEAT_AFTER};
+use health::{for_operator, lock, WatchBackoff};
+pub use health::{SharedHealth, WatchHealth};
+
+/// Coalesces a burst of watch events into one snapshot.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+
+pub struct KubeSource {
+    pub client: Client,
+    pub node: NodeConfig,
+    /// How the watches stand; shared with whoever reports on the source.
+    pub health: SharedHealth,
+}
+
+struct Stores {
+    pods: Store<Pod>,
+    claims: Store<PersistentVolumeClaim>,
+    volumes: Store<PersistentVolume>,
+    classes: Store<StorageClass>,
+    nodes: Store<Node>,
+}
+
+impl KubeSource {
+    /// Publishes snapshots until `cancel` fires.
+    pub async fn run(self, tx: watch::Sender<Arc<DesiredState>>, cancel: CancellationToken) {
+        let (changed_tx, mut changed) = mpsc::unbounded_channel();
+        let on_node =
+            watcher::Config::default().fields(&format!("spec.nodeName={}", self.node.name));
+        let this_node =
+            watcher::Config::default().fields(&format!("metadata.name={}", self.node.name));
+        let all = watcher::Config::default;
+        let watching = Watching {
+            changed: changed_tx,
+            health: self.health.clone(),
+            cancel: cancel.clone(),
+        };
+        let client = &self.client;
+        let stores = Stores {
+            pods: watching.reflect(Api::all(client.clone()), on_node),
+            claims: watching.reflect(Api::all(client.clone()), all()),
+            volumes: watching.reflect(Api::all(client.clone()), all()),
+            classes: watching.reflect(Api::all(client.clone()), all()),
+            nodes: watching.reflect(Api::all(client.clone()), this_node),
+        };
+        // Ok only when every store really completed a list: a store whose writer went away
+        // (shutdown, a dead task) must never pass for an empty, complete one.
+        let first_lists = async {
+            stores.pods.wait_until_ready().await?;
+            stores.claims.wait_until_ready().await?;
+            stores.volumes.wait_until_ready().await?;
+            stores.classes.wait_until_ready().await?;
+            stores.nodes.wait_until_ready().await
+        };
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            ready = first_lists => match ready {
+                Ok(()) => tracing::info!("every API watch completed its first list"),
+                Err(err) => {
+                    tracing::error!(%err, "an API watch stopped before its first list; publishing nothing");
+                    return;
+                }
+            },
+        }
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let mut state = snapshot(&stores, &self.node);
+            // In the --once report and `plan`; the daemon logs each failure as it happens.
+            state.warnings.extend(
+                lock(&self.health)
+                    .failing()
+                    .into_iter()
+                    .map(|w| w + " (the last complete view stays in force while it retries)"),
+            );
+            let previous = tx.borrow().clone();
+            if state.problems != previous.problems {
+                for problem in &state.problems {
+                    tracing::error!(%problem, "problem in the API objects; nothing is torn down until it is fixed");
+                }
+            }
+            tx.send_if_modified(|current| {
+                let changed = **current != state;
+                if changed {
+                    *current = Arc::new(state);
+                }
+                changed
+            });
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                Some(()) = changed.recv() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while changed.try_recv().is_ok() {}
+                }
+            }
+        }
+    }
+}
+
+/// What every watch task shares: the publisher's wake-up, the watch health record, the
+/// shutdown signal.
+struct Watching {
+    changed: mpsc::UnboundedSender<()>,
+    health: SharedHealth,
+    cancel: CancellationToken,
+}
+
+impl Watching {
+    /// Runs a watcher into a reflector store on its own task; every event wakes the
+    /// publisher. Errors (an outage, a 410 Gone, a refusal) are retried with backoff, keeping
+    /// the store as it was, and recorded as failing until the watch delivers again.
+    fn reflect<K>(&self, api: Api<K>, config: watcher::Config) -> Store<K>
+    where
+        K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let (reader, writer) = reflector::store();
+        let kind = K::kind(&K::DynamicType::default()).to_string();
+        let events = watcher(api, config)
+            // Never read here; on a big cluster they are most of an object's size.
+            .modify(|object| object.managed_fields_mut().clear())
+            .backoff(WatchBackoff::default());
+        let stream = reflector::reflector(writer, events);
+        let (changed, health, cancel) = (
+            self.changed.clone(),
+            self.health.clone(),
+            self.cancel.clone(),
+        );
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let item = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    item = stream.next() => item,
+                };
+                match item {
+                    // `Init` comes before every list attempt and `InitApply` before the list
+                    // is whole: neither shows that the watch works again.
+                    Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+                    Some(Ok(event)) => {
+                        let done = matches!(event, watcher::Event::InitDone);
+                        if lock(&health).delivered(&kind, done) && !done {
+                            tracing::info!(kind, "API watch delivers again");
+                        }
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(%err, kind, "API watch failed; retrying with backoff, the last complete view stays in force");
+                        lock(&health).failed(&kind, for_operator(&err));
+                    }
+                    None => return,
+                }
+                let _ = changed.send(());
+            }
+        });
+        reader
+    }
+}
+
+/// A store's objects by the key the file source uses for them.
+fn by_key<K>(store: &Store<K>, key: impl Fn(&K) -> String) -> BTreeMap<String, K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
+        .state()
+        .iter()
+        .map(|o| (key(o), (**o).clone()))
+        .collect()
+}
+
+/// `namespace/name`, as manifests key namespaced objects.
+fn namespaced<K: Resource>(object: &K) -> String {
+    let meta = object.meta();
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or("")
+    )
+}
+
+/// The desired state from the stores: objects as the file source would read them, bindings
+/// as the cluster made them.
+fn snapshot(stores: &Stores, node: &NodeConfig) -> DesiredState {
+    let mut objects = Manifests::default();
+    objects.pods = by_key(&stores.pods, namespaced);
+    objects.claims = by_key(&stores.claims, namespaced);
+    objects.volumes = by_key(&stores.volumes, ResourceExt::name_any);
+    objects.classes = by_key(&stores.classes, ResourceExt::name_any);
+    let mut node = node.clone();
+    let this_node = stores.nodes.state().first().cloned();
+    if let Some(this) = &this_node {
+        node.labels.extend(this.labels().clone());
+    }
+    let mut labels = node.labels.clone();
+    labels.insert("kubernetes.io/hostname".into(), node.name.clone());
+    let bindings = bindings_from_api(&objects, &node.name, &labels);
+    let mut state = resolve(&objects, &bindings, &node);
+    // A node name the API does not know (--node-name defaults to the host name, which need not
+    // be the registered name) lists no pods: that must not read as "no pods, tear all down".
+    if this_node.is_none() {
+        state.problems.push(format!(
+            "there is no Node named {} in the Kubernetes API, so no pod can be on it; nothing is torn down until there is. Set --node-name to this host's NAME in `kubectl get nodes`",
+            node.name
+        ));
+    }
+    state.complete = state.problems.is_empty();
+    state
+}

@@ -1,0 +1,103 @@
+//! volumed on the fake host, watching the fake API server through a kubeconfig on disk.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use volumed::app;
+use volumed::host::fake::FakeMounter;
+use volumed::host::format::FakeFormatter;
+
+use crate::apiserver::FakeApiServer;
+
+pub struct Node {
+    pub _tmp: tempfile::TempDir,
+    pub base: PathBuf,
+    pub mounter: Arc<FakeMounter>,
+    pub cancel: CancellationToken,
+    pub daemon: tokio::task::JoinHandle<()>,
+}
+
+/// volumed (fake host) watching the fake API server through a kubeconfig on disk.
+pub fn start(server: &FakeApiServer) -> Node {
+    start_adopting(server, &[])
+}
+
+/// As `start`, with an emptyDir `cache` of each given pod uid already mounted (left by an
+/// earlier run) before volumed starts.
+pub fn start_adopting(server: &FakeApiServer, adopted: &[&str]) -> Node {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().canonicalize().unwrap();
+    let kubeconfig = server.kubeconfig(&base);
+    std::fs::create_dir_all(base.join("disks/pv1")).unwrap();
+    let settings = crate::settings_support::test_settings(&base, None, Some(kubeconfig));
+    std::fs::create_dir_all(&settings.root_dir).unwrap();
+    let mounter = FakeMounter::new();
+    for uid in adopted {
+        let path = base.join(format!(
+            "root/pods/{uid}/volumes/kubernetes.io~empty-dir/cache"
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        mounter.adopt(&path, "tmpfs");
+    }
+    let cancel = CancellationToken::new();
+    let host = app::Host {
+        mounter: mounter.clone(),
+        formatter: Arc::new(FakeFormatter::default()),
+        watch_devices: false,
+    };
+    let stop = cancel.clone();
+    let daemon = tokio::spawn(async move {
+        app::run(&settings, false, host, stop).await.unwrap();
+    });
+    Node {
+        _tmp: tmp,
+        base,
+        mounter,
+        cancel,
+        daemon,
+    }
+}
+
+impl Node {
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.daemon.await.unwrap();
+    }
+
+    pub fn mounted(&self) -> Vec<PathBuf> {
+        let mut points: Vec<PathBuf> = self
+            .mounter
+            .table()
+            .into_iter()
+            .map(|m| m.mount_point)
+            .collect();
+        points.sort();
+        points
+    }
+
+    pub fn volume(&self, uid: &str, plugin: &str, name: &str) -> PathBuf {
+        self.base.join(format!(
+            "root/pods/{uid}/volumes/kubernetes.io~{plugin}/{name}"
+        ))
+    }
+
+    pub fn unmounts(&self) -> usize {
+        self.mounter
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("umount"))
+            .count()
+    }
+}
+
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not reached within 10 s");
+}

@@ -1,0 +1,157 @@
+//! API outages, relists and unknown nodes: nothing is unmounted on the way.
+
+use std::time::Duration;
+
+use crate::apiserver::FakeApiServer;
+use crate::{cluster, daemon, pod, web_pod_mounted};
+
+#[tokio::test]
+async fn an_api_outage_or_a_relist_unmounts_nothing() {
+    let (server, node) = web_pod_mounted().await;
+    // The API stalls (answers nothing), then goes away: watches fail and retry; nothing is
+    // unmounted.
+    server.stall(true);
+    server.drop_watches();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(node.unmounts(), 0, "a stalled API unmounted something");
+    server.stall(false);
+    server.stop().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(node.unmounts(), 0, "an outage unmounted something");
+    // Meanwhile the cluster moved on and compacted its history: the watchers get 410 Gone
+    // when they resume, and relist.
+    server.apply_yaml(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a, labels: {disk: ssd, zone: b}}\n",
+    );
+    server.compact();
+    let lists_before = server.lists("Pod");
+    server.restart().await;
+    server.apply_yaml(&pod("api", "u2"));
+    daemon::until(
+        "the watches relist and a pod added after the outage is set up",
+        || server.lists("Pod") > lists_before && node.mounted().len() == 4,
+    )
+    .await;
+    assert_eq!(node.unmounts(), 0, "the relist unmounted something");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn starting_while_the_api_is_down_unmounts_nothing_until_the_first_list() {
+    let server = FakeApiServer::start().await;
+    server.stop().await;
+    // A mount left by an earlier run, of a pod the API will not list any more.
+    let node = daemon::start_adopting(&server, &["gone-uid"]);
+    assert_eq!(node.mounted().len(), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(node.unmounts(), 0, "unmounted while the API was down");
+    server.restart().await;
+    the_gone_pod_goes_once_the_cluster_is_listed(&server, node).await;
+}
+
+/// With the cluster's objects (this Node included) in the API, the adopted mount of the pod
+/// the API does not list is torn down.
+async fn the_gone_pod_goes_once_the_cluster_is_listed(server: &FakeApiServer, node: daemon::Node) {
+    cluster(server, &node.base);
+    daemon::until("a complete list tears the gone pod down", || {
+        node.mounted().is_empty()
+    })
+    .await;
+    node.stop().await;
+}
+
+/// A pod deleted while the API was away goes once the API is back; the others stay.
+#[tokio::test]
+async fn a_pod_deleted_during_an_outage_is_torn_down_after_it_and_only_it() {
+    let server = FakeApiServer::start().await;
+    let node = daemon::start(&server);
+    cluster(&server, &node.base);
+    server.apply_yaml(&pod("web", "u1"));
+    server.apply_yaml(&pod("api", "u2").replace("claimName: data", "claimName: none"));
+    daemon::until("both pods are set up", || node.mounted().len() == 3).await;
+    server.stop().await;
+    server.delete("Pod", "shop", "web");
+    server.compact();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(node.unmounts(), 0, "unmounted during the outage");
+    server.restart().await;
+    daemon::until("the deleted pod is torn down after the outage", || {
+        node.mounted() == [node.volume("u2", "empty-dir", "cache")]
+    })
+    .await;
+    node.stop().await;
+}
+
+/// A watch ended with 410 Gone while the server stays up: the watcher relists, nothing is
+/// unmounted on the way, and changes made meanwhile are seen.
+#[tokio::test]
+async fn a_watch_expired_with_410_relists_without_unmounting() {
+    let (server, node) = web_pod_mounted().await;
+    let lists_before = server.lists("Pod");
+    // The server's watch cache falls behind: every open watch ends with 410 Gone.
+    server.apply_yaml(&pod("api", "u2"));
+    server.compact();
+    server.expire_watches();
+    daemon::until("the pod watch relists and the new pod is set up", || {
+        server.lists("Pod") > lists_before && node.mounted().len() == 4
+    })
+    .await;
+    assert_eq!(node.unmounts(), 0, "the relist unmounted something");
+    node.stop().await;
+}
+
+/// A node name the API does not know lists no pods: that is not "every pod is gone". Nothing
+/// is torn down until the Node exists.
+#[tokio::test]
+async fn an_unknown_node_name_tears_nothing_down() {
+    let server = FakeApiServer::start().await;
+    // A mount left by an earlier run, for a pod the API does not list.
+    let node = daemon::start_adopting(&server, &["gone-uid"]);
+    daemon::until("the first list is read", || server.lists("Node") > 0).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        node.unmounts(),
+        0,
+        "torn down for a Node the API does not have"
+    );
+    the_gone_pod_goes_once_the_cluster_is_listed(&server, node).await;
+}
+
+/// A relist read in pages and caught half-way (the server stops answering for the next page)
+/// is never taken for the whole: pods on the later pages keep their volumes.
+#[tokio::test]
+async fn a_relist_caught_between_pages_tears_nothing_down() {
+    let server = FakeApiServer::start().await;
+    let node = daemon::start(&server);
+    cluster(&server, &node.base);
+    // More pods than kube-rs's page of 500.
+    const PODS: usize = 520;
+    for n in 0..PODS {
+        server.apply_yaml(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{n:04}, namespace: shop, uid: u{n:04}}}\nspec: {{nodeName: node-a, containers: []}}\n"
+        ));
+    }
+    server.apply_yaml(&pod("zz-last", "u-last"));
+    let last = node.volume("u-last", "empty-dir", "cache");
+    daemon::until("the last pod's volumes are mounted", || {
+        node.mounted().contains(&last)
+    })
+    .await;
+    let lists_before = server.lists("Pod");
+    server.stall_continues(true);
+    server.compact();
+    server.expire_watches();
+    daemon::until("the relist has read its first page", || {
+        server.lists("Pod") > lists_before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(node.unmounts(), 0, "a half-read list tore something down");
+    server.stall_continues(false);
+    server.delete("Pod", "shop", "zz-last");
+    daemon::until("the whole relist is applied", || {
+        !node.mounted().contains(&last)
+    })
+    .await;
+    node.stop().await;
+}
