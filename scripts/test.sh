@@ -4,6 +4,7 @@
 # runs under sudo. Either way they must run, never be skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 scripts/deps.sh
 
 cargo fmt --all -- --check
@@ -14,12 +15,7 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 cargo test --locked --all-targets
 echo "test.sh: running the privileged tests with sudo" >&2
-privileged=$(cargo test --locked --test privileged --no-run --message-format=json \
-  | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "privileged" and m.get("executable"):
-        print(m["executable"])')
+privileged=$(privileged_test_binary)
 sudo env VOLUMED_REQUIRE_PRIVILEGED=1 \
   ${VOLUMED_TEST_KUBECONFIG:+VOLUMED_TEST_KUBECONFIG="$VOLUMED_TEST_KUBECONFIG"} \
   ${VOLUMED_TEST_NODE:+VOLUMED_TEST_NODE="$VOLUMED_TEST_NODE"} "$privileged"

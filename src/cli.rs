@@ -12,8 +12,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Per-host volume daemon: makes this host's mounts match what the pods on it need"
 )]
 pub struct Cli {
-    /// Log filter, e.g. info, debug, volumed=debug (RUST_LOG also works).
-    #[arg(long, global = true, default_value = "info", env = "VOLUMED_LOG")]
+    /// Log filter, e.g. info, debug, volumed=debug (RUST_LOG also works). kube-rs's client
+    /// is quiet by default: volumed logs each API failure once, with what it does about it.
+    #[arg(
+        long,
+        global = true,
+        default_value = "info,kube_client=off",
+        env = "VOLUMED_LOG"
+    )]
     pub log: String,
     #[command(subcommand)]
     pub command: Command,
