@@ -33,12 +33,15 @@ pub fn all() -> Vec<Case> {
     ]
 }
 
-/// Writes the mount-helper stand-in; its log has one line per call, arguments tab-separated.
+/// Writes the mount-helper stand-in; its log has one line per call (one append each, so
+/// concurrent calls do not interleave), arguments tab-separated.
 fn helper(sb: &Sandbox) -> PathBuf {
     let script = format!(
         r#"#!/bin/sh
-for arg in "$@"; do printf '%s\t' "$arg"; done >> {log}
-echo >> {log}
+line=
+for arg in "$@"; do line="$line$arg$(printf '\t')"; done
+# One write per call: helpers run concurrently and must not interleave their lines.
+printf '%s\n' "$line" >> {log}
 eval source=\${{$(($#-1))}}
 eval target=\${{$#}}
 case "$source" in
