@@ -12,12 +12,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Per-host volume daemon: makes this host's mounts match what the pods on it need"
 )]
 pub struct Cli {
-    /// Log filter, e.g. info, debug, volumed=debug (RUST_LOG also works). kube-rs's client
-    /// is quiet by default: volumed logs each API failure once, with what it does about it.
+    /// Log filter, e.g. info, debug, volumed=debug (RUST_LOG also works). kube-rs is quiet by
+    /// default: volumed logs each API failure once, with what it does about it.
     #[arg(
         long,
         global = true,
-        default_value = "info,kube_client=off",
+        default_value = "info,kube_client=off,kube_runtime=error",
         env = "VOLUMED_LOG"
     )]
     pub log: String,

@@ -177,7 +177,12 @@ impl SyncLoop {
         );
         if let Some(out) = &self.notices {
             for notice in notices::pending(&desired, &mut books.pending_told) {
-                let _ = out.try_send(notice);
+                if out.try_send(notice).is_err() {
+                    tracing::warn!("the Event queue is full; pending volumes will be told again at the next change");
+                    // Told again next pass rather than never.
+                    books.pending_told.clear();
+                    break;
+                }
             }
         }
         let pod_mounts = &books.indexed.as_ref().expect("indexed above").1;
@@ -252,7 +257,12 @@ impl SyncLoop {
         };
         if let Some(out) = &self.notices {
             if let Some(notice) = notices::for_op(&op, error.as_deref(), &books.known_pods) {
-                let _ = out.try_send(notice);
+                if out.try_send(notice).is_err() {
+                    tracing::warn!(
+                        op = op.verb(),
+                        "the Event queue is full; this outcome is only in the log"
+                    );
+                }
             }
         }
         if let (super::plan::Op::RemovePodDir { pod_uid }, None) = (&op, &error) {

@@ -92,12 +92,21 @@ impl Node {
     }
 }
 
-pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..200 {
+pub async fn until(what: &str, done: impl FnMut() -> bool) {
+    until_within(what, Duration::from_secs(10), done).await
+}
+
+/// After an outage the watches retry on a backoff that grew while the API was away (up to
+/// 30 s between tries): recovery gets this long.
+pub const AFTER_AN_OUTAGE: Duration = Duration::from_secs(45);
+
+pub async fn until_within(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
         if done() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{what}: not reached within 10 s");
+    panic!("{what}: not reached within {limit:?}");
 }

@@ -27,8 +27,9 @@ async fn an_api_outage_or_a_relist_unmounts_nothing() {
     let lists_before = server.lists("Pod");
     server.restart().await;
     server.apply_yaml(&pod("api", "u2"));
-    daemon::until(
+    daemon::until_within(
         "the watches relist and a pod added after the outage is set up",
+        daemon::AFTER_AN_OUTAGE,
         || server.lists("Pod") > lists_before && node.mounted().len() == 4,
     )
     .await;
@@ -53,9 +54,11 @@ async fn starting_while_the_api_is_down_unmounts_nothing_until_the_first_list() 
 /// the API does not list is torn down.
 async fn the_gone_pod_goes_once_the_cluster_is_listed(server: &FakeApiServer, node: daemon::Node) {
     cluster(server, &node.base);
-    daemon::until("a complete list tears the gone pod down", || {
-        node.mounted().is_empty()
-    })
+    daemon::until_within(
+        "a complete list tears the gone pod down",
+        daemon::AFTER_AN_OUTAGE,
+        || node.mounted().is_empty(),
+    )
     .await;
     node.stop().await;
 }
@@ -75,9 +78,11 @@ async fn a_pod_deleted_during_an_outage_is_torn_down_after_it_and_only_it() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(node.unmounts(), 0, "unmounted during the outage");
     server.restart().await;
-    daemon::until("the deleted pod is torn down after the outage", || {
-        node.mounted() == [node.volume("u2", "empty-dir", "cache")]
-    })
+    daemon::until_within(
+        "the deleted pod is torn down after the outage",
+        daemon::AFTER_AN_OUTAGE,
+        || node.mounted() == [node.volume("u2", "empty-dir", "cache")],
+    )
     .await;
     node.stop().await;
 }
@@ -108,7 +113,7 @@ async fn an_unknown_node_name_tears_nothing_down() {
     // A mount left by an earlier run, for a pod the API does not list.
     let node = daemon::start_adopting(&server, &["gone-uid"]);
     daemon::until("the first list is read", || server.lists("Node") > 0).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         node.unmounts(),
         0,

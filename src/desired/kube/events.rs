@@ -48,9 +48,10 @@ pub async fn publish_notices(
         {
             continue;
         }
-        if !budget.take(now) {
-            tracing::debug!(pod = %notice.pod, reason = notice.reason, "over the Event rate; dropped (the log has the same news)");
-            continue;
+        // Over the rate, Events wait their turn (the queue before this is bounded).
+        let wait = budget.reserve(now);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         told.at = Some(now);
         let reference = k8s_openapi::api::core::v1::ObjectReference {
@@ -84,7 +85,7 @@ pub async fn publish_notices(
 }
 
 /// A token bucket over all Events of this node, as kubelet's (--event-qps 50, --event-burst
-/// 100): a storm of failures cannot flood the API.
+/// 100): a storm of failures cannot flood the API; Events over the rate are delayed.
 struct EventBudget {
     tokens: f64,
     at: tokio::time::Instant,
@@ -101,16 +102,12 @@ impl EventBudget {
         }
     }
 
-    fn take(&mut self, now: tokio::time::Instant) -> bool {
+    /// Takes a token; returns how long to wait until it is really there.
+    fn reserve(&mut self, now: tokio::time::Instant) -> Duration {
         let refill = now.duration_since(self.at).as_secs_f64() * Self::PER_SECOND;
-        self.tokens = (self.tokens + refill).min(Self::BURST);
+        self.tokens = (self.tokens + refill).min(Self::BURST) - 1.0;
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        Duration::from_secs_f64((-self.tokens).max(0.0) / Self::PER_SECOND)
     }
 }
 
@@ -128,10 +125,14 @@ mod tests {
     fn the_event_budget_allows_a_burst_then_the_rate() {
         let start = tokio::time::Instant::now();
         let mut budget = EventBudget::new();
-        let burst = (0..150).filter(|_| budget.take(start)).count();
-        assert_eq!(burst, 100);
-        let later = start + Duration::from_secs(1);
-        let refilled = (0..150).filter(|_| budget.take(later)).count();
-        assert_eq!(refilled, 50);
+        let waits: Vec<Duration> = (0..150).map(|_| budget.reserve(start)).collect();
+        assert!(waits[..100].iter().all(Duration::is_zero), "{waits:?}");
+        // The 150th waits for 50 tokens at 50/s.
+        assert!(waits[149] > Duration::from_millis(990), "{waits:?}");
+        assert!(waits[149] < Duration::from_millis(1010), "{waits:?}");
+        // Two seconds on, the debt is paid and 50 more are free.
+        let later = start + Duration::from_secs(2);
+        let free = (0..60).filter(|_| budget.reserve(later).is_zero()).count();
+        assert_eq!(free, 50);
     }
 }

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use kube::runtime::utils::Backoff;
 use kube::runtime::watcher;
 
 use crate::executor::backoff::BackoffPolicy;
@@ -68,6 +67,10 @@ impl WatchHealth {
             });
     }
 
+    pub(super) fn is_failing(&self, kind: &str) -> bool {
+        self.failing.contains_key(kind)
+    }
+
     /// True when this changed what is reported.
     pub(super) fn delivered(&mut self, kind: &str, first_list_done: bool) -> bool {
         let listed = first_list_done && self.listed.insert(kind.to_string());
@@ -83,13 +86,12 @@ pub(super) fn lock(health: &SharedHealth) -> std::sync::MutexGuard<'_, WatchHeal
 }
 
 /// Retry timing of a failing watch: 800 ms doubling to 30 s, jittered (kube-rs's default
-/// curve). Unlike kube-rs's default it ignores `reset()`, which its stream wrapper calls on
-/// every item, `Init` included, so a list failing over and over would retry at the first
-/// step forever; it starts afresh after two minutes without an error instead.
+/// curve), started afresh only when the watch really delivers. (kube-rs's own stream wrapper
+/// resets on every item, `Init` included, which comes before each list attempt: a list
+/// failing over and over would retry at the first step forever.)
 #[derive(Default)]
 pub(super) struct WatchBackoff {
     failures: u32,
-    last_error: Option<std::time::Instant>,
 }
 
 impl WatchBackoff {
@@ -97,28 +99,16 @@ impl WatchBackoff {
         initial: Duration::from_millis(800),
         max: Duration::from_secs(30),
     };
-    const QUIET_RESET: Duration = Duration::from_secs(120);
-}
 
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let now = std::time::Instant::now();
-        if self
-            .last_error
-            .is_some_and(|at| now.duration_since(at) > Self::QUIET_RESET)
-        {
-            self.failures = 0;
-        }
-        self.last_error = Some(now);
+    /// The wait before the next attempt, after one more failure.
+    pub(super) fn failed(&mut self) -> Duration {
         self.failures += 1;
-        Some(Self::POLICY.delay(self.failures))
+        Self::POLICY.delay(self.failures)
     }
-}
 
-impl Backoff for WatchBackoff {
-    fn reset(&mut self) {}
+    pub(super) fn delivered(&mut self) {
+        self.failures = 0;
+    }
 }
 
 /// A watch error in a line: the API's own message and code, and for a refusal, the fix.
@@ -145,14 +135,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn watch_backoff_grows_through_resets_and_caps() {
+    fn watch_backoff_grows_until_the_watch_delivers_and_caps() {
         let mut backoff = WatchBackoff::default();
-        let mut delays = Vec::new();
-        for _ in 0..8 {
-            // kube-rs's stream wrapper resets on every item, Init included.
-            backoff.reset();
-            delays.push(backoff.next().unwrap());
-        }
+        let delays: Vec<_> = (0..8).map(|_| backoff.failed()).collect();
         assert!(delays[0] <= Duration::from_millis(960), "{delays:?}");
         assert!(delays[3] >= Duration::from_millis(5000), "{delays:?}");
         assert!(
@@ -160,5 +145,7 @@ mod tests {
             "{delays:?}"
         );
         assert!(delays[7] >= Duration::from_secs(24), "{delays:?}");
+        backoff.delivered();
+        assert!(backoff.failed() <= Duration::from_millis(960));
     }
 }

@@ -28,6 +28,9 @@ pub use events::{publish_notices, REPEAT_AFTER};
 use health::{for_operator, lock, WatchBackoff};
 pub use health::{SharedHealth, WatchHealth};
 
+/// After a retry, this long without an error means the watch works again.
+const RECOVERY_QUIET: Duration = Duration::from_secs(10);
+
 /// Coalesces a burst of watch events into one snapshot.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
@@ -143,10 +146,10 @@ impl Watching {
     {
         let (reader, writer) = reflector::store();
         let kind = K::kind(&K::DynamicType::default()).to_string();
+        // No kube-rs backoff wrapper: the task below waits after each error itself.
         let events = watcher(api, config)
             // Never read here; on a big cluster they are most of an object's size.
-            .modify(|object| object.managed_fields_mut().clear())
-            .backoff(WatchBackoff::default());
+            .modify(|object| object.managed_fields_mut().clear());
         let stream = reflector::reflector(writer, events);
         let (changed, health, cancel) = (
             self.changed.clone(),
@@ -155,9 +158,27 @@ impl Watching {
         );
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
+            let mut backoff = WatchBackoff::default();
+            // A watch that resumes from its last version after an error emits nothing when it
+            // works again: no error this long after a retry is taken as recovery.
+            let mut recovered_at: Option<tokio::time::Instant> = None;
             loop {
+                let quiet = async {
+                    match recovered_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let item = tokio::select! {
                     _ = cancel.cancelled() => return,
+                    _ = quiet => {
+                        recovered_at = None;
+                        if lock(&health).delivered(&kind, false) {
+                            tracing::info!(kind, "API watch retried without error; taking it as working again");
+                            let _ = changed.send(());
+                        }
+                        continue;
+                    }
                     item = stream.next() => item,
                 };
                 match item {
@@ -165,14 +186,27 @@ impl Watching {
                     // is whole: neither shows that the watch works again.
                     Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
                     Some(Ok(event)) => {
+                        backoff.delivered();
+                        recovered_at = None;
                         let done = matches!(event, watcher::Event::InitDone);
-                        if lock(&health).delivered(&kind, done) && !done {
+                        let mut health = lock(&health);
+                        let was_failing = health.is_failing(&kind);
+                        health.delivered(&kind, done);
+                        if was_failing {
                             tracing::info!(kind, "API watch delivers again");
                         }
                     }
                     Some(Err(err)) => {
-                        tracing::warn!(%err, kind, "API watch failed; retrying with backoff, the last complete view stays in force");
+                        let delay = backoff.failed();
+                        tracing::warn!(%err, kind, retry_in = ?delay, "API watch failed; the last complete view stays in force");
                         lock(&health).failed(&kind, for_operator(&err));
+                        let _ = changed.send(());
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        recovered_at = Some(tokio::time::Instant::now() + RECOVERY_QUIET);
+                        continue;
                     }
                     None => return,
                 }

@@ -287,6 +287,8 @@ impl FakeApiServer {
             query: query.clone(),
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        // Before anything else: a drop or expiry from here on reaches this stream.
+        let mut drops = self.drops.subscribe();
         // Subscribed under the lock that changes are made and sent under: nothing is missed
         // between the backlog and the live feed, and nothing is in both.
         let (mut live, backlog, sent, gone) = {
@@ -315,8 +317,6 @@ impl FakeApiServer {
                 }
             }
         };
-        let mut drops = self.drops.subscribe();
-        drops.borrow_and_update();
         tokio::spawn(async move {
             let line = |value: Value| Bytes::from(format!("{value}\n"));
             let expired = || {
@@ -405,7 +405,13 @@ impl Scope {
             ("ADDED", _, true) => "ADDED",
             ("MODIFIED", true, true) => "MODIFIED",
             ("MODIFIED", false, true) => "ADDED",
-            ("MODIFIED", true, false) => "DELETED",
+            ("MODIFIED", true, false) => {
+                // The object as this stream last saw it, at the new version.
+                let mut gone = change.previous.clone().expect("matched before");
+                gone["metadata"]["resourceVersion"] =
+                    change.object["metadata"]["resourceVersion"].clone();
+                return Some(json!({"type": "DELETED", "object": gone}));
+            }
             _ => return None,
         };
         Some(json!({"type": kind, "object": change.object}))
