@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building, testing and demonstrating volumed needs on Debian, when missing:
 # system packages through apt, rustfmt and clippy through rustup. Safe to run repeatedly.
+# A caller that needs more Debian packages names them as arguments.
 set -euo pipefail
 
-packages=(pkg-config gcc libc6-dev libudev-dev util-linux mount fdisk e2fsprogs findutils python3)
+packages=(pkg-config gcc libc6-dev libudev-dev util-linux mount fdisk e2fsprogs findutils python3 "$@")
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

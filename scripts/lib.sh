@@ -3,10 +3,16 @@
 # Builds the privileged end-to-end test binary and prints its path, so that it alone can run
 # under sudo while cargo runs as the user.
 privileged_test_binary() {
-  cargo test --locked --test privileged --no-run --message-format=json \
+  local path
+  path=$(cargo test --locked --test privileged --no-run --message-format=json \
     | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "privileged" and m.get("executable"):
-        print(m["executable"])'
+        print(m["executable"])')
+  if [ -z "$path" ]; then
+    echo "cargo built no privileged test binary" >&2
+    return 1
+  fi
+  echo "$path"
 }
