@@ -67,6 +67,16 @@ fn resolved() -> DesiredState {
     resolve(&manifests, &bindings, &node())
 }
 
+/// Why volume `name` waits ("" when it does not).
+fn wait_reason(state: &DesiredState, name: &str) -> String {
+    state
+        .waiting
+        .iter()
+        .find(|w| w.volume_name == name)
+        .map(|w| w.reason.clone())
+        .unwrap_or_default()
+}
+
 fn spec_of(state: &DesiredState, volume: &str) -> MountSpec {
     let found = state.volumes.values().find(|v| v.volume_name == volume);
     found
@@ -207,14 +217,7 @@ spec: {capacity: {storage: 1Gi}, mountOptions: [hard, "nfsvers=4.1,exec"], nfs: 
             read_only: true
         }
     );
-    let reason = |name: &str| {
-        state
-            .waiting
-            .iter()
-            .find(|w| w.volume_name == name)
-            .map(|w| w.reason.clone())
-            .unwrap_or_default()
-    };
+    let reason = |name: &str| wait_reason(&state, name);
     assert!(
         reason("sneaky").contains("NFS server"),
         "{}",
@@ -280,14 +283,7 @@ spec: {local: {path: /mnt/disks/files}}
     };
     let state = resolve(&manifests, &bindings, &node());
     assert!(state.volumes.is_empty(), "{:#?}", state.volumes);
-    let reason = |name: &str| {
-        state
-            .waiting
-            .iter()
-            .find(|w| w.volume_name == name)
-            .map(|w| w.reason.clone())
-            .unwrap_or_default()
-    };
+    let reason = |name: &str| wait_reason(&state, name);
     assert!(
         reason("raw").contains("use volumeDevices"),
         "{}",
