@@ -24,6 +24,7 @@ use crate::executor::{Executor, ExecutorConfig};
 use crate::host::format::{Formatter, RealFormatter};
 use crate::host::fs::PodFs;
 use crate::host::real::RealMounter;
+use crate::host::run_lock::RunLock;
 use crate::host::Mounter;
 use crate::reconcile::plan::{plan, Op};
 use crate::reconcile::status::{self, Failures, StatusRow};
@@ -65,13 +66,14 @@ fn file_source(settings: &Settings, dir: &Path, record_bindings: bool) -> FileSo
         store: BindingStore::new(&settings.root_dir),
         record_bindings,
         resync: settings.resync,
+        root_dir: settings.root_dir.clone(),
     }
 }
 
 fn pod_fs(settings: &Settings) -> PodFs {
     PodFs::new(
         settings.root_dir.clone(),
-        settings.node.host_path_roots.clone(),
+        settings.node.host_paths.roots.clone(),
     )
 }
 
@@ -91,6 +93,9 @@ pub async fn run(
         formatter,
         watch_devices,
     } = host;
+    // One reconciler per root dir, held until this returns: another one would tear down
+    // what this one sets up.
+    let _lock = RunLock::acquire(&settings.root_dir)?;
     if let Some(dir) = &settings.manifests {
         // A daemon pointed at a missing directory must fail (and be restarted), not idle.
         anyhow::ensure!(

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::cli::CommonArgs;
 use crate::desired::NodeConfig;
+use crate::model::host_paths::HostPathPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -74,11 +75,11 @@ impl Settings {
             manifests: args.manifests.clone(),
             kubeconfig: args.kubeconfig.clone(),
             first_list_timeout: args.first_list_timeout,
-            root_dir,
+            root_dir: root_dir.clone(),
             node: NodeConfig {
                 name,
                 labels: args.node_labels.clone(),
-                host_path_roots,
+                host_paths: HostPathPolicy::new(host_path_roots, root_dir.clone()),
             },
             max_concurrent_ops: args.max_concurrent_ops,
             max_concurrent_formats: args.max_concurrent_formats,

@@ -4,6 +4,7 @@
 pub mod device_watch;
 pub mod devices;
 pub mod mountinfo;
+pub mod signatures;
 pub mod sysfs;
 pub mod watch;
 

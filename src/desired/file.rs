@@ -1,7 +1,7 @@
 //! The manifest-directory source: reads the directory, binds claims, records new bindings,
 //! and publishes a `DesiredState` at start, on every inotify change, and on a slow resync.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::binder::{bind, BindInput, Bindings};
 use super::binding_store::BindingStore;
 use super::manifest::load_dir;
-use super::resolve::{consumed_claims, our_pods, resolve};
+use super::resolve::{consumed_claims, our_pods, resolve, unknown_node_name};
 use super::{DesiredState, NodeConfig};
 
 /// Coalesces a burst of file events (an editor's write + rename) into one reload.
@@ -36,6 +36,8 @@ pub struct FileSource {
     pub record_bindings: bool,
     /// Re-reads the directory this often even without events, in case inotify lost some.
     pub resync: Duration,
+    /// The root dir, whose pod directories say whether a doubtful node name could cost data.
+    pub root_dir: PathBuf,
 }
 
 impl FileSource {
@@ -85,6 +87,11 @@ impl FileSource {
     fn read_once(&self, record: bool) -> (DesiredState, bool) {
         let manifests = load_dir(&self.dir);
         let mut problems: Vec<String> = manifests.errors.iter().map(|e| e.to_string()).collect();
+        if let Some(doubt) = unknown_node_name(&manifests, &self.node) {
+            if has_pod_dirs(&self.root_dir) {
+                problems.push(doubt);
+            }
+        }
         let pods = our_pods(&manifests, &self.node);
         let consumed = consumed_claims(&pods);
         let recorded = match self.store.load() {
@@ -255,6 +262,14 @@ fn is_content_change(event: &notify::Result<notify::Event>) -> bool {
                 | EventKind::Other
                 | EventKind::Any
         ),
+    }
+}
+
+/// True when `<root>/pods` holds anything (or cannot be read: then assume it does).
+fn has_pod_dirs(root_dir: &Path) -> bool {
+    match std::fs::read_dir(root_dir.join("pods")) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(err) => err.kind() != std::io::ErrorKind::NotFound,
     }
 }
 

@@ -10,11 +10,10 @@ pub mod manifest;
 pub mod resolve;
 pub mod selector;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
 use serde::Serialize;
+use std::collections::BTreeMap;
 
+use crate::model::host_paths::HostPathPolicy;
 use crate::model::{DesiredVolume, PodRef, VolumeKey};
 
 /// This node as the sources and the binder see it.
@@ -23,8 +22,8 @@ pub struct NodeConfig {
     pub name: String,
     /// Labels for PV node affinity; `kubernetes.io/hostname` is always set to `name`.
     pub labels: selector::Labels,
-    /// hostPath and local volume paths must lie under one of these.
-    pub host_path_roots: Vec<PathBuf>,
+    /// Where hostPath and local volume paths may point.
+    pub host_paths: HostPathPolicy,
 }
 
 /// One snapshot of what the pods on this host need.

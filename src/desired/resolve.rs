@@ -37,6 +37,28 @@ pub fn our_pods<'a>(manifests: &'a Manifests, node: &NodeConfig) -> Vec<(PodRef,
         .collect()
 }
 
+/// Why `--node-name` looks wrong, when it does: no pod in the manifests names this node while
+/// some name other nodes. Acting on that would tear down every pod of this host, so the file
+/// source calls such a snapshot incomplete while pod directories exist (rule 7, as the API
+/// source does for a missing Node).
+pub fn unknown_node_name(manifests: &Manifests, node: &NodeConfig) -> Option<String> {
+    let named: BTreeSet<&str> = manifests
+        .pods
+        .values()
+        .filter_map(|pod| pod.spec.as_ref()?.node_name.as_deref())
+        .filter(|name| !name.is_empty())
+        .collect();
+    if named.is_empty() || named.contains(node.name.as_str()) {
+        return None;
+    }
+    let names: Vec<&str> = named.into_iter().collect();
+    Some(format!(
+        "no pod in the manifests names this node ({}, from --node-name or the host name), while pods name {}; nothing is torn down: run with --node-name set to this node's name as the manifests spell it",
+        node.name,
+        names.join(", ")
+    ))
+}
+
 /// A pod's identity; without `metadata.uid` a stable uid is derived from namespace/name.
 pub fn pod_ref(pod: &Pod) -> PodRef {
     let namespace = pod
@@ -310,18 +332,13 @@ impl Context<'_> {
     fn host_path(&self, path: &str, local_device: bool) -> Result<PathBuf, Waiting> {
         check_host_path("host path", path).map_err(|e| blocked(e.to_string()))?;
         let source = PathBuf::from(path);
-        let allowed = (local_device && source.starts_with("/dev/"))
-            || self
-                .node
-                .host_path_roots
-                .iter()
-                .any(|root| source.starts_with(root));
-        if !allowed {
-            return Err(blocked(format!(
-                "host path {path} lies outside the allowed host path roots ({}); see --host-path-root",
-                display_roots(&self.node.host_path_roots)
-            )));
+        if local_device && source.starts_with("/dev/") {
+            return Ok(source);
         }
+        self.node
+            .host_paths
+            .admits(&source)
+            .map_err(|why| blocked(format!("host path {path} is refused: {why}")))?;
         Ok(source)
     }
 }
@@ -343,14 +360,6 @@ fn nfs_spec(
         options: options.to_vec(),
         read_only,
     })
-}
-
-fn display_roots(roots: &[PathBuf]) -> String {
-    roots
-        .iter()
-        .map(|r| r.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]

@@ -4,12 +4,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::*;
+use crate::model::host_paths::HostPathPolicy;
 
 fn node() -> NodeConfig {
     NodeConfig {
         name: "node-a".into(),
         labels: BTreeMap::new(),
-        host_path_roots: vec![PathBuf::from("/srv"), PathBuf::from("/mnt/disks")],
+        host_paths: HostPathPolicy::new(
+            vec![PathBuf::from("/srv"), PathBuf::from("/mnt/disks")],
+            PathBuf::from("/var/lib/volumed"),
+        ),
     }
 }
 
@@ -294,4 +298,30 @@ spec: {local: {path: /mnt/disks/files}}
         "{}",
         reason("files")
     );
+}
+
+#[test]
+fn a_node_name_no_pod_uses_is_doubted_only_when_pods_name_other_nodes() {
+    let mut manifests = Manifests::default();
+    manifests.add_file(Path::new("pods.yaml"), PODS);
+    assert_eq!(
+        unknown_node_name(&manifests, &node()),
+        None,
+        "node-a is named"
+    );
+    let elsewhere = NodeConfig {
+        name: "host-1".into(),
+        ..node()
+    };
+    let doubt = unknown_node_name(&manifests, &elsewhere).expect("no pod names host-1");
+    assert!(
+        doubt.contains("host-1") && doubt.contains("node-a, node-b"),
+        "{doubt}"
+    );
+    let mut unpinned = Manifests::default();
+    unpinned.add_file(
+        Path::new("pod.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: []}\n",
+    );
+    assert_eq!(unknown_node_name(&unpinned, &elsewhere), None);
 }

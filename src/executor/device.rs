@@ -8,6 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use rustix::fs as rfs;
 
 use super::run::OpContext;
+use crate::actual::signatures::{leftover_metadata, DeviceEnds};
 use crate::actual::sysfs::Sysfs;
 use crate::host::format::FsckResult;
 use crate::host::{HostError, Source};
@@ -186,9 +187,21 @@ fn gather(ctx: &OpContext, device: &Source, rdev: u64) -> Result<DeviceFacts, Ho
     if !rfs::stat(dev.as_path()).is_ok_and(|st| st.st_rdev == rdev) {
         return Err(HostError::Refused { action: "use", device: dev.clone(), why: "its device node changed while it was examined; it is looked at again on the next try".into() });
     }
+    let ends = read_ends(device, block.size_bytes);
+    let leftovers = ends.as_ref().map_or_else(
+        |_| Vec::new(),
+        |(head, tail)| {
+            leftover_metadata(&DeviceEnds {
+                head,
+                tail,
+                size: block.size_bytes,
+            })
+        },
+    );
     Ok(DeviceFacts {
         device: dev.clone(),
-        readable: read_ends(device, block.size_bytes),
+        readable: ends.map(drop),
+        leftovers,
         exclusive: open_exclusive(device),
         probe,
         partitions: block.partitions,
@@ -215,17 +228,19 @@ fn reopen(device: &Source, exclusive: bool) -> std::io::Result<std::fs::File> {
     ))
 }
 
-/// Reads the first and the last MiB: blkid's "nothing found" counts only if it could read.
-fn read_ends(device: &Source, size: u64) -> Result<(), String> {
+/// Reads the first and the last MiB: blkid's "nothing found" counts only if it could read,
+/// and what survives at the ends is looked at too.
+fn read_ends(device: &Source, size: u64) -> Result<(Vec<u8>, Vec<u8>), String> {
     let file = reopen(device, false).map_err(|e| format!("open: {e}"))?;
     let len = size.min(MIB);
-    let mut buf = vec![0u8; len as usize];
-    // dd if=<device> bs=1M count=1; and the same at the end
-    for offset in [0, size.saturating_sub(len)] {
+    let read = |offset: u64| {
+        let mut buf = vec![0u8; len as usize];
+        // dd if=<device> bs=1M count=1 skip=<offset>
         file.read_exact_at(&mut buf, offset)
-            .map_err(|e| format!("read at byte {offset}: {e}"))?;
-    }
-    Ok(())
+            .map(|()| buf)
+            .map_err(|e| format!("read at byte {offset}: {e}"))
+    };
+    Ok((read(0)?, read(size.saturating_sub(len))?))
 }
 
 /// An exclusive open fails (EBUSY) while the device is mounted in any mount namespace or

@@ -13,6 +13,7 @@ use super::fs_util::{kind_name, list, list_typed, mount_id_of, remove_tree, rmdi
 use super::{HostError, Source, Target};
 use crate::actual::mountinfo::MountEntry;
 use crate::actual::OnDisk;
+use crate::model::host_paths::HostPathPolicy;
 use crate::model::{PathType, Plugin, VolumeKey};
 
 /// The two areas of a pod directory that hold volumes.
@@ -20,15 +21,16 @@ const AREAS: [&str; 2] = ["volumes", "volumeDevices"];
 
 pub struct PodFs {
     root: PathBuf,
-    host_path_roots: Vec<PathBuf>,
+    host_paths: HostPathPolicy,
 }
 
 impl PodFs {
     /// `root` must be canonical (no symlinks); it is trusted, everything below it is not.
+    /// Bind sources must resolve to where `host_path_roots` (and the root dir's rules) allow.
     pub fn new(root: PathBuf, host_path_roots: Vec<PathBuf>) -> PodFs {
         PodFs {
+            host_paths: HostPathPolicy::new(host_path_roots, root.clone()),
             root,
-            host_path_roots,
         }
     }
 
@@ -154,7 +156,8 @@ impl PodFs {
             path: existing.to_path_buf(),
             source,
         })?;
-        self.check_within_roots(path, &resolved)?;
+        let landing = resolved.join(path.strip_prefix(existing).unwrap_or(path));
+        self.check_within_roots(path, &landing)?;
         if expect == PathType::DirectoryOrCreate {
             // mkdir -p -m 0755 <path>
             return std::fs::create_dir_all(path).map_err(|source| HostError::Io {
@@ -174,20 +177,12 @@ impl PodFs {
     }
 
     fn check_within_roots(&self, path: &Path, resolved: &Path) -> Result<(), HostError> {
-        if self
-            .host_path_roots
-            .iter()
-            .any(|root| resolved.starts_with(root))
-        {
-            return Ok(());
-        }
-        Err(HostError::Unsafe {
-            path: path.to_path_buf(),
-            why: format!(
-                "it resolves to {}, outside the allowed host path roots (--host-path-root)",
-                resolved.display()
-            ),
-        })
+        self.host_paths
+            .admits(resolved)
+            .map_err(|why| HostError::Unsafe {
+                path: path.to_path_buf(),
+                why: format!("it resolves to {}: {why}", resolved.display()),
+            })
     }
 
     /// Removes a volume's directory (or file) once nothing is mounted at or below it.

@@ -8,6 +8,7 @@ mod fs_util;
 mod global;
 mod helper;
 pub mod real;
+pub mod run_lock;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

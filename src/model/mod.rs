@@ -1,6 +1,7 @@
 //! Plain data shared by every stage of the data flow: which volume, where it lives under the
 //! root dir, and what must be mounted there. No I/O happens here.
 
+pub mod host_paths;
 pub mod mount_options;
 pub mod names;
 pub mod quantity;

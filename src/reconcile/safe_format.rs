@@ -12,6 +12,9 @@ pub struct DeviceFacts {
     pub probe: Probe,
     /// Reading the first and last MiB worked (`Err` says what failed).
     pub readable: Result<(), String>,
+    /// Metadata those MiBs still hold that blkid does not report (a backup GPT, RAID or ZFS
+    /// labels at the end), one description each.
+    pub leftovers: Vec<String>,
     /// An exclusive open worked: nothing in any namespace has it mounted or claimed.
     pub exclusive: Result<(), String>,
     /// Partitions of the device (sysfs).
@@ -77,6 +80,9 @@ pub fn decide(facts: &DeviceFacts, fs_type: &str, volume_read_only: bool) -> Dec
         }
         Probe::Filesystem { fs_type: found, .. } => Decision::Refuse(format!("it holds a {found} filesystem but the PV asks for {fs_type}; set spec.local.fsType: {found} to use it as it is, or wipe it (wipefs -a {dev}) if its data is not needed")),
         Probe::Other { .. } | Probe::PartitionTable { .. } => Decision::Refuse(format!("it holds {}; only a device with no signature is formatted: wipe it (wipefs -a {dev}) if its data is not needed", facts.probe.describe())),
+        // blkid saw nothing, but the ends say the disk held data: its first sectors were
+        // wiped, the rest (partitions, a pool) may still be recoverable.
+        Probe::Blank if !facts.leftovers.is_empty() => Decision::Refuse(format!("blkid finds no signature, but it still holds {}: its data may be recoverable, so it is not formatted; if it is not needed, clear every copy with wipefs -a {dev}", facts.leftovers.join(" and "))),
         Probe::Blank if facts.device_read_only => Decision::Refuse("the device is read-only and holds no filesystem, so it cannot be formatted; make it writable (blockdev --setrw) or give the PV a formatted device".into()),
         Probe::Blank if volume_read_only => Decision::Refuse("the volume is read-only and the device holds no filesystem: there is nothing to mount; format it once with a writable volume".into()),
         Probe::Blank => Decision::Format,
@@ -92,6 +98,7 @@ mod tests {
             device: "/dev/loop7".into(),
             probe: Probe::Blank,
             readable: Ok(()),
+            leftovers: vec![],
             exclusive: Ok(()),
             partitions: vec![],
             holders: vec![],
@@ -197,6 +204,28 @@ mod tests {
                 "read-only",
             ),
             ("read-only volume, blank", blank(), true, "nothing to mount"),
+            (
+                "blank to blkid, a backup GPT at its end",
+                DeviceFacts {
+                    leftovers: vec!["a backup GPT header".into()],
+                    ..blank()
+                },
+                false,
+                "still holds a backup GPT header",
+            ),
+            (
+                "an ext4 filesystem over an old backup GPT",
+                DeviceFacts {
+                    probe: Probe::Filesystem {
+                        fs_type: "ext4".into(),
+                        uuid: None,
+                    },
+                    leftovers: vec!["a backup GPT header".into()],
+                    ..blank()
+                },
+                false,
+                "check",
+            ),
             (
                 "existing ext4",
                 DeviceFacts {

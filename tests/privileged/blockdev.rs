@@ -219,7 +219,7 @@ fn existing_ext4_is_mounted_without_format() -> TestResult {
 
 /// Runs once on a device that must be refused: non-zero exit, a reason naming the device,
 /// and not one byte changed.
-fn expect_refusal(sb: &Sandbox, disk: &Loop, reason: &str) -> TestResult {
+pub(crate) fn expect_refusal(sb: &Sandbox, disk: &Loop, reason: &str) -> TestResult {
     let before = disk.bytes();
     manifests(sb, &disk.device, &["a"], "");
     let out = sb.volumed(&["run", "--once"]);

@@ -9,6 +9,7 @@ mod apiserver;
 mod blockdev;
 mod cases;
 mod nfs;
+mod safety;
 mod sandbox;
 
 use libtest_mimic::{Arguments, Trial};
@@ -31,6 +32,7 @@ fn main() {
         .chain(blockdev::all())
         .chain(nfs::all())
         .chain(api::all())
+        .chain(safety::all())
         .map(|(name, test)| {
             Trial::test(name, move || test().map_err(Into::into))
                 .with_ignored_flag(unavailable.is_some())

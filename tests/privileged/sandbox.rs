@@ -53,27 +53,88 @@ impl Sandbox {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = self.command_without_source(args, "node-a");
-        cmd.arg("--manifests").arg(&self.manifests);
+        self.command_with(args, &self.manifests, "node-a")
+    }
+
+    fn command_with(&self, args: &[&str], manifests: &Path, node: &str) -> Command {
+        let mut cmd = self.command_without_source(args, node);
+        cmd.arg("--manifests").arg(manifests);
         cmd
     }
 
     fn command_without_source(&self, args: &[&str], node: &str) -> Command {
+        let mut cmd = self.bare_command(args, node);
+        cmd.arg("--host-path-root").arg(&self.base);
+        cmd
+    }
+
+    /// The binary on this root dir, without a source or host path roots.
+    fn bare_command(&self, args: &[&str], node: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_volumed"));
         cmd.args(args)
             .arg("--root-dir")
             .arg(&self.root)
             .arg("--node-name")
             .arg(node)
-            .arg("--host-path-root")
-            .arg(&self.base)
             .env("VOLUMED_LOG", "info")
             .stdin(Stdio::null());
         cmd
     }
 
+    /// volumed on the sandbox's manifests with hostPath and local paths limited to `roots`.
+    pub fn volumed_within(&self, args: &[&str], roots: &[&Path]) -> Output {
+        let mut cmd = self.bare_command(args, "node-a");
+        cmd.arg("--manifests").arg(&self.manifests);
+        for root in roots {
+            cmd.arg("--host-path-root").arg(root);
+        }
+        cmd.output().expect("run volumed")
+    }
+
     pub fn volumed(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run volumed")
+    }
+
+    /// volumed on this root dir with another manifest directory or node name.
+    pub fn volumed_with(&self, args: &[&str], manifests: &Path, node: &str) -> Output {
+        self.command_with(args, manifests, node)
+            .output()
+            .expect("run volumed")
+    }
+
+    /// volumed on this root dir with another manifest directory, killed if it has not
+    /// exited within `limit` (an error then).
+    pub fn volumed_with_limit(
+        &self,
+        args: &[&str],
+        manifests: &Path,
+        limit: Duration,
+    ) -> Result<Output, String> {
+        let mut child = self
+            .command_with(args, manifests, "node-a")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start volumed");
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                return Err(format!(
+                    "volumed {} still ran after {limit:?}:\n{}",
+                    args.join(" "),
+                    text(&out.stderr)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(child.wait_with_output().unwrap())
+    }
+
+    /// The daemon's log so far.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
     }
 
     /// `run --once`, which must exit 0.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use volumed::config::Settings;
 use volumed::desired::NodeConfig;
+use volumed::model::host_paths::HostPathPolicy;
 
 pub fn test_settings(
     base: &Path,
@@ -22,7 +23,7 @@ pub fn test_settings(
         node: NodeConfig {
             name: "node-a".into(),
             labels: Default::default(),
-            host_path_roots: vec![base.to_path_buf()],
+            host_paths: HostPathPolicy::new(vec![base.to_path_buf()], base.join("root")),
         },
         max_concurrent_ops: 4,
         max_concurrent_formats: 1,

@@ -1,129 +1,10 @@
-//! Whole reconcile runs against the fake mounter: real directories in a temp dir, a
-//! make-believe mount table. No root needed.
+//! The reconcile runs: convergence, teardown, failures, retries, bindings, hangs.
 
-#[path = "support/settings.rs"]
-mod settings_support;
-
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use volumed::app;
-use volumed::config::Settings;
-use volumed::host::fake::FakeMounter;
-use volumed::host::format::FakeFormatter;
 use volumed::reconcile::status::VolumeState;
-use volumed::reconcile::sync::Report;
 
-struct World {
-    _tmp: tempfile::TempDir,
-    base: PathBuf,
-    settings: Settings,
-    mounter: Arc<FakeMounter>,
-}
-
-const STORAGE: &str = r#"
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: pv-big}
-spec: {capacity: {storage: 10Gi}, accessModes: [ReadWriteOnce], local: {path: BASE/disks/big}}
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: pv-small}
-spec: {capacity: {storage: 2Gi}, accessModes: [ReadWriteOnce], local: {path: BASE/disks/small}}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: data}
-spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
-"#;
-
-const WEB: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: web, uid: web-uid}
-spec:
-  nodeName: node-a
-  containers: []
-  volumes:
-  - {name: cache, emptyDir: {medium: Memory, sizeLimit: 64Mi}}
-  - {name: scratch, emptyDir: {}}
-  - {name: logs, hostPath: {path: BASE/logs, type: DirectoryOrCreate}}
-  - {name: data, persistentVolumeClaim: {claimName: data}}
-"#;
-
-const OTHER: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: api, uid: api-uid}
-spec: {nodeName: node-a, containers: [], volumes: [{name: tmp, emptyDir: {medium: Memory}}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: elsewhere, uid: far-uid}
-spec: {nodeName: node-b, containers: [], volumes: [{name: tmp, emptyDir: {medium: Memory}}]}
-"#;
-
-impl World {
-    fn new() -> World {
-        let tmp = tempfile::tempdir().unwrap();
-        let base = tmp.path().canonicalize().unwrap();
-        for dir in ["manifests", "root", "disks/big", "disks/small"] {
-            std::fs::create_dir_all(base.join(dir)).unwrap();
-        }
-        std::fs::write(base.join("disks/small/marker"), "small").unwrap();
-        let settings = settings_support::test_settings(&base, Some(base.join("manifests")), None);
-        let world = World {
-            _tmp: tmp,
-            base,
-            settings,
-            mounter: FakeMounter::new(),
-        };
-        world.write("storage.yaml", STORAGE);
-        world.write("web.yaml", WEB);
-        world.write("other.yaml", OTHER);
-        world
-    }
-
-    fn write(&self, name: &str, text: &str) {
-        let text = text.replace("BASE", &self.base.display().to_string());
-        std::fs::write(self.base.join("manifests").join(name), text).unwrap();
-    }
-
-    fn remove(&self, name: &str) {
-        std::fs::remove_file(self.base.join("manifests").join(name)).unwrap();
-    }
-
-    async fn run_once(&self) -> Report {
-        app::run(
-            &self.settings,
-            true,
-            fake_host(self.mounter.clone()),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap()
-    }
-
-    fn volume(&self, uid: &str, plugin: &str, name: &str) -> PathBuf {
-        self.settings
-            .root_dir
-            .join(format!("pods/{uid}/volumes/kubernetes.io~{plugin}/{name}"))
-    }
-
-    fn mounts(&self) -> Vec<(PathBuf, String, String)> {
-        let mut mounts: Vec<_> = self
-            .mounter
-            .table()
-            .into_iter()
-            .map(|m| (m.mount_point, m.fs_type, m.root))
-            .collect();
-        mounts.sort();
-        mounts
-    }
-}
+use super::{start_daemon, wait_until, World, WEB};
 
 #[tokio::test]
 async fn a_run_mounts_exactly_what_our_pods_need_and_a_second_run_changes_nothing() {
@@ -322,41 +203,6 @@ async fn the_daemon_follows_manifest_changes() {
     wait_until(|| !world.settings.root_dir.join("pods/web-uid").exists()).await;
     cancel.cancel();
     daemon.await.unwrap();
-}
-
-/// Runs the daemon on the world until the returned token is cancelled.
-fn start_daemon(world: &World) -> (CancellationToken, tokio::task::JoinHandle<Report>) {
-    let cancel = CancellationToken::new();
-    let (settings, mounter, stop) = (
-        world.settings.clone(),
-        world.mounter.clone(),
-        cancel.clone(),
-    );
-    let daemon = tokio::spawn(async move {
-        app::run(&settings, false, fake_host(mounter), stop)
-            .await
-            .unwrap()
-    });
-    (cancel, daemon)
-}
-
-/// The fake mounter, a fake formatter, and no device watching: nothing touches the host.
-fn fake_host(mounter: Arc<FakeMounter>) -> app::Host {
-    app::Host {
-        mounter,
-        formatter: Arc::new(FakeFormatter::default()),
-        watch_devices: false,
-    }
-}
-
-async fn wait_until(mut done: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("condition not reached within 10 s");
 }
 
 #[tokio::test]
