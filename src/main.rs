@@ -207,6 +207,14 @@ fn plan_table(settings: &Settings, ops: &[Op]) -> String {
                     .to_string(),
                 String::new(),
             ],
+            Op::ClaimPodDir { pod } => [
+                op.verb().into(),
+                pod.to_string(),
+                model::pod_dir(&settings.root_dir, &pod.uid)
+                    .display()
+                    .to_string(),
+                "record its owner".into(),
+            ],
             Op::UnmountGlobal { pv_name } | Op::RemoveGlobalDir { pv_name } => [
                 op.verb().into(),
                 "-".into(),

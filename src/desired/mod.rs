@@ -52,3 +52,24 @@ pub struct WaitingVolume {
     /// types volumed leaves to others (configMap, secret, ...).
     pub blocking: bool,
 }
+
+impl WaitingVolume {
+    /// A blocking wait for each of `volume_names` of `pod`, all for one reason; a pod without
+    /// volumes gets one row named `-`, so that it still shows why it is held back.
+    pub fn all_of(pod: &PodRef, volume_names: Vec<String>, reason: &str) -> Vec<WaitingVolume> {
+        let names = if volume_names.is_empty() {
+            vec!["-".to_string()]
+        } else {
+            volume_names
+        };
+        names
+            .into_iter()
+            .map(|volume_name| WaitingVolume {
+                pod: pod.clone(),
+                volume_name,
+                reason: reason.to_string(),
+                blocking: true,
+            })
+            .collect()
+    }
+}

@@ -1,7 +1,7 @@
 //! Turns manifests plus bindings into the desired volume list (pure): which pods are ours, and
 //! what each of their volumes needs on this host.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Volume};
@@ -104,18 +104,31 @@ pub fn resolve(manifests: &Manifests, bindings: &Bindings, node: &NodeConfig) ->
         warnings: manifests.warnings.clone(),
         ..Default::default()
     };
-    for (pod, spec) in our_pods(manifests, node) {
+    let pods = our_pods(manifests, node);
+    let mut sharing: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (pod, _) in &pods {
+        sharing.entry(&pod.uid).or_default().push(pod.to_string());
+    }
+    for (pod, spec) in &pods {
         if let Err(err) = check_component("pod uid", &pod.uid) {
             state.problems.push(format!("pod {pod}: {err}"));
             continue;
         }
-        if let Some(other) = state.pods.get(&pod.uid) {
-            state.problems.push(format!(
-                "pods {other} and {pod} share uid {}; give one a different metadata.uid",
+        // Two pods with one uid would share one directory: neither is set up, and what the
+        // directory holds stays (its waiting pods hold it), while the rest of the node goes on.
+        if let Some(names) = sharing.get(pod.uid.as_str()).filter(|n| n.len() > 1) {
+            let reason = format!(
+                "pods {} share uid {}; neither gets volumes until one has a different metadata.uid",
+                names.join(" and "),
                 pod.uid
-            ));
+            );
+            let volumes = volumes_of(spec).iter().map(|v| v.name.clone()).collect();
+            state
+                .waiting
+                .extend(WaitingVolume::all_of(pod, volumes, &reason));
             continue;
         }
+        let (pod, spec) = (pod.clone(), *spec);
         if spec.metadata.deletion_timestamp.is_some() {
             state.terminating.insert(pod.uid.clone());
         }

@@ -2,16 +2,16 @@
 //! here may block (mounts, stats of volume paths, directory removal).
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::device::{stage, FormatSlots, StagingLocks};
 use crate::actual::sysfs::Sysfs;
+use crate::actual::PodDir;
 use crate::host::format::Formatter;
 use crate::host::fs::PodFs;
-use crate::host::{ForceMode, HostError, Mounter};
-use crate::model::{DesiredVolume, MountSpec, PathType, Plugin, VolumeKey};
+use crate::host::{ForceMode, HostError, MountPoint, Mounter};
+use crate::model::{DesiredVolume, MountSpec, PathType, Plugin};
 use crate::reconcile::plan::Op;
 
 /// The host seams an op works through.
@@ -59,7 +59,7 @@ pub struct OpOutcome {
     pub did: Result<&'static str, String>,
     /// The pod's volume directories after the op (`Some(None)`: the pod directory is gone;
     /// `None`: the rescan failed, or the op has no pod, and the loop keeps what it knew).
-    pub pod_dirs: Option<Option<BTreeSet<VolumeKey>>>,
+    pub pod_dirs: Option<Option<PodDir>>,
     /// The global mount point directories after the op, when it may have changed them.
     pub globals: Option<BTreeSet<String>>,
 }
@@ -69,10 +69,12 @@ pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
         Op::SetUp { volume } => set_up(ctx, volume),
         Op::Unmount { key, nested, .. } => {
             let target = nested.clone().unwrap_or_else(|| key.path(ctx.fs.root()));
-            if key.plugin == Plugin::Nfs {
-                unmount_escalating(ctx, &target)
-            } else {
-                ctx.mounter.unmount(&target).map(|()| "unmounted")
+            // Resolved below the root dir without following links (rule 4).
+            match ctx.fs.mount_point(&target) {
+                Ok(None) => Ok("already unmounted: its directory is gone"),
+                Ok(Some(target)) if key.plugin == Plugin::Nfs => unmount_escalating(ctx, target),
+                Ok(Some(target)) => ctx.mounter.unmount(&target).map(|()| "unmounted"),
+                Err(err) => Err(err),
             }
         }
         Op::RemoveVolumeDir { key } => {
@@ -84,6 +86,7 @@ pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
                 .map(|()| "removed")
         }
         Op::RemovePodDir { pod_uid } => ctx.fs.remove_pod_dir(pod_uid).map(|()| "removed"),
+        Op::ClaimPodDir { pod } => ctx.fs.claim_pod_dir(pod).map(|_| "recorded its owner"),
         Op::UnmountGlobal { pv_name } => unmount_global(ctx, pv_name),
         Op::RemoveGlobalDir { pv_name } => ctx
             .fs
@@ -112,30 +115,32 @@ pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
 /// An NFS unmount that cannot hang the op: a plain umount first; if the server does not
 /// answer within the deadline, umount --force, and if even that hangs, a lazy detach. The
 /// stuck calls are left behind on their threads (one per volume at most) and reported.
-fn unmount_escalating(ctx: &OpContext, target: &Path) -> Result<&'static str, HostError> {
+fn unmount_escalating(ctx: &OpContext, target: MountPoint) -> Result<&'static str, HostError> {
+    let target = Arc::new(target);
+    let path = target.path.clone();
     // An earlier try left a call hanging on this volume: add none, go straight to the detach.
     if ctx
         .lingering
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .contains(target)
+        .contains(&path)
     {
-        ctx.mounter.force_unmount(target, ForceMode::Detach)?;
+        ctx.mounter.force_unmount(&target, ForceMode::Detach)?;
         return Ok("detached lazily (umount -l): an earlier unmount of it still hangs");
     }
     let attempt = |mode: Option<ForceMode>, wait: Duration| {
         let (tx, rx) = std::sync::mpsc::channel();
-        let (mounter, path) = (ctx.mounter.clone(), target.to_path_buf());
+        let (mounter, held) = (ctx.mounter.clone(), target.clone());
         let lingering = ctx.lingering.clone();
         std::thread::spawn(move || {
             let result = match mode {
-                None => mounter.unmount(&path),
-                Some(mode) => mounter.force_unmount(&path, mode),
+                None => mounter.unmount(&held),
+                Some(mode) => mounter.force_unmount(&held, mode),
             };
             lingering
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&path);
+                .remove(&held.path);
             let _ = tx.send(result);
         });
         let answer = rx.recv_timeout(wait).ok();
@@ -143,19 +148,19 @@ fn unmount_escalating(ctx: &OpContext, target: &Path) -> Result<&'static str, Ho
             ctx.lingering
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(target.to_path_buf());
+                .insert(path.clone());
         }
         answer
     };
     if let Some(result) = attempt(None, ctx.unmount_timeout) {
         return result.map(|()| "unmounted");
     }
-    tracing::warn!(target = %target.display(), after_s = ctx.unmount_timeout.as_secs(), "unmount did not answer; forcing it (umount -f)");
+    tracing::warn!(target = %path.display(), after_s = ctx.unmount_timeout.as_secs(), "unmount did not answer; forcing it (umount -f)");
     if let Some(Ok(())) = attempt(Some(ForceMode::Force), FORCE_WAIT) {
         return Ok("unmounted with umount -f after the server stopped answering");
     }
-    tracing::warn!(target = %target.display(), "forced unmount did not finish either; detaching lazily (umount -l)");
-    ctx.mounter.force_unmount(target, ForceMode::Detach)?;
+    tracing::warn!(target = %path.display(), "forced unmount did not finish either; detaching lazily (umount -l)");
+    ctx.mounter.force_unmount(&target, ForceMode::Detach)?;
     Ok("detached lazily (umount -l) after the server stopped answering")
 }
 
@@ -186,7 +191,10 @@ fn unmount_global(ctx: &OpContext, pv_name: &str) -> Result<&'static str, HostEr
             ),
         });
     }
-    ctx.mounter.unmount(&path).map(|()| "unmounted")
+    match ctx.fs.mount_point(&path)? {
+        Some(target) => ctx.mounter.unmount(&target).map(|()| "unmounted"),
+        None => Ok("already unmounted"),
+    }
 }
 
 fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostError> {
@@ -224,7 +232,9 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
             options,
             read_only,
         } => {
-            let target = ctx.fs.prepare_target(&volume.key, false, 0o750)?;
+            let target = ctx
+                .fs
+                .prepare_target(&volume.key, &volume.pod, false, 0o750)?;
             if ctx.mounter.is_mount_point(&target)? {
                 return Ok("already mounted");
             }
@@ -238,11 +248,14 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
             bind_into(ctx, volume, &source, *read_only)
         }
         MountSpec::Directory => {
-            ctx.fs.prepare_target(&volume.key, false, 0o777)?;
+            ctx.fs
+                .prepare_target(&volume.key, &volume.pod, false, 0o777)?;
             Ok("created")
         }
         MountSpec::Tmpfs { size_bytes } => {
-            let target = ctx.fs.prepare_target(&volume.key, false, 0o750)?;
+            let target = ctx
+                .fs
+                .prepare_target(&volume.key, &volume.pod, false, 0o750)?;
             if ctx.mounter.is_mount_point(&target)? {
                 return Ok("already mounted");
             }
@@ -255,7 +268,9 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
             read_only,
         } => {
             let source = ctx.fs.open_source(source, *expect, false)?;
-            let target = ctx.fs.prepare_target(&volume.key, !source.is_dir, 0o750)?;
+            let target = ctx
+                .fs
+                .prepare_target(&volume.key, &volume.pod, !source.is_dir, 0o750)?;
             if ctx.mounter.is_mount_point(&target)? {
                 return Ok("already mounted");
             }
@@ -272,7 +287,9 @@ fn bind_into(
     source: &crate::host::Source,
     read_only: bool,
 ) -> Result<&'static str, HostError> {
-    let target = ctx.fs.prepare_target(&volume.key, !source.is_dir, 0o750)?;
+    let target = ctx
+        .fs
+        .prepare_target(&volume.key, &volume.pod, !source.is_dir, 0o750)?;
     if ctx.mounter.is_mount_point(&target)? {
         return Ok("already mounted");
     }

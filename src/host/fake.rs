@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::{ForceMode, HostError, Mounter, Source, Target};
+use super::{ForceMode, HostError, MountPoint, Mounter, Source, Target};
 use crate::actual::mountinfo::MountEntry;
 
 #[derive(Default)]
@@ -35,8 +35,10 @@ impl FakeMounter {
         Arc::new(FakeMounter::default())
     }
 
-    /// Adds a mount as if it had been there before volumed started.
+    /// Adds a mount as if it had been there before volumed started (its directory too, as a
+    /// real mount point would be).
     pub fn adopt(&self, target: &Path, fs_type: &str) {
+        std::fs::create_dir_all(target).expect("create the adopted mount point");
         let mut state = self.lock();
         state.next_id += 1;
         let entry = MountEntry {
@@ -225,7 +227,8 @@ impl Mounter for FakeMounter {
         Ok(())
     }
 
-    fn force_unmount(&self, target: &Path, mode: ForceMode) -> Result<(), HostError> {
+    fn force_unmount(&self, target: &MountPoint, mode: ForceMode) -> Result<(), HostError> {
+        let target = target.path.as_path();
         // A lazy unmount never waits for the server; a forced one waits only when told to.
         let mut state = self.lock();
         state.calls.push(format!(
@@ -245,7 +248,8 @@ impl Mounter for FakeMounter {
         Ok(())
     }
 
-    fn unmount(&self, target: &Path) -> Result<(), HostError> {
+    fn unmount(&self, target: &MountPoint) -> Result<(), HostError> {
+        let target = target.path.as_path();
         let mut state = self
             .enter("umount", target)
             .map_err(|source| HostError::Unmount {

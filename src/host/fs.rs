@@ -10,18 +10,25 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::fs_util::{kind_name, list, list_typed, mount_id_of, remove_tree, rmdir};
-use super::{HostError, Source, Target};
+use super::pod_owner::{read_owner, OWNER_FILE};
+use super::{HostError, MountPoint, Target};
 use crate::actual::mountinfo::MountEntry;
-use crate::actual::OnDisk;
+use crate::actual::{OnDisk, PodDir};
 use crate::model::host_paths::HostPathPolicy;
-use crate::model::{PathType, Plugin, VolumeKey};
+use crate::model::{Plugin, PodRef, VolumeKey};
+
+/// How every directory below the root dir is opened: a handle only, never through a link.
+const DIR_FLAGS: OFlags = OFlags::PATH
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
 
 /// The two areas of a pod directory that hold volumes.
 const AREAS: [&str; 2] = ["volumes", "volumeDevices"];
 
 pub struct PodFs {
     root: PathBuf,
-    host_paths: HostPathPolicy,
+    pub(super) host_paths: HostPathPolicy,
 }
 
 impl PodFs {
@@ -39,17 +46,22 @@ impl PodFs {
     }
 
     /// Creates `<root>/pods/<uid>/volumes/<plugin>/` and the target in it (a directory, or an
-    /// empty file for file binds) and opens the target without following links.
+    /// empty file for file binds) and opens the target without following links. The pod
+    /// directory must be `owner`'s (or new, then it is recorded as `owner`'s).
     pub fn prepare_target(
         &self,
         key: &VolumeKey,
+        owner: &PodRef,
         as_file: bool,
         mode: u32,
     ) -> Result<Target, HostError> {
+        debug_assert_eq!(key.pod_uid, owner.uid);
         let path = key.path(&self.root);
         let plugin_dir = key.plugin.dir_name();
+        let pod_dir = self.claim_pod_dir(owner)?;
+        let pod_path = self.root.join("pods").join(&key.pod_uid);
         let parent = self
-            .walk(&["pods", &key.pod_uid, key.area(), &plugin_dir], true)?
+            .walk_at(pod_dir, pod_path, &[key.area(), &plugin_dir], true)?
             .expect("walk with create returns a directory");
         let created = create_entry(&parent, &key.name, as_file, mode)
             .map_err(HostError::io("creating", &path))?;
@@ -83,106 +95,6 @@ impl PodFs {
             .map_err(HostError::io("chmod", &path))?;
         }
         Ok(Target { path, fd, parent })
-    }
-
-    /// Opens a host path for binding after the checks its `hostPath.type` asks for, creating
-    /// it for the `*OrCreate` types. Links in the host path are followed, as Kubernetes does,
-    /// but the resolved path must stay inside the allowed host path roots.
-    /// `local_device`: a local PV's path, which may be a device node under /dev outside the
-    /// host path roots; anything else must resolve inside them.
-    pub fn open_source(
-        &self,
-        path: &Path,
-        expect: PathType,
-        local_device: bool,
-    ) -> Result<Source, HostError> {
-        // lstat <path>
-        if matches!(rfs::lstat(path), Err(Errno::NOENT)) {
-            self.create_missing(path, expect)?;
-        }
-        // O_PATH open: the object checked below is the object later bound.
-        let fd = rfs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(
-            |e| match e {
-                Errno::NOENT => HostError::PathCheck {
-                    path: path.to_path_buf(),
-                    expected: super::describe_path_type(expect),
-                    found: "nothing".into(),
-                },
-                e => HostError::io("opening", path)(e),
-            },
-        )?;
-        let kind = FileType::from_raw_mode(
-            rfs::fstat(&fd)
-                .map_err(HostError::io("inspecting", path))?
-                .st_mode,
-        );
-        if !fits(kind, expect) {
-            return Err(HostError::PathCheck {
-                path: path.to_path_buf(),
-                expected: super::describe_path_type(expect),
-                found: format!("a {}", kind_name(kind)),
-            });
-        }
-        // readlink /proc/self/fd/<n>: where the links led.
-        let resolved = rfs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new())
-            .map_err(HostError::io("resolving", path))?;
-        let resolved = PathBuf::from(&*resolved.to_string_lossy());
-        // Device nodes live in /dev, outside any host path root; only block devices get in.
-        let is_block = kind == FileType::BlockDevice;
-        if !(local_device && is_block && resolved.starts_with("/dev/")) {
-            self.check_within_roots(path, &resolved)?;
-        }
-        Ok(Source {
-            path: path.to_path_buf(),
-            fd,
-            is_dir: kind == FileType::Directory,
-            is_block,
-            resolved,
-        })
-    }
-
-    /// Creates a missing `*OrCreate` host path, after checking that where it would land (its
-    /// deepest existing ancestor, links resolved) lies inside the allowed roots.
-    fn create_missing(&self, path: &Path, expect: PathType) -> Result<(), HostError> {
-        if !matches!(expect, PathType::DirectoryOrCreate | PathType::FileOrCreate) {
-            return Ok(());
-        }
-        let existing = path
-            .ancestors()
-            .find(|a| a.symlink_metadata().is_ok())
-            .unwrap_or(Path::new("/"));
-        let resolved = existing.canonicalize().map_err(|source| HostError::Io {
-            op: "resolving",
-            path: existing.to_path_buf(),
-            source,
-        })?;
-        let landing = resolved.join(path.strip_prefix(existing).unwrap_or(path));
-        self.check_within_roots(path, &landing)?;
-        if expect == PathType::DirectoryOrCreate {
-            // mkdir -p -m 0755 <path>
-            return std::fs::create_dir_all(path).map_err(|source| HostError::Io {
-                op: "creating",
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-        // touch <path> (its parent must exist, as in Kubernetes)
-        rfs::open(
-            path,
-            OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-        )
-        .map(drop)
-        .map_err(HostError::io("creating", path))
-    }
-
-    fn check_within_roots(&self, path: &Path, resolved: &Path) -> Result<(), HostError> {
-        self.host_paths
-            .admits(resolved)
-            .map_err(|why| HostError::Unsafe {
-                path: path.to_path_buf(),
-                why: format!("it resolves to {}: {why}", resolved.display()),
-            })
     }
 
     /// Removes a volume's directory (or file) once nothing is mounted at or below it.
@@ -234,7 +146,8 @@ impl PodFs {
         rmdir(&parent, &key.name, &path)
     }
 
-    /// Removes `<root>/pods/<uid>` and its empty `volumes/<plugin>` directories, rmdir-style.
+    /// Removes `<root>/pods/<uid>` and its empty `volumes/<plugin>` directories, rmdir-style;
+    /// its owner record goes last, once nothing else is in it.
     pub fn remove_pod_dir(&self, pod_uid: &str) -> Result<(), HostError> {
         let Some(pods) = self.walk(&["pods"], false)? else {
             return Ok(());
@@ -252,6 +165,21 @@ impl PodFs {
                 rmdir(&pod, area, &area_path)?;
             }
         }
+        let others: Vec<String> = list(&pod, &pod_path)?
+            .into_iter()
+            .filter(|name| name != OWNER_FILE)
+            .collect();
+        if !others.is_empty() {
+            return Err(HostError::NotEmpty {
+                path: pod_path,
+                entries: others,
+            });
+        }
+        // rm <pod dir>/volumed-owner
+        match rfs::unlinkat(&pod, OWNER_FILE, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(HostError::io("removing", &pod_path.join(OWNER_FILE))(e)),
+        }
         rmdir(&pods, pod_uid, &pod_path)
     }
 
@@ -267,9 +195,7 @@ impl PodFs {
         for uid in list(&pods, &self.root.join("pods"))? {
             // One odd entry (say a planted symlink) must not keep the rest from being managed.
             match self.scan_pod(&uid) {
-                Ok(Some(volumes)) => {
-                    on_disk.pods.insert(uid, volumes);
-                }
+                Ok(Some(dir)) => on_disk.set_pod(&uid, Some(dir)),
                 Ok(None) => {}
                 Err(err) => {
                     tracing::warn!(pod_uid = %uid, %err, "skipping a pod directory that cannot be scanned safely")
@@ -279,16 +205,17 @@ impl PodFs {
         Ok(on_disk)
     }
 
-    /// One pod's volume directories; `None` when the pod directory does not exist.
-    pub fn scan_pod(&self, pod_uid: &str) -> Result<Option<BTreeSet<VolumeKey>>, HostError> {
-        if self.walk(&["pods", pod_uid], false)?.is_none() {
+    /// One pod's volume directories and owner; `None` when the pod directory does not exist.
+    pub fn scan_pod(&self, pod_uid: &str) -> Result<Option<PodDir>, HostError> {
+        let Some(dir) = self.walk(&["pods", pod_uid], false)? else {
             return Ok(None);
-        }
-        let mut keys = BTreeSet::new();
+        };
+        let owner = read_owner(&dir, &self.root.join("pods").join(pod_uid));
+        let mut volumes = BTreeSet::new();
         for (area, block) in AREAS.iter().zip([false, true]) {
-            self.scan_area(pod_uid, area, block, &mut keys)?;
+            self.scan_area(pod_uid, area, block, &mut volumes)?;
         }
-        Ok(Some(keys))
+        Ok(Some(PodDir { volumes, owner }))
     }
 
     /// The volumes of one area (`volumes` or `volumeDevices`) of a pod.
@@ -329,6 +256,35 @@ impl PodFs {
         Ok(())
     }
 
+    /// The mount point at `path` (below the root dir), its parent reached without following a
+    /// link; `None` when that parent does not exist (then nothing can be mounted there).
+    pub fn mount_point(&self, path: &Path) -> Result<Option<MountPoint>, HostError> {
+        let unsafe_path = |why: &str| HostError::Unsafe {
+            path: path.to_path_buf(),
+            why: why.into(),
+        };
+        let names = path
+            .strip_prefix(&self.root)
+            .map_err(|_| {
+                unsafe_path("it is not below the root dir; volumed unmounts nothing else")
+            })?
+            .components()
+            .map(|c| match c {
+                std::path::Component::Normal(name) => name.to_str(),
+                _ => None,
+            })
+            .collect::<Option<Vec<&str>>>()
+            .ok_or_else(|| unsafe_path("it is not a plain path below the root dir"))?;
+        let Some((name, parents)) = names.split_last() else {
+            return Err(unsafe_path("it is the root dir itself"));
+        };
+        Ok(self.walk(parents, false)?.map(|parent| MountPoint {
+            path: path.to_path_buf(),
+            parent,
+            name: name.into(),
+        }))
+    }
+
     /// Opens `<root>/<components...>` as directories, creating them when asked; refuses a
     /// symlink or non-directory anywhere on the way. `None` when one is missing.
     pub(super) fn walk(
@@ -336,10 +292,20 @@ impl PodFs {
         components: &[&str],
         create: bool,
     ) -> Result<Option<OwnedFd>, HostError> {
-        let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let mut fd = rfs::open(&self.root, dir_flags, Mode::empty())
+        let root = rfs::open(&self.root, DIR_FLAGS, Mode::empty())
             .map_err(HostError::io("opening root dir", &self.root))?;
-        let mut path = self.root.clone();
+        self.walk_at(root, self.root.clone(), components, create)
+    }
+
+    /// `walk`, from a directory already reached (`fd`, at `path`).
+    pub(super) fn walk_at(
+        &self,
+        mut fd: OwnedFd,
+        mut path: PathBuf,
+        components: &[&str],
+        create: bool,
+    ) -> Result<Option<OwnedFd>, HostError> {
+        let dir_flags = DIR_FLAGS;
         for component in components {
             path.push(component);
             if create {
@@ -365,18 +331,6 @@ impl PodFs {
 #[cfg(test)]
 #[path = "fs_tests.rs"]
 mod tests;
-
-/// Kubernetes' hostPath type check.
-fn fits(kind: FileType, expect: PathType) -> bool {
-    match expect {
-        PathType::Unchecked => true,
-        PathType::Directory | PathType::DirectoryOrCreate => kind == FileType::Directory,
-        PathType::File | PathType::FileOrCreate => kind == FileType::RegularFile,
-        PathType::Socket => kind == FileType::Socket,
-        PathType::CharDevice => kind == FileType::CharacterDevice,
-        PathType::BlockDevice => kind == FileType::BlockDevice,
-    }
-}
 
 /// Creates a mount target (an empty file or a directory) in `parent`; false if it existed.
 fn create_entry(parent: &OwnedFd, name: &str, as_file: bool, mode: u32) -> Result<bool, Errno> {

@@ -3,6 +3,7 @@
 use std::os::unix::fs::symlink;
 
 use super::*;
+use crate::model::PathType;
 
 fn setup() -> (tempfile::TempDir, PodFs) {
     let dir = tempfile::tempdir().unwrap();
@@ -15,13 +16,31 @@ fn key(uid: &str, plugin: Plugin, name: &str) -> VolumeKey {
     VolumeKey::new(uid, plugin, name)
 }
 
+fn pod(uid: &str, name: &str) -> PodRef {
+    PodRef {
+        namespace: "default".into(),
+        name: name.into(),
+        uid: uid.into(),
+    }
+}
+
+/// `prepare_target` for pod `default/pod-<uid>`.
+fn prepare(fs: &PodFs, key: &VolumeKey, as_file: bool, mode: u32) -> Result<Target, HostError> {
+    fs.prepare_target(
+        key,
+        &pod(&key.pod_uid, &format!("pod-{}", key.pod_uid)),
+        as_file,
+        mode,
+    )
+}
+
 #[test]
 fn targets_are_created_and_found_again_by_a_scan() {
     let (_dir, fs) = setup();
     let cache = key("u1", Plugin::EmptyDir, "cache");
-    fs.prepare_target(&cache, false, 0o777).unwrap();
+    prepare(&fs, &cache, false, 0o777).unwrap();
     let file = key("u1", Plugin::HostPath, "sock");
-    fs.prepare_target(&file, true, 0o640).unwrap();
+    prepare(&fs, &file, true, 0o640).unwrap();
     assert!(cache.path(fs.root()).is_dir());
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(cache.path(fs.root()))
@@ -36,6 +55,10 @@ fn targets_are_created_and_found_again_by_a_scan() {
     assert!(file.path(fs.root()).is_file());
     let scanned = fs.scan().unwrap();
     assert_eq!(scanned.pods["u1"], BTreeSet::from([cache, file]));
+    assert_eq!(
+        scanned.owner("u1"),
+        Some(&crate::actual::DirOwner::Pod("default/pod-u1".into()))
+    );
     assert_eq!(fs.scan_pod("nobody").unwrap(), None);
 }
 
@@ -47,8 +70,7 @@ fn a_symlink_at_a_volume_path_is_refused_not_followed() {
     let k = key("u1", Plugin::EmptyDir, "cache");
     std::fs::create_dir_all(k.path(fs.root()).parent().unwrap()).unwrap();
     symlink(&outside, k.path(fs.root())).unwrap();
-    let err = fs
-        .prepare_target(&k, false, 0o777)
+    let err = prepare(&fs, &k, false, 0o777)
         .err()
         .expect("a symlink must be refused");
     assert!(err.to_string().contains("symlink"), "{err}");
@@ -65,8 +87,7 @@ fn a_symlinked_pod_directory_is_refused() {
     std::fs::create_dir_all(elsewhere.join("volumes")).unwrap();
     std::fs::create_dir_all(fs.root().join("pods")).unwrap();
     symlink(&elsewhere, fs.root().join("pods/u1")).unwrap();
-    let err = fs
-        .prepare_target(&key("u1", Plugin::EmptyDir, "x"), false, 0o777)
+    let err = prepare(&fs, &key("u1", Plugin::EmptyDir, "x"), false, 0o777)
         .err()
         .unwrap();
     assert!(matches!(err, HostError::Unsafe { .. }), "{err}");
@@ -77,7 +98,7 @@ fn a_symlinked_pod_directory_is_refused() {
 fn empty_dir_contents_are_removed_but_other_volume_dirs_only_when_empty() {
     let (_dir, fs) = setup();
     let scratch = key("u1", Plugin::EmptyDir, "scratch");
-    fs.prepare_target(&scratch, false, 0o777).unwrap();
+    prepare(&fs, &scratch, false, 0o777).unwrap();
     let nested = scratch.path(fs.root()).join("a/b");
     std::fs::create_dir_all(&nested).unwrap();
     std::fs::write(nested.join("f"), "x").unwrap();
@@ -85,7 +106,7 @@ fn empty_dir_contents_are_removed_but_other_volume_dirs_only_when_empty() {
     assert!(!scratch.path(fs.root()).exists());
 
     let local = key("u1", Plugin::LocalVolume, "pv1");
-    fs.prepare_target(&local, false, 0o750).unwrap();
+    prepare(&fs, &local, false, 0o750).unwrap();
     std::fs::write(local.path(fs.root()).join("precious"), "x").unwrap();
     let err = fs.remove_volume_dir(&local, false, &[]).unwrap_err();
     assert!(
@@ -99,7 +120,7 @@ fn empty_dir_contents_are_removed_but_other_volume_dirs_only_when_empty() {
 fn nothing_is_removed_while_a_mount_is_at_or_below_the_volume() {
     let (_dir, fs) = setup();
     let scratch = key("u1", Plugin::EmptyDir, "scratch");
-    fs.prepare_target(&scratch, false, 0o777).unwrap();
+    prepare(&fs, &scratch, false, 0o777).unwrap();
     let mount = MountEntry {
         mount_id: 1,
         parent_id: 0,
@@ -120,7 +141,7 @@ fn nothing_is_removed_while_a_mount_is_at_or_below_the_volume() {
 fn a_pod_dir_is_removed_rmdir_style_and_unknown_content_is_reported() {
     let (_dir, fs) = setup();
     let k = key("u1", Plugin::HostPath, "logs");
-    fs.prepare_target(&k, false, 0o750).unwrap();
+    prepare(&fs, &k, false, 0o750).unwrap();
     fs.remove_volume_dir(&k, false, &[]).unwrap();
     std::fs::write(fs.root().join("pods/u1/etc-hosts"), "x").unwrap();
     let err = fs.remove_pod_dir("u1").unwrap_err();
@@ -199,4 +220,38 @@ fn a_device_node_is_only_allowed_for_a_local_volume_outside_the_roots() {
             "{local_device}: {err}"
         );
     }
+}
+
+#[test]
+fn a_pod_dir_serves_only_the_pod_it_was_made_for_until_it_is_removed() {
+    let (_dir, fs) = setup();
+    let k = key("u1", Plugin::EmptyDir, "scratch");
+    prepare(&fs, &k, false, 0o777).unwrap();
+    let err = fs
+        .prepare_target(&k, &pod("u1", "taker"), false, 0o777)
+        .err()
+        .expect("another pod with the same uid is refused");
+    assert!(
+        err.to_string().contains("belongs to pod default/pod-u1"),
+        "{err}"
+    );
+    fs.remove_volume_dir(&k, true, &[]).unwrap();
+    fs.remove_pod_dir("u1").unwrap();
+    assert!(
+        !fs.root().join("pods/u1").exists(),
+        "the record goes with the directory"
+    );
+    fs.prepare_target(&k, &pod("u1", "taker"), false, 0o777)
+        .expect("a fresh directory for the newcomer");
+    // A directory from before owners were recorded is claimed by the pod that uses it.
+    std::fs::remove_file(fs.root().join("pods/u1/volumed-owner")).unwrap();
+    assert_eq!(
+        fs.scan().unwrap().owner("u1"),
+        Some(&crate::actual::DirOwner::Unrecorded)
+    );
+    fs.claim_pod_dir(&pod("u1", "taker")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(fs.root().join("pods/u1/volumed-owner")).unwrap(),
+        "default/taker\n"
+    );
 }

@@ -7,10 +7,13 @@ pub mod fs;
 mod fs_util;
 mod global;
 mod helper;
+pub mod pod_owner;
 pub mod real;
 pub mod run_lock;
+mod sources;
 
-use std::os::fd::OwnedFd;
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -86,6 +89,43 @@ pub struct Target {
     pub parent: OwnedFd,
 }
 
+impl Target {
+    /// The target as a mount point, for undoing a mount made on it.
+    pub fn mount_point(&self) -> Result<MountPoint, HostError> {
+        Ok(MountPoint {
+            path: self.path.clone(),
+            parent: self.parent.try_clone().map_err(|source| HostError::Io {
+                op: "holding the parent of",
+                path: self.path.clone(),
+                source,
+            })?,
+            name: self
+                .path
+                .file_name()
+                .expect("volume paths have a final component")
+                .to_os_string(),
+        })
+    }
+}
+
+/// A mount point below the root dir whose parent directory was reached without following any
+/// link and is held open: unmounting through it acts on the directory checked, whatever is
+/// renamed or swapped on the path meanwhile.
+pub struct MountPoint {
+    pub path: PathBuf,
+    /// The directory that holds the mount point, opened `O_PATH`.
+    pub parent: OwnedFd,
+    pub name: OsString,
+}
+
+impl MountPoint {
+    /// `/proc/self/fd/<parent>/<name>`: the magic link pins the parent directory, and
+    /// `UMOUNT_NOFOLLOW` keeps the last component from being followed.
+    pub fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.parent.as_raw_fd())).join(&self.name)
+    }
+}
+
 /// A bind source, opened once so the object checked is the object mounted.
 pub struct Source {
     pub path: PathBuf,
@@ -127,9 +167,9 @@ pub trait Mounter: Send + Sync + 'static {
         deadline: Duration,
     ) -> Result<(), HostError>;
     /// `umount --force` or `umount --lazy`: only once a plain unmount hung past its deadline.
-    fn force_unmount(&self, target: &Path, mode: ForceMode) -> Result<(), HostError>;
+    fn force_unmount(&self, target: &MountPoint, mode: ForceMode) -> Result<(), HostError>;
     /// `umount --no-follow <target>` (one layer); Ok when nothing is mounted there.
-    fn unmount(&self, target: &Path) -> Result<(), HostError>;
+    fn unmount(&self, target: &MountPoint) -> Result<(), HostError>;
     /// True when something is mounted exactly at the target.
     fn is_mount_point(&self, target: &Target) -> Result<bool, HostError>;
 }

@@ -13,7 +13,7 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, StatxAttributes, StatxFlags
 use sys_mount::{Mount, MountFlags};
 
 use super::helper::HelperRuns;
-use super::{ForceMode, HostError, Mounter, Source, Target};
+use super::{ForceMode, HostError, MountPoint, Mounter, Source, Target};
 use crate::actual::mountinfo::{parse, MountEntry};
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
@@ -122,7 +122,7 @@ impl Mounter for RealMounter {
         });
         if let Err(err) = follow_up {
             // Never leave a half-made mount (writable where read-only was asked) in place.
-            if let Err(undo) = self.unmount(&target.path) {
+            if let Err(undo) = target.mount_point().and_then(|m| self.unmount(&m)) {
                 tracing::error!(target = %target.path.display(), %undo, "cannot undo a half-made bind mount; status reports it as differing");
             }
             return Err(err);
@@ -191,29 +191,31 @@ impl Mounter for RealMounter {
         }
     }
 
-    fn force_unmount(&self, target: &Path, mode: ForceMode) -> Result<(), HostError> {
-        // umount --force <target> / umount --lazy <target>
+    fn force_unmount(&self, target: &MountPoint, mode: ForceMode) -> Result<(), HostError> {
+        // umount --force <target> / umount --lazy <target>, through the held parent
         let flags = match mode {
             ForceMode::Force => MntFlags::MNT_FORCE,
             ForceMode::Detach => MntFlags::MNT_DETACH,
         };
-        match umount2(target, flags | MntFlags::UMOUNT_NOFOLLOW) {
+        match umount2(&target.proc_path(), flags | MntFlags::UMOUNT_NOFOLLOW) {
             Ok(()) | Err(Errno::ENOENT) | Err(Errno::EINVAL) => Ok(()),
             Err(errno) => Err(HostError::Unmount {
-                target: target.to_path_buf(),
+                target: target.path.clone(),
                 source: errno.into(),
             }),
         }
     }
 
-    fn unmount(&self, target: &Path) -> Result<(), HostError> {
-        // umount --no-follow <target>. nix, not sys-mount: sys-mount 3.1 defines
-        // UnmountFlags::NOFOLLOW as O_NOFOLLOW instead of UMOUNT_NOFOLLOW, which umount2 refuses.
-        match umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
+    fn unmount(&self, target: &MountPoint) -> Result<(), HostError> {
+        // umount --no-follow <target>, through the held parent: no link on the path, not even
+        // one swapped in after it was checked, can lead it out of the root dir. nix, not
+        // sys-mount: sys-mount 3.1 defines UnmountFlags::NOFOLLOW as O_NOFOLLOW instead of
+        // UMOUNT_NOFOLLOW, which umount2 refuses.
+        match umount2(&target.proc_path(), MntFlags::UMOUNT_NOFOLLOW) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
-            Err(Errno::EINVAL) if !is_mount_point_path(target)? => Ok(()),
+            Err(Errno::EINVAL) if !is_mount_root_at(target)? => Ok(()),
             Err(errno) => Err(HostError::Unmount {
-                target: target.to_path_buf(),
+                target: target.path.clone(),
                 source: errno.into(),
             }),
         }
@@ -236,15 +238,17 @@ impl Mounter for RealMounter {
     }
 }
 
-fn is_mount_point_path(path: &Path) -> Result<bool, HostError> {
-    match rfs::open(
-        path,
+/// Whether something is mounted on the mount point's name in its held parent.
+fn is_mount_root_at(target: &MountPoint) -> Result<bool, HostError> {
+    match rfs::openat(
+        &target.parent,
+        &target.name,
         OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
-        Ok(fd) => mount_root(fd.as_fd(), path),
+        Ok(fd) => mount_root(fd.as_fd(), &target.path),
         Err(rustix::io::Errno::NOENT) => Ok(false),
-        Err(e) => Err(HostError::io("opening", path)(e)),
+        Err(e) => Err(HostError::io("opening", &target.path)(e)),
     }
 }
 

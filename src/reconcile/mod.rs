@@ -2,6 +2,7 @@
 
 pub mod notices;
 pub mod plan;
+pub mod pod_dirs;
 pub mod safe_format;
 pub mod status;
 pub mod sync;

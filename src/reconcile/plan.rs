@@ -6,10 +6,11 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::pod_dirs;
 use crate::actual::mountinfo::PodMounts;
 use crate::actual::OnDisk;
 use crate::desired::DesiredState;
-use crate::model::{DesiredVolume, MountSpec, Plugin, VolumeKey};
+use crate::model::{DesiredVolume, MountSpec, Plugin, PodRef, VolumeKey};
 
 /// One step towards the desired state. Each is idempotent: running it on a host where it
 /// already happened changes nothing.
@@ -30,6 +31,8 @@ pub enum Op {
     RemoveVolumeDir { key: VolumeKey },
     /// Remove the directory of a pod that is gone, once its volumes are.
     RemovePodDir { pod_uid: String },
+    /// Record a wanted pod as the owner of its uid's directory, which has no record yet.
+    ClaimPodDir { pod: PodRef },
     /// Unmount a local PV's global mount once no pod mount refers to it.
     UnmountGlobal { pv_name: String },
     /// Remove an unmounted global mount point.
@@ -51,6 +54,7 @@ impl Op {
             Op::SetUp { volume } => OpKey::Volume(volume.key.clone()),
             Op::Unmount { key, .. } | Op::RemoveVolumeDir { key } => OpKey::Volume(key.clone()),
             Op::RemovePodDir { pod_uid } => OpKey::Pod(pod_uid.clone()),
+            Op::ClaimPodDir { pod } => OpKey::Pod(pod.uid.clone()),
             Op::UnmountGlobal { pv_name } | Op::RemoveGlobalDir { pv_name } => {
                 OpKey::Global(pv_name.clone())
             }
@@ -83,6 +87,7 @@ impl Op {
             Op::SetUp { volume } => Some(&volume.key.pod_uid),
             Op::Unmount { key, .. } | Op::RemoveVolumeDir { key } => Some(&key.pod_uid),
             Op::RemovePodDir { pod_uid } => Some(pod_uid),
+            Op::ClaimPodDir { pod } => Some(&pod.uid),
             Op::UnmountGlobal { .. } | Op::RemoveGlobalDir { .. } => None,
         }
     }
@@ -93,6 +98,7 @@ impl Op {
             Op::Unmount { .. } => "unmount",
             Op::RemoveVolumeDir { .. } => "remove-volume-dir",
             Op::RemovePodDir { .. } => "remove-pod-dir",
+            Op::ClaimPodDir { .. } => "claim-pod-dir",
             Op::UnmountGlobal { .. } => "unmount-global",
             Op::RemoveGlobalDir { .. } => "remove-global-dir",
         }
@@ -103,8 +109,10 @@ impl Op {
 /// snapshot (rule 1) and only for volumes of plugins volumed manages; a running pod with a
 /// volume that cannot be resolved keeps all its volumes (a typo never costs data). Mounts
 /// nested inside a volume go first, innermost first, then the volume, then its directory,
-/// and a pod directory only after all its volumes and mounts are gone.
+/// and a pod directory only after all its volumes and mounts are gone. A pod whose uid names
+/// another pod's directory waits until that directory is gone (`pod_dirs`).
 pub fn plan(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec<Op> {
+    let desired = &*pod_dirs::assign(desired, on_disk);
     let mut ops: Vec<Op> = desired
         .volumes
         .values()
@@ -116,6 +124,11 @@ pub fn plan(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec
             volume: Box::new(volume.clone()),
         })
         .collect();
+    ops.extend(
+        pod_dirs::unclaimed(desired, on_disk)
+            .into_iter()
+            .map(|pod| Op::ClaimPodDir { pod: pod.clone() }),
+    );
     if desired.complete {
         ops.extend(teardown(desired, mounts, on_disk));
     }
@@ -125,12 +138,7 @@ pub fn plan(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec
 /// Unmounts, directory removals and pod-directory removals for what no pod wants.
 fn teardown(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec<Op> {
     let mut ops = Vec::new();
-    let held: BTreeSet<&str> = desired
-        .waiting
-        .iter()
-        .filter(|w| w.blocking)
-        .map(|w| w.pod.uid.as_str())
-        .collect();
+    let held = pod_dirs::held(desired, on_disk);
     let unwanted = |key: &VolumeKey| {
         !matches!(key.plugin, Plugin::Other(_))
             && !desired.volumes.contains_key(key)

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::*;
 use crate::actual::mountinfo::{MountEntry, PodMounts};
+use crate::actual::DirOwner;
 use crate::model::{MountSpec, Plugin, PodRef};
 
 const ROOT: &str = "/var/lib/volumed";
@@ -75,6 +76,12 @@ fn disk(keys: &[&VolumeKey], empty_pods: &[&str]) -> OnDisk {
     for uid in empty_pods {
         on_disk.pods.insert(uid.to_string(), BTreeSet::new());
     }
+    // Each directory was made for the pod `desired` names after its uid.
+    let uids: Vec<String> = on_disk.pods.keys().cloned().collect();
+    for uid in uids {
+        let owner = DirOwner::Pod(format!("default/{uid}"));
+        on_disk.owners.insert(uid, owner);
+    }
     on_disk
 }
 
@@ -97,6 +104,7 @@ fn describe(op: &Op) -> String {
         }
         | Op::RemoveVolumeDir { key } => key.to_string(),
         Op::RemovePodDir { pod_uid } => pod_uid.clone(),
+        Op::ClaimPodDir { pod } => pod.to_string(),
         Op::UnmountGlobal { pv_name } | Op::RemoveGlobalDir { pv_name } => pv_name.clone(),
     }
 }
@@ -370,4 +378,27 @@ fn a_pod_being_deleted_keeps_its_volumes_and_gets_no_new_ones() {
         Vec::<String>::new(),
         "the mounted volume stays, the missing one is not set up"
     );
+}
+
+#[test]
+fn a_pod_with_a_departed_pods_uid_waits_while_that_pods_volumes_go_first() {
+    let scratch = key("u", Plugin::EmptyDir, "scratch");
+    let mut want = desired(true, &[(scratch.clone(), MountSpec::Directory)]);
+    want.pods.get_mut("u").unwrap().namespace = "other".into();
+    for volume in want.volumes.values_mut() {
+        volume.pod.namespace = "other".into();
+    }
+    let on_disk = disk(&[&scratch], &[]);
+    let ops = plan(&want, &mounted(&[], &[]), &on_disk);
+    assert_eq!(verbs(&ops), ["remove-volume-dir u/empty-dir/scratch"]);
+    let gone = disk(&[], &["u"]);
+    let ops = plan(&want, &mounted(&[], &[]), &gone);
+    assert_eq!(verbs(&ops), ["remove-pod-dir u"]);
+    let ops = plan(&want, &mounted(&[], &[]), &OnDisk::default());
+    assert_eq!(verbs(&ops), ["set-up u/empty-dir/scratch"]);
+    // A directory without a record is claimed by the pod of its uid.
+    let mut unrecorded = disk(&[&scratch], &[]);
+    unrecorded.owners.clear();
+    let ops = plan(&want, &mounted(&[], &[]), &unrecorded);
+    assert_eq!(verbs(&ops), ["claim-pod-dir other/u"]);
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::plan::in_place;
+use super::pod_dirs;
 use crate::actual::mountinfo::{MountEntry, PodMounts};
 use crate::actual::OnDisk;
 use crate::desired::DesiredState;
@@ -50,6 +51,8 @@ pub fn rows(
     on_disk: &OnDisk,
     failures: &Failures,
 ) -> Vec<StatusRow> {
+    let desired = &*pod_dirs::assign(desired, on_disk);
+    let held = pod_dirs::held(desired, on_disk);
     let mut rows = Vec::new();
     for volume in desired.volumes.values() {
         let in_place = in_place(volume, mounts, on_disk);
@@ -95,7 +98,13 @@ pub fn rows(
     let mut seen = std::collections::BTreeSet::new();
     for key in leftovers.filter(|k| !desired.volumes.contains_key(*k)) {
         if seen.insert(key.clone()) {
-            rows.push(leftover(root, key, desired, failures));
+            rows.push(leftover(
+                root,
+                key,
+                desired,
+                held.contains(key.pod_uid.as_str()),
+                failures,
+            ));
         }
     }
     rows.sort_by(|a, b| (&a.pod, &a.volume).cmp(&(&b.pod, &b.volume)));
@@ -124,12 +133,9 @@ fn leftover(
     root: &Path,
     key: &VolumeKey,
     desired: &DesiredState,
+    held: bool,
     failures: &Failures,
 ) -> StatusRow {
-    let held = desired
-        .waiting
-        .iter()
-        .any(|w| w.blocking && w.pod.uid == key.pod_uid);
     let (state, reason) = match failures.get(&key.to_string()) {
         _ if matches!(key.plugin, Plugin::Other(_)) => (
             VolumeState::Unmanaged,

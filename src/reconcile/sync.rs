@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::notices::{self, Notice};
 use super::plan::{plan, OpKey};
+use super::pod_dirs;
 use super::status::{self, Failures, StatusRow, VolumeState};
 use crate::actual::devices::BlockDevice;
 use crate::actual::mountinfo::{MountTable, PodMounts};
@@ -176,7 +177,8 @@ impl SyncLoop {
                 .map(|(uid, pod)| (uid.clone(), pod.clone())),
         );
         if let Some(out) = &self.notices {
-            for notice in notices::pending(&desired, &mut books.pending_told) {
+            let assigned = pod_dirs::assign(&desired, &self.on_disk);
+            for notice in notices::pending(&assigned, &mut books.pending_told) {
                 if out.try_send(notice).is_err() {
                     tracing::warn!("the Event queue is full; pending volumes will be told again at the next change");
                     // Told again next pass rather than never.

@@ -26,6 +26,14 @@ pub fn all() -> Vec<Case> {
             a_node_name_that_no_manifest_uses_tears_nothing_down,
         ),
         (
+            "a_symlink_swapped_in_during_teardown_never_unmounts_outside_the_root_dir",
+            a_symlink_swapped_in_during_teardown_never_unmounts_outside_the_root_dir,
+        ),
+        (
+            "a_symlink_swapped_in_during_or_create_never_creates_outside_the_roots",
+            a_symlink_swapped_in_during_or_create_never_creates_outside_the_roots,
+        ),
+        (
             "a_disk_with_only_its_backup_gpt_left_is_not_formatted",
             a_disk_with_only_its_backup_gpt_left_is_not_formatted,
         ),
@@ -271,6 +279,7 @@ fn a_symlink_swapped_in_during_teardown_never_unmounts_outside_the_root_dir() ->
     std::fs::write(outside.join("marker"), "outside the root dir").unwrap();
     std::fs::create_dir_all(host.join("sub/mnt")).unwrap();
     std::os::unix::fs::symlink(sb.path("outside"), host.join("link")).unwrap();
+    let mut refused = 0;
     let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: racer, uid: racer-uid}\nspec: {nodeName: node-a, containers: [], volumes: [{name: h, hostPath: {path: BASE/host/h, type: Directory}}]}\n";
     let mut escapes = Vec::new();
     for attempt in 0..RACE_TRIES {
@@ -287,6 +296,7 @@ fn a_symlink_swapped_in_during_teardown_never_unmounts_outside_the_root_dir() ->
         let swapper = Swapper::start(&host.join("sub"), &host.join("link"));
         let raced = sb.volumed(&["run", "--once"]);
         swapper.stop();
+        refused += usize::from(!raced.status.success());
         if mounts_under(&outside).is_empty() {
             escapes.push(format!("attempt {attempt}: {}", text(&raced.stderr)));
             mount_tmpfs(&outside);
@@ -301,6 +311,9 @@ fn a_symlink_swapped_in_during_teardown_never_unmounts_outside_the_root_dir() ->
         })?;
         nix::mount::umount(&host.join("sub/mnt")).unwrap();
     }
+    eprintln!(
+        "teardown race: {refused} of {RACE_TRIES} raced runs met a swapped-in link and refused it"
+    );
     check(escapes.is_empty(), || {
         format!(
             "{} of {RACE_TRIES} teardowns unmounted {} (outside the root dir):\n{}",
@@ -318,6 +331,7 @@ fn a_symlink_swapped_in_during_or_create_never_creates_outside_the_roots() -> Te
     std::fs::create_dir_all(host.join("p")).unwrap();
     std::fs::create_dir_all(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, host.join("q")).unwrap();
+    let mut refused = 0;
     let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: maker, uid: maker-uid}\nspec:\n  nodeName: node-a\n  containers: []\n  volumes:\n  - {name: d, hostPath: {path: BASE/host/p/made/deeper, type: DirectoryOrCreate}}\n  - {name: f, hostPath: {path: BASE/host/p/made-file, type: FileOrCreate}}\n";
     let mut escapes = Vec::new();
     for attempt in 0..RACE_TRIES {
@@ -325,6 +339,7 @@ fn a_symlink_swapped_in_during_or_create_never_creates_outside_the_roots() -> Te
         let swapper = Swapper::start(&host.join("p"), &host.join("q"));
         let raced = sb.volumed_within(&["run", "--once"], &[&host]);
         swapper.stop();
+        refused += usize::from(!raced.status.success());
         let made: Vec<_> = std::fs::read_dir(&outside)
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -345,6 +360,9 @@ fn a_symlink_swapped_in_during_or_create_never_creates_outside_the_roots() -> Te
         let _ = std::fs::remove_dir_all(host.join("p/made"));
         let _ = std::fs::remove_file(host.join("p/made-file"));
     }
+    eprintln!(
+        "create race: {refused} of {RACE_TRIES} raced runs met a swapped-in link and refused it"
+    );
     check(escapes.is_empty(), || {
         format!(
             "{} of {RACE_TRIES} runs created host paths outside the host path roots, in {}:\n{}",

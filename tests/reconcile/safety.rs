@@ -37,7 +37,6 @@ fn rows_of<'a>(report: &'a Report, pod: &str) -> Vec<&'a StatusRow> {
 }
 
 #[tokio::test]
-#[ignore = "issue 9 item 4 is not closed yet"]
 async fn a_pod_arriving_with_a_departed_pods_uid_gets_fresh_volumes_not_its_data() {
     let world = World::new();
     world.write("owner.yaml", OWNER);
@@ -69,7 +68,6 @@ async fn a_pod_arriving_with_a_departed_pods_uid_gets_fresh_volumes_not_its_data
 }
 
 #[tokio::test]
-#[ignore = "issue 9 item 4 is not closed yet"]
 async fn two_pods_with_one_uid_are_both_refused_and_the_rest_of_the_node_goes_on() {
     let world = World::new();
     world.write("owner.yaml", OWNER);

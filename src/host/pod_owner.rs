@@ -1,0 +1,163 @@
+//! The owner record of a pod directory, `<root>/pods/<uid>/volumed-owner`: the pod
+//! (`namespace/name`) the directory was made for. Written once, before the first volume goes
+//! in, and removed only with the directory, so a pod that arrives with a departed pod's uid is
+//! told apart from it and never set up in its directory.
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::fs::PodFs;
+use super::HostError;
+use crate::actual::DirOwner;
+use crate::model::names::check_component;
+use crate::model::PodRef;
+
+/// The record's name in the pod directory.
+pub const OWNER_FILE: &str = "volumed-owner";
+
+/// Longer than any `namespace/name` (63 + 1 + 253): anything bigger is not a record.
+const MAX_RECORD: usize = 512;
+
+impl PodFs {
+    /// Makes sure `<root>/pods/<uid>` exists and belongs to `pod`: records it when it has no
+    /// record yet, refuses when it belongs to another pod. Returns the pod directory.
+    pub fn claim_pod_dir(&self, pod: &PodRef) -> Result<OwnedFd, HostError> {
+        let dir = self
+            .walk(&["pods", &pod.uid], true)?
+            .expect("walk with create returns a directory");
+        let path = self.root().join("pods").join(&pod.uid);
+        let owner = pod.to_string();
+        let refuse = |why: String| HostError::Unsafe {
+            path: path.clone(),
+            why,
+        };
+        match read_owner(&dir, &path) {
+            DirOwner::Pod(found) if found == owner => return Ok(dir),
+            DirOwner::Pod(found) => return Err(refuse(format!("it belongs to pod {found}, which had uid {} before {owner}; it is set up for {owner} only once that pod's volumes are torn down and the directory is gone", pod.uid))),
+            DirOwner::Unreadable(why) => return Err(refuse(format!("its owner record {OWNER_FILE} is unreadable ({why}); check whose directory it is, then fix or remove that file"))),
+            DirOwner::Unrecorded => {}
+        }
+        match write_record(&dir, &owner) {
+            Ok(()) => Ok(dir),
+            // Another op of the same pod recorded it first: it must name the same pod.
+            Err(Errno::EXIST) => match read_owner(&dir, &path) {
+                DirOwner::Pod(found) if found == owner => Ok(dir),
+                other => Err(refuse(format!(
+                    "its owner record changed under volumed ({other:?}); it is looked at again"
+                ))),
+            },
+            Err(e) => Err(HostError::io("recording the owner of", &path)(e)),
+        }
+    }
+}
+
+/// Reads a pod directory's owner record; a missing or empty one is `Unrecorded`.
+pub(super) fn read_owner(pod_dir: &impl AsFd, path: &Path) -> DirOwner {
+    let file = match rfs::openat(
+        pod_dir,
+        OWNER_FILE,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(file) => file,
+        Err(Errno::NOENT) => return DirOwner::Unrecorded,
+        Err(e) => return DirOwner::Unreadable(format!("{}: {e}", path.join(OWNER_FILE).display())),
+    };
+    let mut text = vec![0u8; MAX_RECORD + 1];
+    let read = match std::io::Read::read(&mut std::fs::File::from(file), &mut text) {
+        Ok(read) => read,
+        Err(e) => return DirOwner::Unreadable(format!("reading it: {e}")),
+    };
+    let text = String::from_utf8_lossy(&text[..read]);
+    parse_record(text.trim_end_matches('\n'), read > MAX_RECORD)
+}
+
+fn parse_record(text: &str, too_long: bool) -> DirOwner {
+    if text.is_empty() {
+        // Only a crash between create and write leaves it empty (see `write_record`).
+        return DirOwner::Unrecorded;
+    }
+    let well_formed = !too_long
+        && text.split_once('/').is_some_and(|(namespace, name)| {
+            check_component("namespace", namespace).is_ok() && check_component("name", name).is_ok()
+        });
+    if well_formed {
+        DirOwner::Pod(text.to_string())
+    } else {
+        DirOwner::Unreadable(format!("{text:?} is not namespace/name"))
+    }
+}
+
+/// Writes the record so it appears whole or not at all, and never replaces one: an unnamed
+/// file is written and synced, then linked in (fails with EEXIST if a record is there).
+fn write_record(pod_dir: &OwnedFd, owner: &str) -> Result<(), Errno> {
+    let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+    let mut file = match rfs::openat(pod_dir, ".", flags, Mode::from_raw_mode(0o640)) {
+        Ok(file) => std::fs::File::from(file),
+        // A filesystem without O_TMPFILE: create it in place (a crash can leave it empty,
+        // which reads as no record).
+        Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {
+            let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW;
+            let file = rfs::openat(pod_dir, OWNER_FILE, flags, Mode::from_raw_mode(0o640))?;
+            return write_synced(&mut std::fs::File::from(file), owner)
+                .and_then(|()| sync_dir(pod_dir));
+        }
+        Err(e) => return Err(e),
+    };
+    write_synced(&mut file, owner)?;
+    // ln /proc/self/fd/<n> <pod dir>/volumed-owner (following the magic link names the file)
+    let unnamed = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    rfs::linkat(
+        rfs::CWD,
+        &unnamed,
+        pod_dir,
+        OWNER_FILE,
+        AtFlags::SYMLINK_FOLLOW,
+    )?;
+    sync_dir(pod_dir)
+}
+
+fn write_synced(file: &mut std::fs::File, owner: &str) -> Result<(), Errno> {
+    file.write_all(format!("{owner}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))
+}
+
+/// fsync of the directory itself, so a new entry survives a crash (O_PATH fds cannot sync).
+fn sync_dir(dir: &impl AsFd) -> Result<(), Errno> {
+    let readable = rfs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rfs::fsync(readable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_names_a_pod_or_is_unreadable() {
+        assert_eq!(
+            parse_record("shop/web", false),
+            DirOwner::Pod("shop/web".into())
+        );
+        assert_eq!(parse_record("", false), DirOwner::Unrecorded);
+        for bad in ["web", "a/b/c", "../x", "shop/", "/web"] {
+            assert!(
+                matches!(parse_record(bad, false), DirOwner::Unreadable(_)),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse_record("shop/web", true),
+            DirOwner::Unreadable(_)
+        ));
+    }
+}
