@@ -67,6 +67,7 @@ fn file_source(settings: &Settings, dir: &Path, record_bindings: bool) -> FileSo
         record_bindings,
         resync: settings.resync,
         root_dir: settings.root_dir.clone(),
+        memory: Default::default(),
     }
 }
 

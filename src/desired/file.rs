@@ -1,8 +1,9 @@
 //! The manifest-directory source: reads the directory, binds claims, records new bindings,
 //! and publishes a `DesiredState` at start, on every inotify change, and on a slow resync.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -11,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::binder::{bind, BindInput, Bindings};
 use super::binding_store::BindingStore;
-use super::manifest::load_dir;
+use super::manifest::{manifest_files, ManifestError, Manifests};
 use super::resolve::{consumed_claims, our_pods, resolve, unknown_node_name};
 use super::{DesiredState, NodeConfig};
+use crate::host::write_lease::open_for_writing;
 
 /// Coalesces a burst of file events (an editor's write + rename) into one reload.
 const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -38,6 +40,17 @@ pub struct FileSource {
     pub resync: Duration,
     /// The root dir, whose pod directories say whether a doubtful node name could cost data.
     pub root_dir: PathBuf,
+    /// What is known of each file between reads (`Default::default()` to start).
+    pub memory: FileMemory,
+}
+
+/// Which manifest files are being written, and the last complete version of each.
+#[derive(Default)]
+pub struct FileMemory {
+    /// Files modified with no close-write since (inotify); kept by the watcher's callback.
+    writing: Arc<Mutex<BTreeSet<PathBuf>>>,
+    /// Each file's content as last read while no one was writing it.
+    complete: Mutex<BTreeMap<PathBuf, String>>,
 }
 
 impl FileSource {
@@ -85,7 +98,7 @@ impl FileSource {
     /// One full read; `record` saves new bindings. Also says whether the read made bindings
     /// that are not recorded yet.
     fn read_once(&self, record: bool) -> (DesiredState, bool) {
-        let manifests = load_dir(&self.dir);
+        let manifests = self.load();
         let mut problems: Vec<String> = manifests.errors.iter().map(|e| e.to_string()).collect();
         if let Some(doubt) = unknown_node_name(&manifests, &self.node) {
             if has_pod_dirs(&self.root_dir) {
@@ -140,6 +153,50 @@ impl FileSource {
         (state, binds)
     }
 
+    /// Reads the directory, each file in its last complete version: a file whose content
+    /// changed while it is being written (modified with no close-write since, or open for
+    /// writing now) keeps the content it had before, whatever made this read happen; one
+    /// that has none yet makes the read incomplete. A file that is closed is taken as it is,
+    /// emptied or not.
+    fn load(&self) -> Manifests {
+        let (files, mut manifests) = manifest_files(&self.dir);
+        let writing = lock(&self.memory.writing).clone();
+        let mut complete = lock(&self.memory.complete);
+        let mut now = BTreeMap::new();
+        for path in files {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(source) => {
+                    manifests
+                        .errors
+                        .push(ManifestError::ReadFile { path, source });
+                    continue;
+                }
+            };
+            let before = complete.remove(&path);
+            let changed = before.as_ref() != Some(&text);
+            // Asked after the read: a writer still holding the file may not be done with it.
+            let in_progress =
+                changed && (writing.contains(&path) || open_for_writing(&path) == Some(true));
+            let text = match (in_progress, before) {
+                (false, _) => text,
+                (true, Some(before)) => {
+                    manifests.warnings.push(format!("{} is being written; its last complete version stays in force until it is closed", path.display()));
+                    before
+                }
+                (true, None) => {
+                    manifests.errors.push(ManifestError::BeingWritten { path });
+                    continue;
+                }
+            };
+            manifests.add_file(&path, &text);
+            now.insert(path, text);
+        }
+        // Files gone from the directory are forgotten.
+        *complete = now;
+        manifests
+    }
+
     fn record_new(
         &self,
         recorded: &std::collections::BTreeMap<String, String>,
@@ -167,7 +224,9 @@ impl FileSource {
         cancel: CancellationToken,
     ) -> Result<(), FileSourceError> {
         let (event_tx, mut events) = mpsc::unbounded_channel();
+        let writing = self.memory.writing.clone();
         let mut watcher = notify::recommended_watcher(move |event| {
+            track_writes(&writing, &event);
             if is_content_change(&event) {
                 let _ = event_tx.send(());
             }
@@ -273,6 +332,34 @@ fn has_pod_dirs(root_dir: &Path) -> bool {
     }
 }
 
+/// Keeps the set of files being written: a modify adds a file, its close-write (or its
+/// removal or rename) takes it out. Lost events (an overflow) forget them all; the lease check
+/// at read time still sees writers.
+fn track_writes(writing: &Mutex<BTreeSet<PathBuf>>, event: &notify::Result<notify::Event>) {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    let mut writing = lock(writing);
+    match event {
+        Err(_) => writing.clear(),
+        Ok(event) => match event.kind {
+            EventKind::Modify(ModifyKind::Data(_)) => writing.extend(event.paths.iter().cloned()),
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(_)) => {
+                for path in &event.paths {
+                    writing.remove(path);
+                }
+            }
+            _ => {}
+        },
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// True when a pod or a volume of `before` is missing from `after`.
 fn loses(before: &DesiredState, after: &DesiredState) -> bool {
     before.pods.keys().any(|uid| !after.pods.contains_key(uid))
@@ -281,3 +368,7 @@ fn loses(before: &DesiredState, after: &DesiredState) -> bool {
             .keys()
             .any(|key| !after.volumes.contains_key(key))
 }
+
+#[cfg(test)]
+#[path = "file_tests.rs"]
+mod tests;

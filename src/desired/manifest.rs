@@ -37,6 +37,8 @@ pub enum ManifestError {
         kind: String,
         message: String,
     },
+    #[error("{path} is being written (open for writing, or changed and not closed yet) and has no complete version volumed has read; nothing is torn down until it is closed")]
+    BeingWritten { path: PathBuf },
     #[error("{kind} {name} is defined twice, in {first} and {second}; keep one of them")]
     Duplicate {
         kind: &'static str,
@@ -65,6 +67,21 @@ pub struct Manifests {
 /// that cannot be read is an error, never a silent omission: a missing file would look like
 /// deleted pods.
 pub fn load_dir(dir: &Path) -> Manifests {
+    let (files, mut manifests) = manifest_files(dir);
+    for path in files {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => manifests.add_file(&path, &text),
+            Err(source) => manifests
+                .errors
+                .push(ManifestError::ReadFile { path, source }),
+        }
+    }
+    manifests
+}
+
+/// The manifest files directly in `dir`, in name order, and the (so far empty) manifests
+/// with the errors met listing them.
+pub fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Manifests) {
     let mut manifests = Manifests::default();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -73,7 +90,7 @@ pub fn load_dir(dir: &Path) -> Manifests {
                 dir: dir.to_path_buf(),
                 source,
             });
-            return manifests;
+            return (Vec::new(), manifests);
         }
     };
     let mut files = Vec::new();
@@ -101,15 +118,7 @@ pub fn load_dir(dir: &Path) -> Manifests {
         }
     }
     files.sort();
-    for path in files {
-        match std::fs::read_to_string(&path) {
-            Ok(text) => manifests.add_file(&path, &text),
-            Err(source) => manifests
-                .errors
-                .push(ManifestError::ReadFile { path, source }),
-        }
-    }
-    manifests
+    (files, manifests)
 }
 
 fn has_manifest_name(path: &Path) -> bool {

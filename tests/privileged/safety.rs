@@ -3,8 +3,6 @@
 //! swapped in while volumed walks a pod's paths, and a disk whose only partition table left
 //! is its backup GPT.
 
-#![allow(dead_code)] // the remaining attacks are registered as each is closed
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,6 +15,10 @@ type Case = (&'static str, fn() -> TestResult);
 
 pub fn all() -> Vec<Case> {
     vec![
+        (
+            "a_manifest_held_open_half_written_keeps_its_pods_mounted",
+            a_manifest_held_open_half_written_keeps_its_pods_mounted,
+        ),
         (
             "a_second_instance_on_the_same_root_dir_refuses_at_once",
             a_second_instance_on_the_same_root_dir_refuses_at_once,
