@@ -2,7 +2,7 @@
 //! and publishes a `DesiredState` at start, on every inotify change, and on a slow resync.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,11 +100,9 @@ impl FileSource {
     fn read_once(&self, record: bool) -> (DesiredState, bool) {
         let manifests = self.load();
         let mut problems: Vec<String> = manifests.errors.iter().map(|e| e.to_string()).collect();
-        if let Some(doubt) = unknown_node_name(&manifests, &self.node) {
-            if has_pod_dirs(&self.root_dir) {
-                problems.push(doubt);
-            }
-        }
+        let pods_dir = self.root_dir.join("pods");
+        let has_pod_dir = |uid: &str| pods_dir.join(uid).symlink_metadata().is_ok();
+        problems.extend(unknown_node_name(&manifests, &self.node, has_pod_dir));
         let pods = our_pods(&manifests, &self.node);
         let consumed = consumed_claims(&pods);
         let recorded = match self.store.load() {
@@ -321,14 +319,6 @@ fn is_content_change(event: &notify::Result<notify::Event>) -> bool {
                 | EventKind::Other
                 | EventKind::Any
         ),
-    }
-}
-
-/// True when `<root>/pods` holds anything (or cannot be read: then assume it does).
-fn has_pod_dirs(root_dir: &Path) -> bool {
-    match std::fs::read_dir(root_dir.join("pods")) {
-        Ok(mut entries) => entries.next().is_some(),
-        Err(err) => err.kind() != std::io::ErrorKind::NotFound,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Tests of the file source's guard against half-written manifests: each of its two signs
 //! (inotify's "modified, not closed" and the kernel's "open for writing") on its own.
 
+use std::path::Path;
 use std::time::Duration;
 
 use super::*;

@@ -37,25 +37,43 @@ pub fn our_pods<'a>(manifests: &'a Manifests, node: &NodeConfig) -> Vec<(PodRef,
         .collect()
 }
 
-/// Why `--node-name` looks wrong, when it does: no pod in the manifests names this node while
-/// some name other nodes. Acting on that would tear down every pod of this host, so the file
-/// source calls such a snapshot incomplete while pod directories exist (rule 7, as the API
-/// source does for a missing Node).
-pub fn unknown_node_name(manifests: &Manifests, node: &NodeConfig) -> Option<String> {
-    let named: BTreeSet<&str> = manifests
-        .pods
-        .values()
-        .filter_map(|pod| pod.spec.as_ref()?.node_name.as_deref())
-        .filter(|name| !name.is_empty())
-        .collect();
-    if named.is_empty() || named.contains(node.name.as_str()) {
+/// Why `--node-name` looks wrong, when it does: no pod in the manifests names this node, while
+/// pods name other nodes and some of those have a pod directory here (`has_pod_dir`, by uid).
+/// Acting on that would tear down the pods of this host that a wrong name made another
+/// node's, so the file source calls such a snapshot incomplete (rule 7, as the API source does
+/// for a missing Node). Pods deleted from the manifests are not in it: they are torn down.
+pub fn unknown_node_name(
+    manifests: &Manifests,
+    node: &NodeConfig,
+    has_pod_dir: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let node_of = |pod: &Pod| {
+        pod.spec
+            .as_ref()?
+            .node_name
+            .clone()
+            .filter(|n| !n.is_empty())
+    };
+    let named: BTreeSet<String> = manifests.pods.values().filter_map(node_of).collect();
+    if named.is_empty() || named.contains(&node.name) {
         return None;
     }
-    let names: Vec<&str> = named.into_iter().collect();
+    let here: Vec<String> = manifests
+        .pods
+        .values()
+        .filter(|pod| node_of(pod).is_some() && has_pod_dir(&pod_ref(pod).uid))
+        .map(|pod| pod_ref(pod).to_string())
+        .collect();
+    if here.is_empty() {
+        return None;
+    }
+    let names: Vec<String> = named.into_iter().collect();
     Some(format!(
-        "no pod in the manifests names this node ({}, from --node-name or the host name), while pods name {}; nothing is torn down: run with --node-name set to this node's name as the manifests spell it",
+        "no pod in the manifests names this node ({}, from --node-name or the host name), while pods name {}, and {} of them ({}) have their directories on this host; nothing is torn down: run with --node-name set to this node's name as the manifests spell it",
         node.name,
-        names.join(", ")
+        names.join(", "),
+        here.len(),
+        here.join(", ")
     ))
 }
 

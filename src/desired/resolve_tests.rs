@@ -301,11 +301,13 @@ spec: {local: {path: /mnt/disks/files}}
 }
 
 #[test]
-fn a_node_name_no_pod_uses_is_doubted_only_when_pods_name_other_nodes() {
+fn a_node_name_no_pod_uses_is_doubted_when_pods_named_elsewhere_live_here() {
     let mut manifests = Manifests::default();
     manifests.add_file(Path::new("pods.yaml"), PODS);
+    let web_uid = "11111111-2222-3333-4444-555555555555";
+    let here = |uid: &str| uid == web_uid;
     assert_eq!(
-        unknown_node_name(&manifests, &node()),
+        unknown_node_name(&manifests, &node(), here),
         None,
         "node-a is named"
     );
@@ -313,15 +315,17 @@ fn a_node_name_no_pod_uses_is_doubted_only_when_pods_name_other_nodes() {
         name: "host-1".into(),
         ..node()
     };
-    let doubt = unknown_node_name(&manifests, &elsewhere).expect("no pod names host-1");
+    let doubt = unknown_node_name(&manifests, &elsewhere, here).expect("no pod names host-1");
     assert!(
-        doubt.contains("host-1") && doubt.contains("node-a, node-b"),
+        doubt.contains("host-1") && doubt.contains("node-a, node-b") && doubt.contains("shop/web"),
         "{doubt}"
     );
+    // Pods named for other nodes with no directory here were deleted, not misnamed.
+    assert_eq!(unknown_node_name(&manifests, &elsewhere, |_| false), None);
     let mut unpinned = Manifests::default();
     unpinned.add_file(
         Path::new("pod.yaml"),
         "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: []}\n",
     );
-    assert_eq!(unknown_node_name(&unpinned, &elsewhere), None);
+    assert_eq!(unknown_node_name(&unpinned, &elsewhere, |_| true), None);
 }

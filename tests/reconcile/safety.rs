@@ -159,3 +159,16 @@ async fn host_paths_into_volumeds_state_or_other_pods_volumes_are_refused() {
         .collect();
     assert_eq!(mounted, ["v2"], "{rows:#?}");
 }
+
+#[tokio::test]
+async fn removing_the_last_pod_of_this_node_tears_it_down_beside_other_nodes_pods() {
+    let world = World::new();
+    assert!(world.run_once().await.converged());
+    // Only pod `elsewhere` (node-b) is left, and it has never had a directory here.
+    world.remove("web.yaml");
+    world.write("other.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: elsewhere, uid: far-uid}\nspec: {nodeName: node-b, containers: []}\n");
+    let report = world.run_once().await;
+    assert!(report.converged(), "{:#?}", report.desired.problems);
+    assert!(world.mounts().is_empty(), "{:#?}", world.mounts());
+    assert!(!world.settings.root_dir.join("pods/web-uid").exists());
+}
