@@ -83,20 +83,20 @@ fn failures_path(root: &Path) -> PathBuf {
 }
 
 /// Runs the reconciler until `cancel` fires, or (with `once`) until nothing is left to try.
+/// `_held`: the root dir's run lock, which the caller keeps for as long as anything this
+/// starts may still act (the binary: its whole life, past the runtime's shutdown).
 pub async fn run(
     settings: &Settings,
     once: bool,
     host: Host,
     cancel: CancellationToken,
+    _held: &RunLock,
 ) -> anyhow::Result<Report> {
     let Host {
         mounter,
         formatter,
         watch_devices,
     } = host;
-    // One reconciler per root dir, held until this returns: another one would tear down
-    // what this one sets up.
-    let _lock = RunLock::acquire(&settings.root_dir)?;
     if let Some(dir) = &settings.manifests {
         // A daemon pointed at a missing directory must fail (and be restarted), not idle.
         anyhow::ensure!(

@@ -14,6 +14,11 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot make the manifest directory {path} absolute: {source}; pass an absolute --manifests")]
+    Manifests {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read the host name ({0}); pass --node-name")]
     HostName(nix::errno::Errno),
 }
@@ -71,8 +76,21 @@ impl Settings {
             .iter()
             .map(|root| root.canonicalize().unwrap_or_else(|_| root.clone()))
             .collect();
+        // Absolute, as inotify reports the paths of its events; not canonical: a symlinked
+        // manifest directory is followed at every read.
+        let manifests = match &args.manifests {
+            Some(dir) => {
+                Some(
+                    std::path::absolute(dir).map_err(|source| ConfigError::Manifests {
+                        path: dir.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
         Ok(Settings {
-            manifests: args.manifests.clone(),
+            manifests,
             kubeconfig: args.kubeconfig.clone(),
             first_list_timeout: args.first_list_timeout,
             root_dir: root_dir.clone(),
@@ -89,5 +107,25 @@ impl Settings {
             op_timeout: args.op_timeout,
             resync: args.resync,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn a_relative_manifest_directory_is_made_absolute_as_inotify_reports_it() {
+        let cli = Cli::try_parse_from(["volumed", "plan", "--manifests", "some/dir"]).unwrap();
+        let Command::Plan(args) = cli.command else {
+            panic!("plan parses as plan")
+        };
+        let settings = Settings::from_args(&args.common, false).unwrap();
+        let manifests = settings.manifests.unwrap();
+        assert!(manifests.is_absolute(), "{}", manifests.display());
+        assert!(manifests.ends_with("some/dir"));
     }
 }

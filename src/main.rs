@@ -13,6 +13,7 @@ use volumed::config::Settings;
 use volumed::desired::DesiredState;
 use volumed::host::format::RealFormatter;
 use volumed::host::real::RealMounter;
+use volumed::host::run_lock::RunLock;
 use volumed::host::Mounter;
 use volumed::reconcile::plan::Op;
 use volumed::reconcile::status::{table, StatusRow, VolumeState};
@@ -41,10 +42,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
             let settings = Settings::from_args(&args.common, true)?;
+            // One reconciler per root dir, for this process's whole life: another one would
+            // tear down what this one sets up (ops outliving the runtime included).
+            let lock = RunLock::acquire(&settings.root_dir)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let result = runtime.block_on(run(settings, args.once));
+            let result = runtime.block_on(run(settings, args.once, &lock));
             // Dropping a runtime waits for every blocking worker, a hung mount included; the
             // report is out, so give workers a moment and let process exit end the rest.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -101,7 +105,7 @@ fn read_only_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn run(settings: Settings, once: bool) -> anyhow::Result<ExitCode> {
+async fn run(settings: Settings, once: bool, lock: &RunLock) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
     tracing::info!(node = %settings.node.name, root = %settings.root_dir.display(), source = %settings.manifests.as_ref().map_or("the Kubernetes API".to_string(), |d| d.display().to_string()), once, "volumed starting");
@@ -110,6 +114,7 @@ async fn run(settings: Settings, once: bool) -> anyhow::Result<ExitCode> {
         once,
         app::Host::real(&settings.mounter_path),
         cancel,
+        lock,
     )
     .await?;
     if !once {

@@ -2,7 +2,7 @@
 //! and publishes a `DesiredState` at start, on every inotify change, and on a slow resync.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,12 +45,23 @@ pub struct FileSource {
 }
 
 /// Which manifest files are being written, and the last complete version of each.
-#[derive(Default)]
 pub struct FileMemory {
     /// Files modified with no close-write since (inotify); kept by the watcher's callback.
     writing: Arc<Mutex<BTreeSet<PathBuf>>>,
     /// Each file's content as last read while no one was writing it.
     complete: Mutex<BTreeMap<PathBuf, String>>,
+    /// Whether a file is open for writing now (`None`: cannot tell); the kernel's answer.
+    open_for_writing: fn(&Path) -> Option<bool>,
+}
+
+impl Default for FileMemory {
+    fn default() -> Self {
+        FileMemory {
+            writing: Arc::default(),
+            complete: Mutex::default(),
+            open_for_writing,
+        }
+    }
 }
 
 impl FileSource {
@@ -101,7 +112,13 @@ impl FileSource {
         let manifests = self.load();
         let mut problems: Vec<String> = manifests.errors.iter().map(|e| e.to_string()).collect();
         let pods_dir = self.root_dir.join("pods");
-        let has_pod_dir = |uid: &str| pods_dir.join(uid).symlink_metadata().is_ok();
+        // Unsure (not even readable) counts as there: doubt keeps.
+        let has_pod_dir = |uid: &str| {
+            pods_dir
+                .join(uid)
+                .symlink_metadata()
+                .map_or_else(|e| e.kind() != std::io::ErrorKind::NotFound, |_| true)
+        };
         problems.extend(unknown_node_name(&manifests, &self.node, has_pod_dir));
         let pods = our_pods(&manifests, &self.node);
         let consumed = consumed_claims(&pods);
@@ -162,6 +179,7 @@ impl FileSource {
         let mut complete = lock(&self.memory.complete);
         let mut now = BTreeMap::new();
         for path in files {
+            let seen = identity(&path);
             let text = match std::fs::read_to_string(&path) {
                 Ok(text) => text,
                 Err(source) => {
@@ -173,9 +191,7 @@ impl FileSource {
             };
             let before = complete.remove(&path);
             let changed = before.as_ref() != Some(&text);
-            // Asked after the read: a writer still holding the file may not be done with it.
-            let in_progress =
-                changed && (writing.contains(&path) || open_for_writing(&path) == Some(true));
+            let in_progress = changed && self.in_progress(&path, seen, &writing);
             let text = match (in_progress, before) {
                 (false, _) => text,
                 (true, Some(before)) => {
@@ -193,6 +209,31 @@ impl FileSource {
         // Files gone from the directory are forgotten.
         *complete = now;
         manifests
+    }
+
+    /// Whether a file whose content changed is still being written: it changed while it was
+    /// read, or a writer still holds it (asked after the read, so a writer that truncated it
+    /// and has not written yet is caught). Where the kernel cannot tell, inotify's "modified,
+    /// not closed since" decides; where it can, its answer wins over a stale inotify entry
+    /// (a `truncate(2)` by path has no close to follow it).
+    fn in_progress(
+        &self,
+        path: &Path,
+        seen: Option<Identity>,
+        writing: &BTreeSet<PathBuf>,
+    ) -> bool {
+        if seen.is_none() || identity(path) != seen {
+            return true;
+        }
+        match (self.memory.open_for_writing)(path) {
+            Some(open) => {
+                if !open {
+                    lock(&self.memory.writing).remove(path);
+                }
+                open
+            }
+            None => writing.contains(path),
+        }
     }
 
     fn record_new(
@@ -246,7 +287,7 @@ impl FileSource {
                     tracing::error!(dir = %source.dir.display(), %problem, "manifest problem; nothing is torn down until it is fixed");
                 }
                 for warning in &state.warnings {
-                    tracing::warn!(dir = %source.dir.display(), %warning, "manifest skipped");
+                    tracing::warn!(dir = %source.dir.display(), %warning, "manifest warning");
                 }
             }
             tx.send_if_modified(|current| {
@@ -320,6 +361,23 @@ fn is_content_change(event: &notify::Result<notify::Event>) -> bool {
                 | EventKind::Any
         ),
     }
+}
+
+/// What tells one version of a file from the next: its inode, size and change times.
+type Identity = (u64, u64, u64, i64, i64, i64, i64);
+
+fn identity(path: &Path) -> Option<Identity> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    ))
 }
 
 /// Keeps the set of files being written: a modify adds a file, its close-write (or its

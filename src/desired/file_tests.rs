@@ -66,14 +66,33 @@ fn a_file_held_open_for_writing_keeps_its_last_complete_content_until_closed() {
 }
 
 #[test]
-fn a_file_modified_and_not_closed_keeps_its_last_complete_content() {
-    let (_dir, source, b) = setup();
-    // inotify saw a modify and no close-write yet (the file itself reads closed).
+fn where_the_kernel_cannot_tell_a_file_modified_and_not_closed_keeps_its_last_content() {
+    let (_dir, mut source, b) = setup();
+    source.memory.open_for_writing = |_| None;
+    // inotify saw a modify and no close-write yet.
     std::fs::write(&b, "").unwrap();
     lock(&source.memory.writing).insert(b.clone());
     assert_eq!(pod_names(&source), (vec!["a".into(), "b".into()], true));
     lock(&source.memory.writing).remove(&b);
     assert_eq!(pod_names(&source), (vec!["a".into()], true));
+}
+
+#[test]
+fn the_kernels_answer_wins_over_a_stale_modify_that_no_close_followed() {
+    let (_dir, source, b) = setup();
+    // truncate -s 0 b.yaml: a modify, and no open or close to follow it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&b)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    lock(&source.memory.writing).insert(b.clone());
+    assert_eq!(pod_names(&source), (vec!["a".into()], true));
+    assert!(
+        lock(&source.memory.writing).is_empty(),
+        "the stale entry is dropped"
+    );
 }
 
 #[test]

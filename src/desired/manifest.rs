@@ -8,6 +8,8 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use serde::de::DeserializeOwned;
 
+use crate::model::names::check_object_name;
+
 /// A problem with one manifest file; any of these makes the file source incomplete.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -280,10 +282,15 @@ fn typed<
         let field = err.path().to_string();
         format!("field {field}: {}", err.inner())
     })?;
-    match object.metadata().name.as_deref() {
-        Some(name) if !name.is_empty() => Ok(object),
-        _ => Err("metadata.name is missing".to_string()),
+    let meta = object.metadata();
+    match meta.name.as_deref() {
+        Some(name) if !name.is_empty() => check_object_name("metadata.name", name, false)?,
+        _ => return Err("metadata.name is missing".to_string()),
     }
+    if let Some(namespace) = meta.namespace.as_deref() {
+        check_object_name("metadata.namespace", namespace, true)?;
+    }
+    Ok(object)
 }
 
 /// Splits YAML text at `---` lines, returning each document with its 1-based first line.

@@ -69,7 +69,7 @@ pub fn unknown_node_name(
     }
     let names: Vec<String> = named.into_iter().collect();
     Some(format!(
-        "no pod in the manifests names this node ({}, from --node-name or the host name), while pods name {}, and {} of them ({}) have their directories on this host; nothing is torn down: run with --node-name set to this node's name as the manifests spell it",
+        "no pod in the manifests names this node ({}, from --node-name or the host name), while pods name {}, and {} of them ({}) have their directories on this host; nothing is torn down: run with --node-name set to this node's name as the manifests spell it (if those pods were moved to another node on purpose, give them a new name or metadata.uid, as Kubernetes would: a pod never changes nodes)",
         node.name,
         names.join(", "),
         here.len(),
@@ -216,7 +216,7 @@ impl Context<'_> {
             let spec = self.bind(
                 &host_path.path,
                 host_path.type_.as_deref().unwrap_or(""),
-                false,
+                self.mounted_read_only(&volume.name),
             )?;
             (Plugin::HostPath, volume.name.clone(), spec, None, false)
         } else if let Some(claim) = &volume.persistent_volume_claim {
@@ -245,17 +245,37 @@ impl Context<'_> {
         })
     }
 
-    /// The volume's mode must match how the containers use it: volumeMounts for a
-    /// filesystem, volumeDevices for a raw block volume.
-    fn check_usage(&self, volume: &str, block: bool) -> Result<(), Waiting> {
-        let spec = self.spec.spec.as_ref();
-        let containers = spec.iter().flat_map(|s| {
+    /// True when every container that mounts the volume mounts it `readOnly` (and one does):
+    /// then the bind itself is read-only, as the container's view would be.
+    fn mounted_read_only(&self, volume: &str) -> bool {
+        let mut mounts = self.containers().flat_map(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .filter(|m| m.name == volume)
+        });
+        let mut any = false;
+        let all = mounts.all(|m| {
+            any = true;
+            m.read_only == Some(true)
+        });
+        any && all
+    }
+
+    /// The pod's containers and init containers.
+    fn containers(&self) -> impl Iterator<Item = &k8s_openapi::api::core::v1::Container> {
+        self.spec.spec.iter().flat_map(|s| {
             s.containers
                 .iter()
                 .chain(s.init_containers.iter().flatten())
-        });
+        })
+    }
+
+    /// The volume's mode must match how the containers use it: volumeMounts for a
+    /// filesystem, volumeDevices for a raw block volume.
+    fn check_usage(&self, volume: &str, block: bool) -> Result<(), Waiting> {
         let (mut as_fs, mut as_device) = (false, false);
-        for container in containers {
+        for container in self.containers() {
             as_fs |= container
                 .volume_mounts
                 .iter()
@@ -306,7 +326,7 @@ impl Context<'_> {
             .unwrap_or_default();
         let read_only = read_only || claim_modes == ["ReadOnlyMany"];
         if let Some(local) = &pv_spec.local {
-            let path = self.host_path(&local.path, true)?;
+            let path = self.host_path(&local.path, true, read_only)?;
             let spec = if pv_spec.volume_mode.as_deref() == Some("Block") {
                 MountSpec::BlockDevice { path, read_only }
             } else {
@@ -344,7 +364,7 @@ impl Context<'_> {
     }
 
     fn bind(&self, path: &str, path_type: &str, read_only: bool) -> Result<MountSpec, Waiting> {
-        let source = self.host_path(path, false)?;
+        let source = self.host_path(path, false, read_only)?;
         let expect = PathType::parse(path_type).ok_or_else(|| {
             blocked(format!(
                 "hostPath type {path_type:?} is not a Kubernetes HostPathType"
@@ -360,7 +380,12 @@ impl Context<'_> {
     /// A host path from an object: absolute, normal, and inside the allowed roots. Only a
     /// local PV (`local_device`) may also name a device node under /dev; the executor then
     /// checks it is a block device. A pod's own hostPath never gets that exception.
-    fn host_path(&self, path: &str, local_device: bool) -> Result<PathBuf, Waiting> {
+    fn host_path(
+        &self,
+        path: &str,
+        local_device: bool,
+        read_only: bool,
+    ) -> Result<PathBuf, Waiting> {
         check_host_path("host path", path).map_err(|e| blocked(e.to_string()))?;
         let source = PathBuf::from(path);
         if local_device && source.starts_with("/dev/") {
@@ -368,7 +393,7 @@ impl Context<'_> {
         }
         self.node
             .host_paths
-            .admits(&source)
+            .admits(&source, read_only)
             .map_err(|why| blocked(format!("host path {path} is refused: {why}")))?;
         Ok(source)
     }

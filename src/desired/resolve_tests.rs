@@ -329,3 +329,31 @@ fn a_node_name_no_pod_uses_is_doubted_when_pods_named_elsewhere_live_here() {
     );
     assert_eq!(unknown_node_name(&unpinned, &elsewhere, |_| true), None);
 }
+
+#[test]
+fn a_host_path_every_container_mounts_read_only_is_bound_read_only() {
+    let pods = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: agent, uid: agent-uid}
+spec:
+  nodeName: node-a
+  containers:
+  - {name: a, image: x, volumeMounts: [{name: ro, mountPath: /ro, readOnly: true}, {name: mixed, mountPath: /m, readOnly: true}]}
+  - {name: b, image: x, volumeMounts: [{name: mixed, mountPath: /m}]}
+  volumes:
+  - {name: ro, hostPath: {path: /srv/ro}}
+  - {name: mixed, hostPath: {path: /srv/mixed}}
+  - {name: unused, hostPath: {path: /srv/unused}}
+"#;
+    let mut manifests = Manifests::default();
+    manifests.add_file(Path::new("agent.yaml"), pods);
+    let state = resolve(&manifests, &Bindings::default(), &node());
+    let read_only = |volume: &str| match spec_of(&state, volume) {
+        MountSpec::Bind { read_only, .. } => read_only,
+        other => panic!("{other:?}"),
+    };
+    assert!(read_only("ro"));
+    assert!(!read_only("mixed"), "one container writes it");
+    assert!(!read_only("unused"));
+}

@@ -205,7 +205,9 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
             mount_options,
             read_only,
         } => {
-            let source = ctx.fs.open_source(path, PathType::Unchecked, true)?;
+            let source = ctx
+                .fs
+                .open_source(path, PathType::Unchecked, true, *read_only)?;
             let source = if source.is_block {
                 stage(
                     ctx,
@@ -244,7 +246,9 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
             Ok("mounted")
         }
         MountSpec::BlockDevice { path, read_only } => {
-            let source = ctx.fs.open_source(path, PathType::BlockDevice, true)?;
+            let source = ctx
+                .fs
+                .open_source(path, PathType::BlockDevice, true, *read_only)?;
             bind_into(ctx, volume, &source, *read_only)
         }
         MountSpec::Directory => {
@@ -267,7 +271,7 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
             expect,
             read_only,
         } => {
-            let source = ctx.fs.open_source(source, *expect, false)?;
+            let source = ctx.fs.open_source(source, *expect, false, *read_only)?;
             let target = ctx
                 .fs
                 .prepare_target(&volume.key, &volume.pod, !source.is_dir, 0o750)?;

@@ -10,10 +10,10 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::fs_util::{kind_name, list, list_typed, mount_id_of, remove_tree, rmdir};
-use super::pod_owner::{read_owner, OWNER_FILE};
+use super::pod_owner::{read_owner, write_record, OWNER_FILE};
 use super::{HostError, MountPoint, Target};
 use crate::actual::mountinfo::MountEntry;
-use crate::actual::{OnDisk, PodDir};
+use crate::actual::{DirOwner, OnDisk, PodDir};
 use crate::model::host_paths::HostPathPolicy;
 use crate::model::{Plugin, PodRef, VolumeKey};
 
@@ -175,12 +175,20 @@ impl PodFs {
                 entries: others,
             });
         }
+        let owner = read_owner(&pod, &pod_path)?;
         // rm <pod dir>/volumed-owner
         match rfs::unlinkat(&pod, OWNER_FILE, AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => return Err(HostError::io("removing", &pod_path.join(OWNER_FILE))(e)),
         }
-        rmdir(&pods, pod_uid, &pod_path)
+        let removed = rmdir(&pods, pod_uid, &pod_path);
+        if let (Err(_), DirOwner::Pod(owner)) = (&removed, &owner) {
+            // Something came in meanwhile: the directory stays, and so must its owner.
+            if let Err(errno) = write_record(&pod, owner) {
+                tracing::error!(path = %pod_path.display(), %errno, "cannot restore the owner record of a pod directory that could not be removed; restore it by hand");
+            }
+        }
+        removed
     }
 
     /// Every pod directory and its volume directories.
@@ -210,7 +218,7 @@ impl PodFs {
         let Some(dir) = self.walk(&["pods", pod_uid], false)? else {
             return Ok(None);
         };
-        let owner = read_owner(&dir, &self.root.join("pods").join(pod_uid));
+        let owner = read_owner(&dir, &self.root.join("pods").join(pod_uid))?;
         let mut volumes = BTreeSet::new();
         for (area, block) in AREAS.iter().zip([false, true]) {
             self.scan_area(pod_uid, area, block, &mut volumes)?;

@@ -158,17 +158,17 @@ fn host_paths_are_checked_by_type_and_created_when_asked() {
     let base = fs.root().to_path_buf();
     let made = base.join("made/deep");
     let source = fs
-        .open_source(&made, PathType::DirectoryOrCreate, false)
+        .open_source(&made, PathType::DirectoryOrCreate, false, false)
         .unwrap();
     assert!(source.is_dir && made.is_dir());
     let file = base.join("made/file");
     assert!(
-        !fs.open_source(&file, PathType::FileOrCreate, false)
+        !fs.open_source(&file, PathType::FileOrCreate, false, false)
             .unwrap()
             .is_dir
     );
     let wrong = fs
-        .open_source(&file, PathType::Directory, false)
+        .open_source(&file, PathType::Directory, false, false)
         .err()
         .unwrap();
     assert!(
@@ -178,12 +178,12 @@ fn host_paths_are_checked_by_type_and_created_when_asked() {
         "{wrong}"
     );
     let missing = fs
-        .open_source(&base.join("nope"), PathType::Directory, false)
+        .open_source(&base.join("nope"), PathType::Directory, false, false)
         .err()
         .unwrap();
     assert!(missing.to_string().contains("found nothing"), "{missing}");
     assert!(fs
-        .open_source(&base.join("nope"), PathType::Socket, false)
+        .open_source(&base.join("nope"), PathType::Socket, false, false)
         .is_err());
     drop(dir);
 }
@@ -194,7 +194,7 @@ fn a_host_path_linking_outside_the_allowed_roots_is_refused() {
     let link = fs.root().join("escape");
     symlink("/etc", &link).unwrap();
     let err = fs
-        .open_source(&link, PathType::Directory, false)
+        .open_source(&link, PathType::Directory, false, false)
         .err()
         .unwrap();
     assert!(
@@ -211,7 +211,12 @@ fn a_device_node_is_only_allowed_for_a_local_volume_outside_the_roots() {
     // it is a local volume's path (only block devices get that exception).
     for local_device in [false, true] {
         let err = fs
-            .open_source(Path::new("/dev/null"), PathType::Unchecked, local_device)
+            .open_source(
+                Path::new("/dev/null"),
+                PathType::Unchecked,
+                local_device,
+                false,
+            )
             .err()
             .unwrap();
         assert!(
@@ -253,5 +258,27 @@ fn a_pod_dir_serves_only_the_pod_it_was_made_for_until_it_is_removed() {
     assert_eq!(
         std::fs::read_to_string(fs.root().join("pods/u1/volumed-owner")).unwrap(),
         "default/taker\n"
+    );
+}
+
+#[test]
+fn an_empty_owner_record_is_written_again_and_a_fifo_in_its_place_never_hangs() {
+    let (_dir, fs) = setup();
+    let k = key("u1", Plugin::EmptyDir, "scratch");
+    let record = fs.root().join("pods/u1/volumed-owner");
+    std::fs::create_dir_all(record.parent().unwrap()).unwrap();
+    std::fs::write(&record, "").unwrap();
+    prepare(&fs, &k, false, 0o777).expect("an empty record counts as none");
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap(),
+        "default/pod-u1\n"
+    );
+    std::fs::remove_file(&record).unwrap();
+    nix::unistd::mkfifo(&record, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let scanned = fs.scan().unwrap();
+    assert!(
+        matches!(scanned.owner("u1"), Some(crate::actual::DirOwner::Unreadable(why)) if why.contains("fifo")),
+        "{:?}",
+        scanned.owner("u1")
     );
 }

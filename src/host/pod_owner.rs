@@ -7,13 +7,14 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::fs::PodFs;
+use super::fs_util::kind_name;
 use super::HostError;
 use crate::actual::DirOwner;
-use crate::model::names::check_component;
+use crate::model::names::check_object_name;
 use crate::model::PodRef;
 
 /// The record's name in the pod directory.
@@ -26,54 +27,91 @@ impl PodFs {
     /// Makes sure `<root>/pods/<uid>` exists and belongs to `pod`: records it when it has no
     /// record yet, refuses when it belongs to another pod. Returns the pod directory.
     pub fn claim_pod_dir(&self, pod: &PodRef) -> Result<OwnedFd, HostError> {
-        let dir = self
-            .walk(&["pods", &pod.uid], true)?
-            .expect("walk with create returns a directory");
         let path = self.root().join("pods").join(&pod.uid);
         let owner = pod.to_string();
         let refuse = |why: String| HostError::Unsafe {
             path: path.clone(),
             why,
         };
-        match read_owner(&dir, &path) {
-            DirOwner::Pod(found) if found == owner => return Ok(dir),
-            DirOwner::Pod(found) => return Err(refuse(format!("it belongs to pod {found}, which had uid {} before {owner}; it is set up for {owner} only once that pod's volumes are torn down and the directory is gone", pod.uid))),
-            DirOwner::Unreadable(why) => return Err(refuse(format!("its owner record {OWNER_FILE} is unreadable ({why}); check whose directory it is, then fix or remove that file"))),
-            DirOwner::Unrecorded => {}
+        if parse_record(&owner, false) != DirOwner::Pod(owner.clone()) {
+            return Err(refuse(format!(
+                "pod {owner} has no valid namespace/name to record as its owner"
+            )));
         }
-        match write_record(&dir, &owner) {
-            Ok(()) => Ok(dir),
-            // Another op of the same pod recorded it first: it must name the same pod.
-            Err(Errno::EXIST) => match read_owner(&dir, &path) {
-                DirOwner::Pod(found) if found == owner => Ok(dir),
-                other => Err(refuse(format!(
-                    "its owner record changed under volumed ({other:?}); it is looked at again"
-                ))),
-            },
-            Err(e) => Err(HostError::io("recording the owner of", &path)(e)),
+        let dir = self
+            .walk(&["pods", &pod.uid], true)?
+            .expect("walk with create returns a directory");
+        // Twice at most: a record that is there but empty (a crash while writing it) is
+        // removed and written again; one that another op of this pod wrote is read back.
+        for _ in 0..2 {
+            match read_owner(&dir, &path)? {
+                DirOwner::Pod(found) if found == owner => return Ok(dir),
+                DirOwner::Pod(found) => return Err(refuse(format!("it belongs to pod {found}, which had uid {} before {owner}; it is set up for {owner} only once that pod's volumes are torn down and the directory is gone", pod.uid))),
+                DirOwner::Unreadable(why) => return Err(refuse(format!("its owner record {OWNER_FILE} is unreadable ({why}); check whose directory it is, then fix or remove that file"))),
+                DirOwner::Unrecorded => {}
+            }
+            match write_record(&dir, &owner) {
+                Ok(()) => return Ok(dir),
+                Err(Errno::EXIST) => {
+                    if read_owner(&dir, &path)? == DirOwner::Unrecorded {
+                        // rm <pod dir>/volumed-owner (empty)
+                        match rfs::unlinkat(&dir, OWNER_FILE, AtFlags::empty()) {
+                            Ok(()) | Err(Errno::NOENT) => {}
+                            Err(e) => {
+                                return Err(HostError::io(
+                                    "removing the empty owner record of",
+                                    &path,
+                                )(e))
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(HostError::io("recording the owner of", &path)(e)),
+            }
         }
+        Err(refuse(
+            "its owner record keeps changing under volumed; it is looked at again".into(),
+        ))
     }
 }
 
-/// Reads a pod directory's owner record; a missing or empty one is `Unrecorded`.
-pub(super) fn read_owner(pod_dir: &impl AsFd, path: &Path) -> DirOwner {
-    let file = match rfs::openat(
-        pod_dir,
-        OWNER_FILE,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
+/// Reads a pod directory's owner record; a missing or empty one is `Unrecorded`. An error
+/// that says nothing about the record (out of descriptors, EIO) is an error, not a verdict.
+pub(super) fn read_owner(pod_dir: &impl AsFd, path: &Path) -> Result<DirOwner, HostError> {
+    let record = path.join(OWNER_FILE);
+    // O_NONBLOCK: a FIFO planted in its place must not hang the scan.
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = match rfs::openat(pod_dir, OWNER_FILE, flags, Mode::empty()) {
         Ok(file) => file,
-        Err(Errno::NOENT) => return DirOwner::Unrecorded,
-        Err(e) => return DirOwner::Unreadable(format!("{}: {e}", path.join(OWNER_FILE).display())),
+        Err(Errno::NOENT) => return Ok(DirOwner::Unrecorded),
+        Err(Errno::LOOP) => return Ok(DirOwner::Unreadable("it is a symlink".into())),
+        Err(e) => return Err(HostError::io("reading", &record)(e)),
     };
+    let kind = FileType::from_raw_mode(
+        rfs::fstat(&file)
+            .map_err(HostError::io("inspecting", &record))?
+            .st_mode,
+    );
+    if kind != FileType::RegularFile {
+        return Ok(DirOwner::Unreadable(format!(
+            "it is a {}, not a file",
+            kind_name(kind)
+        )));
+    }
     let mut text = vec![0u8; MAX_RECORD + 1];
-    let read = match std::io::Read::read(&mut std::fs::File::from(file), &mut text) {
-        Ok(read) => read,
-        Err(e) => return DirOwner::Unreadable(format!("reading it: {e}")),
-    };
+    let read =
+        std::io::Read::read(&mut std::fs::File::from(file), &mut text).map_err(|source| {
+            HostError::Io {
+                op: "reading",
+                path: record.clone(),
+                source,
+            }
+        })?;
     let text = String::from_utf8_lossy(&text[..read]);
-    parse_record(text.trim_end_matches('\n'), read > MAX_RECORD)
+    Ok(parse_record(
+        text.strip_suffix('\n').unwrap_or(&text),
+        read > MAX_RECORD,
+    ))
 }
 
 fn parse_record(text: &str, too_long: bool) -> DirOwner {
@@ -83,7 +121,8 @@ fn parse_record(text: &str, too_long: bool) -> DirOwner {
     }
     let well_formed = !too_long
         && text.split_once('/').is_some_and(|(namespace, name)| {
-            check_component("namespace", namespace).is_ok() && check_component("name", name).is_ok()
+            check_object_name("namespace", namespace, true).is_ok()
+                && check_object_name("name", name, false).is_ok()
         });
     if well_formed {
         DirOwner::Pod(text.to_string())
@@ -94,7 +133,7 @@ fn parse_record(text: &str, too_long: bool) -> DirOwner {
 
 /// Writes the record so it appears whole or not at all, and never replaces one: an unnamed
 /// file is written and synced, then linked in (fails with EEXIST if a record is there).
-fn write_record(pod_dir: &OwnedFd, owner: &str) -> Result<(), Errno> {
+pub(super) fn write_record(pod_dir: &OwnedFd, owner: &str) -> Result<(), Errno> {
     let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
     let mut file = match rfs::openat(pod_dir, ".", flags, Mode::from_raw_mode(0o640)) {
         Ok(file) => std::fs::File::from(file),
@@ -149,7 +188,15 @@ mod tests {
             DirOwner::Pod("shop/web".into())
         );
         assert_eq!(parse_record("", false), DirOwner::Unrecorded);
-        for bad in ["web", "a/b/c", "../x", "shop/", "/web"] {
+        for bad in [
+            "web",
+            "a/b/c",
+            "../x",
+            "shop/",
+            "/web",
+            "shop/web\n",
+            "Shop/web",
+        ] {
             assert!(
                 matches!(parse_record(bad, false), DirOwner::Unreadable(_)),
                 "{bad}"

@@ -24,12 +24,14 @@ impl PodFs {
     /// it for the `*OrCreate` types. Links in the host path are followed, as Kubernetes does,
     /// but the resolved path must stay inside the allowed host path roots.
     /// `local_device`: a local PV's path, which may be a device node under /dev outside the
-    /// host path roots; anything else must resolve inside them.
+    /// host path roots; anything else must resolve inside them. `read_only`: the bind will
+    /// be read-only (which a path containing the root dir needs).
     pub fn open_source(
         &self,
         path: &Path,
         expect: PathType,
         local_device: bool,
+        read_only: bool,
     ) -> Result<Source, HostError> {
         // lstat <path>
         if matches!(rfs::lstat(path), Err(Errno::NOENT)) {
@@ -62,7 +64,7 @@ impl PodFs {
         // Device nodes live in /dev, outside any host path root; only block devices get in.
         let is_block = kind == FileType::BlockDevice;
         if !(local_device && is_block && resolved.starts_with("/dev/")) {
-            self.check_within_roots(path, &resolved)?;
+            self.check_within_roots(path, &resolved, read_only)?;
         }
         Ok(Source {
             path: path.to_path_buf(),
@@ -81,13 +83,19 @@ impl PodFs {
         if !matches!(expect, PathType::DirectoryOrCreate | PathType::FileOrCreate) {
             return Ok(());
         }
-        let names: Vec<&OsStr> = path
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(name) => Some(name),
-                _ => None,
-            })
-            .collect();
+        let mut names: Vec<&OsStr> = Vec::new();
+        for component in path.components() {
+            match component {
+                Component::RootDir => {}
+                Component::Normal(name) => names.push(name),
+                _ => {
+                    return Err(HostError::Unsafe {
+                        path: path.to_path_buf(),
+                        why: "it is not an absolute path without '.' or '..'".into(),
+                    })
+                }
+            }
+        }
         let mut dir = rfs::open("/", DIR_HANDLE, Mode::empty())
             .map_err(HostError::io("opening", Path::new("/")))?;
         let mut existing = 0;
@@ -109,7 +117,7 @@ impl PodFs {
             return Ok(()); // it appeared meanwhile; the type check that follows decides
         };
         let landing = fd_path(&dir, path)?.join(missing.iter().collect::<PathBuf>());
-        self.check_within_roots(path, &landing)?;
+        self.check_within_roots(path, &landing, false)?;
         if expect == PathType::FileOrCreate {
             if !between.is_empty() {
                 return Err(HostError::PathCheck {
@@ -141,9 +149,14 @@ impl PodFs {
         Ok(())
     }
 
-    fn check_within_roots(&self, path: &Path, resolved: &Path) -> Result<(), HostError> {
+    fn check_within_roots(
+        &self,
+        path: &Path,
+        resolved: &Path,
+        read_only: bool,
+    ) -> Result<(), HostError> {
         self.host_paths
-            .admits(resolved)
+            .admits(resolved, read_only)
             .map_err(|why| HostError::Unsafe {
                 path: path.to_path_buf(),
                 why: format!("it resolves to {}: {why}", resolved.display()),

@@ -17,8 +17,9 @@ impl HostPathPolicy {
         HostPathPolicy { roots, root_dir }
     }
 
-    /// `Err` says why a pod may not have `path`; `path` has no `.`/`..` (checked before).
-    pub fn admits(&self, path: &Path) -> Result<(), String> {
+    /// `Err` says why a pod may not have `path` (bound read-only or not); `path` has no
+    /// `.`/`..` (checked before).
+    pub fn admits(&self, path: &Path, read_only: bool) -> Result<(), String> {
         let state = self.root_dir.join("state");
         if path.starts_with(&state) {
             return Err(format!("it is volumed's own state ({}); no pod is given that, whatever --host-path-root says", state.display()));
@@ -41,9 +42,14 @@ impl HostPathPolicy {
             ));
         }
         // A path above the root dir shows all of it, the state included: only a host that
-        // grants `/` (the whole host) grants that.
-        if self.root_dir.starts_with(path) && !self.roots.iter().any(|r| r == Path::new("/")) {
-            return Err(format!("it contains volumed's root dir {}, which counts as outside the host path roots (--host-path-root) unless the whole host (/) is granted", self.root_dir.display()));
+        // grants `/` (the whole host) grants that, and only to read (as node agents mount `/`).
+        if self.root_dir.starts_with(path) {
+            if !self.roots.iter().any(|r| r == Path::new("/")) {
+                return Err(format!("it contains volumed's root dir {}, which counts as outside the host path roots (--host-path-root) unless the whole host (/) is granted", self.root_dir.display()));
+            }
+            if !read_only {
+                return Err(format!("it contains volumed's root dir {} and its state, which no pod may write: mount it readOnly in every container, or use a path that does not contain the root dir", self.root_dir.display()));
+            }
         }
         Ok(())
     }
@@ -72,8 +78,8 @@ mod tests {
         let pod_volume = "/var/lib/volumed/pods/u/volumes/kubernetes.io~empty-dir/x";
         let cases: &[(&[&str], &str, Option<&str>)] = &[
             (&["/"], "/srv/data", None),
-            (&["/"], "/", None),
-            (&["/"], "/var/lib", None),
+            (&["/"], "/", Some("which no pod may write")),
+            (&["/"], "/var/lib", Some("which no pod may write")),
             (&["/"], "/var/lib/volumed/state", Some("own state")),
             (
                 &["/"],
@@ -107,12 +113,20 @@ mod tests {
             (&["/srv"], "/var/lib/volumed/state", Some("own state")),
         ];
         for (roots, path, want) in cases {
-            let got = policy(roots).admits(Path::new(path));
+            let got = policy(roots).admits(Path::new(path), false);
             match (want, &got) {
                 (None, Ok(())) => {}
                 (Some(fragment), Err(why)) if why.contains(fragment) => {}
                 _ => panic!("roots {roots:?}, path {path}: got {got:?}, want {want:?}"),
             }
         }
+        // Read-only, the whole host may be shown (node agents mount `/`), never the state
+        // dir itself, and never past narrowed roots.
+        let read_only = |roots: &[&str], path: &str| policy(roots).admits(Path::new(path), true);
+        assert!(read_only(&["/"], "/").is_ok());
+        assert!(read_only(&["/"], "/var/lib").is_ok());
+        assert!(read_only(&["/"], "/var/lib/volumed/state").is_err());
+        assert!(read_only(&["/"], "/var/lib/volumed/pods").is_err());
+        assert!(read_only(&["/var"], "/var/lib").is_err());
     }
 }

@@ -38,6 +38,30 @@ pub fn check_component(what: &'static str, name: &str) -> Result<(), NameError> 
     })
 }
 
+/// Accepts an object name as Kubernetes does: a DNS-1123 subdomain (lowercase letters,
+/// digits, `-` and `.`, starting and ending with a letter or digit, at most 253 bytes), or for
+/// a namespace a DNS-1123 label (no `.`, at most 63 bytes).
+pub fn check_object_name(what: &'static str, name: &str, namespace: bool) -> Result<(), String> {
+    let max = if namespace { 63 } else { 253 };
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = !name.is_empty()
+        && name.len() <= max
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+        && name
+            .chars()
+            .all(|c| alnum(c) || c == '-' || (c == '.' && !namespace));
+    if valid {
+        return Ok(());
+    }
+    let allowed = if namespace {
+        "lowercase letters, digits and '-'"
+    } else {
+        "lowercase letters, digits, '-' and '.'"
+    };
+    Err(format!("{what} {name:?} is not a valid Kubernetes name: at most {max} bytes of {allowed}, starting and ending with a letter or digit"))
+}
+
 /// Accepts an absolute, already-normal host path (no `.`/`..`, no empty components).
 pub fn check_host_path(what: &'static str, path: &str) -> Result<(), NameError> {
     let parsed = Path::new(path);
@@ -129,6 +153,28 @@ mod tests {
         for bad in ["exports", "/a b", "/a,b", "/a/../b", ""] {
             assert!(check_nfs_path(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn object_names_are_checked_as_kubernetes_checks_them() {
+        for good in ["web", "web-1", "a.b", "0x"] {
+            assert_eq!(check_object_name("name", good, false), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "Web",
+            "web\n",
+            "-web",
+            "web.",
+            "a/b",
+            "a_b",
+            &"x".repeat(254),
+        ] {
+            assert!(check_object_name("name", bad, false).is_err(), "{bad:?}");
+        }
+        assert!(check_object_name("namespace", "a.b", true).is_err());
+        assert!(check_object_name("namespace", &"x".repeat(64), true).is_err());
+        assert_eq!(check_object_name("namespace", "kube-system", true), Ok(()));
     }
 
     #[test]

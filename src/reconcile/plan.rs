@@ -196,6 +196,7 @@ fn teardown(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec
             .iter()
             .filter(|(uid, volumes)| {
                 !desired.pods.contains_key(*uid)
+                    && !held.contains(uid.as_str())
                     && volumes.is_empty()
                     && !mounts.pod_has_mounts(uid)
             })

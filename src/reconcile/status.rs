@@ -148,7 +148,7 @@ fn leftover(
         ),
         None if held => (
             VolumeState::TearingDown,
-            "kept: its pod still runs and has a volume that cannot be resolved".into(),
+            "kept: a pod with this uid waits (see its pending volumes), and doubt keeps".into(),
         ),
         None => (VolumeState::TearingDown, "no pod wants it any more".into()),
     };

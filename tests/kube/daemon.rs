@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use volumed::app;
 use volumed::host::fake::FakeMounter;
 use volumed::host::format::FakeFormatter;
+use volumed::host::run_lock::RunLock;
 
 use crate::apiserver::FakeApiServer;
 
@@ -49,7 +50,8 @@ pub fn start_adopting(server: &FakeApiServer, adopted: &[&str]) -> Node {
     };
     let stop = cancel.clone();
     let daemon = tokio::spawn(async move {
-        app::run(&settings, false, host, stop).await.unwrap();
+        let lock = RunLock::acquire(&settings.root_dir).unwrap();
+        app::run(&settings, false, host, stop, &lock).await.unwrap();
     });
     Node {
         _tmp: tmp,

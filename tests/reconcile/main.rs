@@ -16,6 +16,7 @@ use volumed::app;
 use volumed::config::Settings;
 use volumed::host::fake::FakeMounter;
 use volumed::host::format::FakeFormatter;
+use volumed::host::run_lock::RunLock;
 use volumed::reconcile::sync::Report;
 
 /// A temp dir with manifests, a root dir and host dirs, and the fake mounter over it.
@@ -101,11 +102,13 @@ impl World {
     }
 
     pub async fn run_once(&self) -> Report {
+        let lock = RunLock::acquire(&self.settings.root_dir).unwrap();
         app::run(
             &self.settings,
             true,
             fake_host(self.mounter.clone()),
             CancellationToken::new(),
+            &lock,
         )
         .await
         .unwrap()
@@ -138,7 +141,8 @@ pub fn start_daemon(world: &World) -> (CancellationToken, tokio::task::JoinHandl
         cancel.clone(),
     );
     let daemon = tokio::spawn(async move {
-        app::run(&settings, false, fake_host(mounter), stop)
+        let lock = RunLock::acquire(&settings.root_dir).unwrap();
+        app::run(&settings, false, fake_host(mounter), stop, &lock)
             .await
             .unwrap()
     });

@@ -147,8 +147,8 @@ async fn host_paths_into_volumeds_state_or_other_pods_volumes_are_refused() {
         .collect();
     assert!(thief_mounts.is_empty(), "{thief_mounts:#?}");
 
-    // Listing the pods' area as a host path root lets a pod reach another pod's volume; the
-    // state dir stays out of reach whatever is listed.
+    // Listing the root dir itself as a host path root lets a pod reach another pod's volume;
+    // the state dir stays out of reach whatever is listed.
     world.settings.node.host_paths.roots.push(root.clone());
     let report = world.run_once().await;
     let rows = rows_of(&report, "default/thief");
