@@ -2,7 +2,7 @@
 //! the `*OrCreate` types through descriptors, and where each source may resolve to.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{self as rfs, FileType, Mode, OFlags};
@@ -12,6 +12,9 @@ use super::fs::PodFs;
 use super::fs_util::kind_name;
 use super::{HostError, Source};
 use crate::model::PathType;
+
+/// How far up `refuse_state_alias` walks; deeper host paths are not real.
+const MAX_DEPTH: usize = 256;
 
 /// A directory handle that is never reached through a link.
 const DIR_HANDLE: OFlags = OFlags::PATH
@@ -65,6 +68,9 @@ impl PodFs {
         let is_block = kind == FileType::BlockDevice;
         if !(local_device && is_block && resolved.starts_with("/dev/")) {
             self.check_within_roots(path, &resolved, read_only)?;
+        }
+        if kind == FileType::Directory {
+            self.refuse_state_alias(&fd, path)?;
         }
         Ok(Source {
             path: path.to_path_buf(),
@@ -147,6 +153,43 @@ impl PodFs {
             })?;
         }
         Ok(())
+    }
+
+    /// Refuses a directory that is volumed's state dir, or lies inside it, under another name
+    /// (a second mount of its filesystem, a bind elsewhere), which no path check can see: the
+    /// walk up from it by `..` compares each directory's inode with the state dir's.
+    fn refuse_state_alias(&self, source: &impl AsFd, path: &Path) -> Result<(), HostError> {
+        let state_path = self.root().join("state");
+        let Ok(state) = rfs::stat(&state_path) else {
+            return Ok(()); // no state dir yet: nothing to reach
+        };
+        let id = |fd: &OwnedFd| rfs::fstat(fd).map(|s| (s.st_dev, s.st_ino));
+        let io = HostError::io("walking up from", path);
+        let mut dir = rfs::openat(source, ".", DIR_HANDLE, Mode::empty()).map_err(io)?;
+        for _ in 0..MAX_DEPTH {
+            let here = id(&dir).map_err(HostError::io("inspecting", path))?;
+            if here == (state.st_dev, state.st_ino) {
+                return Err(HostError::Unsafe {
+                    path: path.to_path_buf(),
+                    why: format!(
+                        "it is volumed's own state ({}) under another name; no pod is given that",
+                        state_path.display()
+                    ),
+                });
+            }
+            let parent = rfs::openat(&dir, "..", DIR_HANDLE, Mode::empty())
+                .map_err(HostError::io("walking up from", path))?;
+            if id(&parent).map_err(HostError::io("inspecting", path))? == here {
+                return Ok(()); // the top: `..` of / is / itself
+            }
+            dir = parent;
+        }
+        Err(HostError::Unsafe {
+            path: path.to_path_buf(),
+            why: format!(
+                "it is nested deeper than {MAX_DEPTH} directories; volumed cannot check it"
+            ),
+        })
     }
 
     fn check_within_roots(

@@ -39,6 +39,10 @@ pub fn all() -> Vec<Case> {
             "a_disk_with_only_its_backup_gpt_left_is_not_formatted",
             a_disk_with_only_its_backup_gpt_left_is_not_formatted,
         ),
+        (
+            "the_state_dir_under_another_name_is_never_bound",
+            the_state_dir_under_another_name_is_never_bound,
+        ),
     ]
 }
 
@@ -414,5 +418,37 @@ fn a_disk_with_only_its_backup_gpt_left_is_not_formatted() -> TestResult {
     let stderr = text(&out.stderr);
     check(stderr.contains("wipefs -a"), || {
         format!("the refusal must say how to clear both copies (wipefs -a):\n{stderr}")
+    })
+}
+
+fn the_state_dir_under_another_name_is_never_bound() -> TestResult {
+    let sb = Sandbox::new(&format!("statealias-{:x}", fastrand::u32(..)));
+    sb.manifest("a.yaml", &memory_pod("a"));
+    sb.converge()?;
+    // mount --bind <root> <base>/alias: the state dir is reachable by a second path.
+    let alias = sb.path("alias");
+    std::fs::create_dir_all(&alias).unwrap();
+    nix::mount::mount(
+        Some(&sb.root),
+        &alias,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    sb.manifest("thief.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: thief, uid: thief-uid}\nspec: {nodeName: node-a, containers: [], volumes: [{name: s, hostPath: {path: BASE/alias/state}}]}\n");
+    let out = sb.volumed(&["run", "--once"]);
+    let stderr = text(&out.stderr);
+    let stolen = sb.volume("thief-uid", "host-path", "s");
+    let bound = is_mounted(&sb, &stolen);
+    nix::mount::umount(&alias).unwrap();
+    check(!out.status.success() && !bound, || {
+        format!(
+            "the state dir was bound through a second path ({}):\n{stderr}",
+            out.status
+        )
+    })?;
+    check(stderr.contains("volumed's own state"), || {
+        format!("the refusal must say why:\n{stderr}")
     })
 }
