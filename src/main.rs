@@ -21,6 +21,17 @@ use volumed::{app, model};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // A reader that goes away (`volumed devices | head`) ends a one-shot command quietly,
+        // as it ends other tools; the daemon keeps Rust's default of ignoring SIGPIPE.
+        // SAFETY: no other thread exists yet, and SIG_DFL needs no handler.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -36,11 +36,21 @@ pub struct DesiredState {
     pub warnings: Vec<String>,
     /// Pods of this node that are not terminal, by uid.
     pub pods: BTreeMap<String, PodRef>,
+    /// Shown as a list: each volume carries its key (JSON maps need string keys).
+    #[serde(serialize_with = "values_in_order")]
     pub volumes: BTreeMap<VolumeKey, DesiredVolume>,
     /// Pods being deleted: their volumes stay as they are, none is newly set up.
     pub terminating: std::collections::BTreeSet<String>,
     /// Pod volumes that cannot be set up yet, or are not volumed's to set up.
     pub waiting: Vec<WaitingVolume>,
+}
+
+/// Serializes a map as the list of its values, in key order.
+fn values_in_order<S: serde::Serializer, K, V: Serialize>(
+    map: &BTreeMap<K, V>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(map.values())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
