@@ -158,13 +158,16 @@ impl Binder<'_> {
     }
 }
 
+/// The fitting free volume the PV controller would choose: among those with the fewest access
+/// modes (it tries access-mode sets smallest first, `allPossibleMatchingAccessModes`), the
+/// smallest; ties go to the first name.
 fn smallest_fit(
     input: &BindInput,
     claim: &PersistentVolumeClaim,
     taken: &BTreeMap<String, String>,
 ) -> Result<String, String> {
     let mut rejections = Vec::new();
-    let mut best: Option<(u64, &String)> = None;
+    let mut best: Option<((usize, u64), &String)> = None;
     for (pv_name, pv) in input.volumes {
         let verdict = if taken.contains_key(pv_name) {
             Err(format!("bound to {}", taken[pv_name]))
@@ -175,9 +178,9 @@ fn smallest_fit(
         };
         match verdict {
             Ok(()) => {
-                let size = capacity(pv).unwrap_or(0);
-                if best.is_none_or(|(best_size, _)| size < best_size) {
-                    best = Some((size, pv_name));
+                let rank = (access_mode_count(pv), capacity(pv).unwrap_or(0));
+                if best.is_none_or(|(best_rank, _)| rank < best_rank) {
+                    best = Some((rank, pv_name));
                 }
             }
             Err(why) => rejections.push(format!("{pv_name}: {why}")),
@@ -191,6 +194,13 @@ fn smallest_fit(
             rejections.join("; ")
         )),
     }
+}
+
+fn access_mode_count(pv: &PersistentVolume) -> usize {
+    let modes = pv.spec.as_ref().and_then(|s| s.access_modes.as_ref());
+    modes
+        .map(|m| m.iter().collect::<BTreeSet<_>>().len())
+        .unwrap_or(0)
 }
 
 /// Kubernetes' checkVolumeSatisfyClaim plus the node-affinity check of a local binder.

@@ -82,6 +82,21 @@ fn the_binder_follows_the_kubernetes_rules() {
             want_pending: &[],
         },
         Case {
+            name: "as the PV controller: the fewest access modes first, then the smallest",
+            yaml: pv("only-rwo", "28Gi", "")
+                + &pv("all-modes", "9Gi", "").replace(
+                    "[ReadWriteOnce]",
+                    "[ReadWriteOnce, ReadOnlyMany, ReadWriteMany]",
+                )
+                + &pv("two-modes", "6Gi", "")
+                    .replace("[ReadWriteOnce]", "[ReadWriteOnce, ReadOnlyMany]")
+                + &pvc("data", "5Gi", ""),
+            recorded: &[],
+            consumed: &[],
+            want_bound: &[("default/data", "only-rwo")],
+            want_pending: &[],
+        },
+        Case {
             name: "a recorded binding never moves, even to a smaller volume",
             yaml: pv("big", "10Gi", "") + &pv("small", "2Gi", "") + &pvc("data", "1Gi", ""),
             recorded: &[("default/data", "big")],
