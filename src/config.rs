@@ -98,6 +98,7 @@ impl Settings {
                 name,
                 labels: args.node_labels.clone(),
                 host_paths: HostPathPolicy::new(host_path_roots, root_dir.clone()),
+                memory_bytes: node_memory(),
             },
             max_concurrent_ops: args.max_concurrent_ops,
             max_concurrent_formats: args.max_concurrent_formats,
@@ -108,6 +109,13 @@ impl Settings {
             resync: args.resync,
         })
     }
+}
+
+/// This host's memory (MemTotal), the file mode's allocatable memory; the API source uses
+/// the Node's `status.allocatable.memory` instead when it has one.
+fn node_memory() -> Option<u64> {
+    use procfs::Current;
+    procfs::Meminfo::current().ok().map(|m| m.mem_total)
 }
 
 #[cfg(test)]

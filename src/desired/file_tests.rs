@@ -18,6 +18,7 @@ fn source(dir: &Path) -> FileSource {
         node: NodeConfig {
             name: "n1".into(),
             labels: Default::default(),
+            memory_bytes: None,
             host_paths: HostPathPolicy::new(vec![dir.to_path_buf()], dir.join("root")),
         },
         store: BindingStore::new(&dir.join("root")),

@@ -7,6 +7,7 @@ pub mod binding_store;
 pub mod file;
 pub mod kube;
 pub mod manifest;
+pub mod memory;
 pub mod resolve;
 pub mod selector;
 
@@ -24,6 +25,9 @@ pub struct NodeConfig {
     pub labels: selector::Labels,
     /// Where hostPath and local volume paths may point.
     pub host_paths: HostPathPolicy,
+    /// Memory pods may use here (allocatable; in file mode MemTotal): it bounds a
+    /// memory-backed emptyDir without a smaller limit. `None`: unknown.
+    pub memory_bytes: Option<u64>,
 }
 
 /// One snapshot of what the pods on this host need.

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Volume};
 
 use super::binder::Bindings;
 use super::manifest::Manifests;
+use super::memory::tmpfs_size;
 use super::{DesiredState, NodeConfig, WaitingVolume};
 use crate::model::mount_options::{check_mount_options, check_nfs_options};
 use crate::model::names::{check_component, check_host_path, check_nfs_path, check_nfs_server};
@@ -196,15 +197,21 @@ impl Context<'_> {
         let (plugin, name, spec, pv_name, block) = if let Some(empty_dir) = &volume.empty_dir {
             let spec = match empty_dir.medium.as_deref().unwrap_or("") {
                 "" => MountSpec::Directory,
-                "Memory" => MountSpec::Tmpfs {
-                    size_bytes: match &empty_dir.size_limit {
+                "Memory" => {
+                    let size_limit = match &empty_dir.size_limit {
                         Some(q) => Some(
                             parse_bytes(&q.0)
                                 .map_err(|e| blocked(format!("emptyDir.sizeLimit: {e}")))?,
                         ),
                         None => None,
-                    },
-                },
+                    };
+                    let (size_bytes, sized_by) =
+                        tmpfs_size(size_limit, self.spec, self.node.memory_bytes);
+                    MountSpec::Tmpfs {
+                        size_bytes,
+                        sized_by,
+                    }
+                }
                 other => {
                     return Err(blocked(format!(
                         "emptyDir medium {other:?} is not supported; use \"\" or \"Memory\""

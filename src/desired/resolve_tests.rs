@@ -10,6 +10,7 @@ fn node() -> NodeConfig {
     NodeConfig {
         name: "node-a".into(),
         labels: BTreeMap::new(),
+        memory_bytes: None,
         host_paths: HostPathPolicy::new(
             vec![PathBuf::from("/srv"), PathBuf::from("/mnt/disks")],
             PathBuf::from("/var/lib/volumed"),
@@ -108,7 +109,8 @@ fn each_supported_volume_kind_resolves_to_its_mount() {
     assert_eq!(
         spec_of(&state, "cache"),
         MountSpec::Tmpfs {
-            size_bytes: Some(64 << 20)
+            size_bytes: Some(64 << 20),
+            sized_by: crate::model::TmpfsSize::SizeLimit,
         }
     );
     assert_eq!(spec_of(&state, "scratch"), MountSpec::Directory);

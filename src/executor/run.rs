@@ -256,7 +256,7 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
                 .prepare_target(&volume.key, &volume.pod, false, 0o777)?;
             Ok("created")
         }
-        MountSpec::Tmpfs { size_bytes } => {
+        MountSpec::Tmpfs { size_bytes, .. } => {
             let target = ctx
                 .fs
                 .prepare_target(&volume.key, &volume.pod, false, 0o750)?;

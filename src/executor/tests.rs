@@ -109,6 +109,7 @@ fn set_up(size: u64) -> Op {
     };
     let spec = MountSpec::Tmpfs {
         size_bytes: Some(size),
+        sized_by: crate::model::TmpfsSize::SizeLimit,
     };
     Op::SetUp {
         volume: Box::new(DesiredVolume {

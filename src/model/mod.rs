@@ -150,12 +150,40 @@ impl PathType {
     }
 }
 
+/// What decided the size of a memory-backed emptyDir's tmpfs (the smallest one wins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TmpfsSize {
+    /// The volume's `sizeLimit`.
+    SizeLimit,
+    /// The pod's memory limit (every container sets one).
+    PodMemoryLimit,
+    /// The node's allocatable memory (in file mode: MemTotal).
+    NodeMemory,
+    /// Nothing known: the kernel's default.
+    KernelDefault,
+}
+
+impl TmpfsSize {
+    pub fn describe(self) -> &'static str {
+        match self {
+            TmpfsSize::SizeLimit => "its sizeLimit",
+            TmpfsSize::PodMemoryLimit => "the pod's memory limit",
+            TmpfsSize::NodeMemory => "the node's memory",
+            TmpfsSize::KernelDefault => "the kernel's default",
+        }
+    }
+}
+
 /// What the host must show at a volume's path.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum MountSpec {
     /// `mount -t tmpfs -o size=<bytes> tmpfs <path>` (emptyDir, medium Memory).
-    Tmpfs { size_bytes: Option<u64> },
+    Tmpfs {
+        size_bytes: Option<u64>,
+        sized_by: TmpfsSize,
+    },
     /// A plain directory that holds the pod's data (emptyDir, default medium).
     Directory,
     /// `mount --bind <source> <path>`, remounted read-only when asked.
@@ -192,8 +220,15 @@ impl MountSpec {
         match self {
             MountSpec::Tmpfs {
                 size_bytes: Some(size),
-            } => format!("tmpfs size={size}"),
-            MountSpec::Tmpfs { size_bytes: None } => "tmpfs".to_string(),
+                sized_by,
+            } => format!(
+                "tmpfs size={} ({})",
+                human_bytes(*size),
+                sized_by.describe()
+            ),
+            MountSpec::Tmpfs {
+                size_bytes: None, ..
+            } => "tmpfs (no size known: the kernel's default, half of RAM)".to_string(),
             MountSpec::Directory => "directory".to_string(),
             MountSpec::Local {
                 path,

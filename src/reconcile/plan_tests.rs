@@ -117,6 +117,7 @@ fn plan_closes_the_gap_and_nothing_more() {
     let old = key("p0", Plugin::LocalVolume, "pv1");
     let tmpfs = MountSpec::Tmpfs {
         size_bytes: Some(1 << 20),
+        sized_by: crate::model::TmpfsSize::SizeLimit,
     };
     let bind_spec = MountSpec::Bind {
         source: "/srv".into(),
@@ -367,7 +368,13 @@ fn a_pod_being_deleted_keeps_its_volumes_and_gets_no_new_ones() {
     let mut want = desired(
         true,
         &[
-            (cache.clone(), MountSpec::Tmpfs { size_bytes: None }),
+            (
+                cache.clone(),
+                MountSpec::Tmpfs {
+                    size_bytes: None,
+                    sized_by: crate::model::TmpfsSize::KernelDefault,
+                },
+            ),
             (logs.clone(), bind),
         ],
     );

@@ -11,6 +11,7 @@ mod cases;
 mod nfs;
 mod safety;
 mod sandbox;
+mod usability;
 
 use libtest_mimic::{Arguments, Trial};
 use nix::mount::{mount, MsFlags};
@@ -33,6 +34,7 @@ fn main() {
         .chain(nfs::all())
         .chain(api::all())
         .chain(safety::all())
+        .chain(usability::all())
         .map(|(name, test)| {
             Trial::test(name, move || test().map_err(Into::into))
                 .with_ignored_flag(unavailable.is_some())

@@ -23,6 +23,7 @@ pub fn test_settings(
         node: NodeConfig {
             name: "node-a".into(),
             labels: Default::default(),
+            memory_bytes: Some(8 << 30),
             host_paths: HostPathPolicy::new(vec![base.to_path_buf()], base.join("root")),
         },
         max_concurrent_ops: 4,

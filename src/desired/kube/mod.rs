@@ -252,6 +252,13 @@ fn snapshot(stores: &Stores, node: &NodeConfig) -> DesiredState {
     let this_node = stores.nodes.state().first().cloned();
     if let Some(this) = &this_node {
         node.labels.extend(this.labels().clone());
+        let allocatable = this.status.as_ref().and_then(|s| s.allocatable.as_ref());
+        if let Some(Ok(memory)) = allocatable
+            .and_then(|a| a.get("memory"))
+            .map(|q| crate::model::quantity::parse_bytes(&q.0))
+        {
+            node.memory_bytes = Some(memory);
+        }
     }
     let mut labels = node.labels.clone();
     labels.insert("kubernetes.io/hostname".into(), node.name.clone());
