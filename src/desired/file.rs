@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::binder::{bind, BindInput, Bindings};
 use super::binding_store::BindingStore;
+use super::dir_watch::{Change, DirWatch};
 use super::manifest::{manifest_files, ManifestError, Manifests};
 use super::resolve::{consumed_claims, our_pods, resolve, unknown_node_name};
 use super::{DesiredState, NodeConfig};
@@ -262,18 +262,10 @@ impl FileSource {
         tx: watch::Sender<Arc<DesiredState>>,
         cancel: CancellationToken,
     ) -> Result<(), FileSourceError> {
-        let (event_tx, mut events) = mpsc::unbounded_channel();
         let writing = self.memory.writing.clone();
-        let mut watcher = notify::recommended_watcher(move |event| {
-            track_writes(&writing, &event);
-            if is_content_change(&event) {
-                let _ = event_tx.send(());
-            }
-        })
-        .map_err(|source| self.watch_error(source))?;
-        watcher
-            .watch(&self.dir, RecursiveMode::NonRecursive)
-            .map_err(|source| self.watch_error(source))?;
+        let (mut watch, mut events) =
+            DirWatch::start(&self.dir, move |event| track_writes(&writing, event))
+                .map_err(|source| self.watch_error(source))?;
         let source = Arc::new(self);
         let mut baseline: Option<Arc<DesiredState>> = None;
         loop {
@@ -300,9 +292,20 @@ impl FileSource {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(source.resync) => {}
-                Some(()) = events.recv() => {
+                Some(change) = events.recv() => {
+                    let mut layout = change == Change::Layout;
+                    if layout {
+                        // Watch the new directory before reading it: what is written into it
+                        // after this is seen, what was written before is read.
+                        watch.rewatch();
+                    }
                     tokio::time::sleep(DEBOUNCE).await;
-                    while events.try_recv().is_ok() {}
+                    while let Ok(change) = events.try_recv() {
+                        layout |= change == Change::Layout;
+                    }
+                    if layout {
+                        watch.rewatch();
+                    }
                 }
             }
         }
@@ -340,26 +343,6 @@ fn hold_back_new(
         bindings
             .pending
             .insert(claim, format!("would bind to {pv}, held back: {why}"));
-    }
-}
-
-/// True for events after which the directory's content may differ: a file closed after
-/// writing, created, removed or renamed. Opens and reads (our own included) and in-progress
-/// writes are not: reading a file mid-write would see half of it.
-fn is_content_change(event: &notify::Result<notify::Event>) -> bool {
-    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
-    match event {
-        // An error (e.g. a queue overflow) may have lost events: reload to be sure.
-        Err(_) => true,
-        Ok(event) => matches!(
-            event.kind,
-            EventKind::Create(_)
-                | EventKind::Remove(_)
-                | EventKind::Modify(ModifyKind::Name(_))
-                | EventKind::Access(AccessKind::Close(AccessMode::Write))
-                | EventKind::Other
-                | EventKind::Any
-        ),
     }
 }
 

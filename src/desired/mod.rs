@@ -4,6 +4,7 @@
 pub mod api_bindings;
 pub mod binder;
 pub mod binding_store;
+pub mod dir_watch;
 pub mod file;
 pub mod kube;
 pub mod manifest;

@@ -6,6 +6,7 @@ mod runs;
 mod safety;
 #[path = "../support/settings.rs"]
 mod settings_support;
+mod usability;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,134 @@
+//! The manifest directory's watch (for the file source): inotify on the directory and on every
+//! directory above it, by the path given and by the path its links lead to. A directory that
+//! is removed and made again, renamed into place, or swapped by a symlink (`ln -sfn new dir`)
+//! shows as an event on one of those, and the watch is set up again at once.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+/// What an event may have changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A file in the directory was written, created, removed or renamed.
+    Content,
+    /// The directory or one above it was created, removed, renamed or replaced.
+    Layout,
+}
+
+pub struct DirWatch {
+    watcher: RecommendedWatcher,
+    dir: PathBuf,
+    /// The directory and its ancestors, by the given path and by where links lead; shared
+    /// with the callback, which sorts events by them.
+    layout: Arc<Mutex<Layout>>,
+}
+
+#[derive(Default)]
+struct Layout {
+    /// The directory itself, by each of its paths: events below these are content.
+    dirs: BTreeSet<PathBuf>,
+    /// The directories and every ancestor: an event naming one of these is a layout change.
+    chain: BTreeSet<PathBuf>,
+}
+
+impl DirWatch {
+    /// Watches `dir`; `on_event` sees every event first (the file source tracks writes).
+    pub fn start(
+        dir: &Path,
+        on_event: impl Fn(&notify::Result<notify::Event>) + Send + 'static,
+    ) -> Result<(DirWatch, mpsc::UnboundedReceiver<Change>), notify::Error> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let layout = Arc::new(Mutex::new(Layout::default()));
+        let sorting = layout.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let layout = lock(&sorting);
+            if event.as_ref().map_or(true, |e| in_dir(&layout, e)) {
+                on_event(&event);
+            }
+            if let Some(change) = classify(&layout, &event) {
+                let _ = tx.send(change);
+            }
+        })?;
+        let mut watch = DirWatch {
+            watcher,
+            dir: dir.to_path_buf(),
+            layout,
+        };
+        watch.rewatch();
+        if !lock(&watch.layout).dirs.contains(dir) {
+            return Err(notify::Error::path_not_found().add_path(dir.to_path_buf()));
+        }
+        Ok((watch, rx))
+    }
+
+    /// Drops every watch and sets them up again for the directory as it is now: the
+    /// directory (if it exists) and every existing directory above it, by both paths.
+    pub fn rewatch(&mut self) {
+        let old = std::mem::take(&mut *lock(&self.layout));
+        for path in &old.chain {
+            let _ = self.watcher.unwatch(path);
+        }
+        let mut layout = Layout::default();
+        let resolved = std::fs::canonicalize(&self.dir).ok();
+        for dir in std::iter::once(self.dir.clone()).chain(resolved) {
+            for path in dir.ancestors() {
+                // inotify_add_watch follows a link: a swapped symlink is watched at its target.
+                if self
+                    .watcher
+                    .watch(path, RecursiveMode::NonRecursive)
+                    .is_ok()
+                {
+                    layout.chain.insert(path.to_path_buf());
+                    if path == dir {
+                        layout.dirs.insert(dir.clone());
+                    }
+                }
+            }
+        }
+        *lock(&self.layout) = layout;
+    }
+}
+
+/// Sorts an event: one naming the directory or a directory above it changes the layout; one
+/// for a file in the directory that may change its content (a close after writing, create,
+/// remove, rename) is content; events about other entries of the ancestors are ignored.
+fn classify(layout: &Layout, event: &notify::Result<notify::Event>) -> Option<Change> {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    let event = match event {
+        // Lost events (a queue overflow): anything may have changed.
+        Err(_) => return Some(Change::Layout),
+        Ok(event) => event,
+    };
+    if event.paths.iter().any(|p| layout.chain.contains(p)) {
+        return Some(Change::Layout);
+    }
+    let changes_content = matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Other
+            | EventKind::Any
+    );
+    (in_dir(layout, event) && changes_content).then_some(Change::Content)
+}
+
+/// True for an event about a file in the directory (not about the directory's ancestors'
+/// other entries).
+fn in_dir(layout: &Layout, event: &notify::Event) -> bool {
+    event.paths.iter().any(|p| {
+        p.parent()
+            .is_some_and(|parent| layout.dirs.contains(parent))
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
