@@ -160,3 +160,33 @@ async fn a_relist_caught_between_pages_tears_nothing_down() {
     .await;
     node.stop().await;
 }
+
+/// An outage long enough for the watches' retries to grow seconds apart, and the API back
+/// with its history compacted (as a real apiserver's watch cache answers: 410 Expired): the
+/// watches do not wait out their backoff, and a pod deleted as the API returns loses its
+/// mounts at once (the target is 2 s; the bound here, 5 s, is what waiting out even one grown
+/// retry would break).
+#[tokio::test]
+async fn after_an_outage_a_pod_deleted_as_the_api_returns_goes_at_once() {
+    let (server, node) = web_pod_mounted().await;
+    server.stop().await;
+    // The outage itself (not a wait for progress): retries are ~6 s apart by its end.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    server.compact();
+    server.restart().await;
+    let back = std::time::Instant::now();
+    server.delete("Pod", "shop", "web");
+    daemon::until_within(
+        "the pod deleted after the outage is torn down",
+        daemon::AFTER_AN_OUTAGE,
+        || node.mounted().is_empty(),
+    )
+    .await;
+    let took = back.elapsed();
+    eprintln!("a pod deleted as the API returned lost its mounts {took:?} after the restart");
+    assert!(
+        took < Duration::from_secs(5),
+        "the watches waited out their backoff: {took:?}"
+    );
+    node.stop().await;
+}

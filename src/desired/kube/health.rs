@@ -111,6 +111,48 @@ impl WatchBackoff {
     }
 }
 
+/// The HTTP status of an error the API server itself answered with (`None`: it could not be
+/// reached, or the error is not from the server). Any answer proves the server is up.
+pub(super) fn answered(err: &watcher::Error) -> Option<u16> {
+    match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => Some(status.code),
+        watcher::Error::WatchError(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// How often, while a watch cannot reach the server, a cheap request (`GET /version`) asks
+/// whether it is back: the watches' own retries may be up to 30 s apart by then.
+pub(super) const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// While any watch is failing, asks the server whether it is back and, when it answers,
+/// wakes every waiting watch to retry at once (`back`).
+pub(super) async fn probe_while_failing(
+    client: kube::Client,
+    health: SharedHealth,
+    back: Arc<tokio::sync::Notify>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if lock(&health).failing.is_empty() {
+            continue;
+        }
+        let probe = tokio::time::timeout(PROBE_EVERY, client.apiserver_version());
+        // Any answer, an error status included, shows the server is there again.
+        if let Ok(Ok(_) | Err(kube::Error::Api(_))) = probe.await {
+            back.notify_waiters();
+        }
+    }
+}
+
 /// A watch error in a line: the API's own message and code, and for a refusal, the fix.
 pub(super) fn for_operator(err: &watcher::Error) -> String {
     let status = match err {

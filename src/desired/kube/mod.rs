@@ -25,11 +25,14 @@ use super::manifest::Manifests;
 use super::resolve::resolve;
 use super::{DesiredState, NodeConfig};
 pub use events::{publish_notices, REPEAT_AFTER};
-use health::{for_operator, lock, WatchBackoff};
+use health::{answered, for_operator, lock, probe_while_failing, WatchBackoff};
 pub use health::{SharedHealth, WatchHealth};
 
 /// After a retry, this long without an error means the watch works again.
 const RECOVERY_QUIET: Duration = Duration::from_secs(10);
+
+/// A watch answered 410 Gone relists at once, but not twice within this.
+const RELIST_AT_ONCE_EVERY: Duration = Duration::from_secs(10);
 
 /// Coalesces a burst of watch events into one snapshot.
 const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -58,11 +61,19 @@ impl KubeSource {
         let this_node =
             watcher::Config::default().fields(&format!("metadata.name={}", self.node.name));
         let all = watcher::Config::default;
+        let server_back = Arc::new(tokio::sync::Notify::new());
         let watching = Watching {
             changed: changed_tx,
             health: self.health.clone(),
             cancel: cancel.clone(),
+            server_back: server_back.clone(),
         };
+        tokio::spawn(probe_while_failing(
+            self.client.clone(),
+            self.health.clone(),
+            server_back,
+            cancel.clone(),
+        ));
         let client = &self.client;
         let stores = Stores {
             pods: watching.reflect(Api::all(client.clone()), on_node),
@@ -131,6 +142,9 @@ impl KubeSource {
 /// shutdown signal.
 struct Watching {
     changed: mpsc::UnboundedSender<()>,
+    /// Woken when the server answers again (a probe, or any watch's error from it): waiting
+    /// watches retry at once with their backoff reset.
+    server_back: Arc<tokio::sync::Notify>,
     health: SharedHealth,
     cancel: CancellationToken,
 }
@@ -151,10 +165,11 @@ impl Watching {
             // Never read here; on a big cluster they are most of an object's size.
             .modify(|object| object.managed_fields_mut().clear());
         let stream = reflector::reflector(writer, events);
-        let (changed, health, cancel) = (
+        let (changed, health, cancel, server_back) = (
             self.changed.clone(),
             self.health.clone(),
             self.cancel.clone(),
+            self.server_back.clone(),
         );
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
@@ -162,6 +177,7 @@ impl Watching {
             // A watch that resumes from its last version after an error emits nothing when it
             // works again: no error this long after a retry is taken as recovery.
             let mut recovered_at: Option<tokio::time::Instant> = None;
+            let mut last_expired: Option<tokio::time::Instant> = None;
             loop {
                 let quiet = async {
                     match recovered_at {
@@ -197,6 +213,23 @@ impl Watching {
                         }
                     }
                     Some(Err(err)) => {
+                        // Any answer proves the server is up: the outage's grown backoff is
+                        // over, for this watch and for the others still waiting it out.
+                        let code = answered(&err);
+                        if code.is_some() {
+                            backoff.delivered();
+                            server_back.notify_waiters();
+                        }
+                        let now = tokio::time::Instant::now();
+                        let expired_lately =
+                            last_expired.is_some_and(|at| now - at < RELIST_AT_ONCE_EVERY);
+                        if code == Some(410) && !expired_lately {
+                            // Its history moved past this watch: the watcher relists at once
+                            // (a second 410 soon after waits its backoff, so none loops).
+                            last_expired = Some(now);
+                            tracing::info!(kind, "API watch expired (410 Gone); relisting now");
+                            continue;
+                        }
                         let delay = backoff.failed();
                         tracing::warn!(%err, kind, retry_in = ?delay, "API watch failed; the last complete view stays in force");
                         lock(&health).failed(&kind, for_operator(&err));
@@ -204,6 +237,10 @@ impl Watching {
                         tokio::select! {
                             _ = cancel.cancelled() => return,
                             _ = tokio::time::sleep(delay) => {}
+                            _ = server_back.notified() => {
+                                backoff.delivered();
+                                tracing::info!(kind, "the API server answers again; retrying the watch now");
+                            }
                         }
                         recovered_at = Some(tokio::time::Instant::now() + RECOVERY_QUIET);
                         continue;
