@@ -3,6 +3,7 @@
 # system packages through apt, rustfmt and clippy through rustup. Safe to run repeatedly.
 # A caller that needs more Debian packages names them as arguments.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 packages=(pkg-config gcc libc6-dev libudev-dev util-linux mount fdisk e2fsprogs findutils python3 "$@")
 missing=()
@@ -12,10 +13,13 @@ done
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "deps: installing ${missing[*]}" >&2
   # apt's own output is shown only when it fails.
   log=$(mktemp)
-  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+  $sudo apt-get update -qq >"$log" 2>&1 || { cat "$log" >&2; rm -f "$log"; echo "deps: apt-get update failed" >&2; exit 1; }
+  # Packages already installed that this would upgrade, named up front.
+  upgrades=$(apt-get install -s --no-install-recommends "${missing[@]}" 2>/dev/null | apt_upgrades)
+  echo "deps: installing ${missing[*]}${upgrades:+ (this also upgrades: ${upgrades% })}" >&2
+  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
     cat "$log" >&2
     rm -f "$log"
     echo "deps: installing ${missing[*]} failed (apt's output above)" >&2

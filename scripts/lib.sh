@@ -16,3 +16,9 @@ for line in sys.stdin:
   fi
   echo "$path"
 }
+
+# Reads `apt-get install -s` output and prints, space-separated, the installed packages it
+# would upgrade: its "Inst <name> [<installed version>] (<new version> ...)" lines.
+apt_upgrades() {
+  awk '/^Inst [^ ]+ \[/ {printf "%s%s", sep, $2; sep=" "}'
+}

@@ -201,3 +201,22 @@ fn output_cut_short_by_a_closed_pipe_ends_quietly() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn deps_names_the_installed_packages_an_install_would_upgrade() {
+    let sample = "Inst libudev1 [252.36-1~deb12u1] (252.39-1~deb12u1 Debian:12.12/stable [amd64])\n\
+                  Inst libudev-dev (252.39-1~deb12u1 Debian:12.12/stable [amd64])\n\
+                  Inst systemd [252.36-1] (252.39-1 Debian:12.12/stable [amd64])\n\
+                  Conf libudev1 (252.39-1~deb12u1 Debian:12.12/stable [amd64])\n";
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib.sh");
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(format!(". {}; apt_upgrades", lib.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), sample.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "libudev1 systemd");
+}
