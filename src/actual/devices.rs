@@ -84,7 +84,7 @@ impl DeviceScanner {
                 None => self.formatter.probe(&devnode).unwrap_or_else(|e| {
                     tracing::debug!(device = %devnode.display(), %e, "blkid probe failed");
                     Probe::Other {
-                        description: "unknown (blkid could not probe it)".into(),
+                        description: UNPROBED.into(),
                     }
                 }),
             };
@@ -95,6 +95,9 @@ impl DeviceScanner {
         Ok(devices)
     }
 }
+
+/// What a device that blkid could not probe is recorded as.
+const UNPROBED: &str = "unknown (blkid could not probe it)";
 
 fn describe(
     block: SysfsBlock,
@@ -108,6 +111,18 @@ fn describe(
     let (fs_type, uuid, pt_type) = match probe {
         Probe::Filesystem { fs_type, uuid } => (Some(fs_type.clone()), uuid.clone(), None),
         Probe::PartitionTable { pt_type } => (None, None, Some(pt_type.clone())),
+        // blkid could not read it (the root disk, for one, when its partitions are in use):
+        // the mount table still says what is mounted from it.
+        Probe::Other { description } if description == UNPROBED => (
+            Some(
+                mounts
+                    .iter()
+                    .find(|m| m.device == dev)
+                    .map_or_else(|| "unknown".to_string(), |m| m.fs_type.clone()),
+            ),
+            None,
+            None,
+        ),
         Probe::Other { description } => (
             Some(description.split(' ').next().unwrap_or("?").to_string()),
             None,
@@ -331,5 +346,43 @@ mod tests {
             .map(|l| l.split_whitespace().next().unwrap())
             .collect();
         assert_eq!(names, ["sda", "├─sda1", "└─sda2"]);
+    }
+
+    #[test]
+    fn a_device_blkid_cannot_read_shows_the_filesystem_it_is_mounted_with() {
+        let block = SysfsBlock {
+            name: "vda".into(),
+            major: 254,
+            minor: 0,
+            size_bytes: 1 << 30,
+            read_only: false,
+            rotational: false,
+            is_partition: false,
+            parent: None,
+            partitions: vec![],
+            holders: vec![],
+            model: None,
+            serial: None,
+            wwn: None,
+        };
+        let root = MountEntry {
+            mount_id: 1,
+            parent_id: 0,
+            device: "254:0".into(),
+            root: "/".into(),
+            mount_point: "/".into(),
+            fs_type: "ext4".into(),
+            source: Some("/dev/vda".into()),
+            read_only: false,
+            super_options: Default::default(),
+        };
+        let unprobed = Probe::Other {
+            description: UNPROBED.into(),
+        };
+        let links = BTreeMap::new();
+        let seen = describe(block.clone(), "/dev/vda".into(), &links, &unprobed, &[root]);
+        assert_eq!(seen.fs_type.as_deref(), Some("ext4"));
+        let unmounted = describe(block, "/dev/vda".into(), &links, &unprobed, &[]);
+        assert_eq!(unmounted.fs_type.as_deref(), Some("unknown"));
     }
 }

@@ -62,7 +62,7 @@ pub struct Manifests {
     /// Documents skipped on purpose (unknown kinds), one message each.
     pub warnings: Vec<String>,
     /// Which file each object came from, to name both files of a duplicate.
-    origins: BTreeMap<(&'static str, String), PathBuf>,
+    origins: BTreeMap<(&'static str, String), (PathBuf, usize)>,
 }
 
 /// Loads every `*.yaml`, `*.yml` and `*.json` file directly in `dir`, in name order. An entry
@@ -197,10 +197,12 @@ impl Manifests {
 
     fn insert(&mut self, path: &Path, line: usize, value: serde_json::Value, kind: Kind) {
         let result = match kind {
-            Kind::Pod => typed(value).map(|o: Pod| self.put(path, kind, o, |m| &mut m.pods)),
-            Kind::Claim => typed(value).map(|o| self.put(path, kind, o, |m| &mut m.claims)),
-            Kind::Volume => typed(value).map(|o| self.put(path, kind, o, |m| &mut m.volumes)),
-            Kind::Class => typed(value).map(|o| self.put(path, kind, o, |m| &mut m.classes)),
+            Kind::Pod => typed(value)
+                .and_then(|pod: Pod| validate_pod(&pod).map(|()| pod))
+                .map(|o| self.put(path, line, kind, o, |m| &mut m.pods)),
+            Kind::Claim => typed(value).map(|o| self.put(path, line, kind, o, |m| &mut m.claims)),
+            Kind::Volume => typed(value).map(|o| self.put(path, line, kind, o, |m| &mut m.volumes)),
+            Kind::Class => typed(value).map(|o| self.put(path, line, kind, o, |m| &mut m.classes)),
         };
         let error = match result {
             Ok(Ok(())) => return,
@@ -215,12 +217,20 @@ impl Manifests {
         self.errors.push(error);
     }
 
+    /// Where an object (`kind`, `namespace/name` or `name`) was defined: `file:line`.
+    pub fn origin(&self, kind: &'static str, key: &str) -> Option<String> {
+        self.origins
+            .get(&(kind, key.to_string()))
+            .map(|(path, line)| format!("{}:{line}", path.display()))
+    }
+
     /// Files an object under its key, refusing a second definition of the same object.
     fn put<
         T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
     >(
         &mut self,
         path: &Path,
+        line: usize,
         kind: Kind,
         object: T,
         map: impl FnOnce(&mut Self) -> &mut BTreeMap<String, T>,
@@ -236,12 +246,12 @@ impl Manifests {
             return Err(ManifestError::Duplicate {
                 kind: kind.name(),
                 name: key,
-                first: first.clone(),
+                first: first.0.clone(),
                 second: path.to_path_buf(),
             });
         }
         self.origins
-            .insert((kind.name(), key.clone()), path.to_path_buf());
+            .insert((kind.name(), key.clone()), (path.to_path_buf(), line));
         map(self).insert(key, object);
         Ok(())
     }
@@ -291,6 +301,26 @@ fn typed<
         check_object_name("metadata.namespace", namespace, true)?;
     }
     Ok(object)
+}
+
+/// What the API server checks of a pod's volumes: each name a DNS-1123 label, none twice.
+fn validate_pod(pod: &Pod) -> Result<(), String> {
+    let volumes = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_deref())
+        .unwrap_or_default();
+    let mut seen = std::collections::BTreeSet::new();
+    for volume in volumes {
+        check_object_name("spec.volumes[].name", &volume.name, true)?;
+        if !seen.insert(volume.name.as_str()) {
+            return Err(format!(
+                "volume name {:?} appears twice in spec.volumes",
+                volume.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Splits YAML text at `---` lines, returning each document with its 1-based first line.

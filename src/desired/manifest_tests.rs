@@ -112,3 +112,32 @@ fn a_missing_directory_is_an_error_naming_it() {
         .to_string()
         .contains("/nonexistent/volumed-manifests"));
 }
+
+#[test]
+fn objects_are_validated_as_the_api_server_validates_them() {
+    let cases = [
+        ("metadata: {name: Web}\nspec: {containers: []}", "metadata.name \"Web\""),
+        ("metadata: {name: web, namespace: a.b}\nspec: {containers: []}", "metadata.namespace"),
+        (
+            "metadata: {name: web}\nspec: {containers: [], volumes: [{name: ../../etc, emptyDir: {}}]}",
+            "spec.volumes[].name \"../../etc\"",
+        ),
+        (
+            "metadata: {name: web}\nspec: {containers: [], volumes: [{name: a, emptyDir: {}}, {name: a, emptyDir: {}}]}",
+            "\"a\" appears twice",
+        ),
+    ];
+    for (body, want) in cases {
+        let text = format!("apiVersion: v1\nkind: Pod\n{body}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: fine}}\nspec: {{containers: []}}\n");
+        let m = parse("pods.yaml", &text);
+        let errors: Vec<String> = m.errors.iter().map(|e| e.to_string()).collect();
+        assert!(
+            errors.len() == 1 && errors[0].starts_with("pods.yaml:1:") && errors[0].contains(want),
+            "{body}: {errors:?}"
+        );
+        assert!(
+            m.pods.contains_key("default/fine"),
+            "the other pod is read: {body}"
+        );
+    }
+}

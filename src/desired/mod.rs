@@ -48,6 +48,9 @@ pub struct DesiredState {
     pub terminating: std::collections::BTreeSet<String>,
     /// Pod volumes that cannot be set up yet, or are not volumed's to set up.
     pub waiting: Vec<WaitingVolume>,
+    /// Where each pod (by uid) was defined, `file:line`, when it came from a manifest.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_origins: BTreeMap<String, String>,
 }
 
 /// Serializes a map as the list of its values, in key order.
@@ -66,12 +69,20 @@ pub struct WaitingVolume {
     /// True when the pod cannot run without it (e.g. an unbound claim); false for volume
     /// types volumed leaves to others (configMap, secret, ...).
     pub blocking: bool,
+    /// Where the pod was defined (`file:line`), when it came from a manifest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl WaitingVolume {
     /// A blocking wait for each of `volume_names` of `pod`, all for one reason; a pod without
     /// volumes gets one row named `-`, so that it still shows why it is held back.
-    pub fn all_of(pod: &PodRef, volume_names: Vec<String>, reason: &str) -> Vec<WaitingVolume> {
+    pub fn all_of(
+        pod: &PodRef,
+        volume_names: Vec<String>,
+        reason: &str,
+        origin: Option<&String>,
+    ) -> Vec<WaitingVolume> {
         let names = if volume_names.is_empty() {
             vec!["-".to_string()]
         } else {
@@ -84,6 +95,7 @@ impl WaitingVolume {
                 volume_name,
                 reason: reason.to_string(),
                 blocking: true,
+                origin: origin.cloned(),
             })
             .collect()
     }

@@ -125,10 +125,22 @@ pub fn resolve(manifests: &Manifests, bindings: &Bindings, node: &NodeConfig) ->
     };
     let pods = our_pods(manifests, node);
     let mut sharing: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (pod, _) in &pods {
+    let mut claim_users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (pod, spec) in &pods {
         sharing.entry(&pod.uid).or_default().push(pod.to_string());
+        for claim in volumes_of(spec)
+            .iter()
+            .filter_map(|v| v.persistent_volume_claim.as_ref())
+        {
+            let key = format!("{}/{}", pod.namespace, claim.claim_name);
+            claim_users.entry(key).or_default().push(pod.to_string());
+        }
     }
     for (pod, spec) in &pods {
+        let origin = manifests.origin("Pod", &pod.to_string());
+        if let Some(origin) = &origin {
+            state.pod_origins.insert(pod.uid.clone(), origin.clone());
+        }
         if let Err(err) = check_component("pod uid", &pod.uid) {
             state.problems.push(format!("pod {pod}: {err}"));
             continue;
@@ -142,9 +154,12 @@ pub fn resolve(manifests: &Manifests, bindings: &Bindings, node: &NodeConfig) ->
                 pod.uid
             );
             let volumes = volumes_of(spec).iter().map(|v| v.name.clone()).collect();
-            state
-                .waiting
-                .extend(WaitingVolume::all_of(pod, volumes, &reason));
+            state.waiting.extend(WaitingVolume::all_of(
+                pod,
+                volumes,
+                &reason,
+                origin.as_ref(),
+            ));
             continue;
         }
         let (pod, spec) = (pod.clone(), *spec);
@@ -158,6 +173,7 @@ pub fn resolve(manifests: &Manifests, bindings: &Bindings, node: &NodeConfig) ->
             node,
             pod: &pod,
             spec,
+            claim_users: &claim_users,
         };
         for volume in volumes_of(spec) {
             match context.volume(volume) {
@@ -169,6 +185,7 @@ pub fn resolve(manifests: &Manifests, bindings: &Bindings, node: &NodeConfig) ->
                     volume_name: volume.name.clone(),
                     reason,
                     blocking,
+                    origin: origin.clone(),
                 }),
             }
         }
@@ -178,6 +195,8 @@ pub fn resolve(manifests: &Manifests, bindings: &Bindings, node: &NodeConfig) ->
 
 struct Context<'a> {
     manifests: &'a Manifests,
+    /// The pods of this node using each claim (`namespace/name`).
+    claim_users: &'a BTreeMap<String, Vec<String>>,
     bindings: &'a Bindings,
     node: &'a NodeConfig,
     pod: &'a PodRef,
@@ -331,6 +350,14 @@ impl Context<'_> {
             .as_ref()
             .and_then(|s| s.access_modes.clone())
             .unwrap_or_default();
+        // As the API server admits it: one pod at a time for a ReadWriteOncePod claim.
+        let users = self.claim_users.get(&key).map_or(&[][..], Vec::as_slice);
+        if claim_modes.iter().any(|m| m == "ReadWriteOncePod") && users.len() > 1 {
+            return Err(blocked(format!(
+                "PersistentVolumeClaim {key} is ReadWriteOncePod, and pods {} all use it; neither gets it until only one does",
+                users.join(" and ")
+            )));
+        }
         let read_only = read_only || claim_modes == ["ReadOnlyMany"];
         if let Some(local) = &pv_spec.local {
             let path = self.host_path(&local.path, true, read_only)?;

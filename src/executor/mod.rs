@@ -263,6 +263,11 @@ impl Executor {
         }
     }
 
+    /// True when some op failed and waits for its retry.
+    pub fn has_failures(&self) -> bool {
+        !self.backoff.is_empty()
+    }
+
     /// Lets every backed-off op run at its next chance (something on the host changed that
     /// may make it succeed, such as a device appearing).
     pub fn forget_failures(&mut self) {

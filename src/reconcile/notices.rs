@@ -129,6 +129,7 @@ mod tests {
             volume_name: "data".into(),
             reason: reason.into(),
             blocking: true,
+            origin: None,
         };
         let mut desired = DesiredState {
             waiting: vec![wait("claim is Pending")],

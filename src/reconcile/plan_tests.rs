@@ -226,6 +226,7 @@ fn a_running_pod_with_an_unresolvable_volume_keeps_every_volume() {
         volume_name: "cache".into(),
         reason: "emptyDir.sizeLimit: quantity \"64MB\" is not valid".into(),
         blocking: true,
+        origin: None,
     });
     let ops = plan(
         &want,
@@ -336,6 +337,7 @@ fn a_global_mount_goes_only_after_every_pod_mount_of_it() {
         volume_name: "d".into(),
         reason: "pending".into(),
         blocking: true,
+        origin: None,
     });
     assert_eq!(
         verbs(&plan(&held, &index(&both), &with_globals(&["pv1"]))),

@@ -32,9 +32,12 @@ pub fn assign<'a>(desired: &'a DesiredState, on_disk: &OnDisk) -> Cow<'a, Desire
             .map(|v| v.volume_name.clone())
             .collect();
         assigned.volumes.retain(|key, _| key.pod_uid != pod.uid);
-        assigned
-            .waiting
-            .extend(WaitingVolume::all_of(pod, volumes, &reason));
+        assigned.waiting.extend(WaitingVolume::all_of(
+            pod,
+            volumes,
+            &reason,
+            desired.pod_origins.get(&pod.uid),
+        ));
     }
     Cow::Owned(assigned)
 }

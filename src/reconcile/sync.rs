@@ -123,8 +123,10 @@ impl SyncLoop {
                 }
                 changed = changed_devices(&mut devices) => {
                     if changed {
-                        tracing::info!("block devices changed; retrying failed volumes now");
-                        self.executor.forget_failures();
+                        if self.executor.has_failures() {
+                            tracing::info!("block devices changed; retrying failed volumes now");
+                            self.executor.forget_failures();
+                        }
                     } else {
                         tracing::warn!("the block-device watcher stopped; devices are seen again only when ops retry");
                         devices = None;

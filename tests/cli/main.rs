@@ -204,7 +204,8 @@ fn output_cut_short_by_a_closed_pipe_ends_quietly() {
 
 #[test]
 fn deps_names_the_installed_packages_an_install_would_upgrade() {
-    let sample = "Inst libudev1 [252.36-1~deb12u1] (252.39-1~deb12u1 Debian:12.12/stable [amd64])\n\
+    let sample =
+        "Inst libudev1 [252.36-1~deb12u1] (252.39-1~deb12u1 Debian:12.12/stable [amd64])\n\
                   Inst libudev-dev (252.39-1~deb12u1 Debian:12.12/stable [amd64])\n\
                   Inst systemd [252.36-1] (252.39-1 Debian:12.12/stable [amd64])\n\
                   Conf libudev1 (252.39-1~deb12u1 Debian:12.12/stable [amd64])\n";
