@@ -19,6 +19,7 @@ use crate::desired::file::FileSource;
 use crate::desired::kube::{publish_notices, KubeSource, SharedHealth};
 use crate::desired::DesiredState;
 use crate::executor::backoff::BackoffPolicy;
+use crate::executor::preview::{preview, Preview};
 use crate::executor::run::OpContext;
 use crate::executor::{Executor, ExecutorConfig};
 use crate::host::format::{Formatter, RealFormatter};
@@ -97,14 +98,8 @@ pub async fn run(
         formatter,
         watch_devices,
     } = host;
-    if let Some(dir) = &settings.manifests {
-        // A daemon pointed at a missing directory must fail (and be restarted), not idle.
-        anyhow::ensure!(
-            dir.is_dir(),
-            "manifest directory {} does not exist or is not a directory; create it or fix --manifests",
-            dir.display()
-        );
-    }
+    // A daemon pointed at a missing directory must fail (and be restarted), not idle.
+    ensure_manifest_dir(settings)?;
     let fs = pod_fs(settings);
     let (on_disk, fs) = tokio::task::spawn_blocking(move || (fs.scan(), fs)).await?;
     let on_disk = on_disk.context("cannot scan the pod directories under the root dir")?;
@@ -287,15 +282,95 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()>
     file.commit()
 }
 
-/// What `run --once` would do now, without changing anything (bindings are not recorded).
-pub async fn plan_only(
-    settings: &Settings,
-    mounter: &dyn Mounter,
-) -> anyhow::Result<(DesiredState, Vec<Op>)> {
+/// What `run --once` would do now, changing nothing (bindings are not recorded): the ops,
+/// each set-up with the checks it would make and the safe-format decision it would take.
+pub async fn plan_only(settings: &Settings, host: Host) -> anyhow::Result<PlanReport> {
     let desired = desired_now(settings).await?;
-    let (mounts, on_disk) = host_now(settings, mounter)?;
+    let (mounts, on_disk) = host_now(settings, host.mounter.as_ref())?;
     let ops = plan(&desired, &mounts, &on_disk);
-    Ok((desired, ops))
+    let context = OpContext::new(
+        host.mounter,
+        pod_fs(settings),
+        host.formatter,
+        settings.max_concurrent_formats,
+    );
+    let ops = tokio::task::spawn_blocking(move || {
+        ops.into_iter()
+            .map(|op| {
+                let preview = match &op {
+                    Op::SetUp { volume } => Some(preview(&context, volume)),
+                    _ => None,
+                };
+                PlannedOp { op, preview }
+            })
+            .collect()
+    })
+    .await?;
+    Ok(PlanReport { desired, ops })
+}
+
+/// `volumed plan`'s answer.
+#[derive(Debug, serde::Serialize)]
+pub struct PlanReport {
+    pub desired: DesiredState,
+    pub ops: Vec<PlannedOp>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct PlannedOp {
+    #[serde(flatten)]
+    pub op: Op,
+    /// For a set-up: what it is expected to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Preview>,
+}
+
+/// A volume that cannot be set up now, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Cannot {
+    pub pod: String,
+    pub volume: String,
+    pub reason: String,
+    /// Where the pod was defined (`file:line`), in file mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+impl PlanReport {
+    /// Every volume that cannot be set up: those waiting for something, and the set-ups
+    /// whose checks fail.
+    pub fn cannot(&self) -> Vec<Cannot> {
+        let waiting = self
+            .desired
+            .waiting
+            .iter()
+            .filter(|w| w.blocking)
+            .map(|w| Cannot {
+                pod: w.pod.to_string(),
+                volume: w.volume_name.clone(),
+                reason: w.reason.clone(),
+                origin: w.origin.clone(),
+            });
+        let failing = self
+            .ops
+            .iter()
+            .filter_map(|planned| match (&planned.op, &planned.preview) {
+                (Op::SetUp { volume }, Some(Preview::Fails { reason })) => Some(Cannot {
+                    pod: volume.pod.to_string(),
+                    volume: volume.volume_name.clone(),
+                    reason: reason.clone(),
+                    origin: self.desired.pod_origins.get(&volume.pod.uid).cloned(),
+                }),
+                _ => None,
+            });
+        waiting.chain(failing).collect()
+    }
+
+    /// True when `run --once` can do everything: a complete desired state and no volume that
+    /// cannot be set up.
+    pub fn can_do_everything(&self) -> bool {
+        self.desired.complete && self.cannot().is_empty()
+    }
 }
 
 /// The status rows as the host stands, with the failures a running daemon last recorded.
@@ -322,6 +397,7 @@ pub async fn status_only(
 /// The desired state from the manifests, or from one complete list of the API (watches
 /// started, listed once, stopped).
 async fn desired_now(settings: &Settings) -> anyhow::Result<DesiredState> {
+    ensure_manifest_dir(settings)?;
     Ok(match &settings.manifests {
         Some(dir) => file_source(settings, dir, false).snapshot(),
         None => {
@@ -333,6 +409,18 @@ async fn desired_now(settings: &Settings) -> anyhow::Result<DesiredState> {
             desired
         }
     })
+}
+
+/// A `--manifests` that is not a directory is an error of the command line, not a state.
+fn ensure_manifest_dir(settings: &Settings) -> anyhow::Result<()> {
+    if let Some(dir) = &settings.manifests {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "manifest directory {} does not exist or is not a directory; create it or fix --manifests",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// The mounts and pod directories as they stand.

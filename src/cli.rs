@@ -27,11 +27,17 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Reconcile the host: as a daemon, or once with --once.
+    /// Reconcile the host: as a daemon, or once with --once (exit 0 when every volume is in
+    /// place, 1 when not, 2 when it could not run, e.g. another volumed holds the root dir).
     Run(RunArgs),
-    /// Print what `run --once` would do, changing nothing.
+    /// Print what `run --once` would do, changing nothing: the ops, each set-up's expected
+    /// outcome (a format is marked), and on stderr every volume that cannot be set up, with
+    /// why and its manifest's file:line. Exit 0: everything can be done; 1: something cannot;
+    /// 2: the command itself failed.
     Plan(ReadArgs),
-    /// One row per pod volume: pod, volume, kind, path and state.
+    /// One row per pod volume: pod, volume, kind, path, state (mounted, not-ready, pending,
+    /// failed, unmanaged, tearing-down, kept) and reason. Exit 0; 1 when the desired state is
+    /// incomplete (its errors on stderr); 2 when the command failed.
     Status(ReadArgs),
     /// The host's block devices, as lsblk shows them (or as JSON).
     Devices(DevicesArgs),
@@ -58,6 +64,9 @@ pub struct ReadArgs {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Show whole paths in tables (by default they are relative to the root dir).
+    #[arg(long, short)]
+    pub wide: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }

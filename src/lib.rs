@@ -9,4 +9,5 @@ pub mod desired;
 pub mod executor;
 pub mod host;
 pub mod model;
+pub mod output;
 pub mod reconcile;

@@ -8,16 +8,13 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use volumed::actual::devices::{lsblk_table, DeviceScanner};
 use volumed::cli::{Cli, Command, Output};
-use volumed::cli_table::render;
 use volumed::config::Settings;
-use volumed::desired::DesiredState;
 use volumed::host::format::RealFormatter;
 use volumed::host::real::RealMounter;
 use volumed::host::run_lock::RunLock;
 use volumed::host::Mounter;
-use volumed::reconcile::plan::Op;
-use volumed::reconcile::status::{table, StatusRow, VolumeState};
-use volumed::{app, model};
+use volumed::reconcile::status::{StatusRow, VolumeState};
+use volumed::{app, output};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -67,22 +64,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Plan(args) => {
             let settings = Settings::from_args(&args.common, false)?;
-            let (desired, ops) = read_only_runtime()?
-                .block_on(app::plan_only(&settings, &RealMounter::default()))?;
+            let host = app::Host::real(&settings.mounter_path);
+            let report = read_only_runtime()?.block_on(app::plan_only(&settings, host))?;
+            let paths = output::Paths {
+                root: &settings.root_dir,
+                wide: args.wide,
+            };
             match args.output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({ "desired": &desired, "ops": &ops })
-                    )?
-                ),
-                Output::Table => print!("{}{}", plan_table(&settings, &ops), problems(&desired)),
+                Output::Json => println!("{}", output::plan_json(&report)?),
+                Output::Table => show(output::plan_table(&paths, &report)),
             }
-            Ok(if desired.complete {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(exit_code(report.can_do_everything()))
         }
         Command::Devices(args) => {
             let mut scanner = DeviceScanner::new(Arc::new(RealFormatter));
@@ -100,12 +92,33 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let settings = Settings::from_args(&args.common, false)?;
             let (desired, rows) = read_only_runtime()?
                 .block_on(app::status_only(&settings, &RealMounter::default()))?;
+            let paths = output::Paths {
+                root: &settings.root_dir,
+                wide: args.wide,
+            };
             match args.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-                Output::Table => print!("{}{}", table(&rows), problems(&desired)),
+                Output::Json => {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                    eprint!("{}", output::problems(&desired));
+                }
+                Output::Table => show(output::status_table(&paths, &rows, &desired)),
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(exit_code(desired.complete))
         }
+    }
+}
+
+fn show(printed: output::Printed) {
+    print!("{}", printed.stdout);
+    eprint!("{}", printed.stderr);
+}
+
+/// 0 when everything asked for can be (or was) done, 1 when something cannot.
+fn exit_code(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -138,7 +151,7 @@ async fn run(settings: Settings, once: bool, lock: &RunLock) -> anyhow::Result<E
         .filter(|r| r.state == VolumeState::Mounted)
         .count();
     if report.converged() {
-        eprint!("{}", problems(&report.desired));
+        eprint!("{}", output::problems(&report.desired));
         println!(
             "volumed: {in_place} volume(s) of {} pod(s) in place",
             report.desired.pods.len()
@@ -151,10 +164,14 @@ async fn run(settings: Settings, once: bool, lock: &RunLock) -> anyhow::Result<E
         .filter(|r| !matches!(r.state, VolumeState::Mounted | VolumeState::Unmanaged))
         .cloned()
         .collect();
+    let paths = output::Paths {
+        root: &settings.root_dir,
+        wide: false,
+    };
     eprint!(
         "volumed: not converged ({in_place} volume(s) in place)\n{}{}",
-        table(&bad),
-        problems(&report.desired)
+        output::rows_table(&paths, &bad),
+        output::problems(&report.desired)
     );
     for (subject, error) in &report.other_failures {
         eprintln!("{subject}: {error}");
@@ -184,76 +201,4 @@ async fn cancel_on_signal(cancel: CancellationToken) {
     };
     tracing::warn!("second signal: exiting at once; in-flight ops are abandoned");
     std::process::exit(code);
-}
-
-fn plan_table(settings: &Settings, ops: &[Op]) -> String {
-    if ops.is_empty() {
-        return "nothing to do: the host matches the manifests\n".into();
-    }
-    let rows: Vec<[String; 4]> = ops
-        .iter()
-        .map(|op| match op {
-            Op::SetUp { volume } => [
-                op.verb().into(),
-                volume.pod.to_string(),
-                volume.key.path(&settings.root_dir).display().to_string(),
-                volume.spec.describe(),
-            ],
-            Op::Unmount { key, nested, .. } => [
-                op.verb().into(),
-                key.pod_uid.clone(),
-                nested
-                    .clone()
-                    .unwrap_or_else(|| key.path(&settings.root_dir))
-                    .display()
-                    .to_string(),
-                String::new(),
-            ],
-            Op::RemoveVolumeDir { key } => [
-                op.verb().into(),
-                key.pod_uid.clone(),
-                key.path(&settings.root_dir).display().to_string(),
-                String::new(),
-            ],
-            Op::RemovePodDir { pod_uid } => [
-                op.verb().into(),
-                pod_uid.clone(),
-                model::pod_dir(&settings.root_dir, pod_uid)
-                    .display()
-                    .to_string(),
-                String::new(),
-            ],
-            Op::ClaimPodDir { pod } => [
-                op.verb().into(),
-                pod.to_string(),
-                model::pod_dir(&settings.root_dir, &pod.uid)
-                    .display()
-                    .to_string(),
-                "record its owner".into(),
-            ],
-            Op::UnmountGlobal { pv_name } | Op::RemoveGlobalDir { pv_name } => [
-                op.verb().into(),
-                "-".into(),
-                model::global_mount_path(&settings.root_dir, &model::Plugin::LocalVolume, pv_name)
-                    .display()
-                    .to_string(),
-                format!("PersistentVolume {pv_name}"),
-            ],
-        })
-        .collect();
-    render(&["OP", "POD", "PATH", "DETAIL"], &rows)
-}
-
-fn problems(desired: &DesiredState) -> String {
-    let mut out = String::new();
-    for warning in &desired.warnings {
-        out.push_str(&format!("warning: {warning}\n"));
-    }
-    for problem in &desired.problems {
-        out.push_str(&format!("error: {problem}\n"));
-    }
-    if !desired.complete {
-        out.push_str("the desired state is incomplete: nothing is torn down until the errors above are fixed\n");
-    }
-    out
 }

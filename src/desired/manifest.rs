@@ -150,7 +150,11 @@ impl Manifests {
         }
         for (start_line, doc) in split_yaml_documents(text) {
             match serde_yaml::from_str::<Option<serde_json::Value>>(doc) {
-                Ok(Some(value)) => self.add_value(path, start_line, value),
+                Ok(Some(value)) => {
+                    // An object's line is that of its document's first line with content.
+                    let blank = doc.lines().take_while(|l| l.trim().is_empty()).count();
+                    self.add_value(path, start_line + blank, value)
+                }
                 Ok(None) => {}
                 Err(err) => self.errors.push(ManifestError::Syntax {
                     path: path.to_path_buf(),

@@ -137,7 +137,11 @@ pub fn stage(
 
 /// What safe-format decides from: sysfs (the device and, for a partition, its disk), the
 /// mount table (mounts and raw block volumes), an exclusive open, a test read, and blkid.
-fn gather(ctx: &OpContext, device: &Source, rdev: u64) -> Result<DeviceFacts, HostError> {
+pub(super) fn gather(
+    ctx: &OpContext,
+    device: &Source,
+    rdev: u64,
+) -> Result<DeviceFacts, HostError> {
     let dev = &device.resolved;
     let (major, minor) = (rfs::major(rdev), rfs::minor(rdev));
     let block = device_facts(&ctx.sysfs, major, minor).ok_or_else(|| HostError::Refused {

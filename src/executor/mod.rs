@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod device;
+pub mod preview;
 pub mod run;
 
 use std::collections::hash_map::DefaultHasher;

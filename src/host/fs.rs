@@ -300,8 +300,11 @@ impl PodFs {
         components: &[&str],
         create: bool,
     ) -> Result<Option<OwnedFd>, HostError> {
-        let root = rfs::open(&self.root, DIR_FLAGS, Mode::empty())
-            .map_err(HostError::io("opening root dir", &self.root))?;
+        let root = match rfs::open(&self.root, DIR_FLAGS, Mode::empty()) {
+            Ok(root) => root,
+            Err(Errno::NOENT) if !create => return Ok(None),
+            Err(e) => return Err(HostError::io("opening root dir", &self.root)(e)),
+        };
         self.walk_at(root, self.root.clone(), components, create)
     }
 

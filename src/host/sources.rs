@@ -13,6 +13,12 @@ use super::fs_util::kind_name;
 use super::{HostError, Source};
 use crate::model::PathType;
 
+/// A missing `*OrCreate` path: the deepest existing directory, held, and the names to make.
+struct Missing {
+    dir: OwnedFd,
+    names: Vec<std::ffi::OsString>,
+}
+
 /// How far up `refuse_state_alias` walks; deeper host paths are not real.
 const MAX_DEPTH: usize = 256;
 
@@ -40,6 +46,35 @@ impl PodFs {
         if matches!(rfs::lstat(path), Err(Errno::NOENT)) {
             self.create_missing(path, expect)?;
         }
+        self.checked_source(path, expect, local_device, read_only)
+    }
+
+    /// What `open_source` would find, changing nothing: the source, or `None` when it is a
+    /// missing `*OrCreate` path that would be created (where it would land is checked).
+    pub fn inspect_source(
+        &self,
+        path: &Path,
+        expect: PathType,
+        local_device: bool,
+        read_only: bool,
+    ) -> Result<Option<Source>, HostError> {
+        let or_create = matches!(expect, PathType::DirectoryOrCreate | PathType::FileOrCreate);
+        if or_create && matches!(rfs::lstat(path), Err(Errno::NOENT)) {
+            self.locate_missing(path, expect)?;
+            return Ok(None);
+        }
+        self.checked_source(path, expect, local_device, read_only)
+            .map(Some)
+    }
+
+    /// Opens an existing host path and runs the checks on the object opened.
+    fn checked_source(
+        &self,
+        path: &Path,
+        expect: PathType,
+        local_device: bool,
+        read_only: bool,
+    ) -> Result<Source, HostError> {
         // O_PATH open: the object checked below is the object later bound.
         let fd = rfs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(
             |e| match e {
@@ -86,8 +121,39 @@ impl PodFs {
     /// part would land is checked against the roots, and it is made through that descriptor
     /// without following any link, so a link swapped in after the check cannot redirect it.
     fn create_missing(&self, path: &Path, expect: PathType) -> Result<(), HostError> {
+        let Some(Missing { mut dir, names }) = self.locate_missing(path, expect)? else {
+            return Ok(()); // not an *OrCreate type, or it appeared meanwhile
+        };
+        let (last, _) = names.split_last().expect("something is missing");
+        if expect == PathType::FileOrCreate {
+            // touch <path>, in the directory held
+            let flags =
+                OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC;
+            return match rfs::openat(&dir, last, flags, Mode::from_raw_mode(0o644)) {
+                Ok(_) | Err(Errno::EXIST) => Ok(()),
+                Err(e) => Err(HostError::io("creating", path)(e)),
+            };
+        }
+        for name in &names {
+            // mkdir -m 0755 <name>, then step into it without following a link
+            match rfs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(HostError::io("creating", path)(e)),
+            }
+            dir = rfs::openat(&dir, name, DIR_HANDLE, Mode::empty()).map_err(|e| match e {
+                Errno::NOTDIR | Errno::LOOP => HostError::Unsafe { path: path.to_path_buf(), why: "a link or file appeared where volumed was creating a directory; it is not followed".into() },
+                e => HostError::io("creating", path)(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The deepest existing directory of a missing `*OrCreate` path (walked from `/`, links
+    /// followed) and the names still to make in it, once where they would land is checked
+    /// against the roots; `None` when there is nothing to create.
+    fn locate_missing(&self, path: &Path, expect: PathType) -> Result<Option<Missing>, HostError> {
         if !matches!(expect, PathType::DirectoryOrCreate | PathType::FileOrCreate) {
-            return Ok(());
+            return Ok(None);
         }
         let mut names: Vec<&OsStr> = Vec::new();
         for component in path.components() {
@@ -119,40 +185,23 @@ impl PodFs {
             existing += 1;
         }
         let missing = &names[existing..];
-        let Some((last, between)) = missing.split_last() else {
-            return Ok(()); // it appeared meanwhile; the type check that follows decides
-        };
+        if missing.is_empty() {
+            return Ok(None); // it appeared meanwhile; the type check that follows decides
+        }
         let landing = fd_path(&dir, path)?.join(missing.iter().collect::<PathBuf>());
         self.check_within_roots(path, &landing, false)?;
-        if expect == PathType::FileOrCreate {
-            if !between.is_empty() {
-                return Err(HostError::PathCheck {
-                    path: path.to_path_buf(),
-                    expected:
-                        "a regular file (FileOrCreate creates the file, not its parent directory)",
-                    found: "no parent directory".into(),
-                });
-            }
-            // touch <path>, in the directory held
-            let flags =
-                OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC;
-            return match rfs::openat(&dir, *last, flags, Mode::from_raw_mode(0o644)) {
-                Ok(_) | Err(Errno::EXIST) => Ok(()),
-                Err(e) => Err(HostError::io("creating", path)(e)),
-            };
+        if expect == PathType::FileOrCreate && missing.len() > 1 {
+            return Err(HostError::PathCheck {
+                path: path.to_path_buf(),
+                expected:
+                    "a regular file (FileOrCreate creates the file, not its parent directory)",
+                found: "no parent directory".into(),
+            });
         }
-        for name in missing {
-            // mkdir -m 0755 <name>, then step into it without following a link
-            match rfs::mkdirat(&dir, *name, Mode::from_raw_mode(0o755)) {
-                Ok(()) | Err(Errno::EXIST) => {}
-                Err(e) => return Err(HostError::io("creating", path)(e)),
-            }
-            dir = rfs::openat(&dir, *name, DIR_HANDLE, Mode::empty()).map_err(|e| match e {
-                Errno::NOTDIR | Errno::LOOP => HostError::Unsafe { path: path.to_path_buf(), why: "a link or file appeared where volumed was creating a directory; it is not followed".into() },
-                e => HostError::io("creating", path)(e),
-            })?;
-        }
-        Ok(())
+        Ok(Some(Missing {
+            dir,
+            names: missing.iter().map(|n| n.to_os_string()).collect(),
+        }))
     }
 
     /// Refuses a directory that is volumed's state dir, or lies inside it, under another name

@@ -28,6 +28,9 @@ pub enum VolumeState {
     Unmanaged,
     /// Left over from a pod that is gone; being torn down.
     TearingDown,
+    /// Not wanted by any pod, but kept: the desired state is incomplete, or a pod with its
+    /// uid waits (doubt keeps).
+    Kept,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +41,11 @@ pub struct StatusRow {
     pub kind: String,
     pub path: String,
     pub state: VolumeState,
+    /// Why it is not mounted (or kept): empty for a mounted volume that matches its spec.
     pub reason: String,
+    /// What the spec asks for (`tmpfs size=64Mi (its sizeLimit)`, `bind /srv/logs`, ...).
+    #[serde(default)]
+    pub detail: String,
 }
 
 /// Failures by volume key (`uid/plugin/name`), as the executor last reported them.
@@ -64,7 +71,7 @@ pub fn rows(
             _ if in_place && differs.is_some() => {
                 (VolumeState::Failed, differs.unwrap_or_default())
             }
-            _ if in_place => (VolumeState::Mounted, volume.spec.describe()),
+            _ if in_place => (VolumeState::Mounted, String::new()),
             Some(error) => (VolumeState::Failed, error.clone()),
             None => (
                 VolumeState::NotReady,
@@ -78,6 +85,7 @@ pub fn rows(
             path: volume.key.path(root).display().to_string(),
             state,
             reason,
+            detail: volume.spec.describe(),
         });
     }
     for waiting in &desired.waiting {
@@ -92,6 +100,7 @@ pub fn rows(
                 VolumeState::Unmanaged
             },
             reason: waiting.reason.clone(),
+            detail: String::new(),
         });
     }
     let leftovers = mounts.volumes.keys().chain(on_disk.pods.values().flatten());
@@ -143,11 +152,11 @@ fn leftover(
         ),
         Some(error) => (VolumeState::TearingDown, error.clone()),
         None if !desired.complete => (
-            VolumeState::TearingDown,
+            VolumeState::Kept,
             "kept: the desired state is incomplete, nothing is torn down until it is whole".into(),
         ),
         None if held => (
-            VolumeState::TearingDown,
+            VolumeState::Kept,
             "kept: a pod with this uid waits (see its pending volumes), and doubt keeps".into(),
         ),
         None => (VolumeState::TearingDown, "no pod wants it any more".into()),
@@ -162,30 +171,6 @@ fn leftover(
         path: key.path(root).display().to_string(),
         state,
         reason,
+        detail: String::new(),
     }
-}
-
-/// Renders rows as an aligned text table.
-pub fn table(rows: &[StatusRow]) -> String {
-    let cells: Vec<[String; 6]> = rows
-        .iter()
-        .map(|r| {
-            let state = serde_json::to_value(r.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            [
-                r.pod.clone(),
-                r.volume.clone(),
-                r.kind.clone(),
-                r.path.clone(),
-                state,
-                r.reason.clone(),
-            ]
-        })
-        .collect();
-    crate::cli_table::render(
-        &["POD", "VOLUME", "KIND", "PATH", "STATE", "REASON"],
-        &cells,
-    )
 }

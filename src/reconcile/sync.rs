@@ -191,7 +191,13 @@ impl SyncLoop {
         }
         let pod_mounts = &books.indexed.as_ref().expect("indexed above").1;
         let ops = plan(&desired, pod_mounts, &self.on_disk);
-        let matched = desired.complete && ops.is_empty() && self.executor.in_flight() == 0;
+        // "Matches" only when nothing is left to want: no op, nothing failed, nothing waiting.
+        let matched = desired.complete
+            && ops.is_empty()
+            && self.executor.in_flight() == 0
+            && books.failures.is_empty()
+            && books.other_failures.is_empty()
+            && !desired.waiting.iter().any(|w| w.blocking);
         if matched && !books.matched {
             tracing::info!(
                 pods = desired.pods.len(),

@@ -142,6 +142,12 @@ fn every_subcommand_and_output_format_works_through_the_binary() {
         .root()
         .join("root/pods/web-uid/volumes/kubernetes.io~empty-dir/scratch")
         .is_dir());
+    let table = expect(&workspace, &["status"], 0);
+    let scratch = table.lines().find(|l| l.contains("scratch")).unwrap();
+    assert!(
+        scratch.trim_end().ends_with("mounted"),
+        "REASON is empty for a mounted volume: {table}"
+    );
     let again = expect(&workspace, &["plan"], 0);
     assert!(again.starts_with("nothing to do"), "{again}");
     let rows = json(
@@ -220,4 +226,153 @@ fn deps_names_the_installed_packages_an_install_would_upgrade() {
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), sample.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(text(&out.stdout), "libudev1 systemd");
+}
+
+/// A pod with three volumes that cannot be set up, for three different reasons, beside one
+/// that can; and, in a file of its own, a pod the API server would refuse.
+const TROUBLE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, uid: web-uid}
+spec:
+  nodeName: node-a
+  containers: []
+  volumes:
+  - {name: data, persistentVolumeClaim: {claimName: nope}}
+  - {name: cache, emptyDir: {medium: Memory, sizeLimit: 12Foo}}
+  - {name: logs, hostPath: {path: BASE/missing, type: Directory}}
+  - {name: scratch, emptyDir: {}}
+"#;
+
+#[test]
+fn plan_lists_what_cannot_be_set_up_with_file_and_line_and_exits_1() {
+    let workspace = Workspace::new();
+    workspace.manifest("web.yaml", TROUBLE);
+    workspace.manifest(
+        "bad.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: evil}\nspec: {containers: [], volumes: [{name: ../../etc, emptyDir: {}}]}\n",
+    );
+    let out = workspace.volumed(&["plan"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let web = workspace.root().join("manifests/web.yaml:2");
+    for (volume, reason) in [
+        ("data", "PersistentVolumeClaim shop/nope does not exist"),
+        ("cache", "emptyDir.sizeLimit"),
+        ("logs", "is not a directory: found nothing"),
+    ] {
+        let line = format!(
+            "cannot set up shop/web volume {volume} ({}): ",
+            web.display()
+        );
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&line) && l.contains(reason)),
+            "{volume}: want a line starting {line:?} with {reason:?}:\n{stderr}"
+        );
+    }
+    let bad = workspace.root().join("manifests/bad.yaml:1");
+    assert!(
+        stderr.contains(&format!("error: {}: Pod is invalid", bad.display()))
+            && stderr.contains("\"../../etc\""),
+        "{stderr}"
+    );
+    // stdout is data: the ops table, the failing set-up marked, no error lines.
+    assert_eq!(header(&stdout), ["OP", "POD", "PATH", "DETAIL"], "{stdout}");
+    assert!(stdout.contains("will fail (see below)"), "{stdout}");
+    assert!(
+        stdout.contains("pods/web-uid/volumes/kubernetes.io~empty-dir/scratch"),
+        "paths are relative to the root dir: {stdout}"
+    );
+    assert!(
+        !stdout.contains("error") && !stdout.contains("cannot"),
+        "{stdout}"
+    );
+    let wide = expect(&workspace, &["plan", "--wide"], 1);
+    assert!(
+        wide.contains(&workspace.root().join("root/pods").display().to_string()),
+        "{wide}"
+    );
+
+    let json = json(
+        &expect(&workspace, &["plan", "-o", "json"], 1),
+        "plan -o json",
+    );
+    assert_eq!(json["canDoEverything"], false);
+    let cannot: Vec<&str> = json["cannot"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["volume"].as_str().unwrap())
+        .collect();
+    assert_eq!(cannot, ["data", "cache", "logs"], "{json:#}");
+    assert!(json["cannot"][0]["origin"]
+        .as_str()
+        .unwrap()
+        .ends_with("web.yaml:2"));
+}
+
+#[test]
+fn messages_agree_with_each_other_and_with_exit_codes() {
+    let workspace = Workspace::new();
+    // A directory that does not exist is a command-line error, not "nothing to do".
+    let root = workspace.root().join("root");
+    let out = Command::new(env!("CARGO_BIN_EXE_volumed"))
+        .args([
+            "plan",
+            "--manifests",
+            "/nonexistent/manifests",
+            "--root-dir",
+        ])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("/nonexistent/manifests does not exist"));
+
+    // An empty status says so.
+    let empty = expect(&workspace, &["status"], 0);
+    assert!(empty.starts_with("no volumes"), "{empty}");
+
+    // Volumes kept because the manifests are broken are "kept", and status exits 1.
+    workspace.manifest("web.yaml", POD);
+    expect(&workspace, &["run", "--once"], 0);
+    workspace.manifest("web.yaml", "apiVersion: v1\nkind: Pod\nmetadata: [broken\n");
+    let out = workspace.volumed(&["status", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let rows = json(&text(&out.stdout), "status -o json");
+    let scratch = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["volume"] == "scratch")
+        .expect("the kept volume is listed");
+    assert_eq!(scratch["state"], "kept", "{rows:#}");
+    assert!(
+        text(&out.stderr).contains("web.yaml:"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = workspace.volumed(&["run", "--once"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("host matches"), "{stderr}");
+}
+
+#[test]
+fn help_documents_the_exit_codes_and_wide_paths() {
+    for command in ["plan", "status"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_volumed"))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        let help = text(&out.stdout);
+        assert!(out.status.success(), "{help}");
+        assert!(
+            help.contains("Exit 0") && help.contains("--wide"),
+            "{command}: {help}"
+        );
+    }
 }

@@ -111,12 +111,14 @@ async fn plan_and_status_read_the_api_once() {
     server.apply_yaml(&pod("api", "u2").replace("claimName: data", "claimName: none"));
     let settings = settings_support::test_settings(&base, None, Some(server.kubeconfig(&base)));
     let mounter = volumed::host::fake::FakeMounter::new();
-    let (desired, ops) = volumed::app::plan_only(&settings, mounter.as_ref())
+    let report = volumed::app::plan_only(&settings, fake_host(&mounter))
         .await
         .unwrap();
-    let mut set_up: Vec<_> = ops
+    let desired = &report.desired;
+    let mut set_up: Vec<_> = report
+        .ops
         .iter()
-        .filter_map(|op| match op {
+        .filter_map(|planned| match &planned.op {
             Op::SetUp { volume } => Some(format!("{}:{}", volume.key.pod_uid, volume.volume_name)),
             _ => None,
         })
@@ -149,7 +151,7 @@ async fn plan_and_status_read_the_api_once() {
     server.stop().await;
     let mut settings = settings;
     settings.first_list_timeout = Duration::from_secs(1);
-    assert!(volumed::app::plan_only(&settings, mounter.as_ref())
+    assert!(volumed::app::plan_only(&settings, fake_host(&mounter))
         .await
         .is_err());
     let (desired, rows) = volumed::app::status_only(&settings, mounter.as_ref())
@@ -175,7 +177,7 @@ async fn a_refused_watch_is_named_when_the_first_list_never_completes() {
     let mut settings = settings_support::test_settings(&base, None, Some(server.kubeconfig(&base)));
     settings.first_list_timeout = Duration::from_secs(2);
     let mounter = volumed::host::fake::FakeMounter::new();
-    let err = volumed::app::plan_only(&settings, mounter.as_ref())
+    let err = volumed::app::plan_only(&settings, fake_host(&mounter))
         .await
         .unwrap_err()
         .to_string();
@@ -195,4 +197,13 @@ async fn a_refused_watch_is_named_when_the_first_list_never_completes() {
         "the message names the server: {err}"
     );
     assert!(!err.contains("Pod objects"), "{err}");
+}
+
+/// The fake mounter and formatter: `plan` through them touches nothing.
+fn fake_host(mounter: &std::sync::Arc<volumed::host::fake::FakeMounter>) -> volumed::app::Host {
+    volumed::app::Host {
+        mounter: mounter.clone(),
+        formatter: std::sync::Arc::new(volumed::host::format::FakeFormatter::default()),
+        watch_devices: false,
+    }
 }

@@ -115,7 +115,7 @@ fn run(program: &str, args: &[&str], device: &Path) {
 }
 
 /// A PV on the device, a claim bound to it, and `pods` pods using it.
-fn manifests(sb: &Sandbox, device: &Path, pods: &[&str], extra_pv: &str) {
+pub(crate) fn manifests(sb: &Sandbox, device: &Path, pods: &[&str], extra_pv: &str) {
     let mut text = format!(
         "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: pv-disk}}\nspec:\n  capacity: {{storage: 32Mi}}\n  accessModes: [ReadWriteOnce]\n  local: {{path: {}}}\n{extra_pv}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data}}\nspec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 16Mi}}}}}}\n",
         device.display()
