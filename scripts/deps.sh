@@ -17,7 +17,7 @@ if ((${#missing[@]})); then
   log=$(mktemp)
   $sudo apt-get update -qq >"$log" 2>&1 || { cat "$log" >&2; rm -f "$log"; echo "deps: apt-get update failed" >&2; exit 1; }
   # Packages already installed that this would upgrade, named up front.
-  upgrades=$(apt-get install -s --no-install-recommends "${missing[@]}" 2>/dev/null | apt_upgrades)
+  upgrades=$(apt-get install -s --no-install-recommends "${missing[@]}" 2>/dev/null | apt_upgrades || true)
   echo "deps: installing ${missing[*]}${upgrades:+ (this also upgrades: ${upgrades% })}" >&2
   if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
     cat "$log" >&2

@@ -287,6 +287,8 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()>
 pub async fn plan_only(settings: &Settings, host: Host) -> anyhow::Result<PlanReport> {
     let desired = desired_now(settings).await?;
     let (mounts, on_disk) = host_now(settings, host.mounter.as_ref())?;
+    // As plan sees it: a pod whose uid names another pod's directory waits.
+    let desired = crate::reconcile::pod_dirs::assign(&desired, &on_disk).into_owned();
     let ops = plan(&desired, &mounts, &on_disk);
     let context = OpContext::new(
         host.mounter,
@@ -378,6 +380,7 @@ pub async fn status_only(
     settings: &Settings,
     mounter: &dyn Mounter,
 ) -> anyhow::Result<(DesiredState, Vec<StatusRow>)> {
+    ensure_manifest_dir(settings)?;
     // The host is worth seeing exactly when the API is not answering.
     let desired = desired_now(settings)
         .await

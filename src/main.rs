@@ -71,7 +71,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 wide: args.wide,
             };
             match args.output {
-                Output::Json => println!("{}", output::plan_json(&report)?),
+                Output::Json => {
+                    println!("{}", output::plan_json(&report)?);
+                    eprint!("{}", output::problems(&report.desired));
+                }
                 Output::Table => show(output::plan_table(&paths, &report)),
             }
             Ok(exit_code(report.can_do_everything()))

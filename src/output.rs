@@ -141,8 +141,10 @@ fn cannot(list: &[Cannot]) -> String {
 /// `volumed status` as a table; an empty one says so. REASON says why a volume is not
 /// mounted; a mounted memory-backed emptyDir shows what sized it.
 pub fn status_table(paths: &Paths, rows: &[StatusRow], desired: &DesiredState) -> Printed {
-    let stdout = if rows.is_empty() {
+    let stdout = if rows.is_empty() && desired.complete {
         "no volumes: no pod of this node has a volume, and none is left on the host\n".to_string()
+    } else if rows.is_empty() {
+        "no volumes on the host; what the pods want is not known (see below)\n".to_string()
     } else {
         rows_table(paths, rows)
     };

@@ -1,5 +1,6 @@
 //! File-mode PVC→PV binding with the Kubernetes rules (pure): recorded bindings stay, pre-bound
-//! claims and claimRef'd volumes are honoured, otherwise the smallest fitting volume wins.
+//! claims and claimRef'd volumes are honoured, otherwise the fitting volume Kubernetes would
+//! pick wins (fewest access modes, then smallest; for WaitForFirstConsumer, the smallest).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -136,8 +137,8 @@ impl Binder<'_> {
         }
     }
 
-    /// Every other claim gets the smallest fitting free volume, WaitForFirstConsumer claims
-    /// only once a pod of this node uses them.
+    /// Every other claim gets the fitting free volume Kubernetes would pick (see
+    /// `smallest_fit`), WaitForFirstConsumer claims only once a pod of this node uses them.
     fn bind_smallest_fits(&mut self) {
         for (key, claim) in self.input.claims {
             if !self.open(key) {
@@ -158,9 +159,11 @@ impl Binder<'_> {
     }
 }
 
-/// The fitting free volume the PV controller would choose: among those with the fewest access
-/// modes (it tries access-mode sets smallest first, `allPossibleMatchingAccessModes`), the
-/// smallest; ties go to the first name.
+/// The fitting free volume Kubernetes would choose. For an Immediate claim, the PV
+/// controller's: among those with the fewest access modes (it tries access-mode sets smallest
+/// first, `allPossibleMatchingAccessModes`), the smallest. For a WaitForFirstConsumer claim,
+/// the scheduler's (`FindMatchingVolume` over all volumes): the smallest. Ties go to the first
+/// name.
 fn smallest_fit(
     input: &BindInput,
     claim: &PersistentVolumeClaim,
@@ -178,7 +181,12 @@ fn smallest_fit(
         };
         match verdict {
             Ok(()) => {
-                let rank = (access_mode_count(pv), capacity(pv).unwrap_or(0));
+                let modes = if waits_for_consumer(input, claim) {
+                    0
+                } else {
+                    access_mode_count(pv)
+                };
+                let rank = (modes, capacity(pv).unwrap_or(0));
                 if best.is_none_or(|(best_rank, _)| rank < best_rank) {
                     best = Some((rank, pv_name));
                 }

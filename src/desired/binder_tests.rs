@@ -97,6 +97,18 @@ fn the_binder_follows_the_kubernetes_rules() {
             want_pending: &[],
         },
         Case {
+            name: "as the scheduler for a WaitForFirstConsumer claim: the smallest fit",
+            yaml: WFFC_CLASS.to_string()
+                + &pv("only-rwo", "28Gi", "")
+                + &pv("two-modes", "6Gi", "")
+                    .replace("[ReadWriteOnce]", "[ReadWriteOnce, ReadOnlyMany]")
+                + &pvc("data", "5Gi", ""),
+            recorded: &[],
+            consumed: &["default/data"],
+            want_bound: &[("default/data", "two-modes")],
+            want_pending: &[],
+        },
+        Case {
             name: "a recorded binding never moves, even to a smaller volume",
             yaml: pv("big", "10Gi", "") + &pv("small", "2Gi", "") + &pvc("data", "1Gi", ""),
             recorded: &[("default/data", "big")],

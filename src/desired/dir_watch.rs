@@ -65,31 +65,48 @@ impl DirWatch {
         Ok((watch, rx))
     }
 
-    /// Drops every watch and sets them up again for the directory as it is now: the
-    /// directory (if it exists) and every existing directory above it, by both paths.
+    /// Sets the watches up again for the directory as it is now: the directory (if it
+    /// exists) and every existing directory above it, by both paths. Top down, so a directory
+    /// made meanwhile shows as an event on its parent's new watch; while this runs, events are
+    /// sorted by the old and the new paths together, so none is dropped.
     pub fn rewatch(&mut self) {
-        let old = std::mem::take(&mut *lock(&self.layout));
-        for path in &old.chain {
+        let resolved = std::fs::canonicalize(&self.dir).ok();
+        let dirs: Vec<PathBuf> = std::iter::once(self.dir.clone()).chain(resolved).collect();
+        let mut paths: Vec<PathBuf> = dirs
+            .iter()
+            .flat_map(|d| d.ancestors().map(Path::to_path_buf))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Fewer components are higher up: "/" first, the directory last.
+        paths.sort_by_key(|p| p.components().count());
+        let old: BTreeSet<PathBuf> = {
+            let mut layout = lock(&self.layout);
+            layout.dirs.extend(dirs.iter().cloned());
+            let old = layout.chain.clone();
+            layout.chain.extend(paths.iter().cloned());
+            old
+        };
+        for path in old.iter().filter(|p| !paths.contains(p)) {
             let _ = self.watcher.unwatch(path);
         }
-        let mut layout = Layout::default();
-        let resolved = std::fs::canonicalize(&self.dir).ok();
-        for dir in std::iter::once(self.dir.clone()).chain(resolved) {
-            for path in dir.ancestors() {
-                // inotify_add_watch follows a link: a swapped symlink is watched at its target.
-                if self
-                    .watcher
-                    .watch(path, RecursiveMode::NonRecursive)
-                    .is_ok()
-                {
-                    layout.chain.insert(path.to_path_buf());
-                    if path == dir {
-                        layout.dirs.insert(dir.clone());
-                    }
+        let mut new = Layout::default();
+        for path in &paths {
+            // The inode at a path may be a new one: drop the old watch, then add one.
+            let _ = self.watcher.unwatch(path);
+            // inotify_add_watch follows a link: a swapped symlink is watched at its target.
+            if self
+                .watcher
+                .watch(path, RecursiveMode::NonRecursive)
+                .is_ok()
+            {
+                new.chain.insert(path.clone());
+                if dirs.contains(path) {
+                    new.dirs.insert(path.clone());
                 }
             }
         }
-        *lock(&self.layout) = layout;
+        *lock(&self.layout) = new;
     }
 }
 
@@ -103,9 +120,8 @@ fn classify(layout: &Layout, event: &notify::Result<notify::Event>) -> Option<Ch
         Err(_) => return Some(Change::Layout),
         Ok(event) => event,
     };
-    if event.paths.iter().any(|p| layout.chain.contains(p)) {
-        return Some(Change::Layout);
-    }
+    // Only what makes or unmakes a path counts: the daemon's own reads open these
+    // directories, and an open is an event too.
     let changes_content = matches!(
         event.kind,
         EventKind::Create(_)
@@ -115,6 +131,9 @@ fn classify(layout: &Layout, event: &notify::Result<notify::Event>) -> Option<Ch
             | EventKind::Other
             | EventKind::Any
     );
+    if changes_content && event.paths.iter().any(|p| layout.chain.contains(p)) {
+        return Some(Change::Layout);
+    }
     (in_dir(layout, event) && changes_content).then_some(Change::Content)
 }
 

@@ -52,6 +52,8 @@ pub struct FileMemory {
     complete: Mutex<BTreeMap<PathBuf, String>>,
     /// Whether a file is open for writing now (`None`: cannot tell); the kernel's answer.
     open_for_writing: fn(&Path) -> Option<bool>,
+    /// How many manifest files the last read found.
+    files: Mutex<usize>,
 }
 
 impl Default for FileMemory {
@@ -60,6 +62,7 @@ impl Default for FileMemory {
             writing: Arc::default(),
             complete: Mutex::default(),
             open_for_writing,
+            files: Mutex::default(),
         }
     }
 }
@@ -163,6 +166,7 @@ impl FileSource {
             ),
         }
         let mut state = resolve(&manifests, &bindings, &self.node);
+        problems.extend(manifests.refused.iter().map(|e| e.to_string()));
         state.problems.splice(0..0, problems);
         state.complete = state.problems.is_empty();
         (state, binds)
@@ -207,6 +211,7 @@ impl FileSource {
             now.insert(path, text);
         }
         // Files gone from the directory are forgotten.
+        *lock(&self.memory.files) = now.len();
         *complete = now;
         manifests
     }
@@ -268,8 +273,20 @@ impl FileSource {
                 .map_err(|source| self.watch_error(source))?;
         let source = Arc::new(self);
         let mut baseline: Option<Arc<DesiredState>> = None;
+        // Set when the directory was replaced, until a file in it changes or a resync comes:
+        // an empty directory that replaced one with pods may be a copy not yet begun.
+        let mut replaced = false;
         loop {
-            let state = source.read(baseline.clone()).await;
+            let mut state = source.read(baseline.clone()).await;
+            let had_pods = baseline.as_ref().is_some_and(|b| !b.pods.is_empty());
+            if replaced && had_pods && *lock(&source.memory.files) == 0 {
+                state.complete = false;
+                state.problems.push(format!(
+                    "the manifest directory {} was replaced by one with no manifests; nothing is torn down until a manifest appears in it, or the next resync (in {}) finds it still empty",
+                    source.dir.display(),
+                    humantime::format_duration(source.resync)
+                ));
+            }
             let previous = tx.borrow().clone();
             if state.complete {
                 baseline = Some(Arc::new(state.clone()));
@@ -291,7 +308,7 @@ impl FileSource {
             });
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(source.resync) => {}
+                _ = tokio::time::sleep(source.resync) => replaced = false,
                 Some(change) = events.recv() => {
                     let mut layout = change == Change::Layout;
                     if layout {
@@ -300,18 +317,22 @@ impl FileSource {
                         watch.rewatch();
                     }
                     tokio::time::sleep(DEBOUNCE).await;
+                    let mut content = change == Change::Content;
                     while let Ok(change) = events.try_recv() {
                         layout |= change == Change::Layout;
+                        content |= change == Change::Content;
                     }
                     if layout {
                         watch.rewatch();
                     }
+                    replaced = layout || (replaced && !content);
                 }
             }
         }
     }
 
     async fn read(self: &Arc<Self>, baseline: Option<Arc<DesiredState>>) -> DesiredState {
+        tracing::debug!(dir = %self.dir.display(), "reading the manifest directory");
         let reader = self.clone();
         tokio::task::spawn_blocking(move || reader.settled(baseline.as_deref()))
             .await

@@ -110,3 +110,77 @@ fn a_file_being_written_with_no_complete_version_makes_the_read_incomplete() {
         state.problems
     );
 }
+
+#[tokio::test]
+async fn a_directory_replaced_by_an_empty_one_tears_nothing_down_until_files_come() {
+    let (dir, source, _) = setup();
+    let manifests = source.dir.clone();
+    let (tx, mut rx) = tokio::sync::watch::channel(Arc::new(DesiredState::default()));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(source.run(tx, cancel.clone()));
+    let until = |rx: &mut tokio::sync::watch::Receiver<Arc<DesiredState>>,
+                 what: &'static str,
+                 done: fn(&DesiredState) -> bool| {
+        let mut rx = rx.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| done(s)))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: not within 10 s"))
+                .map(|s| (**s).clone())
+                .unwrap()
+        }
+    };
+    until(&mut rx, "a and b listed", |s| {
+        s.complete && s.pods.len() == 2
+    })
+    .await;
+    // rm -rf manifests && mkdir manifests ... and the copy has not begun.
+    std::fs::remove_dir_all(&manifests).unwrap();
+    std::fs::create_dir(&manifests).unwrap();
+    let held = until(&mut rx, "the empty replacement is doubted", |s| {
+        s.problems
+            .iter()
+            .any(|p| p.contains("replaced by one with no manifests"))
+    })
+    .await;
+    assert!(!held.complete);
+    std::fs::write(manifests.join("a.yaml"), pod("a")).unwrap();
+    let back = until(&mut rx, "the copied file is read", |s| s.complete).await;
+    assert_eq!(back.pods.len(), 1);
+    cancel.cancel();
+    running.await.unwrap().unwrap();
+    drop(dir);
+}
+
+#[test]
+fn a_pod_the_api_server_would_refuse_does_not_hold_back_other_pods_bindings() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = source(dir.path());
+    std::fs::create_dir_all(&source.dir).unwrap();
+    std::fs::create_dir_all(dir.path().join("disk")).unwrap();
+    let storage = format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: pv1}}\nspec: {{capacity: {{storage: 1Gi}}, accessModes: [ReadWriteOnce], local: {{path: {}/disk}}}}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data}}\nspec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: app}}\nspec: {{nodeName: n1, containers: [], volumes: [{{name: d, persistentVolumeClaim: {{claimName: data}}}}]}}\n",
+        dir.path().display()
+    );
+    std::fs::write(source.dir.join("app.yaml"), storage).unwrap();
+    std::fs::write(source.dir.join("bad.yaml"), pod("Bad")).unwrap();
+    let state = source.read_once(false).0;
+    assert!(
+        !state.complete,
+        "the refused pod is a problem: {:?}",
+        state.problems
+    );
+    assert!(
+        state.problems.iter().any(|p| p.contains("bad.yaml:1")),
+        "{:?}",
+        state.problems
+    );
+    assert!(
+        state
+            .volumes
+            .values()
+            .any(|v| v.pv_name.as_deref() == Some("pv1")),
+        "the other pod's claim is bound all the same: {:#?}",
+        state.waiting
+    );
+}

@@ -59,6 +59,9 @@ pub struct Manifests {
     pub volumes: BTreeMap<String, PersistentVolume>,
     pub classes: BTreeMap<String, StorageClass>,
     pub errors: Vec<ManifestError>,
+    /// Pods refused as the API server would refuse them (a name, a volume list): each makes
+    /// the snapshot incomplete, but none hides a claim or a volume, so binding goes on.
+    pub refused: Vec<ManifestError>,
     /// Documents skipped on purpose (unknown kinds), one message each.
     pub warnings: Vec<String>,
     /// Which file each object came from, to name both files of a duplicate.
@@ -218,7 +221,10 @@ impl Manifests {
                 message,
             },
         };
-        self.errors.push(error);
+        match kind {
+            Kind::Pod => self.refused.push(error),
+            _ => self.errors.push(error),
+        }
     }
 
     /// Where an object (`kind`, `namespace/name` or `name`) was defined: `file:line`.

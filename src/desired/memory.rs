@@ -28,23 +28,33 @@ pub fn tmpfs_size(
         })
 }
 
-/// The pod's memory limit as its cgroup gets it: the sum over its containers, or the largest
-/// init container's if that is more; none when any container has no memory limit.
+/// The pod's memory limit as its cgroup gets it (kubelet's `PodLimits`): the sum over its
+/// containers and its sidecars (init containers that keep running), or what an init container
+/// needs beside the sidecars started before it, if that is more; none when any container has
+/// no memory limit (a limit of 0 is none). Pod overhead and pod-level resources are not
+/// counted.
 fn pod_memory_limit(pod: &Pod) -> Option<u64> {
     let spec = pod.spec.as_ref()?;
     let limit = |c: &Container| -> Option<u64> {
         let quantity = c.resources.as_ref()?.limits.as_ref()?.get("memory")?;
-        parse_bytes(&quantity.0).ok()
+        parse_bytes(&quantity.0).ok().filter(|l| *l > 0)
     };
-    let mut sum = 0u64;
+    let mut sidecars = 0u64;
+    let mut init = 0u64;
+    for container in spec.init_containers.iter().flatten() {
+        let own = limit(container)?;
+        if container.restart_policy.as_deref() == Some("Always") {
+            sidecars = sidecars.checked_add(own)?;
+            init = init.max(sidecars);
+        } else {
+            init = init.max(sidecars.checked_add(own)?);
+        }
+    }
+    let mut sum = sidecars;
     for container in &spec.containers {
         sum = sum.checked_add(limit(container)?)?;
     }
-    let mut init = 0u64;
-    for container in spec.init_containers.iter().flatten() {
-        init = init.max(limit(container)?);
-    }
-    Some(sum.max(init)).filter(|l| *l > 0)
+    Some(sum.max(init))
 }
 
 #[cfg(test)]
@@ -108,5 +118,14 @@ mod tests {
                 "{size_limit:?} {node:?}"
             );
         }
+        // A sidecar (an init container that keeps running) counts with the containers; a
+        // limit of 0 is no limit.
+        let with_sidecar: Pod = serde_json::from_value(serde_json::json!({"spec": {
+            "initContainers": [{"name": "s", "restartPolicy": "Always", "resources": {"limits": {"memory": "64Mi"}}}],
+            "containers": [{"name": "c", "resources": {"limits": {"memory": "128Mi"}}}],
+        }}))
+        .unwrap();
+        assert_eq!(pod_memory_limit(&with_sidecar), Some(192 * MI));
+        assert_eq!(pod_memory_limit(&pod(&[Some("0"), Some("1Gi")])), None);
     }
 }

@@ -126,14 +126,23 @@ pub fn resolve(manifests: &Manifests, bindings: &Bindings, node: &NodeConfig) ->
     let pods = our_pods(manifests, node);
     let mut sharing: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut claim_users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (pod, spec) in &pods {
+    for (pod, _) in &pods {
         sharing.entry(&pod.uid).or_default().push(pod.to_string());
+    }
+    // Pods refused for their uid are not counted: they use nothing.
+    for (pod, spec) in pods
+        .iter()
+        .filter(|(p, _)| sharing[p.uid.as_str()].len() == 1)
+    {
         for claim in volumes_of(spec)
             .iter()
             .filter_map(|v| v.persistent_volume_claim.as_ref())
         {
             let key = format!("{}/{}", pod.namespace, claim.claim_name);
-            claim_users.entry(key).or_default().push(pod.to_string());
+            let users = claim_users.entry(key).or_default();
+            if !users.contains(&pod.to_string()) {
+                users.push(pod.to_string());
+            }
         }
     }
     for (pod, spec) in &pods {

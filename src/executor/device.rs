@@ -85,12 +85,12 @@ pub fn stage(
             device: dev.to_path_buf(),
             why,
         };
-        let mount_read_only = match decide(&gather(ctx, device, rdev)?, fs_type, read_only) {
+        let mount_read_only = match decide(&gather(ctx, device, rdev, true)?, fs_type, read_only) {
             Decision::Refuse(why) => return Err(refuse("use", why)),
             Decision::Format => {
                 ctx.formats.run(|| {
                     // Waiting for a slot took time: decide again right before mkfs.
-                    match decide(&gather(ctx, device, rdev)?, fs_type, read_only) {
+                    match decide(&gather(ctx, device, rdev, true)?, fs_type, read_only) {
                         Decision::Format => {}
                         Decision::Refuse(why) => return Err(refuse("format", why)),
                         _ => return Err(refuse("format", "it changed while waiting to be formatted; it is looked at again on the next try".into())),
@@ -137,10 +137,13 @@ pub fn stage(
 
 /// What safe-format decides from: sysfs (the device and, for a partition, its disk), the
 /// mount table (mounts and raw block volumes), an exclusive open, a test read, and blkid.
+/// `claim`: make the exclusive open (a set-up does; `plan` does not, so that it never makes a
+/// running daemon's own open fail).
 pub(super) fn gather(
     ctx: &OpContext,
     device: &Source,
     rdev: u64,
+    claim: bool,
 ) -> Result<DeviceFacts, HostError> {
     let dev = &device.resolved;
     let (major, minor) = (rfs::major(rdev), rfs::minor(rdev));
@@ -206,7 +209,11 @@ pub(super) fn gather(
         device: dev.clone(),
         readable: ends.map(drop),
         leftovers,
-        exclusive: open_exclusive(device),
+        exclusive: if claim {
+            open_exclusive(device)
+        } else {
+            Ok(())
+        },
         probe,
         partitions: block.partitions,
         holders,

@@ -74,7 +74,7 @@ fn check(ctx: &OpContext, volume: &DesiredVolume) -> Result<Preview, HostError> 
                 .map_err(HostError::io("inspecting", &source.resolved))?
                 .st_rdev;
             Ok(
-                match decide(&gather(ctx, &source, rdev)?, fs_type, *read_only) {
+                match decide(&gather(ctx, &source, rdev, false)?, fs_type, *read_only) {
                     Decision::Format => Preview::Formats {
                         device: source.resolved.clone(),
                         fs_type: fs_type.clone(),

@@ -145,20 +145,25 @@ fn leftover(
     held: bool,
     failures: &Failures,
 ) -> StatusRow {
+    // Kept before tearing-down: a failure from an earlier teardown try does not make a
+    // volume that is kept now look as if it were going.
+    let last_error = failures
+        .get(&key.to_string())
+        .map_or(String::new(), |e| format!(" (an earlier teardown: {e})"));
     let (state, reason) = match failures.get(&key.to_string()) {
         _ if matches!(key.plugin, Plugin::Other(_)) => (
             VolumeState::Unmanaged,
             "a plugin volumed does not manage; left alone".to_string(),
         ),
+        _ if !desired.complete => (
+            VolumeState::Kept,
+            format!("the desired state is incomplete: nothing is torn down until it is whole{last_error}"),
+        ),
+        _ if held => (
+            VolumeState::Kept,
+            format!("a pod with this uid waits (see its pending volumes), and doubt keeps{last_error}"),
+        ),
         Some(error) => (VolumeState::TearingDown, error.clone()),
-        None if !desired.complete => (
-            VolumeState::Kept,
-            "kept: the desired state is incomplete, nothing is torn down until it is whole".into(),
-        ),
-        None if held => (
-            VolumeState::Kept,
-            "kept: a pod with this uid waits (see its pending volumes), and doubt keeps".into(),
-        ),
         None => (VolumeState::TearingDown, "no pod wants it any more".into()),
     };
     StatusRow {

@@ -178,8 +178,8 @@ impl SyncLoop {
                 .iter()
                 .map(|(uid, pod)| (uid.clone(), pod.clone())),
         );
+        let assigned = pod_dirs::assign(&desired, &self.on_disk);
         if let Some(out) = &self.notices {
-            let assigned = pod_dirs::assign(&desired, &self.on_disk);
             for notice in notices::pending(&assigned, &mut books.pending_told) {
                 if out.try_send(notice).is_err() {
                     tracing::warn!("the Event queue is full; pending volumes will be told again at the next change");
@@ -191,13 +191,23 @@ impl SyncLoop {
         }
         let pod_mounts = &books.indexed.as_ref().expect("indexed above").1;
         let ops = plan(&desired, pod_mounts, &self.on_disk);
-        // "Matches" only when nothing is left to want: no op, nothing failed, nothing waiting.
+        // "Matches" only when nothing is left to want: no op, nothing failed, nothing waiting,
+        // every volume as its spec says (what `converged` asks of the final report).
         let matched = desired.complete
             && ops.is_empty()
             && self.executor.in_flight() == 0
             && books.failures.is_empty()
             && books.other_failures.is_empty()
-            && !desired.waiting.iter().any(|w| w.blocking);
+            && !assigned.waiting.iter().any(|w| w.blocking)
+            && status::rows(
+                &self.root,
+                &desired,
+                pod_mounts,
+                &self.on_disk,
+                &books.failures,
+            )
+            .iter()
+            .all(|r| matches!(r.state, VolumeState::Mounted | VolumeState::Unmanaged));
         if matched && !books.matched {
             tracing::info!(
                 pods = desired.pods.len(),

@@ -318,19 +318,26 @@ fn messages_agree_with_each_other_and_with_exit_codes() {
     let workspace = Workspace::new();
     // A directory that does not exist is a command-line error, not "nothing to do".
     let root = workspace.root().join("root");
-    let out = Command::new(env!("CARGO_BIN_EXE_volumed"))
-        .args([
-            "plan",
-            "--manifests",
-            "/nonexistent/manifests",
-            "--root-dir",
-        ])
-        .arg(&root)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
-    assert!(text(&out.stderr).contains("/nonexistent/manifests does not exist"));
+    for command in ["plan", "status"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_volumed"))
+            .args([
+                command,
+                "--manifests",
+                "/nonexistent/manifests",
+                "--root-dir",
+            ])
+            .arg(&root)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{command}: {}",
+            text(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "{command}: {}", text(&out.stdout));
+        assert!(text(&out.stderr).contains("/nonexistent/manifests does not exist"));
+    }
 
     // An empty status says so.
     let empty = expect(&workspace, &["status"], 0);
@@ -375,4 +382,32 @@ fn help_documents_the_exit_codes_and_wide_paths() {
             "{command}: {help}"
         );
     }
+}
+
+#[test]
+fn plan_counts_a_pod_held_back_by_its_directory_as_something_that_cannot_be_done() {
+    let workspace = Workspace::new();
+    workspace.manifest("web.yaml", POD);
+    expect(&workspace, &["run", "--once"], 0);
+    // The pod directory's owner record is no longer one volumed wrote.
+    let record = workspace.root().join("root/pods/web-uid/volumed-owner");
+    std::fs::remove_file(&record).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", &record).unwrap();
+    let out = workspace.volumed(&["plan"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{stderr}",
+        text(&out.stdout)
+    );
+    assert!(
+        stderr.contains("cannot set up shop/web volume scratch") && stderr.contains("owner record"),
+        "{stderr}"
+    );
+    assert!(
+        !text(&out.stdout).contains("host matches"),
+        "{}",
+        text(&out.stdout)
+    );
 }

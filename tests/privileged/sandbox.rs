@@ -155,6 +155,13 @@ impl Sandbox {
         Self::spawn_logged(self.command(&["run"]), &self.path("daemon.log"))
     }
 
+    /// The daemon with a log filter of its own (`volumed=debug`, say).
+    pub fn daemon_logging(&self, filter: &str) -> Child {
+        let mut cmd = self.command(&["run"]);
+        cmd.env("VOLUMED_LOG", filter);
+        Self::spawn_logged(cmd, &self.path("daemon.log"))
+    }
+
     /// The daemon with the Kubernetes API as its source.
     pub fn api_daemon(&self, kubeconfig: &Path, node: &str) -> Child {
         let mut cmd = self.command_without_source(&["run"], node);

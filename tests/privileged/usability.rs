@@ -17,6 +17,10 @@ pub fn all() -> Vec<Case> {
             "plan_marks_the_set_up_that_will_format_and_the_one_that_will_refuse",
             plan_marks_the_set_up_that_will_format_and_the_one_that_will_refuse,
         ),
+        (
+            "an_idle_daemon_reads_its_manifests_only_when_they_change",
+            an_idle_daemon_reads_its_manifests_only_when_they_change,
+        ),
     ]
 }
 
@@ -115,4 +119,51 @@ fn plan_marks_the_set_up_that_will_format_and_the_one_that_will_refuse() -> Test
         },
     )?;
     check(sb.mounts().is_empty(), || "plan mounted something".into())
+}
+
+fn an_idle_daemon_reads_its_manifests_only_when_they_change() -> TestResult {
+    let sb = Sandbox::new(&format!("idle-{:x}", fastrand::u32(..)));
+    let pod = |name: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, uid: {name}-uid}}\nspec: {{nodeName: node-a, containers: [], volumes: [{{name: t, emptyDir: {{medium: Memory, sizeLimit: 1Mi}}}}]}}\n")
+    };
+    sb.manifest("a.yaml", &pod("a"));
+    let daemon = sb.daemon_logging("volumed=debug");
+    let reads = || {
+        sb.daemon_log()
+            .matches("reading the manifest directory")
+            .count()
+    };
+    let mounted = |name: &str| {
+        let path = sb.volume(&format!("{name}-uid"), "empty-dir", "t");
+        sb.mounts().iter().any(|m| m.mount_point == path)
+    };
+    let result = (|| {
+        crate::sandbox::eventually(std::time::Duration::from_secs(10), "a mounted", || {
+            mounted("a")
+        })?;
+        let before = reads();
+        // Others look at the directory and at the one above it (opens and reads, no change).
+        for _ in 0..20 {
+            std::fs::read_dir(&sb.manifests).unwrap().for_each(drop);
+            std::fs::read_dir(&sb.base).unwrap().for_each(drop);
+        }
+        // Absence of work can only be seen over a while: a second with nothing to read.
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let idle = reads() - before;
+        check(idle == 0, || {
+            format!("{idle} reads of an unchanged directory in a second (the daemon's own reads, or others' opens, must not wake it)")
+        })?;
+        // ...and a change is still seen.
+        sb.manifest("b.yaml", &pod("b"));
+        crate::sandbox::eventually(std::time::Duration::from_secs(10), "b mounted", || {
+            mounted("b")
+        })
+    })();
+    let log = sb.stop(daemon)?;
+    result.map_err(|e| {
+        format!(
+            "{e}\n{}",
+            log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        )
+    })
 }

@@ -178,6 +178,8 @@ impl Watching {
             // works again: no error this long after a retry is taken as recovery.
             let mut recovered_at: Option<tokio::time::Instant> = None;
             let mut last_expired: Option<tokio::time::Instant> = None;
+            // The last error was a failure to reach the server (not an answer from it).
+            let mut unreachable = false;
             loop {
                 let quiet = async {
                     match recovered_at {
@@ -203,6 +205,7 @@ impl Watching {
                     Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
                     Some(Ok(event)) => {
                         backoff.delivered();
+                        unreachable = false;
                         recovered_at = None;
                         let done = matches!(event, watcher::Event::InitDone);
                         let mut health = lock(&health);
@@ -213,13 +216,16 @@ impl Watching {
                         }
                     }
                     Some(Err(err)) => {
-                        // Any answer proves the server is up: the outage's grown backoff is
-                        // over, for this watch and for the others still waiting it out.
+                        // An answer after this watch could not reach the server proves the
+                        // outage is over: for this watch's grown backoff, and for the other
+                        // watches still waiting one out. (A refusal that repeats is no news:
+                        // it backs off as usual.)
                         let code = answered(&err);
-                        if code.is_some() {
+                        if code.is_some() && unreachable {
                             backoff.delivered();
                             server_back.notify_waiters();
                         }
+                        unreachable = code.is_none();
                         let now = tokio::time::Instant::now();
                         let expired_lately =
                             last_expired.is_some_and(|at| now - at < RELIST_AT_ONCE_EVERY);
@@ -237,7 +243,9 @@ impl Watching {
                         tokio::select! {
                             _ = cancel.cancelled() => return,
                             _ = tokio::time::sleep(delay) => {}
-                            _ = server_back.notified() => {
+                            // Only a watch that cannot reach the server waits for word that it
+                            // is back; one the server answered (403, 500) waits its backoff.
+                            _ = server_back.notified(), if unreachable => {
                                 backoff.delivered();
                                 tracing::info!(kind, "the API server answers again; retrying the watch now");
                             }

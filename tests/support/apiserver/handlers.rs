@@ -34,7 +34,15 @@ impl FakeApiServer {
                 &format!("no route {path}"),
             );
         };
-        if self.state.lock().unwrap().forbidden.contains(&resource) {
+        let refused = {
+            let mut state = self.state.lock().unwrap();
+            let refused = state.forbidden.contains(&resource);
+            if refused {
+                *state.refusals.entry(resource).or_default() += 1;
+            }
+            refused
+        };
+        if refused {
             return failure(
                 StatusCode::FORBIDDEN,
                 "Forbidden",

@@ -103,6 +103,8 @@ struct State {
     lists: BTreeMap<Resource, usize>,
     /// Resources the client may not read (403, as with missing RBAC rules).
     forbidden: Vec<Resource>,
+    /// How many requests for each forbidden resource were refused.
+    refusals: BTreeMap<Resource, usize>,
 }
 
 /// Handle on a running fake API server.
@@ -297,6 +299,13 @@ impl FakeApiServer {
     pub fn forbid(&self, kind: &str) {
         let resource = Resource::of_kind(kind).unwrap();
         self.state.lock().unwrap().forbidden.push(resource);
+    }
+
+    /// How many requests for `kind` the server refused (see `forbid`).
+    pub fn refusals(&self, kind: &str) -> usize {
+        let resource = Resource::of_kind(kind).unwrap();
+        let state = self.state.lock().unwrap();
+        state.refusals.get(&resource).copied().unwrap_or(0)
     }
 
     /// How many lists of `kind` the server has answered.
