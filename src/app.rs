@@ -26,6 +26,7 @@ use crate::host::format::{Formatter, RealFormatter};
 use crate::host::fs::PodFs;
 use crate::host::real::RealMounter;
 use crate::host::run_lock::RunLock;
+use crate::host::state_file::write_json;
 use crate::host::Mounter;
 use crate::reconcile::plan::{plan, Op};
 use crate::reconcile::status::{self, Failures, StatusRow};
@@ -240,7 +241,7 @@ async fn start_api_source(
             changed = tokio::time::timeout(settings.first_list_timeout, rx.changed()) => match changed {
                 Ok(changed) => changed.context("the API source stopped before its first list")?,
                 Err(_) => {
-                    let health = health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let health = crate::shared::lock(&health);
                     let mut why = vec![format!(
                         "still waiting for the first list of: {}",
                         health.unlisted().join(", ")
@@ -272,14 +273,6 @@ async fn write_failures(path: PathBuf, mut failures: watch::Receiver<Failures>) 
             return;
         }
     }
-}
-
-fn write_json(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()> {
-    use std::io::Write;
-    std::fs::create_dir_all(path.parent().expect("state files live in a directory"))?;
-    let mut file = atomic_write_file::AtomicWriteFile::open(path)?;
-    file.write_all(&serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
-    file.commit()
 }
 
 /// What `run --once` would do now, changing nothing (bindings are not recorded): the ops,

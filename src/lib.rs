@@ -11,3 +11,4 @@ pub mod host;
 pub mod model;
 pub mod output;
 pub mod reconcile;
+pub mod shared;

@@ -40,10 +40,24 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("volumed: {err:#}");
+            eprintln!("volumed: {}", describe(&err));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes in one line, each cause once: most of volumed's errors already
+/// name their cause in their own message (and also return it as their source).
+fn describe(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

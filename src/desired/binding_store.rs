@@ -2,11 +2,11 @@
 //! once made, a binding survives restarts, so a claim never moves to another volume).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use atomic_write_file::AtomicWriteFile;
 use serde::{Deserialize, Serialize};
+
+use crate::host::state_file::write_json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -74,17 +74,11 @@ impl BindingStore {
             path: self.path.clone(),
             source,
         };
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(fail)?;
-        }
         let record = Record {
             version: 1,
             bindings: bindings.clone(),
         };
-        let mut file = AtomicWriteFile::open(&self.path).map_err(fail)?;
-        let text = serde_json::to_vec_pretty(&record).expect("a map of strings always serializes");
-        file.write_all(&text).map_err(fail)?;
-        file.commit().map_err(fail)
+        write_json(&self.path, &record).map_err(fail)
     }
 }
 

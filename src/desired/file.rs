@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::shared::lock;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -299,13 +300,7 @@ impl FileSource {
                     tracing::warn!(dir = %source.dir.display(), %warning, "manifest warning");
                 }
             }
-            tx.send_if_modified(|current| {
-                let changed = **current != state;
-                if changed {
-                    *current = Arc::new(state);
-                }
-                changed
-            });
+            crate::shared::publish(&tx, Arc::new(state));
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(source.resync) => replaced = false,
@@ -404,12 +399,6 @@ fn track_writes(writing: &Mutex<BTreeSet<PathBuf>>, event: &notify::Result<notif
             _ => {}
         },
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// True when a pod or a volume of `before` is missing from `after`.

@@ -351,7 +351,11 @@ impl Context<'_> {
             )));
         };
         check_component("PersistentVolume name", pv_name).map_err(|e| blocked(e.to_string()))?;
-        let pv: &PersistentVolume = &self.manifests.volumes[pv_name];
+        let pv: &PersistentVolume = self.manifests.volumes.get(pv_name).ok_or_else(|| {
+            blocked(format!(
+                "PersistentVolumeClaim {key} is bound to PersistentVolume {pv_name}, which is not defined"
+            ))
+        })?;
         let pv_spec = pv.spec.clone().unwrap_or_default();
         // A claim that can only be read is mounted read-only, like a readOnly pod volume.
         let claim_modes = claim

@@ -34,14 +34,14 @@ impl FormatSlots {
     }
 
     fn run<T>(&self, work: impl FnOnce() -> T) -> T {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used = crate::shared::lock(&self.used);
         while *used >= self.max {
-            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+            used = crate::shared::wait(&self.freed, used);
         }
         *used += 1;
         drop(used);
         let result = work();
-        *self.used.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        *crate::shared::lock(&self.used) -= 1;
         self.freed.notify_one();
         result
     }
@@ -54,7 +54,7 @@ pub struct StagingLocks(Mutex<HashMap<String, Arc<Mutex<()>>>>);
 
 impl StagingLocks {
     pub(super) fn lock_for(&self, key: &str) -> Arc<Mutex<()>> {
-        let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut locks = crate::shared::lock(&self.0);
         locks.entry(key.to_string()).or_default().clone()
     }
 }
@@ -75,9 +75,9 @@ pub fn stage(
         .map_err(HostError::io("inspecting", dev))?
         .st_rdev;
     let pv_lock = ctx.staging.lock_for(&format!("pv/{pv_name}"));
-    let _pv = pv_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let _pv = crate::shared::lock(&pv_lock);
     let dev_lock = ctx.staging.lock_for(&format!("dev/{rdev}"));
-    let _dev = dev_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let _dev = crate::shared::lock(&dev_lock);
     let target = ctx.fs.prepare_global(&Plugin::LocalVolume, pv_name)?;
     if !ctx.mounter.is_mount_point(&target)? {
         let refuse = |action, why: String| HostError::Refused {

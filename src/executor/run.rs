@@ -119,12 +119,7 @@ fn unmount_escalating(ctx: &OpContext, target: MountPoint) -> Result<&'static st
     let target = Arc::new(target);
     let path = target.path.clone();
     // An earlier try left a call hanging on this volume: add none, go straight to the detach.
-    if ctx
-        .lingering
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(&path)
-    {
+    if crate::shared::lock(&ctx.lingering).contains(&path) {
         ctx.mounter.force_unmount(&target, ForceMode::Detach)?;
         return Ok("detached lazily (umount -l): an earlier unmount of it still hangs");
     }
@@ -137,18 +132,12 @@ fn unmount_escalating(ctx: &OpContext, target: MountPoint) -> Result<&'static st
                 None => mounter.unmount(&held),
                 Some(mode) => mounter.force_unmount(&held, mode),
             };
-            lingering
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&held.path);
+            crate::shared::lock(&lingering).remove(&held.path);
             let _ = tx.send(result);
         });
         let answer = rx.recv_timeout(wait).ok();
         if answer.is_none() {
-            ctx.lingering
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(path.clone());
+            crate::shared::lock(&ctx.lingering).insert(path.clone());
         }
         answer
     };
@@ -172,7 +161,7 @@ const FORCE_WAIT: Duration = Duration::from_secs(5);
 fn unmount_global(ctx: &OpContext, pv_name: &str) -> Result<&'static str, HostError> {
     // Not while a set-up of this PV is staging it.
     let lock = ctx.staging.lock_for(&format!("pv/{pv_name}"));
-    let _staging = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let _staging = crate::shared::lock(&lock);
     let path = crate::model::global_mount_path(ctx.fs.root(), &Plugin::LocalVolume, pv_name);
     let table = ctx.mounter.mount_table()?;
     let Some(global) = table.iter().rfind(|m| m.mount_point == path) else {
@@ -272,14 +261,7 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
             read_only,
         } => {
             let source = ctx.fs.open_source(source, *expect, false, *read_only)?;
-            let target = ctx
-                .fs
-                .prepare_target(&volume.key, &volume.pod, !source.is_dir, 0o750)?;
-            if ctx.mounter.is_mount_point(&target)? {
-                return Ok("already mounted");
-            }
-            ctx.mounter.bind(&source, &target, *read_only)?;
-            Ok("mounted")
+            bind_into(ctx, volume, &source, *read_only)
         }
     }
 }

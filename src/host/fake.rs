@@ -87,9 +87,7 @@ impl FakeMounter {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::shared::lock(&self.state)
     }
 
     /// Records the call, then waits out a hang and applies an injected failure.
@@ -101,7 +99,7 @@ impl FakeMounter {
         let mut state = self.lock();
         state.calls.push(format!("{verb} {}", target.display()));
         while state.hangs.iter().any(|p| p == target) {
-            state = self.released.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = crate::shared::wait(&self.released, state);
         }
         match state.failures.get(target) {
             Some(message) => Err(std::io::Error::other(message.clone())),
@@ -240,7 +238,7 @@ impl Mounter for FakeMounter {
             && state.force_hangs
             && state.hangs.iter().any(|p| p == target)
         {
-            state = self.released.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = crate::shared::wait(&self.released, state);
         }
         if let Some(index) = state.table.iter().rposition(|m| m.mount_point == target) {
             state.table.remove(index);

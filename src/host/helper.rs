@@ -45,7 +45,7 @@ impl HelperRuns {
         target: &Path,
         deadline: Duration,
     ) -> Result<(ExitStatus, String), String> {
-        let mut runs = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut runs = crate::shared::lock(&self.0);
         if let Some(pgid) = runs.get(target).copied() {
             if group_alive(pgid) {
                 return Err(format!("the mount helper of an earlier try (process group {pgid}) is still running; no second one is started"));
@@ -87,10 +87,7 @@ impl HelperRuns {
         }
         let gone = !group_alive(pgid);
         if gone {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(target);
+            crate::shared::lock(&self.0).remove(target);
         }
         let mut text = String::new();
         let _ = output.rewind();

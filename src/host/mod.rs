@@ -11,6 +11,7 @@ pub mod pod_owner;
 pub mod real;
 pub mod run_lock;
 mod sources;
+pub mod state_file;
 pub mod write_lease;
 
 use std::ffi::OsString;

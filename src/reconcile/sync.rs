@@ -301,13 +301,7 @@ impl SyncLoop {
 
     fn publish(&self, failures: &Failures) {
         if let Some(out) = &self.failures_out {
-            out.send_if_modified(|current| {
-                let changed = current != failures;
-                if changed {
-                    current.clone_from(failures);
-                }
-                changed
-            });
+            crate::shared::publish(out, failures.clone());
         }
     }
 }

@@ -411,3 +411,25 @@ fn plan_counts_a_pod_held_back_by_its_directory_as_something_that_cannot_be_done
         text(&out.stdout)
     );
 }
+
+#[test]
+fn an_error_names_each_cause_once() {
+    let workspace = Workspace::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_volumed"))
+        .args([
+            "plan",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+            "--root-dir",
+        ])
+        .arg(workspace.root().join("root"))
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -78,12 +78,8 @@ impl WatchHealth {
     }
 }
 
-pub(super) fn lock(health: &SharedHealth) -> std::sync::MutexGuard<'_, WatchHealth> {
-    // Only plain inserts and removals happen under the lock; a poisoned one is still sound.
-    health
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+/// Only plain inserts and removals happen under the health lock: a poisoned one is sound.
+pub(super) use crate::shared::lock;
 
 /// Retry timing of a failing watch: 800 ms doubling to 30 s, jittered (kube-rs's default
 /// curve), started afresh only when the watch really delivers. (kube-rs's own stream wrapper

@@ -120,13 +120,7 @@ impl KubeSource {
                     tracing::error!(%problem, "problem in the API objects; nothing is torn down until it is fixed");
                 }
             }
-            tx.send_if_modified(|current| {
-                let changed = **current != state;
-                if changed {
-                    *current = Arc::new(state);
-                }
-                changed
-            });
+            crate::shared::publish(&tx, Arc::new(state));
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 Some(()) = changed.recv() => {
