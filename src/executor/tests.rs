@@ -46,7 +46,7 @@ async fn a_hung_nfs_server_gets_no_more_than_its_cap_while_other_servers_go_on()
     let root = tmp.path().canonicalize().unwrap();
     let mounter = FakeMounter::new();
     let fs = PodFs::new(root.clone(), vec![root.clone()]);
-    let formatter = Arc::new(crate::host::format::FakeFormatter::default());
+    let formatter = Arc::new(crate::host::fake::FakeFormatter::default());
     let (mut executor, mut events) =
         Executor::new(OpContext::new(mounter.clone(), fs, formatter, 1), config());
     let target = |pod: &str| root.join(format!("pods/{pod}/volumes/kubernetes.io~nfs/share"));
@@ -133,7 +133,7 @@ async fn a_failed_op_backs_off_one_op_per_key_and_a_changed_spec_runs_at_once() 
         OpContext::new(
             mounter.clone(),
             fs,
-            Arc::new(crate::host::format::FakeFormatter::default()),
+            Arc::new(crate::host::fake::FakeFormatter::default()),
             2,
         ),
         config,

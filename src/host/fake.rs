@@ -1,11 +1,14 @@
-//! A `Mounter` that keeps its own mount table, so whole reconcile runs can be tested without
-//! root. Directories are real (in a temp dir); only the mounts are make-believe.
+//! The fake host for tests (compiled for unit tests and, with the `test-util` feature, for the
+//! test binaries; never into the release binary): a `Mounter` that keeps its own mount table,
+//! so whole reconcile runs can be tested without root (directories are real, in a temp dir;
+//! only the mounts are make-believe), and a scripted `Formatter`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::format::{Formatter, FsckResult, Probe};
 use super::{ForceMode, HostError, MountPoint, Mounter, Source, Target};
 use crate::actual::mountinfo::MountEntry;
 
@@ -267,5 +270,52 @@ impl Mounter for FakeMounter {
             .table
             .iter()
             .any(|m| m.mount_point == target.path))
+    }
+}
+
+/// A scripted `Formatter` for tests: probes answer from a map, calls are recorded.
+#[derive(Default)]
+pub struct FakeFormatter {
+    pub probes: Mutex<BTreeMap<std::path::PathBuf, Probe>>,
+    pub calls: Mutex<Vec<String>>,
+}
+
+impl Formatter for FakeFormatter {
+    fn probe(&self, device: &Path) -> Result<Probe, HostError> {
+        self.calls
+            .lock()
+            .expect("fake lock")
+            .push(format!("probe {}", device.display()));
+        Ok(self
+            .probes
+            .lock()
+            .expect("fake lock")
+            .get(device)
+            .cloned()
+            .unwrap_or(Probe::Blank))
+    }
+
+    fn make_filesystem(&self, device: &Path, fs_type: &str) -> Result<(), HostError> {
+        self.calls
+            .lock()
+            .expect("fake lock")
+            .push(format!("mkfs.{fs_type} {}", device.display()));
+        let made = Probe::Filesystem {
+            fs_type: fs_type.into(),
+            uuid: None,
+        };
+        self.probes
+            .lock()
+            .expect("fake lock")
+            .insert(device.to_path_buf(), made);
+        Ok(())
+    }
+
+    fn check(&self, device: &Path, fs_type: &str) -> Result<FsckResult, HostError> {
+        self.calls
+            .lock()
+            .expect("fake lock")
+            .push(format!("fsck.{fs_type} {}", device.display()));
+        Ok(FsckResult::Clean { exit_code: 0 })
     }
 }

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
 
 use super::HostError;
 
@@ -174,53 +173,6 @@ impl Formatter for RealFormatter {
             exit_code,
             output: output.trim().to_string(),
         })
-    }
-}
-
-/// A scripted `Formatter` for tests: probes answer from a map, calls are recorded.
-#[derive(Default)]
-pub struct FakeFormatter {
-    pub probes: Mutex<BTreeMap<std::path::PathBuf, Probe>>,
-    pub calls: Mutex<Vec<String>>,
-}
-
-impl Formatter for FakeFormatter {
-    fn probe(&self, device: &Path) -> Result<Probe, HostError> {
-        self.calls
-            .lock()
-            .expect("fake lock")
-            .push(format!("probe {}", device.display()));
-        Ok(self
-            .probes
-            .lock()
-            .expect("fake lock")
-            .get(device)
-            .cloned()
-            .unwrap_or(Probe::Blank))
-    }
-
-    fn make_filesystem(&self, device: &Path, fs_type: &str) -> Result<(), HostError> {
-        self.calls
-            .lock()
-            .expect("fake lock")
-            .push(format!("mkfs.{fs_type} {}", device.display()));
-        let made = Probe::Filesystem {
-            fs_type: fs_type.into(),
-            uuid: None,
-        };
-        self.probes
-            .lock()
-            .expect("fake lock")
-            .insert(device.to_path_buf(), made);
-        Ok(())
-    }
-
-    fn check(&self, device: &Path, fs_type: &str) -> Result<FsckResult, HostError> {
-        self.calls
-            .lock()
-            .expect("fake lock")
-            .push(format!("fsck.{fs_type} {}", device.display()));
-        Ok(FsckResult::Clean { exit_code: 0 })
     }
 }
 

@@ -1,6 +1,7 @@
 //! The only place with side effects on the host: the `Mounter` trait (real syscalls or a fake
 //! mount table) and `PodFs`, the symlink-safe directory work under the root dir.
 
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod format;
 pub mod fs;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use volumed::app;
+use volumed::host::fake::FakeFormatter;
 use volumed::host::fake::FakeMounter;
-use volumed::host::format::FakeFormatter;
 use volumed::host::run_lock::RunLock;
 
 use crate::apiserver::FakeApiServer;

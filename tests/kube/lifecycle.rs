@@ -210,7 +210,7 @@ async fn a_refused_watch_is_named_when_the_first_list_never_completes() {
 fn fake_host(mounter: &std::sync::Arc<volumed::host::fake::FakeMounter>) -> volumed::app::Host {
     volumed::app::Host {
         mounter: mounter.clone(),
-        formatter: std::sync::Arc::new(volumed::host::format::FakeFormatter::default()),
+        formatter: std::sync::Arc::new(volumed::host::fake::FakeFormatter::default()),
         watch_devices: false,
     }
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use volumed::app;
 use volumed::config::Settings;
+use volumed::host::fake::FakeFormatter;
 use volumed::host::fake::FakeMounter;
-use volumed::host::format::FakeFormatter;
 use volumed::host::run_lock::RunLock;
 use volumed::reconcile::sync::Report;
 
