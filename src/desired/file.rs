@@ -53,8 +53,6 @@ pub struct FileMemory {
     complete: Mutex<BTreeMap<PathBuf, String>>,
     /// Whether a file is open for writing now (`None`: cannot tell); the kernel's answer.
     open_for_writing: fn(&Path) -> Option<bool>,
-    /// How many manifest files the last read found.
-    files: Mutex<usize>,
 }
 
 impl Default for FileMemory {
@@ -63,7 +61,6 @@ impl Default for FileMemory {
             writing: Arc::default(),
             complete: Mutex::default(),
             open_for_writing,
-            files: Mutex::default(),
         }
     }
 }
@@ -212,7 +209,6 @@ impl FileSource {
             now.insert(path, text);
         }
         // Files gone from the directory are forgotten.
-        *lock(&self.memory.files) = now.len();
         *complete = now;
         manifests
     }
@@ -280,7 +276,8 @@ impl FileSource {
         loop {
             let mut state = source.read(baseline.clone()).await;
             let had_pods = baseline.as_ref().is_some_and(|b| !b.pods.is_empty());
-            if replaced && had_pods && *lock(&source.memory.files) == 0 {
+            // The last read's complete files: none means the directory has no manifests.
+            if replaced && had_pods && lock(&source.memory.complete).is_empty() {
                 state.complete = false;
                 state.problems.push(format!(
                     "the manifest directory {} was replaced by one with no manifests; nothing is torn down until a manifest appears in it, or the next resync (in {}) finds it still empty",
