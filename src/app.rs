@@ -10,17 +10,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::actual::device_watch;
-use crate::actual::mountinfo::PodMounts;
 use crate::actual::watch::MountWatch;
-use crate::actual::OnDisk;
 use crate::config::Settings;
 use crate::desired::binding_store::BindingStore;
 use crate::desired::file::FileSource;
 use crate::desired::kube::{publish_notices, KubeSource, SharedHealth};
 use crate::desired::DesiredState;
-use crate::executor::backoff::BackoffPolicy;
+use crate::executor::context::OpContext;
 use crate::executor::preview::{preview, Preview};
-use crate::executor::run::OpContext;
 use crate::executor::{Executor, ExecutorConfig};
 use crate::host::format::{Formatter, RealFormatter};
 use crate::host::fs::PodFs;
@@ -28,9 +25,13 @@ use crate::host::real::RealMounter;
 use crate::host::run_lock::RunLock;
 use crate::host::state_file::write_json;
 use crate::host::Mounter;
-use crate::reconcile::plan::{plan, Op};
+use crate::model::backoff::BackoffPolicy;
+use crate::model::mountinfo::PodMounts;
+use crate::model::on_disk::OnDisk;
+use crate::model::op::Op;
+use crate::reconcile::plan::plan;
 use crate::reconcile::status::{self, Failures, StatusRow};
-use crate::reconcile::sync::{Report, SyncLoop};
+use crate::sync_loop::{Report, SyncLoop};
 
 /// The host seams a run works through.
 pub struct Host {

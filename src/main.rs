@@ -6,13 +6,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use volumed::actual::devices::{lsblk_table, DeviceScanner};
+use volumed::actual::devices::DeviceScanner;
 use volumed::cli::{Cli, Command, Output};
 use volumed::config::Settings;
 use volumed::host::format::RealFormatter;
 use volumed::host::real::RealMounter;
 use volumed::host::run_lock::RunLock;
 use volumed::host::Mounter;
+use volumed::output::devices::lsblk_table;
 use volumed::reconcile::status::{StatusRow, VolumeState};
 use volumed::{app, output};
 

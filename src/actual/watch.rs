@@ -11,8 +11,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::EventFd;
 use tokio::sync::watch;
 
-use super::mountinfo::MountTable;
 use crate::host::{HostError, Mounter};
+use crate::model::mountinfo::MountTable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {

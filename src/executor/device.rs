@@ -1,63 +1,19 @@
 //! Staging a local PV's block device: gather the facts safe-format needs, then format, check
 //! or refuse, and mount it once at its global mount. Worker threads only.
 
-use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Condvar, Mutex};
 
 use rustix::fs as rfs;
 
-use super::run::OpContext;
+use super::context::OpContext;
 use crate::actual::signatures::{leftover_metadata, DeviceEnds};
-use crate::actual::sysfs::Sysfs;
-use crate::host::format::FsckResult;
+use crate::host::sysfs::Sysfs;
 use crate::host::{HostError, Source};
+use crate::model::probe::FsckResult;
 use crate::model::Plugin;
 use crate::reconcile::safe_format::{decide, Decision, DeviceFacts};
 
 const MIB: u64 = 1 << 20;
-
-/// A cap on formats running at once (mkfs saturates a disk; several at once help nobody).
-pub struct FormatSlots {
-    used: Mutex<usize>,
-    freed: Condvar,
-    max: usize,
-}
-
-impl FormatSlots {
-    pub fn new(max: usize) -> FormatSlots {
-        FormatSlots {
-            used: Mutex::new(0),
-            freed: Condvar::new(),
-            max: max.max(1),
-        }
-    }
-
-    fn run<T>(&self, work: impl FnOnce() -> T) -> T {
-        let mut used = crate::shared::lock(&self.used);
-        while *used >= self.max {
-            used = crate::shared::wait(&self.freed, used);
-        }
-        *used += 1;
-        drop(used);
-        let result = work();
-        *crate::shared::lock(&self.used) -= 1;
-        self.freed.notify_one();
-        result
-    }
-}
-
-/// Serializes staging: one per PV (its global mount point) and one per device (two PVs may
-/// name the same disk through different links).
-#[derive(Default)]
-pub struct StagingLocks(Mutex<HashMap<String, Arc<Mutex<()>>>>);
-
-impl StagingLocks {
-    pub(super) fn lock_for(&self, key: &str) -> Arc<Mutex<()>> {
-        let mut locks = crate::shared::lock(&self.0);
-        locks.entry(key.to_string()).or_default().clone()
-    }
-}
 
 /// Makes sure the PV's device is mounted at its global mount (formatting it first when it is
 /// safe to) and returns that mount as a bind source, checked to hold that very device.
@@ -222,7 +178,7 @@ pub(super) fn gather(
     })
 }
 
-fn device_facts(sysfs: &Sysfs, major: u32, minor: u32) -> Option<crate::actual::sysfs::SysfsBlock> {
+fn device_facts(sysfs: &Sysfs, major: u32, minor: u32) -> Option<crate::host::sysfs::SysfsBlock> {
     sysfs.block(&sysfs.name_of(major, minor)?)
 }
 

@@ -2,7 +2,7 @@
 //! deadline and a concurrency cap, with jittered backoff between failed attempts. It never
 //! blocks the sync loop: results come back as events on a channel.
 
-pub mod backoff;
+pub mod context;
 pub mod device;
 pub mod preview;
 pub mod run;
@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::Instrument;
 
-use self::backoff::{Backoff, BackoffPolicy};
-use self::run::{run_op, OpContext, OpOutcome};
-use crate::reconcile::plan::{Op, OpKey};
+use self::context::OpContext;
+use self::run::{run_op, OpOutcome};
+use crate::model::backoff::{Backoff, BackoffPolicy};
+use crate::model::op::{Op, OpKey};
 
 #[derive(Clone, Debug)]
 pub struct ExecutorConfig {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use rustix::fs::{self as rfs, AtFlags, FileType};
 use serde::Serialize;
 
+use super::context::OpContext;
 use super::device::gather;
-use super::run::OpContext;
 use crate::host::HostError;
 use crate::model::{global_mount_path, DesiredVolume, MountSpec, PathType, Plugin};
 use crate::reconcile::safe_format::{decide, Decision};

@@ -5,51 +5,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::device::{stage, FormatSlots, StagingLocks};
-use crate::actual::sysfs::Sysfs;
-use crate::actual::PodDir;
-use crate::host::format::Formatter;
-use crate::host::fs::PodFs;
-use crate::host::{ForceMode, HostError, MountPoint, Mounter};
+use super::context::OpContext;
+use super::device::stage;
+use crate::host::{ForceMode, HostError, MountPoint};
+use crate::model::on_disk::PodDir;
+use crate::model::op::Op;
 use crate::model::{DesiredVolume, MountSpec, PathType, Plugin};
-use crate::reconcile::plan::Op;
-
-/// The host seams an op works through.
-pub struct OpContext {
-    pub mounter: Arc<dyn Mounter>,
-    pub fs: PodFs,
-    pub formatter: Arc<dyn Formatter>,
-    pub sysfs: Sysfs,
-    pub formats: FormatSlots,
-    pub staging: StagingLocks,
-    /// Deadline of an NFS mount helper.
-    pub mount_timeout: Duration,
-    /// How long a plain unmount may hang before an NFS unmount is forced.
-    pub unmount_timeout: Duration,
-    /// Volume paths with an unmount call still hanging on a thread of its own.
-    pub lingering: Arc<std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>>,
-}
-
-impl OpContext {
-    pub fn new(
-        mounter: Arc<dyn Mounter>,
-        fs: PodFs,
-        formatter: Arc<dyn Formatter>,
-        max_formats: usize,
-    ) -> OpContext {
-        OpContext {
-            mounter,
-            fs,
-            formatter,
-            sysfs: Sysfs::default(),
-            formats: FormatSlots::new(max_formats),
-            staging: StagingLocks::default(),
-            mount_timeout: Duration::from_secs(120),
-            unmount_timeout: Duration::from_secs(30),
-            lingering: Arc::default(),
-        }
-    }
-}
 
 /// What an op left behind, for the sync loop's picture of the host.
 #[derive(Debug)]

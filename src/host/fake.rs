@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::format::{Formatter, FsckResult, Probe};
+use super::format::Formatter;
 use super::{ForceMode, HostError, MountPoint, Mounter, Source, Target};
-use crate::actual::mountinfo::MountEntry;
+use crate::model::mountinfo::MountEntry;
+use crate::model::probe::{FsckResult, Probe};
 
 #[derive(Default)]
 pub struct FakeMounter {

@@ -10,11 +10,11 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::fs_util::{kind_name, list, list_typed, mount_id_of, remove_tree, rmdir};
-use super::pod_owner::{read_owner, write_record, OWNER_FILE};
+use super::pod_owner::{claim, read_owner, write_record, OWNER_FILE};
 use super::{HostError, MountPoint, Target};
-use crate::actual::mountinfo::MountEntry;
-use crate::actual::{DirOwner, OnDisk, PodDir};
 use crate::model::host_paths::HostPathPolicy;
+use crate::model::mountinfo::MountEntry;
+use crate::model::on_disk::{DirOwner, OnDisk, PodDir};
 use crate::model::{Plugin, PodRef, VolumeKey};
 
 /// How every directory below the root dir is opened: a handle only, never through a link.
@@ -189,6 +189,17 @@ impl PodFs {
             }
         }
         removed
+    }
+
+    /// Makes sure `<root>/pods/<uid>` exists and belongs to `pod` (see `pod_owner::claim`).
+    /// Returns the pod directory.
+    pub fn claim_pod_dir(&self, pod: &PodRef) -> Result<OwnedFd, HostError> {
+        let path = self.root.join("pods").join(&pod.uid);
+        let dir = self
+            .walk(&["pods", &pod.uid], true)?
+            .expect("walk with create returns a directory");
+        claim(&dir, &path, pod)?;
+        Ok(dir)
     }
 
     /// Every pod directory and its volume directories.

@@ -57,7 +57,9 @@ fn targets_are_created_and_found_again_by_a_scan() {
     assert_eq!(scanned.pods["u1"], BTreeSet::from([cache, file]));
     assert_eq!(
         scanned.owner("u1"),
-        Some(&crate::actual::DirOwner::Pod("default/pod-u1".into()))
+        Some(&crate::model::on_disk::DirOwner::Pod(
+            "default/pod-u1".into()
+        ))
     );
     assert_eq!(fs.scan_pod("nobody").unwrap(), None);
 }
@@ -252,7 +254,7 @@ fn a_pod_dir_serves_only_the_pod_it_was_made_for_until_it_is_removed() {
     std::fs::remove_file(fs.root().join("pods/u1/volumed-owner")).unwrap();
     assert_eq!(
         fs.scan().unwrap().owner("u1"),
-        Some(&crate::actual::DirOwner::Unrecorded)
+        Some(&crate::model::on_disk::DirOwner::Unrecorded)
     );
     fs.claim_pod_dir(&pod("u1", "taker")).unwrap();
     assert_eq!(
@@ -277,7 +279,7 @@ fn an_empty_owner_record_is_written_again_and_a_fifo_in_its_place_never_hangs() 
     nix::unistd::mkfifo(&record, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let scanned = fs.scan().unwrap();
     assert!(
-        matches!(scanned.owner("u1"), Some(crate::actual::DirOwner::Unreadable(why)) if why.contains("fifo")),
+        matches!(scanned.owner("u1"), Some(crate::model::on_disk::DirOwner::Unreadable(why)) if why.contains("fifo")),
         "{:?}",
         scanned.owner("u1")
     );

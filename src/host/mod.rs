@@ -13,6 +13,7 @@ pub mod real;
 pub mod run_lock;
 mod sources;
 pub mod state_file;
+pub mod sysfs;
 pub mod write_lease;
 
 use std::ffi::OsString;
@@ -20,7 +21,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::actual::mountinfo::MountEntry;
+use crate::model::mountinfo::MountEntry;
 use crate::model::PathType;
 
 /// Why a host operation failed. Each variant names its subject and, where there is one, what

@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::fs::PodFs;
 use super::fs_util::kind_name;
 use super::HostError;
-use crate::actual::DirOwner;
 use crate::model::names::check_object_name;
+use crate::model::on_disk::DirOwner;
 use crate::model::PodRef;
 
 /// The record's name in the pod directory.
@@ -23,56 +22,49 @@ pub const OWNER_FILE: &str = "volumed-owner";
 /// Longer than any `namespace/name` (63 + 1 + 253): anything bigger is not a record.
 const MAX_RECORD: usize = 512;
 
-impl PodFs {
-    /// Makes sure `<root>/pods/<uid>` exists and belongs to `pod`: records it when it has no
-    /// record yet, refuses when it belongs to another pod. Returns the pod directory.
-    pub fn claim_pod_dir(&self, pod: &PodRef) -> Result<OwnedFd, HostError> {
-        let path = self.root().join("pods").join(&pod.uid);
-        let owner = pod.to_string();
-        let refuse = |why: String| HostError::Unsafe {
-            path: path.clone(),
-            why,
-        };
-        if parse_record(&owner, false) != DirOwner::Pod(owner.clone()) {
-            return Err(refuse(format!(
-                "pod {owner} has no valid namespace/name to record as its owner"
-            )));
+/// Makes the pod directory `dir` (at `path`) belong to `pod`: records it when it has no record
+/// yet, refuses when it belongs to another pod.
+pub(super) fn claim(dir: &OwnedFd, path: &Path, pod: &PodRef) -> Result<(), HostError> {
+    let owner = pod.to_string();
+    let refuse = |why: String| HostError::Unsafe {
+        path: path.to_path_buf(),
+        why,
+    };
+    if parse_record(&owner, false) != DirOwner::Pod(owner.clone()) {
+        return Err(refuse(format!(
+            "pod {owner} has no valid namespace/name to record as its owner"
+        )));
+    }
+    // Twice at most: a record that is there but empty (a crash while writing it) is
+    // removed and written again; one that another op of this pod wrote is read back.
+    for _ in 0..2 {
+        match read_owner(dir, path)? {
+            DirOwner::Pod(found) if found == owner => return Ok(()),
+            DirOwner::Pod(found) => return Err(refuse(format!("it belongs to pod {found}, which had uid {} before {owner}; it is set up for {owner} only once that pod's volumes are torn down and the directory is gone", pod.uid))),
+            DirOwner::Unreadable(why) => return Err(refuse(format!("its owner record {OWNER_FILE} is unreadable ({why}); check whose directory it is, then fix or remove that file"))),
+            DirOwner::Unrecorded => {}
         }
-        let dir = self
-            .walk(&["pods", &pod.uid], true)?
-            .expect("walk with create returns a directory");
-        // Twice at most: a record that is there but empty (a crash while writing it) is
-        // removed and written again; one that another op of this pod wrote is read back.
-        for _ in 0..2 {
-            match read_owner(&dir, &path)? {
-                DirOwner::Pod(found) if found == owner => return Ok(dir),
-                DirOwner::Pod(found) => return Err(refuse(format!("it belongs to pod {found}, which had uid {} before {owner}; it is set up for {owner} only once that pod's volumes are torn down and the directory is gone", pod.uid))),
-                DirOwner::Unreadable(why) => return Err(refuse(format!("its owner record {OWNER_FILE} is unreadable ({why}); check whose directory it is, then fix or remove that file"))),
-                DirOwner::Unrecorded => {}
-            }
-            match write_record(&dir, &owner) {
-                Ok(()) => return Ok(dir),
-                Err(Errno::EXIST) => {
-                    if read_owner(&dir, &path)? == DirOwner::Unrecorded {
-                        // rm <pod dir>/volumed-owner (empty)
-                        match rfs::unlinkat(&dir, OWNER_FILE, AtFlags::empty()) {
-                            Ok(()) | Err(Errno::NOENT) => {}
-                            Err(e) => {
-                                return Err(HostError::io(
-                                    "removing the empty owner record of",
-                                    &path,
-                                )(e))
-                            }
+        match write_record(dir, &owner) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EXIST) => {
+                if read_owner(dir, path)? == DirOwner::Unrecorded {
+                    // rm <pod dir>/volumed-owner (empty)
+                    match rfs::unlinkat(dir, OWNER_FILE, AtFlags::empty()) {
+                        Ok(()) | Err(Errno::NOENT) => {}
+                        Err(e) => {
+                            return Err(HostError::io("removing the empty owner record of", path)(
+                                e,
+                            ))
                         }
                     }
                 }
-                Err(e) => return Err(HostError::io("recording the owner of", &path)(e)),
             }
+            Err(e) => return Err(HostError::io("recording the owner of", path)(e)),
         }
-        Err(refuse(
-            "its owner record keeps changing under volumed; it is looked at again".into(),
-        ))
     }
+    Err(refuse(
+        "its owner record keeps changing under volumed; it is looked at again".into(),
+    ))
 }
 
 /// Reads a pod directory's owner record; a missing or empty one is `Unrecorded`. An error

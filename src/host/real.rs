@@ -14,7 +14,7 @@ use sys_mount::{Mount, MountFlags};
 
 use super::helper::HelperRuns;
 use super::{ForceMode, HostError, MountPoint, Mounter, Source, Target};
-use crate::actual::mountinfo::{parse, MountEntry};
+use crate::model::mountinfo::{parse, MountEntry};
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 

@@ -1,9 +1,15 @@
 //! Plain data shared by every stage of the data flow: which volume, where it lives under the
 //! root dir, and what must be mounted there. No I/O happens here.
 
+pub mod backoff;
 pub mod host_paths;
 pub mod mount_options;
+pub mod mountinfo;
 pub mod names;
+pub mod notice;
+pub mod on_disk;
+pub mod op;
+pub mod probe;
 pub mod quantity;
 
 use std::fmt;

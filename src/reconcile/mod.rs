@@ -1,8 +1,8 @@
-//! Reconciliation: the pure `plan` and the sync loop that feeds it and records results.
+//! Reconcile policy, all pure: `plan` (what to do), pod-directory ownership, safe-format
+//! decisions, notices and status rows. The sync loop (`sync_loop`) drives it.
 
 pub mod notices;
 pub mod plan;
 pub mod pod_dirs;
 pub mod safe_format;
 pub mod status;
-pub mod sync;

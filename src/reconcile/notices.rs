@@ -4,17 +4,10 @@
 
 use std::collections::BTreeSet;
 
-use super::plan::Op;
 use crate::desired::DesiredState;
+use crate::model::notice::Notice;
+use crate::model::op::Op;
 use crate::model::PodRef;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Notice {
-    pub pod: PodRef,
-    pub reason: &'static str,
-    pub message: String,
-    pub warning: bool,
-}
 
 /// The notice for an op's outcome, for a pod the loop has seen (`known`: pods by uid, kept
 /// after they leave the desired state so teardown failures can still be told).

@@ -2,108 +2,13 @@
 //! the mount table and the pod directories show, and returns the ops that close the gap.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-
-use serde::Serialize;
 
 use super::pod_dirs;
-use crate::actual::mountinfo::PodMounts;
-use crate::actual::OnDisk;
 use crate::desired::DesiredState;
-use crate::model::{DesiredVolume, MountSpec, Plugin, PodRef, VolumeKey};
-
-/// One step towards the desired state. Each is idempotent: running it on a host where it
-/// already happened changes nothing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "op", rename_all = "camelCase")]
-pub enum Op {
-    /// Create the volume's path and mount (or create) what the spec says.
-    SetUp { volume: Box<DesiredVolume> },
-    /// Unmount the top mount at an unwanted volume path, or first the innermost mount
-    /// nested below it.
-    Unmount {
-        key: VolumeKey,
-        nested: Option<PathBuf>,
-        /// The NFS server behind the mount, for the per-server cap.
-        server: Option<String>,
-    },
-    /// Remove an unwanted, unmounted volume path (an emptyDir's contents with it).
-    RemoveVolumeDir { key: VolumeKey },
-    /// Remove the directory of a pod that is gone, once its volumes are.
-    RemovePodDir { pod_uid: String },
-    /// Record a wanted pod as the owner of its uid's directory, which has no record yet.
-    ClaimPodDir { pod: PodRef },
-    /// Unmount a local PV's global mount once no pod mount refers to it.
-    UnmountGlobal { pv_name: String },
-    /// Remove an unmounted global mount point.
-    RemoveGlobalDir { pv_name: String },
-}
-
-/// What an op is serialized on: at most one op per key runs at a time.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum OpKey {
-    Volume(VolumeKey),
-    Pod(String),
-    /// A global mount, by PV name.
-    Global(String),
-}
-
-impl Op {
-    pub fn key(&self) -> OpKey {
-        match self {
-            Op::SetUp { volume } => OpKey::Volume(volume.key.clone()),
-            Op::Unmount { key, .. } | Op::RemoveVolumeDir { key } => OpKey::Volume(key.clone()),
-            Op::RemovePodDir { pod_uid } => OpKey::Pod(pod_uid.clone()),
-            Op::ClaimPodDir { pod } => OpKey::Pod(pod.uid.clone()),
-            Op::UnmountGlobal { pv_name } | Op::RemoveGlobalDir { pv_name } => {
-                OpKey::Global(pv_name.clone())
-            }
-        }
-    }
-
-    /// The NFS server an op talks to, if any: such ops count against its per-server cap.
-    pub fn nfs_server(&self) -> Option<&str> {
-        match self {
-            Op::SetUp { volume } => match &volume.spec {
-                MountSpec::Nfs { server, .. } => Some(server),
-                _ => None,
-            },
-            Op::Unmount { server, .. } => server.as_deref(),
-            _ => None,
-        }
-    }
-
-    /// Whether the op may change the global mount point directories.
-    pub fn touches_globals(&self) -> bool {
-        match self {
-            Op::SetUp { volume } => matches!(volume.spec, MountSpec::Local { .. }),
-            Op::UnmountGlobal { .. } | Op::RemoveGlobalDir { .. } => true,
-            _ => false,
-        }
-    }
-
-    pub fn pod_uid(&self) -> Option<&str> {
-        match self {
-            Op::SetUp { volume } => Some(&volume.key.pod_uid),
-            Op::Unmount { key, .. } | Op::RemoveVolumeDir { key } => Some(&key.pod_uid),
-            Op::RemovePodDir { pod_uid } => Some(pod_uid),
-            Op::ClaimPodDir { pod } => Some(&pod.uid),
-            Op::UnmountGlobal { .. } | Op::RemoveGlobalDir { .. } => None,
-        }
-    }
-
-    pub fn verb(&self) -> &'static str {
-        match self {
-            Op::SetUp { .. } => "set-up",
-            Op::Unmount { .. } => "unmount",
-            Op::RemoveVolumeDir { .. } => "remove-volume-dir",
-            Op::RemovePodDir { .. } => "remove-pod-dir",
-            Op::ClaimPodDir { .. } => "claim-pod-dir",
-            Op::UnmountGlobal { .. } => "unmount-global",
-            Op::RemoveGlobalDir { .. } => "remove-global-dir",
-        }
-    }
-}
+use crate::model::mountinfo::PodMounts;
+use crate::model::on_disk::OnDisk;
+use crate::model::op::Op;
+use crate::model::{DesiredVolume, MountSpec, Plugin, VolumeKey};
 
 /// The ops that move the host towards `desired`. Teardown is planned only from a complete
 /// snapshot (rule 1) and only for volumes of plugins volumed manages; a running pod with a

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::*;
-use crate::actual::mountinfo::{MountEntry, PodMounts};
-use crate::actual::DirOwner;
+use crate::model::mountinfo::{MountEntry, PodMounts};
+use crate::model::on_disk::DirOwner;
 use crate::model::{MountSpec, Plugin, PodRef};
 
 const ROOT: &str = "/var/lib/volumed";

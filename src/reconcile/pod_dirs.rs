@@ -6,8 +6,8 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 
-use crate::actual::{DirOwner, OnDisk};
 use crate::desired::{DesiredState, WaitingVolume};
+use crate::model::on_disk::{DirOwner, OnDisk};
 use crate::model::PodRef;
 
 /// `desired` with every pod whose uid names a directory that is not its own taken out: its
@@ -80,7 +80,7 @@ pub fn unclaimed<'a>(desired: &'a DesiredState, on_disk: &OnDisk) -> Vec<&'a Pod
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actual::PodDir;
+    use crate::model::on_disk::PodDir;
 
     fn pod(namespace: &str, name: &str) -> PodRef {
         PodRef {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::host::format::Probe;
+use crate::model::probe::Probe;
 
 /// Everything safe-format decides from, gathered on a worker thread.
 #[derive(Clone, Debug)]

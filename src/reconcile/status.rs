@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::in_place;
 use super::pod_dirs;
-use crate::actual::mountinfo::{MountEntry, PodMounts};
-use crate::actual::OnDisk;
 use crate::desired::DesiredState;
+use crate::model::mountinfo::{MountEntry, PodMounts};
+use crate::model::on_disk::OnDisk;
 use crate::model::{MountSpec, Plugin, VolumeKey};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -90,8 +90,8 @@ async fn failures_and_pending_volumes_are_recorded_as_events_on_the_pod() {
 /// (kube-rs's recorder), and within the repeat window it is not sent at all.
 #[tokio::test]
 async fn repeated_notices_become_one_event_series_and_distinct_ones_stand_alone() {
+    use volumed::model::notice::Notice;
     use volumed::model::PodRef;
-    use volumed::reconcile::notices::Notice;
     let server = FakeApiServer::start().await;
     let notice = |message: &str| Notice {
         pod: PodRef {

@@ -100,7 +100,7 @@ async fn mounts_of_listed_pods_are_adopted_not_redone() {
 /// `plan` and `status` without `--manifests` read one complete list from the API.
 #[tokio::test]
 async fn plan_and_status_read_the_api_once() {
-    use volumed::reconcile::plan::Op;
+    use volumed::model::op::Op;
     use volumed::reconcile::status::VolumeState;
     let server = FakeApiServer::start().await;
     let tmp = tempfile::tempdir().unwrap();

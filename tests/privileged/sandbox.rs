@@ -6,7 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use volumed::actual::mountinfo::{parse, MountEntry};
+use volumed::model::mountinfo::{parse, MountEntry};
 
 pub type TestResult = Result<(), String>;
 

@@ -18,7 +18,7 @@ use volumed::config::Settings;
 use volumed::host::fake::FakeFormatter;
 use volumed::host::fake::FakeMounter;
 use volumed::host::run_lock::RunLock;
-use volumed::reconcile::sync::Report;
+use volumed::sync_loop::Report;
 
 /// A temp dir with manifests, a root dir and host dirs, and the fake mounter over it.
 pub struct World {

@@ -2,7 +2,7 @@
 //! paths into volumed's own state or other pods' volumes.
 
 use volumed::reconcile::status::{StatusRow, VolumeState};
-use volumed::reconcile::sync::Report;
+use volumed::sync_loop::Report;
 
 use super::World;
 

@@ -14,7 +14,7 @@ pub async fn publish_notices(
     client: Client,
     node_name: String,
     repeat_after: Duration,
-    mut notices: mpsc::Receiver<crate::reconcile::notices::Notice>,
+    mut notices: mpsc::Receiver<crate::model::notice::Notice>,
 ) {
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
     let reporter = Reporter {

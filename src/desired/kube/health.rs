@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use kube::runtime::watcher;
 
-use crate::executor::backoff::BackoffPolicy;
+use crate::model::backoff::BackoffPolicy;
 
 /// The kinds watched, as their watches are named to the operator.
 pub(super) const KINDS: [&str; 5] = [

@@ -9,16 +9,18 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::notices::{self, Notice};
-use super::plan::{plan, OpKey};
-use super::pod_dirs;
-use super::status::{self, Failures, StatusRow, VolumeState};
 use crate::actual::devices::BlockDevice;
-use crate::actual::mountinfo::{MountTable, PodMounts};
 use crate::actual::watch::MountWatch;
-use crate::actual::OnDisk;
 use crate::desired::DesiredState;
 use crate::executor::{describe_key, Executor, OpEvent};
+use crate::model::mountinfo::{MountTable, PodMounts};
+use crate::model::notice::Notice;
+use crate::model::on_disk::OnDisk;
+use crate::model::op::{Op, OpKey};
+use crate::reconcile::notices;
+use crate::reconcile::plan::plan;
+use crate::reconcile::pod_dirs;
+use crate::reconcile::status::{self, Failures, StatusRow, VolumeState};
 
 pub struct SyncLoop {
     pub root: PathBuf,
@@ -285,7 +287,7 @@ impl SyncLoop {
                 }
             }
         }
-        if let (super::plan::Op::RemovePodDir { pod_uid }, None) = (&op, &error) {
+        if let (Op::RemovePodDir { pod_uid }, None) = (&op, &error) {
             books.known_pods.remove(pod_uid);
         }
         let (map, key) = match op.key() {

@@ -1,14 +1,17 @@
 //! What the commands print, in one place: data (tables, JSON) for stdout, and for stderr the
 //! problems and what cannot be done. Paths are shown relative to the root dir unless `wide`.
 
+pub mod devices;
+pub mod table;
+
 use std::path::Path;
 
+use self::table::render;
 use crate::app::{Cannot, PlanReport};
-use crate::cli_table::render;
 use crate::desired::DesiredState;
 use crate::executor::preview::Preview;
+use crate::model::op::Op;
 use crate::model::{self, Plugin};
-use crate::reconcile::plan::Op;
 use crate::reconcile::status::{StatusRow, VolumeState};
 
 /// A command's output: what goes to stdout and what to stderr.
