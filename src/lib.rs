@@ -22,3 +22,4 @@ pub mod cli;
 pub mod config;
 pub mod app;
 pub mod output;
+pub mod commands;

@@ -52,6 +52,8 @@ pub struct Report {
     /// Failures of ops that are not about one volume (pod directories, global mounts), by
     /// what they are about.
     pub other_failures: BTreeMap<String, String>,
+    /// Why a daemon loop stopped before it was cancelled: an input it needs closed.
+    pub stopped: Option<String>,
 }
 
 impl Report {
@@ -91,6 +93,7 @@ impl SyncLoop {
         let mut need_covers = 0;
         let mut source_open = true;
         let mut watcher_open = true;
+        let mut stopped = None;
         let mut devices = self.devices.take();
         if let Some(devices) = devices.as_mut() {
             devices.borrow_and_update();
@@ -106,16 +109,26 @@ impl SyncLoop {
                 // Cancellation first: after it, no new snapshot may lead to an op.
                 biased;
                 _ = cancel.cancelled() => break,
+                // A daemon without its inputs would idle on a stale picture: it stops, and its
+                // supervisor restarts it. A --once run finishes on what it has.
                 changed = self.desired.changed(), if source_open => {
                     if changed.is_err() {
-                        tracing::warn!("the desired-state source stopped; keeping its last snapshot");
                         source_open = false;
+                        if !self.once {
+                            stopped = Some("the desired-state source stopped".to_string());
+                            break;
+                        }
+                        tracing::warn!("the desired-state source stopped; keeping its last snapshot");
                     }
                 }
                 changed = self.mounts.tables.changed(), if watcher_open => {
                     if changed.is_err() {
-                        tracing::error!("the mount-table watcher stopped; planning on the last table, refreshed only by op results");
                         watcher_open = false;
+                        if !self.once {
+                            stopped = Some("the mount-table watcher stopped".to_string());
+                            break;
+                        }
+                        tracing::error!("the mount-table watcher stopped; planning on the last table, refreshed only by op results");
                     }
                 }
                 Some(event) = self.events.recv() => {
@@ -130,14 +143,14 @@ impl SyncLoop {
                             self.executor.forget_failures();
                         }
                     } else {
-                        tracing::warn!("the block-device watcher stopped; devices are seen again only when ops retry");
-                        devices = None;
+                        stopped = Some("the block-device watcher stopped".to_string());
+                        break;
                     }
                 }
                 _ = sleep_until(retry_at), if retry_at.is_some() => {}
             }
         }
-        if cancel.is_cancelled() {
+        if cancel.is_cancelled() || stopped.is_some() {
             self.drain(&mut books).await;
         }
         let table = self.mounts.tables.borrow().clone();
@@ -154,6 +167,7 @@ impl SyncLoop {
             desired,
             rows,
             other_failures: books.other_failures,
+            stopped,
         }
     }
 

@@ -27,8 +27,12 @@ const SETTLE_TRIES: u32 = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileSourceError {
-    #[error("cannot watch manifest directory {dir} for changes: {source}; check that it exists")]
-    Watch { dir: PathBuf, source: notify::Error },
+    #[error("cannot watch manifest directory {dir} for changes: {source}; {hint}")]
+    Watch {
+        dir: PathBuf,
+        source: notify::Error,
+        hint: &'static str,
+    },
 }
 
 pub struct FileSource {
@@ -332,9 +336,24 @@ impl FileSource {
     }
 
     fn watch_error(&self, source: notify::Error) -> FileSourceError {
+        let out_of_inotify = match &source.kind {
+            notify::ErrorKind::MaxFilesWatch => true,
+            notify::ErrorKind::Io(err) => {
+                matches!(
+                    err.raw_os_error(),
+                    Some(nix::libc::EMFILE | nix::libc::ENOSPC)
+                )
+            }
+            _ => false,
+        };
         FileSourceError::Watch {
             dir: self.dir.clone(),
             source,
+            hint: if out_of_inotify {
+                "the host is out of inotify instances or watches: raise the sysctls fs.inotify.max_user_instances and fs.inotify.max_user_watches"
+            } else {
+                "check that it exists"
+            },
         }
     }
 }

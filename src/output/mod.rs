@@ -7,12 +7,13 @@ pub mod table;
 use std::path::Path;
 
 use self::table::render;
-use crate::app::{Cannot, PlanReport};
+use crate::app::inspect::{Cannot, PlanReport};
 use crate::desired::DesiredState;
 use crate::executor::preview::Preview;
 use crate::model::op::Op;
 use crate::model::{self, Plugin};
 use crate::reconcile::status::{StatusRow, VolumeState};
+use crate::sync_loop::Report;
 
 /// A command's output: what goes to stdout and what to stderr.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -98,7 +99,7 @@ fn op_row(paths: &Paths, op: &Op, preview: Option<&Preview>) -> [String; 4] {
             paths.show(&nested.clone().unwrap_or_else(|| key.path(paths.root))),
             String::new(),
         ],
-        Op::RemoveVolumeDir { key } => [
+        Op::RemoveVolumeDir { key, .. } => [
             op.verb().into(),
             key.pod_uid.clone(),
             paths.show(&key.path(paths.root)),
@@ -205,4 +206,41 @@ pub fn problems(desired: &DesiredState) -> String {
         out.push_str("the desired state is incomplete: nothing is torn down until the errors above are fixed\n");
     }
     out
+}
+
+/// What `run --once` prints at the end: on stdout a line when everything is in place; on
+/// stderr, when not, the volumes that are not and the other failures.
+pub fn once_summary(paths: &Paths, report: &Report) -> Printed {
+    let in_place = report
+        .rows
+        .iter()
+        .filter(|r| r.state == VolumeState::Mounted)
+        .count();
+    if report.converged() {
+        return Printed {
+            stdout: format!(
+                "volumed: {in_place} volume(s) of {} pod(s) in place\n",
+                report.desired.pods.len()
+            ),
+            stderr: problems(&report.desired),
+        };
+    }
+    let bad: Vec<StatusRow> = report
+        .rows
+        .iter()
+        .filter(|r| !matches!(r.state, VolumeState::Mounted | VolumeState::Unmanaged))
+        .cloned()
+        .collect();
+    let mut stderr = format!(
+        "volumed: not converged ({in_place} volume(s) in place)\n{}{}",
+        rows_table(paths, &bad),
+        problems(&report.desired)
+    );
+    for (subject, error) in &report.other_failures {
+        stderr.push_str(&format!("{subject}: {error}\n"));
+    }
+    Printed {
+        stdout: String::new(),
+        stderr,
+    }
 }

@@ -433,3 +433,51 @@ fn an_error_names_each_cause_once() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_daemon_whose_manifest_watch_dies_exits_non_zero_with_the_reason() {
+    // In a user namespace of its own the daemon may open no inotify instance at all, so the
+    // manifest watch fails as it does on a host out of inotify instances.
+    let workspace = Workspace::new();
+    workspace.manifest("pod.yaml", POD);
+    let base = workspace.root();
+    let mut child = Command::new("unshare")
+        .args(["--user", "--map-root-user", "sh", "-c"])
+        .arg(r#"echo 0 > /proc/sys/user/max_inotify_instances && exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_volumed"))
+        .arg("run")
+        .arg("--manifests")
+        .arg(base.join("manifests"))
+        .arg("--root-dir")
+        .arg(base.join("root"))
+        .args(["--node-name", "node-a"])
+        .env("VOLUMED_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux) runs volumed in a user namespace");
+    // A guard, not a wait: before the fix the daemon idled here for ever.
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > give_up {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "volumed kept running without its manifest watch; stderr:\n{}",
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("volumed: the manifest source failed:")
+            && last.contains("inotify")
+            && last.contains("restarts it"),
+        "the last line names the task and why it stopped: {last}"
+    );
+}

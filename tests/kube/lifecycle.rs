@@ -111,7 +111,7 @@ async fn plan_and_status_read_the_api_once() {
     server.apply_yaml(&pod("api", "u2").replace("claimName: data", "claimName: none"));
     let settings = settings_support::test_settings(&base, None, Some(server.kubeconfig(&base)));
     let mounter = volumed::host::fake::FakeMounter::new();
-    let report = volumed::app::plan_only(&settings, fake_host(&mounter))
+    let report = volumed::app::inspect::plan_only(&settings, fake_host(&mounter))
         .await
         .unwrap();
     let desired = &report.desired;
@@ -126,7 +126,7 @@ async fn plan_and_status_read_the_api_once() {
     set_up.sort();
     assert_eq!(set_up, ["u1:cache", "u1:data", "u2:cache"]);
     assert_eq!(desired.pods.len(), 2);
-    let (_, rows) = volumed::app::status_only(&settings, mounter.as_ref())
+    let (_, rows) = volumed::app::inspect::status_only(&settings, mounter.as_ref())
         .await
         .unwrap();
     let pending: Vec<_> = rows
@@ -151,10 +151,12 @@ async fn plan_and_status_read_the_api_once() {
     server.stop().await;
     let mut settings = settings;
     settings.first_list_timeout = Duration::from_secs(1);
-    assert!(volumed::app::plan_only(&settings, fake_host(&mounter))
-        .await
-        .is_err());
-    let (desired, rows) = volumed::app::status_only(&settings, mounter.as_ref())
+    assert!(
+        volumed::app::inspect::plan_only(&settings, fake_host(&mounter))
+            .await
+            .is_err()
+    );
+    let (desired, rows) = volumed::app::inspect::status_only(&settings, mounter.as_ref())
         .await
         .unwrap();
     assert!(
@@ -177,7 +179,7 @@ async fn a_refused_watch_is_named_when_the_first_list_never_completes() {
     let mut settings = settings_support::test_settings(&base, None, Some(server.kubeconfig(&base)));
     settings.first_list_timeout = Duration::from_secs(4);
     let mounter = volumed::host::fake::FakeMounter::new();
-    let err = volumed::app::plan_only(&settings, fake_host(&mounter))
+    let err = volumed::app::inspect::plan_only(&settings, fake_host(&mounter))
         .await
         .unwrap_err()
         .to_string();

@@ -1,5 +1,9 @@
 //! Wiring: builds the source, the mount watcher, the executor and the sync loop from the
-//! settings, runs them, and shuts down without aborting a side effect half-way.
+//! settings, runs them under supervision, and shuts down without aborting a side effect
+//! half-way.
+
+pub mod inspect;
+mod supervise;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,6 +13,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use self::supervise::Supervisor;
 use crate::actual::device_watch;
 use crate::actual::watch::MountWatch;
 use crate::config::Settings;
@@ -17,7 +22,6 @@ use crate::desired::file::FileSource;
 use crate::desired::kube::{publish_notices, KubeSource, SharedHealth};
 use crate::desired::DesiredState;
 use crate::executor::context::OpContext;
-use crate::executor::preview::{preview, Preview};
 use crate::executor::{Executor, ExecutorConfig};
 use crate::host::format::{Formatter, RealFormatter};
 use crate::host::fs::PodFs;
@@ -26,11 +30,7 @@ use crate::host::run_lock::RunLock;
 use crate::host::state_file::write_json;
 use crate::host::Mounter;
 use crate::model::backoff::BackoffPolicy;
-use crate::model::mountinfo::PodMounts;
-use crate::model::on_disk::OnDisk;
-use crate::model::op::Op;
-use crate::reconcile::plan::plan;
-use crate::reconcile::status::{self, Failures, StatusRow};
+use crate::reconcile::status::Failures;
 use crate::sync_loop::{Report, SyncLoop};
 
 /// The host seams a run works through.
@@ -55,6 +55,9 @@ impl Host {
 /// How long shutdown waits for in-flight ops before exiting anyway (a hung mount cannot be
 /// waited out; it is never aborted half-way by us, the process exit ends it).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a stopped loop waits to learn from the supervisor why its input closed.
+const REASON_WAIT: Duration = Duration::from_secs(1);
 
 /// Notices waiting for the API at most; beyond that the newest are dropped.
 const NOTICE_QUEUE: usize = 1024;
@@ -86,8 +89,9 @@ fn failures_path(root: &Path) -> PathBuf {
 }
 
 /// Runs the reconciler until `cancel` fires, or (with `once`) until nothing is left to try.
-/// `_held`: the root dir's run lock, which the caller keeps for as long as anything this
-/// starts may still act (the binary: its whole life, past the runtime's shutdown).
+/// A long-lived task (a source, a watcher) that ends before that ends the run with an error
+/// naming it. `_held`: the root dir's run lock, which the caller keeps for as long as
+/// anything this starts may still act (the binary: its whole life, past the runtime's end).
 pub async fn run(
     settings: &Settings,
     once: bool,
@@ -106,18 +110,22 @@ pub async fn run(
     let (on_disk, fs) = tokio::task::spawn_blocking(move || (fs.scan(), fs)).await?;
     let on_disk = on_disk.context("cannot scan the pod directories under the root dir")?;
     let mounts = MountWatch::spawn(mounter.clone(), settings.resync)?;
+    // The tasks stop with the loop: at a signal, or when a --once run is done.
+    let stop_tasks = cancel.child_token();
+    let mut tasks = Supervisor::new(stop_tasks.clone());
     // In once mode the snapshot is fixed; its sender lives until the loop ends.
     let (desired, _fixed_snapshot, notices, publisher) = match &settings.manifests {
         Some(dir) => {
-            let (rx, fixed) =
-                start_source(file_source(settings, dir, true), once, cancel.clone()).await?;
+            let source = file_source(settings, dir, true);
+            let (rx, fixed) = start_source(source, once, &tasks, stop_tasks.clone()).await?;
             (rx, fixed, None, None)
         }
         None => {
-            let (rx, client) = start_api_source(settings, once, cancel.clone())
+            let (rx, client) = start_api_source(settings, once, &tasks, stop_tasks.clone())
                 .await
                 .context("volumed changed nothing")?;
             let (tx, notices) = tokio::sync::mpsc::channel(NOTICE_QUEUE);
+            // Lives exactly as long as the loop: it ends when the loop's sender is gone.
             let publisher = tokio::spawn(publish_notices(
                 client,
                 settings.node.name.clone(),
@@ -148,6 +156,7 @@ pub async fn run(
     context.unmount_timeout = settings.op_timeout;
     let (executor, events) = Executor::new(context, config);
     let (failures_tx, failures_rx) = watch::channel(Failures::new());
+    // Lives exactly as long as the loop, as the publisher does.
     let writer = tokio::spawn(write_failures(
         failures_path(&settings.root_dir),
         failures_rx,
@@ -165,7 +174,30 @@ pub async fn run(
         devices,
         notices,
     };
-    let report = sync.run(cancel).await;
+    let looping = sync.run(stop_tasks.clone());
+    tokio::pin!(looping);
+    let (report, failed) = tokio::select! {
+        report = &mut looping => {
+            // A loop that stopped because an input closed: the task behind it says why (its
+            // supervisor hears of its end just after the loop does).
+            let failed = match report.stopped.clone() {
+                Some(why) => Some(
+                    tokio::time::timeout(REASON_WAIT, tasks.first_failure())
+                        .await
+                        .unwrap_or(why),
+                ),
+                None => None,
+            };
+            (report, failed)
+        }
+        why = tasks.first_failure() => {
+            tracing::error!(reason = %why, "a task volumed needs has stopped; shutting down so that volumed is restarted");
+            // The loop stops intake and lets its in-flight ops finish, as at a signal.
+            stop_tasks.cancel();
+            (looping.await, Some(why))
+        }
+    };
+    stop_tasks.cancel();
     // The notice sender is gone with the loop: the Events already queued (the last ones of a
     // --once run, say) get a moment to reach the API.
     if let Some(publisher) = publisher {
@@ -176,16 +208,25 @@ pub async fn run(
         }
     }
     // The sender is gone with the loop: the writer flushes the last list and ends.
-    let _ = writer.await;
-    Ok(report)
+    if let Err(err) = writer.await {
+        tracing::error!(%err, "the failure recorder died; `volumed status` may show old failures");
+    }
+    tasks.wait(EVENTS_GRACE).await;
+    match failed {
+        Some(why) => anyhow::bail!(
+            "{why}; volumed stopped so that its supervisor (systemd, the kubelet) restarts it"
+        ),
+        None => Ok(report),
+    }
 }
 
 /// Once: one snapshot, fixed (its sender is returned so the channel stays open). Daemon: the
-/// source runs on its own task and publishes snapshots until cancelled.
+/// source runs as a supervised task and publishes snapshots until stopped.
 async fn start_source(
     source: FileSource,
     once: bool,
-    cancel: CancellationToken,
+    tasks: &Supervisor,
+    stop: CancellationToken,
 ) -> anyhow::Result<(
     watch::Receiver<Arc<DesiredState>>,
     Option<watch::Sender<Arc<DesiredState>>>,
@@ -200,19 +241,16 @@ async fn start_source(
         ..Default::default()
     };
     let (tx, rx) = watch::channel(Arc::new(waiting));
-    tokio::spawn(async move {
-        if let Err(err) = source.run(tx, cancel).await {
-            tracing::error!(%err, "manifest source stopped; keeping its last snapshot");
-        }
-    });
+    tasks.spawn("manifest source", source.run(tx, stop));
     Ok((rx, None))
 }
 
-/// The Kubernetes API source on its own task. In once mode this waits for its first
+/// The Kubernetes API source as a supervised task. In once mode this waits for its first
 /// complete snapshot (every watch listed once).
 async fn start_api_source(
     settings: &Settings,
     once: bool,
+    tasks: &Supervisor,
     cancel: CancellationToken,
 ) -> anyhow::Result<(watch::Receiver<Arc<DesiredState>>, kube::Client)> {
     let config = match &settings.kubeconfig {
@@ -230,12 +268,16 @@ async fn start_api_source(
     };
     let (tx, mut rx) = watch::channel(Arc::new(waiting));
     let health = SharedHealth::default();
+    let cancel_source = cancel.clone();
     let source = KubeSource {
         client: client.clone(),
         node: settings.node.clone(),
         health: health.clone(),
     };
-    tokio::spawn(source.run(tx, cancel.clone()));
+    tasks.spawn("Kubernetes API source", async move {
+        source.run(tx, cancel_source).await;
+        Ok::<(), std::convert::Infallible>(())
+    });
     if once {
         tokio::select! {
             _ = cancel.cancelled() => {}
@@ -276,138 +318,6 @@ async fn write_failures(path: PathBuf, mut failures: watch::Receiver<Failures>) 
     }
 }
 
-/// What `run --once` would do now, changing nothing (bindings are not recorded): the ops,
-/// each set-up with the checks it would make and the safe-format decision it would take.
-pub async fn plan_only(settings: &Settings, host: Host) -> anyhow::Result<PlanReport> {
-    let desired = desired_now(settings).await?;
-    let (mounts, on_disk) = host_now(settings, host.mounter.as_ref())?;
-    // As plan sees it: a pod whose uid names another pod's directory waits.
-    let desired = crate::reconcile::pod_dirs::assign(&desired, &on_disk).into_owned();
-    let ops = plan(&desired, &mounts, &on_disk);
-    let context = OpContext::new(
-        host.mounter,
-        pod_fs(settings),
-        host.formatter,
-        settings.max_concurrent_formats,
-    );
-    let ops = tokio::task::spawn_blocking(move || {
-        ops.into_iter()
-            .map(|op| {
-                let preview = match &op {
-                    Op::SetUp { volume } => Some(preview(&context, volume)),
-                    _ => None,
-                };
-                PlannedOp { op, preview }
-            })
-            .collect()
-    })
-    .await?;
-    Ok(PlanReport { desired, ops })
-}
-
-/// `volumed plan`'s answer.
-#[derive(Debug, serde::Serialize)]
-pub struct PlanReport {
-    pub desired: DesiredState,
-    pub ops: Vec<PlannedOp>,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct PlannedOp {
-    #[serde(flatten)]
-    pub op: Op,
-    /// For a set-up: what it is expected to do.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub preview: Option<Preview>,
-}
-
-/// A volume that cannot be set up now, and why.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Cannot {
-    pub pod: String,
-    pub volume: String,
-    pub reason: String,
-    /// Where the pod was defined (`file:line`), in file mode.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub origin: Option<String>,
-}
-
-impl PlanReport {
-    /// Every volume that cannot be set up: those waiting for something, and the set-ups
-    /// whose checks fail.
-    pub fn cannot(&self) -> Vec<Cannot> {
-        let waiting = self
-            .desired
-            .waiting
-            .iter()
-            .filter(|w| w.blocking)
-            .map(|w| Cannot {
-                pod: w.pod.to_string(),
-                volume: w.volume_name.clone(),
-                reason: w.reason.clone(),
-                origin: w.origin.clone(),
-            });
-        let failing = self
-            .ops
-            .iter()
-            .filter_map(|planned| match (&planned.op, &planned.preview) {
-                (Op::SetUp { volume }, Some(Preview::Fails { reason })) => Some(Cannot {
-                    pod: volume.pod.to_string(),
-                    volume: volume.volume_name.clone(),
-                    reason: reason.clone(),
-                    origin: self.desired.pod_origins.get(&volume.pod.uid).cloned(),
-                }),
-                _ => None,
-            });
-        waiting.chain(failing).collect()
-    }
-
-    /// True when `run --once` can do everything: a complete desired state and no volume that
-    /// cannot be set up.
-    pub fn can_do_everything(&self) -> bool {
-        self.desired.complete && self.cannot().is_empty()
-    }
-}
-
-/// The status rows as the host stands, with the failures a running daemon last recorded.
-pub async fn status_only(
-    settings: &Settings,
-    mounter: &dyn Mounter,
-) -> anyhow::Result<(DesiredState, Vec<StatusRow>)> {
-    ensure_manifest_dir(settings)?;
-    // The host is worth seeing exactly when the API is not answering.
-    let desired = desired_now(settings)
-        .await
-        .unwrap_or_else(|err| DesiredState {
-            problems: vec![format!("the desired state is unknown: {err:#}")],
-            ..Default::default()
-        });
-    let (mounts, on_disk) = host_now(settings, mounter)?;
-    let failures: Failures = std::fs::read(failures_path(&settings.root_dir))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
-    let rows = status::rows(&settings.root_dir, &desired, &mounts, &on_disk, &failures);
-    Ok((desired, rows))
-}
-
-/// The desired state from the manifests, or from one complete list of the API (watches
-/// started, listed once, stopped).
-async fn desired_now(settings: &Settings) -> anyhow::Result<DesiredState> {
-    ensure_manifest_dir(settings)?;
-    Ok(match &settings.manifests {
-        Some(dir) => file_source(settings, dir, false).snapshot(),
-        None => {
-            let cancel = CancellationToken::new();
-            // The watches stop however this ends.
-            let _stop = cancel.clone().drop_guard();
-            let (snapshot, _client) = start_api_source(settings, true, cancel).await?;
-            let desired = (**snapshot.borrow()).clone();
-            desired
-        }
-    })
-}
-
 /// A `--manifests` that is not a directory is an error of the command line, not a state.
 fn ensure_manifest_dir(settings: &Settings) -> anyhow::Result<()> {
     if let Some(dir) = &settings.manifests {
@@ -418,16 +328,4 @@ fn ensure_manifest_dir(settings: &Settings) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The mounts and pod directories as they stand.
-fn host_now(settings: &Settings, mounter: &dyn Mounter) -> anyhow::Result<(PodMounts, OnDisk)> {
-    let table = mounter.mount_table()?;
-    let mounts = PodMounts::index(&table, &settings.root_dir);
-    let on_disk = if settings.root_dir.exists() {
-        pod_fs(settings).scan()?
-    } else {
-        OnDisk::default()
-    };
-    Ok((mounts, on_disk))
 }

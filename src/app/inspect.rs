@@ -1,0 +1,162 @@
+//! The one-shot views of `plan` and `status`: the desired state read once and the host as it
+//! stands, compared without changing anything.
+
+use tokio_util::sync::CancellationToken;
+
+use super::supervise::Supervisor;
+use super::{ensure_manifest_dir, failures_path, file_source, pod_fs, start_api_source, Host};
+use crate::config::Settings;
+use crate::desired::DesiredState;
+use crate::executor::context::OpContext;
+use crate::executor::preview::{preview, Preview};
+use crate::host::Mounter;
+use crate::model::mountinfo::PodMounts;
+use crate::model::on_disk::OnDisk;
+use crate::model::op::Op;
+use crate::reconcile::plan::plan;
+use crate::reconcile::status::{self, Failures, StatusRow};
+
+/// What `run --once` would do now, changing nothing (bindings are not recorded): the ops,
+/// each set-up with the checks it would make and the safe-format decision it would take.
+pub async fn plan_only(settings: &Settings, host: Host) -> anyhow::Result<PlanReport> {
+    let desired = desired_now(settings).await?;
+    let (mounts, on_disk) = host_now(settings, host.mounter.as_ref())?;
+    // As plan sees it: a pod whose uid names another pod's directory waits.
+    let desired = crate::reconcile::pod_dirs::assign(&desired, &on_disk).into_owned();
+    let ops = plan(&desired, &mounts, &on_disk);
+    let context = OpContext::new(
+        host.mounter,
+        pod_fs(settings),
+        host.formatter,
+        settings.max_concurrent_formats,
+    );
+    let ops = tokio::task::spawn_blocking(move || {
+        ops.into_iter()
+            .map(|op| {
+                let preview = match &op {
+                    Op::SetUp { volume } => Some(preview(&context, volume)),
+                    _ => None,
+                };
+                PlannedOp { op, preview }
+            })
+            .collect()
+    })
+    .await?;
+    Ok(PlanReport { desired, ops })
+}
+
+/// `volumed plan`'s answer.
+#[derive(Debug, serde::Serialize)]
+pub struct PlanReport {
+    pub desired: DesiredState,
+    pub ops: Vec<PlannedOp>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct PlannedOp {
+    #[serde(flatten)]
+    pub op: Op,
+    /// For a set-up: what it is expected to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Preview>,
+}
+
+/// A volume that cannot be set up now, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Cannot {
+    pub pod: String,
+    pub volume: String,
+    pub reason: String,
+    /// Where the pod was defined (`file:line`), in file mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+impl PlanReport {
+    /// Every volume that cannot be set up: those waiting for something, and the set-ups
+    /// whose checks fail.
+    pub fn cannot(&self) -> Vec<Cannot> {
+        let waiting = self
+            .desired
+            .waiting
+            .iter()
+            .filter(|w| w.blocking)
+            .map(|w| Cannot {
+                pod: w.pod.to_string(),
+                volume: w.volume_name.clone(),
+                reason: w.reason.clone(),
+                origin: w.origin.clone(),
+            });
+        let failing = self
+            .ops
+            .iter()
+            .filter_map(|planned| match (&planned.op, &planned.preview) {
+                (Op::SetUp { volume }, Some(Preview::Fails { reason })) => Some(Cannot {
+                    pod: volume.pod.to_string(),
+                    volume: volume.volume_name.clone(),
+                    reason: reason.clone(),
+                    origin: self.desired.pod_origins.get(&volume.pod.uid).cloned(),
+                }),
+                _ => None,
+            });
+        waiting.chain(failing).collect()
+    }
+
+    /// True when `run --once` can do everything: a complete desired state and no volume that
+    /// cannot be set up.
+    pub fn can_do_everything(&self) -> bool {
+        self.desired.complete && self.cannot().is_empty()
+    }
+}
+
+/// The status rows as the host stands, with the failures a running daemon last recorded.
+pub async fn status_only(
+    settings: &Settings,
+    mounter: &dyn Mounter,
+) -> anyhow::Result<(DesiredState, Vec<StatusRow>)> {
+    ensure_manifest_dir(settings)?;
+    // The host is worth seeing exactly when the API is not answering.
+    let desired = desired_now(settings)
+        .await
+        .unwrap_or_else(|err| DesiredState {
+            problems: vec![format!("the desired state is unknown: {err:#}")],
+            ..Default::default()
+        });
+    let (mounts, on_disk) = host_now(settings, mounter)?;
+    let failures: Failures = std::fs::read(failures_path(&settings.root_dir))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let rows = status::rows(&settings.root_dir, &desired, &mounts, &on_disk, &failures);
+    Ok((desired, rows))
+}
+
+/// The desired state from the manifests, or from one complete list of the API (watches
+/// started, listed once, stopped).
+async fn desired_now(settings: &Settings) -> anyhow::Result<DesiredState> {
+    ensure_manifest_dir(settings)?;
+    Ok(match &settings.manifests {
+        Some(dir) => file_source(settings, dir, false).snapshot(),
+        None => {
+            let cancel = CancellationToken::new();
+            // The watches stop however this ends.
+            let _stop = cancel.clone().drop_guard();
+            let tasks = Supervisor::new(cancel.clone());
+            let (snapshot, _client) = start_api_source(settings, true, &tasks, cancel).await?;
+            let desired = (**snapshot.borrow()).clone();
+            desired
+        }
+    })
+}
+
+/// The mounts and pod directories as they stand.
+fn host_now(settings: &Settings, mounter: &dyn Mounter) -> anyhow::Result<(PodMounts, OnDisk)> {
+    let table = mounter.mount_table()?;
+    let mounts = PodMounts::index(&table, &settings.root_dir);
+    let on_disk = if settings.root_dir.exists() {
+        pod_fs(settings).scan()?
+    } else {
+        OnDisk::default()
+    };
+    Ok((mounts, on_disk))
+}

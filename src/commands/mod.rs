@@ -1,0 +1,83 @@
+//! The subcommands, one file each: each reads its settings, asks `app` for the work, has
+//! `output` render it, and returns the exit code that agrees with what it printed.
+
+mod devices;
+mod plan;
+mod run;
+mod status;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+use crate::output::Printed;
+
+/// The binary's whole life after parsing: process set-up, the command, and its exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    if !matches!(cli.command, Command::Run(_)) {
+        // A reader that goes away (`volumed devices | head`) ends a one-shot command quietly,
+        // as it ends other tools; the daemon keeps Rust's default of ignoring SIGPIPE.
+        // SAFETY: no other thread exists yet, and SIG_DFL needs no handler.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Plan(args) => plan::plan(args),
+        Command::Status(args) => status::status(args),
+        Command::Devices(args) => devices::devices(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("volumed: {}", describe(&err));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// An error and its causes in one line, each cause once: most of volumed's errors already
+/// name their cause in their own message (and also return it as their source).
+fn describe(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+fn show(printed: Printed) {
+    print!("{}", printed.stdout);
+    eprint!("{}", printed.stderr);
+}
+
+/// 0 when everything asked for can be (or was) done, 1 when something cannot.
+fn exit_code(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `plan` and `status` only read (the API, when that is the source): one thread will do.
+fn read_only_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

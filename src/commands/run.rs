@@ -1,0 +1,67 @@
+//! `volumed run [--once]`: the reconciler, as a daemon until SIGTERM/SIGINT, or one pass.
+
+use std::process::ExitCode;
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use super::show;
+use crate::app;
+use crate::cli::RunArgs;
+use crate::config::Settings;
+use crate::host::run_lock::RunLock;
+use crate::output;
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::from_args(&args.common, true)?;
+    // One reconciler per root dir, for this process's whole life: another one would tear
+    // down what this one sets up (ops outliving the runtime included).
+    let lock = RunLock::acquire(&settings.root_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(reconcile(settings, args.once, &lock));
+    // Dropping a runtime waits for every blocking worker, a hung mount included; the report
+    // is out, so give workers a moment and let process exit end the rest.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+async fn reconcile(settings: Settings, once: bool, lock: &RunLock) -> anyhow::Result<ExitCode> {
+    let cancel = CancellationToken::new();
+    // Installed before anything starts: a daemon that cannot be stopped cleanly must not run.
+    let (term, int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    tokio::spawn(cancel_on_signal(term, int, cancel.clone()));
+    tracing::info!(node = %settings.node.name, root = %settings.root_dir.display(), source = %settings.manifests.as_ref().map_or("the Kubernetes API".to_string(), |d| d.display().to_string()), once, "volumed starting");
+    let host = app::Host::real(&settings.mounter_path);
+    let report = app::run(&settings, once, host, cancel, lock).await?;
+    if !once {
+        tracing::info!("volumed stopped; mounts are left in place");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let paths = output::Paths {
+        root: &settings.root_dir,
+        wide: false,
+    };
+    show(output::once_summary(&paths, &report));
+    Ok(super::exit_code(report.converged()))
+}
+
+async fn cancel_on_signal(mut term: Signal, mut int: Signal, cancel: CancellationToken) {
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping intake, letting in-flight ops finish"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping intake, letting in-flight ops finish"),
+    }
+    cancel.cancel();
+    // A second signal means "now": exit without waiting for in-flight ops.
+    // Exit status as a shell reports death by that signal: 128 + its number.
+    let code = tokio::select! {
+        _ = term.recv() => 128 + 15,
+        _ = int.recv() => 128 + 2,
+    };
+    tracing::warn!("second signal: exiting at once; in-flight ops are abandoned");
+    std::process::exit(code);
+}
