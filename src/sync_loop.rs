@@ -331,9 +331,9 @@ async fn changed_devices(devices: &mut Option<watch::Receiver<Arc<Vec<BlockDevic
     }
 }
 
-async fn sleep_until(at: Option<std::time::Instant>) {
+async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

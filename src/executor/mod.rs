@@ -11,15 +11,16 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use self::context::OpContext;
 use self::run::{run_op, OpOutcome};
-use crate::model::backoff::{Backoff, BackoffPolicy};
-use crate::model::op::{Op, OpKey};
+use crate::model::backoff::{may_start, Backoff, BackoffPolicy};
+use crate::model::op::{IfHung, Op, OpKey};
 
 #[derive(Clone, Debug)]
 pub struct ExecutorConfig {
@@ -105,16 +106,9 @@ impl Executor {
             if self.in_flight.contains_key(&key) {
                 continue;
             }
-            if let Some(backoff) = self.backoff.get(&key) {
-                let same_spec = backoff.fingerprint == fingerprint(&op);
-                if !self.config.retry || (same_spec && now < backoff.not_before) {
-                    continue;
-                }
-            }
-            if let Some(repeat) = self.repeats.get(&key) {
-                if repeat.fingerprint == fingerprint(&op) && now < repeat.not_before {
-                    continue;
-                }
+            let (failure, repeat) = (self.backoff.get(&key), self.repeats.get(&key));
+            if !may_start(failure, repeat, fingerprint(&op), now, self.config.retry) {
+                continue;
             }
             self.in_flight.insert(key, now);
             self.spawn(op);
@@ -130,9 +124,10 @@ impl Executor {
             Op::SetUp { volume } if matches!(volume.spec, crate::model::MountSpec::Nfs { .. }) => {
                 self.config.nfs_mount_deadline + self.config.slack
             }
-            Op::Unmount { key, .. } if key.plugin == crate::model::Plugin::Nfs => {
-                self.config.deadline + self.config.slack
-            }
+            Op::Unmount {
+                if_hung: IfHung::ForceThenDetach,
+                ..
+            } => self.config.deadline + self.config.slack,
             _ => self.config.deadline,
         }
     }
@@ -236,7 +231,7 @@ impl Executor {
                             fingerprint(op),
                             Instant::now(),
                         );
-                        if repeat.failures > 2 {
+                        if repeat.slows_down() {
                             tracing::warn!(op = op.verb(), key = %describe_key(&key), times = repeat.failures, "op succeeded but the host did not change as planned; slowing down");
                         }
                         self.repeats.insert(key.clone(), repeat);

@@ -9,7 +9,7 @@ use super::context::OpContext;
 use super::device::stage;
 use crate::host::{ForceMode, HostError, MountPoint};
 use crate::model::on_disk::PodDir;
-use crate::model::op::Op;
+use crate::model::op::{Contents, IfHung, Op};
 use crate::model::{DesiredVolume, MountSpec, PathType, Plugin};
 
 /// What an op left behind, for the sync loop's picture of the host.
@@ -28,19 +28,26 @@ pub struct OpOutcome {
 pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
     let did = match op {
         Op::SetUp { volume } => set_up(ctx, volume),
-        Op::Unmount { key, nested, .. } => {
+        Op::Unmount {
+            key,
+            nested,
+            if_hung,
+            ..
+        } => {
             let target = nested.clone().unwrap_or_else(|| key.path(ctx.fs.root()));
             // Resolved below the root dir without following links (rule 4).
             match ctx.fs.mount_point(&target) {
                 Ok(None) => Ok("already unmounted: its directory is gone"),
-                Ok(Some(target)) if key.plugin == Plugin::Nfs => unmount_escalating(ctx, target),
+                Ok(Some(target)) if *if_hung == IfHung::ForceThenDetach => {
+                    unmount_escalating(ctx, target)
+                }
                 Ok(Some(target)) => ctx.mounter.unmount(&target).map(|()| "unmounted"),
                 Err(err) => Err(err),
             }
         }
-        Op::RemoveVolumeDir { key } => {
+        Op::RemoveVolumeDir { key, contents } => {
             // Checked against a fresh mount table, not our records (rule 2).
-            let recursive = key.plugin == Plugin::EmptyDir;
+            let recursive = *contents == Contents::DeleteAll;
             ctx.mounter
                 .mount_table()
                 .and_then(|mounts| ctx.fs.remove_volume_dir(key, recursive, &mounts))

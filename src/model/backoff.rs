@@ -1,7 +1,13 @@
 //! Per-key retry timing: jittered exponential backoff from 500 ms doubling to about 2 min,
 //! reset when the op's spec changes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Runs of one op in a row that succeed without the host changing as planned and still go
+/// unthrottled (a stacked mount takes a second); later ones wait as failures would.
+pub const FREE_REPEATS: u32 = 2;
 
 #[derive(Clone, Copy, Debug)]
 pub struct BackoffPolicy {
@@ -27,6 +33,31 @@ pub struct Backoff {
     pub not_before: Instant,
 }
 
+impl Backoff {
+    /// A repeat record that holds its op back: it made no progress `FREE_REPEATS` times.
+    pub fn slows_down(&self) -> bool {
+        self.failures > FREE_REPEATS
+    }
+}
+
+/// Whether an op may start now, given its key's last failure and its record of repeats: a
+/// failed op waits out its backoff unless its spec changed; with `retry` off (`run --once`)
+/// it is not tried again at all; an op that keeps repeating without effect waits its turn.
+pub fn may_start(
+    failure: Option<&Backoff>,
+    repeat: Option<&Backoff>,
+    fingerprint: u64,
+    now: Instant,
+    retry: bool,
+) -> bool {
+    let waiting = |b: &Backoff| b.fingerprint == fingerprint && now < b.not_before;
+    match failure {
+        Some(_) if !retry => false,
+        Some(failed) if waiting(failed) => false,
+        _ => !repeat.is_some_and(waiting),
+    }
+}
+
 impl BackoffPolicy {
     /// The delay after the `failures`-th consecutive failure, with ±20 % jitter so that
     /// volumes failing together do not retry in lockstep.
@@ -48,8 +79,8 @@ impl BackoffPolicy {
             Some(b) if b.fingerprint == fingerprint => b.failures + 1,
             _ => 1,
         };
-        let wait = if count > 2 {
-            self.delay(count - 2)
+        let wait = if count > FREE_REPEATS {
+            self.delay(count - FREE_REPEATS)
         } else {
             Duration::ZERO
         };
@@ -121,6 +152,73 @@ mod tests {
             now,
             "another op starts afresh"
         );
+    }
+
+    #[test]
+    fn an_op_may_start_unless_its_own_backoff_holds_it() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(5);
+        let record = |fingerprint, not_before| Backoff {
+            failures: 3,
+            fingerprint,
+            not_before,
+        };
+        let (waiting, over, other_spec) = (record(1, later), record(1, now), record(2, later));
+        let cases = [
+            ("nothing recorded", None, None, true, true),
+            (
+                "a failure still backing off",
+                Some(&waiting),
+                None,
+                true,
+                false,
+            ),
+            (
+                "a failure whose wait is over",
+                Some(&over),
+                None,
+                true,
+                true,
+            ),
+            (
+                "a failure of another spec",
+                Some(&other_spec),
+                None,
+                true,
+                true,
+            ),
+            (
+                "any failure in a --once run",
+                Some(&over),
+                None,
+                false,
+                false,
+            ),
+            (
+                "a repeat still slowed down",
+                None,
+                Some(&waiting),
+                true,
+                false,
+            ),
+            (
+                "a repeat of another spec",
+                None,
+                Some(&other_spec),
+                true,
+                true,
+            ),
+            (
+                "a repeat whose wait is over",
+                None,
+                Some(&over),
+                false,
+                true,
+            ),
+        ];
+        for (what, failure, repeat, retry, want) in cases {
+            assert_eq!(may_start(failure, repeat, 1, now, retry), want, "{what}");
+        }
     }
 
     #[test]

@@ -20,9 +20,15 @@ pub enum Op {
         nested: Option<PathBuf>,
         /// The NFS server behind the mount, for the per-server cap.
         server: Option<String>,
+        /// What to do when the unmount does not answer.
+        if_hung: IfHung,
     },
-    /// Remove an unwanted, unmounted volume path (an emptyDir's contents with it).
-    RemoveVolumeDir { key: VolumeKey },
+    /// Remove an unwanted, unmounted volume path.
+    RemoveVolumeDir {
+        key: VolumeKey,
+        /// What may go with it: only an emptyDir's own data is ever deleted.
+        contents: Contents,
+    },
     /// Remove the directory of a pod that is gone, once its volumes are.
     RemovePodDir { pod_uid: String },
     /// Record a wanted pod as the owner of its uid's directory, which has no record yet.
@@ -31,6 +37,27 @@ pub enum Op {
     UnmountGlobal { pv_name: String },
     /// Remove an unmounted global mount point.
     RemoveGlobalDir { pv_name: String },
+}
+
+/// What an unmount does when the call does not return (a server that stopped answering).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum IfHung {
+    /// Wait for it, up to the op's deadline: a local filesystem answers.
+    Wait,
+    /// After the unmount deadline `umount --force`, and if that hangs too `umount --lazy`.
+    ForceThenDetach,
+}
+
+/// What a volume directory's removal may delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Contents {
+    /// Nothing: the directory is removed only when empty (it was a mount point, or holds
+    /// data that is not ours to delete).
+    KeepAny,
+    /// Everything inside, never crossing into another filesystem or following a link.
+    DeleteAll,
 }
 
 /// What an op is serialized on: at most one op per key runs at a time.
@@ -46,7 +73,7 @@ impl Op {
     pub fn key(&self) -> OpKey {
         match self {
             Op::SetUp { volume } => OpKey::Volume(volume.key.clone()),
-            Op::Unmount { key, .. } | Op::RemoveVolumeDir { key } => OpKey::Volume(key.clone()),
+            Op::Unmount { key, .. } | Op::RemoveVolumeDir { key, .. } => OpKey::Volume(key.clone()),
             Op::RemovePodDir { pod_uid } => OpKey::Pod(pod_uid.clone()),
             Op::ClaimPodDir { pod } => OpKey::Pod(pod.uid.clone()),
             Op::UnmountGlobal { pv_name } | Op::RemoveGlobalDir { pv_name } => {
@@ -79,7 +106,7 @@ impl Op {
     pub fn pod_uid(&self) -> Option<&str> {
         match self {
             Op::SetUp { volume } => Some(&volume.key.pod_uid),
-            Op::Unmount { key, .. } | Op::RemoveVolumeDir { key } => Some(&key.pod_uid),
+            Op::Unmount { key, .. } | Op::RemoveVolumeDir { key, .. } => Some(&key.pod_uid),
             Op::RemovePodDir { pod_uid } => Some(pod_uid),
             Op::ClaimPodDir { pod } => Some(&pod.uid),
             Op::UnmountGlobal { .. } | Op::RemoveGlobalDir { .. } => None,

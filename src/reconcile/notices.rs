@@ -32,7 +32,7 @@ pub fn for_op(
             ),
             false,
         ),
-        (Op::Unmount { key, .. } | Op::RemoveVolumeDir { key }, Some(error)) => (
+        (Op::Unmount { key, .. } | Op::RemoveVolumeDir { key, .. }, Some(error)) => (
             "FailedUnmount",
             format!("volume {}: {error}", key.name),
             true,
@@ -95,6 +95,7 @@ mod tests {
             key: VolumeKey::new("u1", crate::model::Plugin::Nfs, "files"),
             nested: None,
             server: None,
+            if_hung: crate::model::op::IfHung::ForceThenDetach,
         };
         let notice = for_op(&op, Some("device busy"), &known).expect("told");
         assert_eq!((notice.reason, notice.warning), ("FailedUnmount", true));

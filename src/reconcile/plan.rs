@@ -7,7 +7,7 @@ use super::pod_dirs;
 use crate::desired::DesiredState;
 use crate::model::mountinfo::PodMounts;
 use crate::model::on_disk::OnDisk;
-use crate::model::op::Op;
+use crate::model::op::{Contents, IfHung, Op};
 use crate::model::{DesiredVolume, MountSpec, Plugin, VolumeKey};
 
 /// The ops that move the host towards `desired`. Teardown is planned only from a complete
@@ -61,6 +61,13 @@ fn teardown(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec
                 key: key.clone(),
                 nested: innermost,
                 server,
+                // A hung NFS server must not hold the volume for ever; a local unmount that
+                // hangs has a reason worth waiting out.
+                if_hung: if key.plugin == Plugin::Nfs {
+                    IfHung::ForceThenDetach
+                } else {
+                    IfHung::Wait
+                },
             });
         }
     }
@@ -72,7 +79,15 @@ fn teardown(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec
             .flatten()
             .filter(|key| unwanted(key))
             .filter(idle)
-            .map(|key| Op::RemoveVolumeDir { key: key.clone() }),
+            .map(|key| Op::RemoveVolumeDir {
+                key: key.clone(),
+                // Only an emptyDir's data is the pod's to lose (rule 4).
+                contents: if key.plugin == Plugin::EmptyDir {
+                    Contents::DeleteAll
+                } else {
+                    Contents::KeepAny
+                },
+            }),
     );
     // A global mount goes when no wanted volume uses its PV and no pod mount shows it.
     let wanted_global = |pv: &str| {

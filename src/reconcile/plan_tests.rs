@@ -102,7 +102,7 @@ fn describe(op: &Op) -> String {
         Op::Unmount {
             key, nested: None, ..
         }
-        | Op::RemoveVolumeDir { key } => key.to_string(),
+        | Op::RemoveVolumeDir { key, .. } => key.to_string(),
         Op::RemovePodDir { pod_uid } => pod_uid.clone(),
         Op::ClaimPodDir { pod } => pod.to_string(),
         Op::UnmountGlobal { pv_name } | Op::RemoveGlobalDir { pv_name } => pv_name.clone(),
@@ -410,4 +410,39 @@ fn a_pod_with_a_departed_pods_uid_waits_while_that_pods_volumes_go_first() {
     unrecorded.owners.clear();
     let ops = plan(&want, &mounted(&[], &[]), &unrecorded);
     assert_eq!(verbs(&ops), ["claim-pod-dir other/u"]);
+}
+
+#[test]
+fn teardown_deletes_data_only_of_an_empty_dir_and_escalates_only_nfs_unmounts() {
+    use crate::model::op::{Contents, IfHung};
+    let cases = [
+        (Plugin::EmptyDir, IfHung::Wait, Contents::DeleteAll),
+        (Plugin::HostPath, IfHung::Wait, Contents::KeepAny),
+        (Plugin::LocalVolume, IfHung::Wait, Contents::KeepAny),
+        (Plugin::Nfs, IfHung::ForceThenDetach, Contents::KeepAny),
+    ];
+    let nothing = desired(true, &[]);
+    for (plugin, want_if_hung, want_contents) in cases {
+        let gone = key("p0", plugin.clone(), "data");
+        // Mounted: the unmount says what to do if it hangs.
+        let ops = plan(&nothing, &mounted(&[&gone], &[]), &disk(&[&gone], &[]));
+        let if_hung: Vec<IfHung> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Unmount { if_hung, .. } => Some(*if_hung),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(if_hung, [want_if_hung], "{plugin}: {ops:?}");
+        // Unmounted: the removal says what may go with the directory.
+        let ops = plan(&nothing, &mounted(&[], &[]), &disk(&[&gone], &[]));
+        let contents: Vec<Contents> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::RemoveVolumeDir { contents, .. } => Some(*contents),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(contents, [want_contents], "{plugin}: {ops:?}");
+    }
 }
