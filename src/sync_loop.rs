@@ -42,6 +42,23 @@ pub struct SyncLoop {
     pub notices: Option<mpsc::Sender<Notice>>,
     /// The block-device inventory: a device coming or going retries failed volumes at once.
     pub devices: Option<watch::Receiver<Arc<Vec<BlockDevice>>>>,
+    /// Where each pass and each finished op is counted, for whoever waits on the loop's
+    /// progress (tests: "the loop has planned from this snapshot and is idle").
+    pub progress: Option<watch::Sender<Progress>>,
+}
+
+/// How far the loop has got.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    /// Passes planned (each over the newest snapshot and a table showing every op's effect).
+    pub passes: u64,
+    /// Ops finished, succeeded or failed.
+    pub ops_finished: u64,
+    /// The snapshot the last pass planned from.
+    pub planned_from: Arc<DesiredState>,
+    /// The last pass started nothing and nothing is in flight: until an input changes or a
+    /// retry comes due, the loop does nothing more.
+    pub idle: bool,
 }
 
 /// Where the loop left the host.
@@ -84,6 +101,8 @@ struct Books {
     known_pods: BTreeMap<String, crate::model::PodRef>,
     /// Blocking waits already told to their pods.
     pending_told: std::collections::BTreeSet<(String, String, String)>,
+    /// What `progress` last said.
+    progress: Progress,
 }
 
 impl SyncLoop {
@@ -233,7 +252,18 @@ impl SyncLoop {
         }
         books.matched = matched;
         let _span = tracing::debug_span!("pass", ops = ops.len()).entered();
-        Some(self.executor.submit(ops))
+        let started = self.executor.submit(ops);
+        books.progress.passes += 1;
+        books.progress.planned_from = desired;
+        books.progress.idle = started == 0 && self.executor.in_flight() == 0;
+        self.tell_progress(books);
+        Some(started)
+    }
+
+    fn tell_progress(&self, books: &Books) {
+        if let Some(out) = &self.progress {
+            out.send_replace(books.progress.clone());
+        }
     }
 
     /// Stops intake and lets in-flight ops finish (never aborting one half-way), then waits
@@ -313,6 +343,9 @@ impl SyncLoop {
             None => map.remove(&key),
         };
         self.publish(&books.failures);
+        books.progress.ops_finished += 1;
+        books.progress.idle = false;
+        self.tell_progress(books);
     }
 
     fn publish(&self, failures: &Failures) {

@@ -28,6 +28,7 @@ pub async fn plan_only(settings: &Settings, host: Host) -> anyhow::Result<PlanRe
         host.mounter,
         pod_fs(settings),
         host.formatter,
+        host.devices,
         settings.max_concurrent_formats,
     );
     let ops = tokio::task::spawn_blocking(move || {

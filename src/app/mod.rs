@@ -23,6 +23,7 @@ use crate::desired::kube::{publish_notices, KubeSource, SharedHealth};
 use crate::desired::DesiredState;
 use crate::executor::context::OpContext;
 use crate::executor::{Executor, ExecutorConfig};
+use crate::host::devices::{BlockDevices, RealBlockDevices};
 use crate::host::format::{Formatter, RealFormatter};
 use crate::host::fs::PodFs;
 use crate::host::real::RealMounter;
@@ -31,14 +32,17 @@ use crate::host::state_file::write_json;
 use crate::host::Mounter;
 use crate::model::backoff::BackoffPolicy;
 use crate::reconcile::status::Failures;
-use crate::sync_loop::{Report, SyncLoop};
+use crate::sync_loop::{Progress, Report, SyncLoop};
 
 /// The host seams a run works through.
 pub struct Host {
     pub mounter: Arc<dyn Mounter>,
     pub formatter: Arc<dyn Formatter>,
+    pub devices: Arc<dyn BlockDevices>,
     /// Watch block devices (udev/sysfs) and retry failed volumes when they change.
     pub watch_devices: bool,
+    /// Where the sync loop reports its progress (tests wait on it); `None` in production.
+    pub progress: Option<watch::Sender<Progress>>,
 }
 
 impl Host {
@@ -47,7 +51,9 @@ impl Host {
         Host {
             mounter: Arc::new(RealMounter::new(mounter_path.to_path_buf())),
             formatter: Arc::new(RealFormatter),
+            devices: Arc::new(RealBlockDevices::default()),
             watch_devices: true,
+            progress: None,
         }
     }
 }
@@ -102,7 +108,9 @@ pub async fn run(
     let Host {
         mounter,
         formatter,
+        devices: block_devices,
         watch_devices,
+        progress,
     } = host;
     // A daemon pointed at a missing directory must fail (and be restarted), not idle.
     ensure_manifest_dir(settings)?;
@@ -151,7 +159,13 @@ pub async fn run(
             .inspect_err(|err| tracing::warn!(%err, "cannot start the block-device watcher; device changes are seen at retries only"))
             .ok()
     };
-    let mut context = OpContext::new(mounter, fs, formatter, settings.max_concurrent_formats);
+    let mut context = OpContext::new(
+        mounter,
+        fs,
+        formatter,
+        block_devices,
+        settings.max_concurrent_formats,
+    );
     context.mount_timeout = settings.mount_timeout;
     context.unmount_timeout = settings.op_timeout;
     let (executor, events) = Executor::new(context, config);
@@ -173,6 +187,7 @@ pub async fn run(
         shutdown_grace: SHUTDOWN_GRACE,
         devices,
         notices,
+        progress,
     };
     let looping = sync.run(stop_tasks.clone());
     tokio::pin!(looping);

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use crate::host::devices::BlockDevices;
 use crate::host::format::Formatter;
 use crate::host::fs::PodFs;
-use crate::host::sysfs::Sysfs;
 use crate::host::Mounter;
 
 /// The host seams an op works through.
@@ -15,7 +15,7 @@ pub struct OpContext {
     pub mounter: Arc<dyn Mounter>,
     pub fs: PodFs,
     pub formatter: Arc<dyn Formatter>,
-    pub sysfs: Sysfs,
+    pub devices: Arc<dyn BlockDevices>,
     pub formats: FormatSlots,
     pub staging: StagingLocks,
     /// Deadline of an NFS mount helper.
@@ -31,13 +31,14 @@ impl OpContext {
         mounter: Arc<dyn Mounter>,
         fs: PodFs,
         formatter: Arc<dyn Formatter>,
+        devices: Arc<dyn BlockDevices>,
         max_formats: usize,
     ) -> OpContext {
         OpContext {
             mounter,
             fs,
             formatter,
-            sysfs: Sysfs::default(),
+            devices,
             formats: FormatSlots::new(max_formats),
             staging: StagingLocks::default(),
             mount_timeout: Duration::from_secs(120),

@@ -1,35 +1,27 @@
-//! Staging a local PV's block device: gather the facts safe-format needs, then format, check
-//! or refuse, and mount it once at its global mount. Worker threads only.
-
-use std::os::unix::fs::FileExt;
-
-use rustix::fs as rfs;
+//! Staging a local PV's block device: gather the facts safe-format needs (through the host's
+//! `BlockDevices`), then format, check or refuse, and mount it once at its global mount.
+//! Worker threads only.
 
 use super::context::OpContext;
 use crate::actual::signatures::{leftover_metadata, DeviceEnds};
-use crate::host::sysfs::Sysfs;
 use crate::host::{HostError, Source};
 use crate::model::probe::FsckResult;
 use crate::model::Plugin;
 use crate::reconcile::safe_format::{decide, Decision, DeviceFacts};
 
-const MIB: u64 = 1 << 20;
-
 /// Makes sure the PV's device is mounted at its global mount (formatting it first when it is
 /// safe to) and returns that mount as a bind source, checked to hold that very device.
+/// `rdev`: the device's number, which names it in sysfs, the mount table and its global mount.
 pub fn stage(
     ctx: &OpContext,
     pv_name: &str,
     device: &Source,
+    rdev: u64,
     fs_type: &str,
     options: &[String],
     read_only: bool,
 ) -> Result<Source, HostError> {
     let dev = device.resolved.as_path();
-    // stat <device>: its major:minor names it in sysfs, the mount table and its global mount.
-    let rdev = rfs::fstat(&device.fd)
-        .map_err(HostError::io("inspecting", dev))?
-        .st_rdev;
     let pv_lock = ctx.staging.lock_for(&format!("pv/{pv_name}"));
     let _pv = crate::shared::lock(&pv_lock);
     let dev_lock = ctx.staging.lock_for(&format!("dev/{rdev}"));
@@ -72,19 +64,17 @@ pub fn stage(
     }
     let global = ctx.fs.open_global(&Plugin::LocalVolume, pv_name)?;
     // The global mount must hold this device, not another one (a recreated PV, a race).
-    let holds = rfs::fstat(&global.fd)
-        .map_err(HostError::io("inspecting", &global.path))?
-        .st_dev;
+    let holds = ctx.devices.filesystem_of(&global)?;
     if holds != rdev {
         return Err(HostError::Unsafe {
             path: global.path,
             why: format!(
                 "it holds device {}:{}, not {} ({}:{}); unmount it by hand if that PV is gone",
-                rfs::major(holds),
-                rfs::minor(holds),
+                major(holds),
+                minor(holds),
                 dev.display(),
-                rfs::major(rdev),
-                rfs::minor(rdev)
+                major(rdev),
+                minor(rdev)
             ),
         });
     }
@@ -102,21 +92,24 @@ pub(super) fn gather(
     claim: bool,
 ) -> Result<DeviceFacts, HostError> {
     let dev = &device.resolved;
-    let (major, minor) = (rfs::major(rdev), rfs::minor(rdev));
-    let block = device_facts(&ctx.sysfs, major, minor).ok_or_else(|| HostError::Refused {
+    let (major, minor) = (major(rdev), minor(rdev));
+    let block = ctx.devices.block(rdev).ok_or_else(|| HostError::Refused {
         action: "use",
         device: dev.clone(),
         why: format!("block device {major}:{minor} is not in sysfs; is it still attached?"),
     })?;
     // A partition shares fate with its disk: the disk's holders and mounts count too.
-    let disk = block.parent.as_deref().and_then(|p| ctx.sysfs.block(p));
+    let disk = block
+        .parent
+        .as_deref()
+        .and_then(|p| ctx.devices.block_named(p));
     let mut holders = block.holders.clone();
     let mut devs = vec![format!("{major}:{minor}")];
     for related in disk.iter().chain(
         block
             .partitions
             .iter()
-            .filter_map(|p| ctx.sysfs.block(p))
+            .filter_map(|p| ctx.devices.block_named(p))
             .collect::<Vec<_>>()
             .iter(),
     ) {
@@ -142,21 +135,21 @@ pub(super) fn gather(
                         .components()
                         .any(|c| c.as_os_str() == "volumeDevices")
             })
-            .filter(|m| rfs::stat(&m.mount_point).is_ok_and(|st| st.st_rdev == rdev))
+            .filter(|m| ctx.devices.node_number(&m.mount_point) == Some(rdev))
             .map(|m| m.mount_point.clone()),
     );
     let probe = ctx.formatter.probe(dev)?;
     // blkid ran on the path: make sure the path still names the device we hold.
-    if !rfs::stat(dev.as_path()).is_ok_and(|st| st.st_rdev == rdev) {
+    if ctx.devices.node_number(dev) != Some(rdev) {
         return Err(HostError::Refused { action: "use", device: dev.clone(), why: "its device node changed while it was examined; it is looked at again on the next try".into() });
     }
-    let ends = read_ends(device, block.size_bytes);
+    let ends = ctx.devices.read_ends(device, block.size_bytes);
     let leftovers = ends.as_ref().map_or_else(
         |_| Vec::new(),
-        |(head, tail)| {
+        |bytes| {
             leftover_metadata(&DeviceEnds {
-                head,
-                tail,
+                head: &bytes.head,
+                tail: &bytes.tail,
                 size: block.size_bytes,
             })
         },
@@ -166,7 +159,7 @@ pub(super) fn gather(
         readable: ends.map(drop),
         leftovers,
         exclusive: if claim {
-            open_exclusive(device)
+            ctx.devices.open_exclusive(device)
         } else {
             Ok(())
         },
@@ -178,43 +171,11 @@ pub(super) fn gather(
     })
 }
 
-fn device_facts(sysfs: &Sysfs, major: u32, minor: u32) -> Option<crate::host::sysfs::SysfsBlock> {
-    sysfs.block(&sysfs.name_of(major, minor)?)
+/// The major number of a device number (as `stat -c %t` shows it, in decimal).
+fn major(rdev: u64) -> u32 {
+    rustix::fs::major(rdev)
 }
 
-/// Re-opens the device we hold (not whatever its path names now) for reading.
-fn reopen(device: &Source, exclusive: bool) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    if exclusive {
-        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, nix::libc::O_EXCL);
-    }
-    options.open(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&device.fd)
-    ))
-}
-
-/// Reads the first and the last MiB: blkid's "nothing found" counts only if it could read,
-/// and what survives at the ends is looked at too.
-fn read_ends(device: &Source, size: u64) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let file = reopen(device, false).map_err(|e| format!("open: {e}"))?;
-    let len = size.min(MIB);
-    let read = |offset: u64| {
-        let mut buf = vec![0u8; len as usize];
-        // dd if=<device> bs=1M count=1 skip=<offset>
-        file.read_exact_at(&mut buf, offset)
-            .map(|()| buf)
-            .map_err(|e| format!("read at byte {offset}: {e}"))
-    };
-    Ok((read(0)?, read(size.saturating_sub(len))?))
-}
-
-/// An exclusive open fails (EBUSY) while the device is mounted in any mount namespace or
-/// claimed by device-mapper, md, bcache or a running mkfs.
-fn open_exclusive(device: &Source) -> Result<(), String> {
-    reopen(device, true).map(drop).map_err(|e| match e.raw_os_error() {
-        Some(nix::libc::EBUSY) => "it is in use: mounted (perhaps in another mount namespace) or claimed by another driver".to_string(),
-        _ => format!("an exclusive open failed: {e}"),
-    })
+fn minor(rdev: u64) -> u32 {
+    rustix::fs::minor(rdev)
 }

@@ -62,17 +62,14 @@ fn check(ctx: &OpContext, volume: &DesiredVolume) -> Result<Preview, HostError> 
             else {
                 return Ok(Preview::Ready);
             };
-            if !source.is_block {
+            let Some(rdev) = ctx.devices.device_number(&source)? else {
                 return Ok(Preview::Ready);
-            }
+            };
             let global = global_mount_path(ctx.fs.root(), &Plugin::LocalVolume, &volume.key.name);
             let staged = ctx.mounter.mount_table()?;
             if staged.iter().any(|m| m.mount_point == global) {
                 return Ok(Preview::Ready);
             }
-            let rdev = rfs::fstat(&source.fd)
-                .map_err(HostError::io("inspecting", &source.resolved))?
-                .st_rdev;
             Ok(
                 match decide(&gather(ctx, &source, rdev, false)?, fs_type, *read_only) {
                     Decision::Format => Preview::Formats {

@@ -165,11 +165,12 @@ fn set_up(ctx: &OpContext, volume: &DesiredVolume) -> Result<&'static str, HostE
             let source = ctx
                 .fs
                 .open_source(path, PathType::Unchecked, true, *read_only)?;
-            let source = if source.is_block {
+            let source = if let Some(rdev) = ctx.devices.device_number(&source)? {
                 stage(
                     ctx,
                     &volume.key.name,
                     &source,
+                    rdev,
                     fs_type,
                     mount_options,
                     *read_only,

@@ -47,8 +47,10 @@ async fn a_hung_nfs_server_gets_no_more_than_its_cap_while_other_servers_go_on()
     let mounter = FakeMounter::new();
     let fs = PodFs::new(root.clone(), vec![root.clone()]);
     let formatter = Arc::new(crate::host::fake::FakeFormatter::default());
-    let (mut executor, mut events) =
-        Executor::new(OpContext::new(mounter.clone(), fs, formatter, 1), config());
+    let (mut executor, mut events) = Executor::new(
+        OpContext::new(mounter.clone(), fs, formatter, mounter.clone(), 1),
+        config(),
+    );
     let target = |pod: &str| root.join(format!("pods/{pod}/volumes/kubernetes.io~nfs/share"));
     mounter.hang_at(&target("p1"));
     assert_eq!(
@@ -65,12 +67,18 @@ async fn a_hung_nfs_server_gets_no_more_than_its_cap_while_other_servers_go_on()
     assert!(matches!(&event, OpEvent::Finished { op, .. } if op.pod_uid() == Some("p3")));
     // Past every deadline (slack included): p1 is stuck, p2 is overdue waiting for the
     // slot, and still p2 has not started.
-    tokio::time::sleep(Duration::from_millis(700)).await;
     let mut overdue = Vec::new();
-    while let Ok(event) = events.try_recv() {
+    while overdue.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("both ops are reported overdue")
+            .unwrap();
         executor.complete(&event);
-        if let OpEvent::Overdue { op, .. } = &event {
-            overdue.push(op.pod_uid().unwrap_or_default().to_string());
+        match &event {
+            OpEvent::Overdue { op, .. } => {
+                overdue.push(op.pod_uid().unwrap_or_default().to_string())
+            }
+            other => panic!("only the overdue reports come while p1 hangs: {other:?}"),
         }
     }
     overdue.sort();
@@ -134,6 +142,7 @@ async fn a_failed_op_backs_off_one_op_per_key_and_a_changed_spec_runs_at_once() 
             mounter.clone(),
             fs,
             Arc::new(crate::host::fake::FakeFormatter::default()),
+            mounter.clone(),
             2,
         ),
         config,

@@ -3,6 +3,7 @@
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+pub mod devices;
 pub mod format;
 pub mod fs;
 mod fs_util;

@@ -4,11 +4,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use volumed::app;
+use volumed::desired::DesiredState;
 use volumed::host::fake::FakeFormatter;
 use volumed::host::fake::FakeMounter;
 use volumed::host::run_lock::RunLock;
+use volumed::sync_loop::Progress;
 
 use crate::apiserver::FakeApiServer;
 
@@ -18,6 +21,10 @@ pub struct Node {
     pub mounter: Arc<FakeMounter>,
     pub cancel: CancellationToken,
     pub daemon: tokio::task::JoinHandle<()>,
+    /// The sync loop's passes and finished ops.
+    pub progress: watch::Receiver<Progress>,
+    /// The fake API server's answers.
+    pub activity: watch::Receiver<u64>,
 }
 
 /// volumed (fake host) watching the fake API server through a kubeconfig on disk.
@@ -43,10 +50,13 @@ pub fn start_adopting(server: &FakeApiServer, adopted: &[&str]) -> Node {
         mounter.adopt(&path, "tmpfs");
     }
     let cancel = CancellationToken::new();
+    let (progress_tx, progress) = watch::channel(Progress::default());
     let host = app::Host {
         mounter: mounter.clone(),
         formatter: Arc::new(FakeFormatter::default()),
+        devices: mounter.clone(),
         watch_devices: false,
+        progress: Some(progress_tx),
     };
     let stop = cancel.clone();
     let daemon = tokio::spawn(async move {
@@ -59,6 +69,8 @@ pub fn start_adopting(server: &FakeApiServer, adopted: &[&str]) -> Node {
         mounter,
         cancel,
         daemon,
+        progress,
+        activity: server.activity(),
     }
 }
 
@@ -94,21 +106,59 @@ impl Node {
     }
 }
 
-pub async fn until(what: &str, done: impl FnMut() -> bool) {
-    until_within(what, Duration::from_secs(10), done).await
-}
-
 /// After an outage the watches retry on a backoff that grew while the API was away (up to
 /// 30 s between tries): recovery gets this long.
-pub const AFTER_AN_OUTAGE: Duration = Duration::from_secs(45);
+pub const AFTER_AN_OUTAGE: Duration = Duration::from_secs(15);
 
-pub async fn until_within(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+impl Node {
+    /// Waits (at most 10 s) until `done` holds, checking it whenever the daemon makes progress
+    /// or the API server answers a request: never on a timer.
+    pub async fn until(&self, what: &str, done: impl FnMut() -> bool) {
+        self.until_within(what, Duration::from_secs(10), done).await
     }
-    panic!("{what}: not reached within {limit:?}");
+
+    pub async fn until_within(&self, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+        let (mut progress, mut activity) = (self.progress.clone(), self.activity.clone());
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done() {
+            let woken = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    changed = progress.changed() => changed.is_ok(),
+                    changed = activity.changed() => changed.is_ok(),
+                }
+            });
+            match woken.await {
+                Ok(true) => {}
+                Ok(false) => panic!("{what}: the daemon or the API server is gone"),
+                Err(_) => panic!("{what}: not reached within {limit:?}"),
+            }
+        }
+    }
+
+    /// Waits until the loop has planned from a snapshot `seen` accepts and has nothing left
+    /// to do on it: what it would do about that snapshot is done. The way to show that
+    /// something did *not* happen.
+    pub async fn settled(&self, what: &str, seen: impl Fn(&DesiredState) -> bool) {
+        let mut progress = self.progress.clone();
+        let settled = progress.wait_for(|p| p.idle && seen(&p.planned_from));
+        let settled = tokio::time::timeout(Duration::from_secs(10), settled)
+            .await
+            .map(|r| r.map(drop));
+        match settled {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => panic!("{what}: the daemon is gone"),
+            Err(_) => {
+                let last = self.progress.borrow();
+                panic!(
+                    "{what}: the loop did not settle within 10 s (passes {}, ops {}, idle {}, last planned from: complete {}, pods {:?}, problems {:?})",
+                    last.passes,
+                    last.ops_finished,
+                    last.idle,
+                    last.planned_from.complete,
+                    last.planned_from.pods.keys().collect::<Vec<_>>(),
+                    last.planned_from.problems
+                )
+            }
+        }
+    }
 }

@@ -13,11 +13,14 @@ async fn an_unbound_claim_leaves_the_volume_pending_and_the_rest_converges() {
     server.apply_yaml("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: later, namespace: shop, uid: c9}\nspec: {}\nstatus: {phase: Pending}\n");
     server.apply_yaml(&pod("web", "u1").replace("claimName: data", "claimName: later"));
     let cache = node.volume("u1", "empty-dir", "cache");
-    daemon::until("the other volume converges", || {
+    node.until("the other volume converges", || {
         node.mounted() == [cache.clone()]
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    node.settled("the loop is idle on the pod with the unbound claim", |d| {
+        d.pods.contains_key("u1")
+    })
+    .await;
     assert_eq!(
         node.mounted(),
         vec![cache],
@@ -43,7 +46,7 @@ async fn failures_and_pending_volumes_are_recorded_as_events_on_the_pod() {
             .map(|e| e["reason"].as_str().unwrap_or("").to_string())
             .collect()
     };
-    daemon::until("FailedMount and VolumePending events on the pod", || {
+    node.until("FailedMount and VolumePending events on the pod", || {
         let reasons = reasons();
         reasons.iter().any(|r| r == "FailedMount") && reasons.iter().any(|r| r == "VolumePending")
     })
@@ -199,11 +202,14 @@ async fn missing_mismatched_or_wrong_mode_claims_wait_with_the_reason_as_an_even
                 && e["note"].as_str().unwrap_or("").contains(phrase)
         })
     };
-    daemon::until("every cache is mounted and every wait is told", || {
+    node.until("every cache is mounted and every wait is told", || {
         node.mounted() == caches && cases.iter().all(|(uid, _, why)| told(uid, why))
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.settled("the loop is idle on every pod", |d| {
+        cases.iter().all(|(uid, _, _)| d.pods.contains_key(*uid))
+    })
+    .await;
     assert_eq!(
         node.mounted(),
         caches,

@@ -16,12 +16,12 @@ async fn pods_from_the_api_get_their_volumes_and_lose_them_when_deleted() {
         node.volume("u1", "empty-dir", "cache"),
         node.volume("u1", "local-volume", "pv1"),
     );
-    daemon::until("the pod's volumes are mounted", || {
+    node.until("the pod's volumes are mounted", || {
         node.mounted() == [cache.clone(), data.clone()]
     })
     .await;
     server.delete("Pod", "shop", "web");
-    daemon::until("the deleted pod's volumes are unmounted", || {
+    node.until("the deleted pod's volumes are unmounted", || {
         node.mounted().is_empty()
     })
     .await;
@@ -41,7 +41,7 @@ async fn a_terminating_pod_keeps_its_volumes_until_it_is_gone_or_terminal() {
     };
     server.apply_yaml(&only_cache("web", "u1"));
     server.apply_yaml(&only_cache("api", "u2"));
-    daemon::until("mounted", || node.mounted().len() == 2).await;
+    node.until("mounted", || node.mounted().len() == 2).await;
     // Deleting: the API sets deletionTimestamp while containers may still run.
     let terminating = |name: &str, uid: &str| {
         only_cache(name, uid).replace(
@@ -51,7 +51,10 @@ async fn a_terminating_pod_keeps_its_volumes_until_it_is_gone_or_terminal() {
     };
     server.apply_yaml(&terminating("web", "u1"));
     server.apply_yaml(&terminating("api", "u2"));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    node.settled("the loop is idle on both pods terminating", |d| {
+        d.terminating.contains("u1") && d.terminating.contains("u2")
+    })
+    .await;
     assert_eq!(
         node.mounted().len(),
         2,
@@ -60,13 +63,13 @@ async fn a_terminating_pod_keeps_its_volumes_until_it_is_gone_or_terminal() {
     // Terminal: its volumes go; the other still terminating pod keeps its own.
     server.apply_yaml(&(terminating("web", "u1") + "status: {phase: Succeeded}\n"));
     let api_cache = node.volume("u2", "empty-dir", "cache");
-    daemon::until("a terminal pod's volumes are removed", || {
+    node.until("a terminal pod's volumes are removed", || {
         node.mounted() == [api_cache.clone()]
     })
     .await;
     // Gone from the API: its volumes go too.
     server.delete("Pod", "shop", "api");
-    daemon::until("a deleted pod's volumes are removed", || {
+    node.until("a deleted pod's volumes are removed", || {
         node.mounted().is_empty()
     })
     .await;
@@ -83,11 +86,14 @@ async fn mounts_of_listed_pods_are_adopted_not_redone() {
         "{name: scratch, emptyDir: {}}",
     ));
     let node = daemon::start_adopting(&server, &["u1"]);
-    daemon::until("the new volume is set up beside the adopted cache", || {
+    node.until("the new volume is set up beside the adopted cache", || {
         node.mounted().len() == 2 || node.volume("u1", "empty-dir", "scratch").is_dir()
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.settled("the loop is idle on the listed pod", |d| {
+        d.pods.contains_key("u1")
+    })
+    .await;
     let calls = node.mounter.calls();
     assert_eq!(node.unmounts(), 0, "{calls:?}");
     assert!(
@@ -213,6 +219,8 @@ fn fake_host(mounter: &std::sync::Arc<volumed::host::fake::FakeMounter>) -> volu
     volumed::app::Host {
         mounter: mounter.clone(),
         formatter: std::sync::Arc::new(volumed::host::fake::FakeFormatter::default()),
+        devices: mounter.clone(),
         watch_devices: false,
+        progress: None,
     }
 }

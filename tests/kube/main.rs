@@ -29,7 +29,7 @@ async fn web_pod_mounted() -> (FakeApiServer, daemon::Node) {
     let node = daemon::start(&server);
     cluster(&server, &node.base);
     server.apply_yaml(&pod("web", "u1"));
-    daemon::until("the pod's volumes are mounted", || {
+    node.until("the pod's volumes are mounted", || {
         node.mounted().len() == 2
     })
     .await;

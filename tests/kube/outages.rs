@@ -4,6 +4,18 @@ use std::time::Duration;
 
 use crate::apiserver::FakeApiServer;
 use crate::{cluster, daemon, pod, web_pod_mounted};
+use volumed::desired::DesiredState;
+
+/// The API watches volumed keeps: pods, claims, volumes, classes, and its Node.
+const WATCHES: u64 = 5;
+
+fn every_watch_failing(desired: &DesiredState) -> bool {
+    let failing = desired
+        .warnings
+        .iter()
+        .filter(|w| w.contains("has been failing"));
+    failing.count() as u64 == WATCHES
+}
 
 #[tokio::test]
 async fn an_api_outage_or_a_relist_unmounts_nothing() {
@@ -12,11 +24,18 @@ async fn an_api_outage_or_a_relist_unmounts_nothing() {
     // unmounted.
     server.stall(true);
     server.drop_watches();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every watch has asked again and hangs; the loop has nothing new to act on.
+    server.until_hanging(WATCHES).await;
+    node.settled("the loop is idle during the stall", |d| d.complete)
+        .await;
     assert_eq!(node.unmounts(), 0, "a stalled API unmounted something");
     server.stall(false);
     server.stop().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    node.settled(
+        "the loop planned from a snapshot with every watch failing",
+        every_watch_failing,
+    )
+    .await;
     assert_eq!(node.unmounts(), 0, "an outage unmounted something");
     // Meanwhile the cluster moved on and compacted its history: the watchers get 410 Gone
     // when they resume, and relist.
@@ -27,7 +46,7 @@ async fn an_api_outage_or_a_relist_unmounts_nothing() {
     let lists_before = server.lists("Pod");
     server.restart().await;
     server.apply_yaml(&pod("api", "u2"));
-    daemon::until_within(
+    node.until_within(
         "the watches relist and a pod added after the outage is set up",
         daemon::AFTER_AN_OUTAGE,
         || server.lists("Pod") > lists_before && node.mounted().len() == 4,
@@ -44,7 +63,12 @@ async fn starting_while_the_api_is_down_unmounts_nothing_until_the_first_list() 
     // A mount left by an earlier run, of a pod the API will not list any more.
     let node = daemon::start_adopting(&server, &["gone-uid"]);
     assert_eq!(node.mounted().len(), 1);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Until a first list completes the snapshot cannot change: the loop's first pass, on the
+    // incomplete one, is all it does.
+    node.settled("the loop is idle on the incomplete first snapshot", |d| {
+        !d.complete
+    })
+    .await;
     assert_eq!(node.unmounts(), 0, "unmounted while the API was down");
     server.restart().await;
     the_gone_pod_goes_once_the_cluster_is_listed(&server, node).await;
@@ -54,7 +78,7 @@ async fn starting_while_the_api_is_down_unmounts_nothing_until_the_first_list() 
 /// the API does not list is torn down.
 async fn the_gone_pod_goes_once_the_cluster_is_listed(server: &FakeApiServer, node: daemon::Node) {
     cluster(server, &node.base);
-    daemon::until_within(
+    node.until_within(
         "a complete list tears the gone pod down",
         daemon::AFTER_AN_OUTAGE,
         || node.mounted().is_empty(),
@@ -71,14 +95,19 @@ async fn a_pod_deleted_during_an_outage_is_torn_down_after_it_and_only_it() {
     cluster(&server, &node.base);
     server.apply_yaml(&pod("web", "u1"));
     server.apply_yaml(&pod("api", "u2").replace("claimName: data", "claimName: none"));
-    daemon::until("both pods are set up", || node.mounted().len() == 3).await;
+    node.until("both pods are set up", || node.mounted().len() == 3)
+        .await;
     server.stop().await;
     server.delete("Pod", "shop", "web");
     server.compact();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    node.settled(
+        "the loop planned from a snapshot with every watch failing",
+        every_watch_failing,
+    )
+    .await;
     assert_eq!(node.unmounts(), 0, "unmounted during the outage");
     server.restart().await;
-    daemon::until_within(
+    node.until_within(
         "the deleted pod is torn down after the outage",
         daemon::AFTER_AN_OUTAGE,
         || node.mounted() == [node.volume("u2", "empty-dir", "cache")],
@@ -97,7 +126,7 @@ async fn a_watch_expired_with_410_relists_without_unmounting() {
     server.apply_yaml(&pod("api", "u2"));
     server.compact();
     server.expire_watches();
-    daemon::until("the pod watch relists and the new pod is set up", || {
+    node.until("the pod watch relists and the new pod is set up", || {
         server.lists("Pod") > lists_before && node.mounted().len() == 4
     })
     .await;
@@ -112,8 +141,14 @@ async fn an_unknown_node_name_tears_nothing_down() {
     let server = FakeApiServer::start().await;
     // A mount left by an earlier run, for a pod the API does not list.
     let node = daemon::start_adopting(&server, &["gone-uid"]);
-    daemon::until("the first list is read", || server.lists("Node") > 0).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    node.until("the first list is read", || server.lists("Node") > 0)
+        .await;
+    node.settled("the loop planned from the list without the Node", |d| {
+        d.problems
+            .iter()
+            .any(|p| p.contains("there is no Node named"))
+    })
+    .await;
     assert_eq!(
         node.unmounts(),
         0,
@@ -138,7 +173,7 @@ async fn a_relist_caught_between_pages_tears_nothing_down() {
     }
     server.apply_yaml(&pod("zz-last", "u-last"));
     let last = node.volume("u-last", "empty-dir", "cache");
-    daemon::until("the last pod's volumes are mounted", || {
+    node.until("the last pod's volumes are mounted", || {
         node.mounted().contains(&last)
     })
     .await;
@@ -146,15 +181,18 @@ async fn a_relist_caught_between_pages_tears_nothing_down() {
     server.stall_continues(true);
     server.compact();
     server.expire_watches();
-    daemon::until("the relist has read its first page", || {
+    node.until("the relist has read its first page", || {
         server.lists("Pod") > lists_before
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The next page hangs; until it comes the stores (and so the snapshot) stay as they were.
+    server.until_hanging(1).await;
+    node.settled("the loop is idle while the relist hangs", |d| d.complete)
+        .await;
     assert_eq!(node.unmounts(), 0, "a half-read list tore something down");
     server.stall_continues(false);
     server.delete("Pod", "shop", "zz-last");
-    daemon::until("the whole relist is applied", || {
+    node.until("the whole relist is applied", || {
         !node.mounted().contains(&last)
     })
     .await;
@@ -175,7 +213,7 @@ async fn after_an_outage_a_pod_deleted_as_the_api_returns_goes_at_once() {
     server.restart().await;
     let back = std::time::Instant::now();
     server.delete("Pod", "shop", "web");
-    daemon::until_within(
+    node.until_within(
         "the pod deleted after the outage is torn down",
         daemon::AFTER_AN_OUTAGE,
         || node.mounted().is_empty(),

@@ -2,6 +2,7 @@
 //! make-believe mount table. No root needed. The world and its helpers live here; the runs
 //! in `runs`, the data-safety attacks in `safety`.
 
+mod blockdev;
 mod runs;
 mod safety;
 #[path = "../support/settings.rs"]
@@ -12,13 +13,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use volumed::app;
 use volumed::config::Settings;
+use volumed::desired::DesiredState;
 use volumed::host::fake::FakeFormatter;
 use volumed::host::fake::FakeMounter;
 use volumed::host::run_lock::RunLock;
-use volumed::sync_loop::Report;
+use volumed::sync_loop::{Progress, Report};
 
 /// A temp dir with manifests, a root dir and host dirs, and the fake mounter over it.
 pub struct World {
@@ -26,6 +29,10 @@ pub struct World {
     pub base: PathBuf,
     pub settings: Settings,
     pub mounter: Arc<FakeMounter>,
+    /// The fake blkid, mkfs and fsck: scripted answers, recorded calls.
+    pub formatter: Arc<FakeFormatter>,
+    /// What the sync loop of this world's runs reports as it goes.
+    pub progress: watch::Sender<Progress>,
 }
 
 pub const STORAGE: &str = r#"
@@ -86,6 +93,8 @@ impl World {
             base,
             settings,
             mounter: FakeMounter::new(),
+            formatter: Arc::default(),
+            progress: watch::channel(Progress::default()).0,
         };
         world.write("storage.yaml", STORAGE);
         world.write("web.yaml", WEB);
@@ -107,12 +116,26 @@ impl World {
         app::run(
             &self.settings,
             true,
-            fake_host(self.mounter.clone()),
+            fake_host(self.mounter.clone(), &self.formatter, &self.progress),
             CancellationToken::new(),
             &lock,
         )
         .await
         .unwrap()
+    }
+
+    /// Waits until the running daemon's loop has planned from a snapshot `seen` accepts and
+    /// has nothing left to do on it: the way to show that something did *not* happen.
+    pub async fn settled(&self, what: &str, seen: impl Fn(&DesiredState) -> bool) {
+        let mut progress = self.progress.subscribe();
+        let settled = progress.wait_for(|p| p.idle && seen(&p.planned_from));
+        let settled = tokio::time::timeout(Duration::from_secs(10), settled)
+            .await
+            .map(|r| r.map(drop));
+        assert!(
+            matches!(settled, Ok(Ok(()))),
+            "{what}: the loop did not settle within 10 s"
+        );
     }
 
     pub fn volume(&self, uid: &str, plugin: &str, name: &str) -> PathBuf {
@@ -141,21 +164,36 @@ pub fn start_daemon(world: &World) -> (CancellationToken, tokio::task::JoinHandl
         world.mounter.clone(),
         cancel.clone(),
     );
+    let progress = world.progress.clone();
+    let formatter = world.formatter.clone();
     let daemon = tokio::spawn(async move {
         let lock = RunLock::acquire(&settings.root_dir).unwrap();
-        app::run(&settings, false, fake_host(mounter), stop, &lock)
-            .await
-            .unwrap()
+        app::run(
+            &settings,
+            false,
+            fake_host(mounter, &formatter, &progress),
+            stop,
+            &lock,
+        )
+        .await
+        .unwrap()
     });
     (cancel, daemon)
 }
 
-/// The fake mounter, a fake formatter, and no device watching: nothing touches the host.
-pub fn fake_host(mounter: Arc<FakeMounter>) -> app::Host {
+/// The fake mounter (and its fake disks), the world's fake formatter, and no device
+/// watching: nothing touches the host.
+pub fn fake_host(
+    mounter: Arc<FakeMounter>,
+    formatter: &Arc<FakeFormatter>,
+    progress: &watch::Sender<Progress>,
+) -> app::Host {
     app::Host {
-        mounter,
-        formatter: Arc::new(FakeFormatter::default()),
+        mounter: mounter.clone(),
+        formatter: formatter.clone(),
+        devices: mounter,
         watch_devices: false,
+        progress: Some(progress.clone()),
     }
 }
 

@@ -263,9 +263,18 @@ async fn a_manifest_caught_half_written_never_tears_anything_down() {
     let half: String = WEB.lines().take(9).collect::<Vec<_>>().join("\n");
     assert!(half.contains("cache") && !half.contains("logs"), "{half}");
     world.write("web.yaml", &half);
+    // The writer's pause between its two steps (its timing, not a wait for the daemon).
     tokio::time::sleep(Duration::from_millis(60)).await;
     world.write("web.yaml", WEB);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A pod written after both steps: once the loop is idle on a snapshot with it, it has
+    // acted on everything the directory showed before.
+    world.write("marker.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: marker, uid: marker-uid}\nspec: {nodeName: node-a, containers: [], volumes: [{name: tmp, emptyDir: {}}]}\n");
+    world
+        .settled(
+            "the loop is idle on a snapshot written after the rewrite",
+            |d| d.pods.contains_key("marker-uid"),
+        )
+        .await;
     cancel.cancel();
     daemon.await.unwrap();
     let unmounts: Vec<_> = world

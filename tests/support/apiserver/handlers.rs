@@ -19,13 +19,26 @@ impl FakeApiServer {
         &self,
         req: Request<Incoming>,
     ) -> Response<BoxBody<Bytes, Infallible>> {
-        let mut stalled = self.stalled.subscribe();
-        let _ = stalled.wait_for(|s| !*s).await;
+        let response = self.respond(req).await;
+        // After the answer is made, so that what it changed (list counts) is visible.
+        self.served.send_modify(|n| *n += 1);
+        response
+    }
+
+    async fn respond(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
         let path = req.uri().path().to_string();
         let query = parse_query(req.uri().query().unwrap_or(""));
-        if query.get("continue").is_some_and(|c| !c.is_empty()) {
-            let mut stalled = self.continues_stalled.subscribe();
+        let next_page = query.get("continue").is_some_and(|c| !c.is_empty());
+        let (mut stalled, mut continues) =
+            (self.stalled.subscribe(), self.continues_stalled.subscribe());
+        if *stalled.borrow() || (next_page && *continues.borrow()) {
+            // Counted while it hangs, so a test can wait until the client is stuck here.
+            self.hanging.send_modify(|n| *n += 1);
             let _ = stalled.wait_for(|s| !*s).await;
+            if next_page {
+                let _ = continues.wait_for(|s| !*s).await;
+            }
+            self.hanging.send_modify(|n| *n -= 1);
         }
         let Some((resource, namespace, name)) = route(&path) else {
             return failure(

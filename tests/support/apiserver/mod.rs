@@ -123,6 +123,10 @@ pub struct FakeApiServer {
     down: watch::Sender<bool>,
     /// Whether the port is open now (follows `down` once the accept task has acted on it).
     listening: watch::Sender<bool>,
+    /// Requests answered so far (a watch stream counts when it starts).
+    served: watch::Sender<u64>,
+    /// Requests hanging in a stall now.
+    hanging: watch::Sender<u64>,
 }
 
 impl FakeApiServer {
@@ -138,6 +142,8 @@ impl FakeApiServer {
             continues_stalled: watch::channel(false).0,
             down: watch::channel(false).0,
             listening: watch::channel(true).0,
+            served: watch::channel(0).0,
+            hanging: watch::channel(0).0,
         };
         tokio::spawn(server.clone().serve(listener));
         server
@@ -306,6 +312,26 @@ impl FakeApiServer {
         let resource = Resource::of_kind(kind).unwrap();
         let state = self.state.lock().unwrap();
         state.refusals.get(&resource).copied().unwrap_or(0)
+    }
+
+    /// Changes each time the server answers a request: something to wait on besides the
+    /// daemon's own progress.
+    pub fn activity(&self) -> watch::Receiver<u64> {
+        self.served.subscribe()
+    }
+
+    /// Waits (at most 10 s) until at least `count` requests hang in a stall.
+    pub async fn until_hanging(&self, count: u64) {
+        let mut hanging = self.hanging.subscribe();
+        let reached =
+            tokio::time::timeout(Duration::from_secs(10), hanging.wait_for(|n| *n >= count))
+                .await
+                .map(|r| r.map(drop));
+        assert!(
+            matches!(reached, Ok(Ok(()))),
+            "{count} requests never hung in the stall (now {})",
+            *self.hanging.borrow()
+        );
     }
 
     /// How many lists of `kind` the server has answered.

@@ -1,7 +1,13 @@
 //! The fake host for tests (compiled for unit tests and, with the `test-util` feature, for the
 //! test binaries; never into the release binary): a `Mounter` that keeps its own mount table,
 //! so whole reconcile runs can be tested without root (directories are real, in a temp dir;
-//! only the mounts are make-believe), and a scripted `Formatter`.
+//! only the mounts are make-believe), fake block devices (`devices`), and a scripted
+//! `Formatter`.
+
+mod devices;
+mod disk;
+
+pub use self::disk::FakeDisk;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +38,8 @@ struct FakeState {
     force_hangs: bool,
     /// Every mount and unmount, in order, as `mount <target>` / `umount <target>`.
     pub calls: Vec<String>,
+    /// Fake block devices by the path of the file that stands in for their node.
+    disks: BTreeMap<PathBuf, FakeDisk>,
 }
 
 impl FakeMounter {
@@ -88,6 +96,13 @@ impl FakeMounter {
 
     pub fn table(&self) -> Vec<MountEntry> {
         self.lock().table.clone()
+    }
+
+    /// The `major:minor` of the fake disk at `path`, as mountinfo names a device.
+    fn disk_device(&self, path: &Path) -> Option<String> {
+        let state = self.lock();
+        let disk = state.disks.get(path)?;
+        Some(format!("{}:{}", disk.major, disk.minor))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
@@ -192,7 +207,8 @@ impl Mounter for FakeMounter {
         _options: &[String],
         read_only: bool,
     ) -> Result<(), HostError> {
-        self.add(target, fs_type, "/", BTreeMap::new(), read_only, None)
+        let number = self.disk_device(device);
+        self.add(target, fs_type, "/", BTreeMap::new(), read_only, number)
             .map_err(|source| HostError::Mount {
                 what: format!("{fs_type} on {}", device.display()),
                 target: target.path.clone(),
@@ -278,6 +294,8 @@ impl Mounter for FakeMounter {
 #[derive(Default)]
 pub struct FakeFormatter {
     pub probes: Mutex<BTreeMap<std::path::PathBuf, Probe>>,
+    /// What `fsck` says of a device; clean when not set.
+    pub checks: Mutex<BTreeMap<std::path::PathBuf, FsckResult>>,
     pub calls: Mutex<Vec<String>>,
 }
 
@@ -317,6 +335,12 @@ impl Formatter for FakeFormatter {
             .lock()
             .expect("fake lock")
             .push(format!("fsck.{fs_type} {}", device.display()));
-        Ok(FsckResult::Clean { exit_code: 0 })
+        Ok(self
+            .checks
+            .lock()
+            .expect("fake lock")
+            .get(device)
+            .cloned()
+            .unwrap_or(FsckResult::Clean { exit_code: 0 }))
     }
 }
