@@ -52,8 +52,8 @@ pub struct SyncLoop {
 pub struct Progress {
     /// Passes planned (each over the newest snapshot and a table showing every op's effect).
     pub passes: u64,
-    /// Ops finished, succeeded or failed.
-    pub ops_finished: u64,
+    /// Op results recorded: finished (succeeded or failed) or reported stuck.
+    pub op_results: u64,
     /// The snapshot the last pass planned from.
     pub planned_from: Arc<DesiredState>,
     /// The last pass started nothing and nothing is in flight: until an input changes or a
@@ -343,7 +343,7 @@ impl SyncLoop {
             None => map.remove(&key),
         };
         self.publish(&books.failures);
-        books.progress.ops_finished += 1;
+        books.progress.op_results += 1;
         books.progress.idle = false;
         self.tell_progress(books);
     }

@@ -152,7 +152,7 @@ impl Node {
                 panic!(
                     "{what}: the loop did not settle within 10 s (passes {}, ops {}, idle {}, last planned from: complete {}, pods {:?}, problems {:?})",
                     last.passes,
-                    last.ops_finished,
+                    last.op_results,
                     last.idle,
                     last.planned_from.complete,
                     last.planned_from.pods.keys().collect::<Vec<_>>(),

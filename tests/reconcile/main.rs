@@ -124,6 +124,57 @@ impl World {
         .unwrap()
     }
 
+    /// Waits (at most 10 s) until `done` holds, checking it each time the daemon's loop makes
+    /// progress (a pass, an op's result): never on a timer.
+    pub async fn until(&self, mut done: impl FnMut() -> bool) {
+        let mut progress = self.progress.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        progress.borrow_and_update();
+        while !done() {
+            match tokio::time::timeout_at(deadline, progress.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => panic!("the world's progress channel closed"),
+                Err(_) => panic!("condition not reached within 10 s"),
+            }
+        }
+    }
+
+    /// Waits (at most 10 s) until the file at `path` reads as `done` wants, woken by inotify:
+    /// for what a task of the daemon writes after the loop has moved on.
+    pub async fn until_file(
+        &self,
+        path: &std::path::Path,
+        done: impl Fn(&str) -> bool + Send + 'static,
+    ) {
+        use notify::Watcher;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            let _ = tx.send(event);
+        })
+        .expect("an inotify watcher");
+        let dir = path.parent().expect("a file in a directory");
+        std::fs::create_dir_all(dir).unwrap();
+        watcher
+            .watch(dir, notify::RecursiveMode::NonRecursive)
+            .expect("watch the file's directory");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let path = path.to_path_buf();
+        let reached = tokio::task::spawn_blocking(move || loop {
+            if std::fs::read_to_string(&path).is_ok_and(|text| done(&text)) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if rx.recv_timeout(left).is_err() {
+                return false;
+            }
+        });
+        assert!(
+            reached.await.unwrap(),
+            "the file never read as wanted within 10 s"
+        );
+        drop(watcher);
+    }
+
     /// Waits until the running daemon's loop has planned from a snapshot `seen` accepts and
     /// has nothing left to do on it: the way to show that something did *not* happen.
     pub async fn settled(&self, what: &str, seen: impl Fn(&DesiredState) -> bool) {
@@ -195,14 +246,4 @@ pub fn fake_host(
         watch_devices: false,
         progress: Some(progress.clone()),
     }
-}
-
-pub async fn wait_until(mut done: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("condition not reached within 10 s");
 }

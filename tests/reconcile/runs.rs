@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use volumed::reconcile::status::VolumeState;
 
-use super::{start_daemon, wait_until, World, WEB};
+use super::{start_daemon, World, WEB};
 
 #[tokio::test]
 async fn a_run_mounts_exactly_what_our_pods_need_and_a_second_run_changes_nothing() {
@@ -169,18 +169,21 @@ async fn the_daemon_retries_a_failed_volume_with_backoff_until_it_works() {
     let cache = world.volume("web-uid", "empty-dir", "cache");
     world.mounter.fail_at(&cache, "simulated transient failure");
     let (cancel, daemon) = start_daemon(&world);
-    wait_until(|| {
-        world
-            .mounter
-            .calls()
-            .iter()
-            .filter(|c| c.ends_with("cache"))
-            .count()
-            >= 2
-    })
-    .await;
+    world
+        .until(|| {
+            world
+                .mounter
+                .calls()
+                .iter()
+                .filter(|c| c.ends_with("cache"))
+                .count()
+                >= 2
+        })
+        .await;
     world.mounter.clear_failure(&cache);
-    wait_until(|| world.mounts().iter().any(|(p, ..)| p == &cache)).await;
+    world
+        .until(|| world.mounts().iter().any(|(p, ..)| p == &cache))
+        .await;
     cancel.cancel();
     let report = daemon.await.unwrap();
     assert!(report.converged(), "{:#?}", report.rows);
@@ -196,11 +199,15 @@ async fn the_daemon_follows_manifest_changes() {
     world.remove("web.yaml");
     let (cancel, daemon) = start_daemon(&world);
     let cache = world.volume("web-uid", "empty-dir", "cache");
-    wait_until(|| world.mounts().len() == 1).await;
+    world.until(|| world.mounts().len() == 1).await;
     world.write("web.yaml", WEB);
-    wait_until(|| world.mounts().iter().any(|(p, ..)| p == &cache)).await;
+    world
+        .until(|| world.mounts().iter().any(|(p, ..)| p == &cache))
+        .await;
     world.remove("web.yaml");
-    wait_until(|| !world.settings.root_dir.join("pods/web-uid").exists()).await;
+    world
+        .until(|| !world.settings.root_dir.join("pods/web-uid").exists())
+        .await;
     cancel.cancel();
     daemon.await.unwrap();
 }
@@ -233,9 +240,9 @@ async fn a_hung_volume_never_stalls_the_others_and_is_reported_stuck() {
     world.mounter.hang_at(&cache);
     let (cancel, daemon) = start_daemon(&world);
     // Every other volume converges while the cache mount hangs.
-    wait_until(|| world.mounts().len() == 3).await;
+    world.until(|| world.mounts().len() == 3).await;
     let failures = world.settings.root_dir.join("state/failures.json");
-    wait_until(|| std::fs::read_to_string(&failures).is_ok_and(|f| f.contains("stuck"))).await;
+    world.until_file(&failures, |f| f.contains("stuck")).await;
     let attempts = world
         .mounter
         .calls()
@@ -247,7 +254,9 @@ async fn a_hung_volume_never_stalls_the_others_and_is_reported_stuck() {
         "a hung volume gets no second call while the first is stuck"
     );
     world.mounter.release(&cache);
-    wait_until(|| world.mounts().iter().any(|(p, ..)| p == &cache)).await;
+    world
+        .until(|| world.mounts().iter().any(|(p, ..)| p == &cache))
+        .await;
     cancel.cancel();
     let report = daemon.await.unwrap();
     assert!(report.converged(), "{:#?}", report.rows);
@@ -257,7 +266,7 @@ async fn a_hung_volume_never_stalls_the_others_and_is_reported_stuck() {
 async fn a_manifest_caught_half_written_never_tears_anything_down() {
     let world = World::new();
     let (cancel, daemon) = start_daemon(&world);
-    wait_until(|| world.mounts().len() == 4).await;
+    world.until(|| world.mounts().len() == 4).await;
     // A writer that truncates and rewrites in two steps: the first step still parses, as a
     // pod with fewer volumes.
     let half: String = WEB.lines().take(9).collect::<Vec<_>>().join("\n");
@@ -298,13 +307,14 @@ async fn hung_nfs_teardown(force_hangs_too: bool) -> (World, Vec<String>) {
     world.write("nfs.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: share, uid: share-uid}\nspec: {nodeName: node-a, containers: [], volumes: [{name: files, nfs: {server: nfs1, path: /exports/files}}]}\n");
     let (cancel, daemon) = start_daemon(&world);
     let target = world.volume("share-uid", "nfs", "files");
-    wait_until(|| {
-        world
-            .mounts()
-            .iter()
-            .any(|(p, fs, _)| p == &target && fs == "nfs")
-    })
-    .await;
+    world
+        .until(|| {
+            world
+                .mounts()
+                .iter()
+                .any(|(p, fs, _)| p == &target && fs == "nfs")
+        })
+        .await;
     // The server dies: a plain unmount now hangs (and, if asked, a forced one too).
     world.mounter.hang_at(&target);
     if force_hangs_too {
@@ -314,8 +324,12 @@ async fn hung_nfs_teardown(force_hangs_too: bool) -> (World, Vec<String>) {
     // A pod that arrives during the hang converges all the same.
     world.write("late.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: late, uid: late-uid}\nspec: {nodeName: node-a, containers: [], volumes: [{name: t, emptyDir: {medium: Memory}}]}\n");
     let late = world.volume("late-uid", "empty-dir", "t");
-    wait_until(|| world.mounts().iter().any(|(p, ..)| p == &late)).await;
-    wait_until(|| !world.settings.root_dir.join("pods/share-uid").exists()).await;
+    world
+        .until(|| world.mounts().iter().any(|(p, ..)| p == &late))
+        .await;
+    world
+        .until(|| !world.settings.root_dir.join("pods/share-uid").exists())
+        .await;
     cancel.cancel();
     daemon.await.unwrap();
     world.mounter.release(&target);

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{start_daemon, wait_until, World, OTHER, STORAGE, WEB};
+use super::{start_daemon, World, OTHER, STORAGE, WEB};
 
 fn late_pod(name: &str) -> String {
     format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, uid: {name}-uid}}\nspec: {{nodeName: node-a, containers: [], volumes: [{{name: t, emptyDir: {{medium: Memory}}}}]}}\n")
@@ -33,7 +33,7 @@ async fn the_daemon_follows_a_manifest_directory_that_is_replaced() {
     fill(&world, &manifests, &[]);
     world.settings.manifests = Some(manifests.clone());
     let (cancel, daemon) = start_daemon(&world);
-    wait_until(|| world.mounts().len() == 4).await;
+    world.until(|| world.mounts().len() == 4).await;
     let mounted = |pod: &str| {
         let path = world.volume(&format!("{pod}-uid"), "empty-dir", "t");
         world.mounts().iter().any(|(p, ..)| p == &path)
@@ -42,7 +42,7 @@ async fn the_daemon_follows_a_manifest_directory_that_is_replaced() {
     // rm -rf manifests && mkdir manifests && cp *.yaml manifests/
     std::fs::remove_dir_all(&manifests).unwrap();
     fill(&world, &manifests, &["late1"]);
-    wait_until(|| mounted("late1")).await;
+    world.until(|| mounted("late1")).await;
 
     // A parent renamed into place: mv deploy deploy.old && mv deploy.new deploy
     fill(
@@ -52,10 +52,10 @@ async fn the_daemon_follows_a_manifest_directory_that_is_replaced() {
     );
     std::fs::rename(&deploy, world.base.join("deploy.old")).unwrap();
     std::fs::rename(world.base.join("deploy.new"), &deploy).unwrap();
-    wait_until(|| mounted("late2")).await;
+    world.until(|| mounted("late2")).await;
     // ...and the new directory is followed, not only read once.
     std::fs::write(manifests.join("late3.yaml"), late_pod("late3")).unwrap();
-    wait_until(|| mounted("late3")).await;
+    world.until(|| mounted("late3")).await;
 
     cancel.cancel();
     daemon.await.unwrap();
@@ -79,15 +79,19 @@ async fn the_daemon_follows_a_symlink_swapped_to_a_new_manifest_directory() {
     std::os::unix::fs::symlink(&v1, &live).unwrap();
     world.settings.manifests = Some(live.clone());
     let (cancel, daemon) = start_daemon(&world);
-    wait_until(|| world.mounts().len() == 4).await;
+    world.until(|| world.mounts().len() == 4).await;
     // ln -sfn v2 live: a new link renamed over the old one.
     std::os::unix::fs::symlink(&v2, world.base.join("live.tmp")).unwrap();
     std::fs::rename(world.base.join("live.tmp"), &live).unwrap();
     let late = |pod: &str| world.volume(&format!("{pod}-uid"), "empty-dir", "t");
-    wait_until(|| world.mounts().iter().any(|(p, ..)| p == &late("late1"))).await;
+    world
+        .until(|| world.mounts().iter().any(|(p, ..)| p == &late("late1")))
+        .await;
     // Files written into the new target later are seen too.
     std::fs::write(v2.join("late2.yaml"), late_pod("late2")).unwrap();
-    wait_until(|| world.mounts().iter().any(|(p, ..)| p == &late("late2"))).await;
+    world
+        .until(|| world.mounts().iter().any(|(p, ..)| p == &late("late2")))
+        .await;
     cancel.cancel();
     daemon.await.unwrap();
 }
