@@ -309,10 +309,17 @@ async fn every_refusal_of_safe_format_leaves_the_disk_alone_and_says_why() {
             "it holds device 0:",
         ),
     ];
-    for (what, disk, read_only_volume, setup, want) in cases {
-        let world = disk_world(disk, read_only_volume);
-        setup(&world);
-        let (state, reason) = outcome(&world).await;
+    // The worlds are independent: run them at once (each run's reads wait out the settle).
+    let worlds: Vec<(&str, World, &str)> = cases
+        .into_iter()
+        .map(|(what, disk, read_only_volume, setup, want)| {
+            let world = disk_world(disk, read_only_volume);
+            setup(&world);
+            (what, world, want)
+        })
+        .collect();
+    let outcomes = futures::future::join_all(worlds.iter().map(|(_, w, _)| outcome(w))).await;
+    for ((what, world, want), (state, reason)) in worlds.iter().zip(outcomes) {
         assert_eq!(state, VolumeState::Failed, "{what}: {reason}");
         assert!(
             reason.contains(want),
