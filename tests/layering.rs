@@ -33,12 +33,17 @@ fn imports_follow_the_data_flow_without_cycles() {
     let files = module_files(&src);
     let known: BTreeSet<ModPath> = files.keys().cloned().collect();
     let mut edges: BTreeMap<ModPath, BTreeSet<ModPath>> = BTreeMap::new();
+    // `use crate::*` hides which modules a file uses.
+    let mut glob_imports = Vec::new();
     for (module, file) in &files {
         let code = strip_test_modules(&strip_comments_and_strings(
             &fs::read_to_string(file).unwrap(),
         ));
+        if code.contains("crate::*") || code.contains("crate::{*") {
+            glob_imports.push(module.join("::"));
+        }
         let targets = edges.entry(module.clone()).or_default();
-        for path in imported_paths(&code, module) {
+        for path in imported_paths(&code, module, &known) {
             let target = deepest_known(&path, &known);
             if &target != module && !target.is_empty() {
                 targets.insert(target);
@@ -46,7 +51,10 @@ fn imports_follow_the_data_flow_without_cycles() {
         }
     }
 
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = glob_imports
+        .iter()
+        .map(|m| format!("glob import of the crate root in {m}"))
+        .collect();
     for (from, targets) in &edges {
         for to in targets {
             let (a, b) = (layer_of(from), layer_of(to));
@@ -147,6 +155,9 @@ fn strip_comments_and_strings(code: &str) -> String {
             }
         } else if code[i..].starts_with("/*") {
             i = code[i..].find("*/").map_or(bytes.len(), |e| i + e + 2);
+        } else if let Some(end) = raw_string_end(code, i) {
+            i = end;
+            out.push_str("\"\"");
         } else if bytes[i] == b'"' {
             i += 1;
             while i < bytes.len() && bytes[i] != b'"' {
@@ -171,6 +182,18 @@ fn strip_comments_and_strings(code: &str) -> String {
         }
     }
     out
+}
+
+/// Where a raw string literal (`r"…"`, `r#"…"#`) starting at `at` ends, if one does.
+fn raw_string_end(code: &str, at: usize) -> Option<usize> {
+    let bytes = code.as_bytes();
+    let boundary = at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_');
+    let rest = code[at..].strip_prefix('r').filter(|_| boundary)?;
+    let hashes = rest.len() - rest.trim_start_matches('#').len();
+    let body = rest[hashes..].strip_prefix('"')?;
+    let closing = format!("\"{}", "#".repeat(hashes));
+    let end = body.find(&closing)?;
+    Some(at + 1 + hashes + 1 + end + closing.len())
 }
 
 /// Drops `#[cfg(test)] mod name { … }` blocks: what only tests import is not the structure.
@@ -211,7 +234,7 @@ fn strip_test_modules(code: &str) -> String {
 }
 
 /// The absolute module paths a file names, use-groups expanded (`use crate::a::{b, c::d}`).
-fn imported_paths(code: &str, module: &ModPath) -> Vec<ModPath> {
+fn imported_paths(code: &str, module: &ModPath, known: &BTreeSet<ModPath>) -> Vec<ModPath> {
     let is_main = module == &["main".to_string()];
     let mut out = Vec::new();
     let bytes = code.as_bytes();
@@ -225,7 +248,21 @@ fn imported_paths(code: &str, module: &ModPath) -> Vec<ModPath> {
             .into_iter()
             .find(|r| boundary && code[i..].starts_with(r));
         let Some(root) = root else {
-            i += 1;
+            // A path relative to this module (`use events::publish`, `health::probe()`): its
+            // first segment names a child module.
+            let start = i;
+            let mut end = i;
+            while is_ident(bytes.get(end)) {
+                end += 1;
+            }
+            let child = [module.clone(), vec![code[start..end].to_string()]].concat();
+            if boundary && end > start && code[end..].starts_with("::") && known.contains(&child) {
+                let (paths, after) = parse_tree(code, end + 2, child);
+                out.extend(paths);
+                i = after;
+            } else {
+                i = end.max(i + 1);
+            }
             continue;
         };
         let base: ModPath = match root {

@@ -133,13 +133,16 @@ pub async fn run(
                 .await
                 .context("volumed changed nothing")?;
             let (tx, notices) = tokio::sync::mpsc::channel(NOTICE_QUEUE);
-            // Lives exactly as long as the loop: it ends when the loop's sender is gone.
-            let publisher = tokio::spawn(publish_notices(
-                client,
-                settings.node.name.clone(),
-                crate::desired::kube::REPEAT_AFTER,
-                notices,
-            ));
+            // Lives as long as the loop: it ends when the loop's sender is gone.
+            let publisher = tasks.spawn_tied(
+                "Event publisher",
+                publish_notices(
+                    client,
+                    settings.node.name.clone(),
+                    crate::desired::kube::REPEAT_AFTER,
+                    notices,
+                ),
+            );
             (rx, None, Some(tx), Some(publisher))
         }
     };
@@ -170,11 +173,11 @@ pub async fn run(
     context.unmount_timeout = settings.op_timeout;
     let (executor, events) = Executor::new(context, config);
     let (failures_tx, failures_rx) = watch::channel(Failures::new());
-    // Lives exactly as long as the loop, as the publisher does.
-    let writer = tokio::spawn(write_failures(
-        failures_path(&settings.root_dir),
-        failures_rx,
-    ));
+    // Lives as long as the loop, as the publisher does.
+    let writer = tasks.spawn_tied(
+        "failure recorder",
+        write_failures(failures_path(&settings.root_dir), failures_rx),
+    );
     let sync = SyncLoop {
         root: settings.root_dir.clone(),
         desired,
@@ -206,7 +209,7 @@ pub async fn run(
             (report, failed)
         }
         why = tasks.first_failure() => {
-            tracing::error!(reason = %why, "a task volumed needs has stopped; shutting down so that volumed is restarted");
+            // Not logged here: the error returned names it, and the command prints it once.
             // The loop stops intake and lets its in-flight ops finish, as at a signal.
             stop_tasks.cancel();
             (looping.await, Some(why))
@@ -223,9 +226,7 @@ pub async fn run(
         }
     }
     // The sender is gone with the loop: the writer flushes the last list and ends.
-    if let Err(err) = writer.await {
-        tracing::error!(%err, "the failure recorder died; `volumed status` may show old failures");
-    }
+    let _ = writer.await;
     tasks.wait(EVENTS_GRACE).await;
     match failed {
         Some(why) => anyhow::bail!(
@@ -289,10 +290,7 @@ async fn start_api_source(
         node: settings.node.clone(),
         health: health.clone(),
     };
-    tasks.spawn("Kubernetes API source", async move {
-        source.run(tx, cancel_source).await;
-        Ok::<(), std::convert::Infallible>(())
-    });
+    tasks.spawn("Kubernetes API source", source.run(tx, cancel_source));
     if once {
         tokio::select! {
             _ = cancel.cancelled() => {}

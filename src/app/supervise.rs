@@ -51,6 +51,26 @@ impl Supervisor {
         })
     }
 
+    /// Runs `task` as `name`, a task that ends when its input closes (the loop's end): that
+    /// end is no news, but dying of a panic before shutdown is reported as `spawn` reports.
+    pub fn spawn_tied(
+        &self,
+        name: &'static str,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> JoinHandle<()> {
+        let (shutdown, ended) = (self.shutdown.clone(), self.ended_tx.clone());
+        let inner = tokio::spawn(task);
+        self.tracker.spawn(async move {
+            if let Err(join) = inner.await {
+                if !shutdown.is_cancelled() {
+                    let _ = ended.send(format!("the {name} died: {join}"));
+                } else {
+                    tracing::error!(task = name, %join, "a task died during shutdown");
+                }
+            }
+        })
+    }
+
     /// The first task that ended before shutdown, and why; pending while none has.
     pub async fn first_failure(&mut self) -> String {
         match self.ended_rx.recv().await {

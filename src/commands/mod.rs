@@ -1,6 +1,7 @@
 //! The subcommands, one file each: each reads its settings, asks `app` for the work, has
 //! `output` render it, and returns the exit code that agrees with what it printed.
 
+mod common;
 mod devices;
 mod plan;
 mod run;
@@ -9,7 +10,6 @@ mod status;
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
-use crate::output::Printed;
 
 /// The binary's whole life after parsing: process set-up, the command, and its exit code.
 pub fn main(cli: Cli) -> ExitCode {
@@ -59,25 +59,4 @@ fn describe(err: &anyhow::Error) -> String {
         }
     }
     line
-}
-
-fn show(printed: Printed) {
-    print!("{}", printed.stdout);
-    eprint!("{}", printed.stderr);
-}
-
-/// 0 when everything asked for can be (or was) done, 1 when something cannot.
-fn exit_code(ok: bool) -> ExitCode {
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-/// `plan` and `status` only read (the API, when that is the source): one thread will do.
-fn read_only_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use super::show;
+use super::common::exit_code;
 use crate::app;
 use crate::cli::RunArgs;
 use crate::config::Settings;
@@ -46,8 +46,11 @@ async fn reconcile(settings: Settings, once: bool, lock: &RunLock) -> anyhow::Re
         root: &settings.root_dir,
         wide: false,
     };
-    show(output::once_summary(&paths, &report));
-    Ok(super::exit_code(report.converged()))
+    let summary = output::once_summary(&paths, &report);
+    // The problems first, then the verdict line, as an operator reads them.
+    eprint!("{}", summary.stderr);
+    print!("{}", summary.stdout);
+    Ok(exit_code(report.converged()))
 }
 
 async fn cancel_on_signal(mut term: Signal, mut int: Signal, cancel: CancellationToken) {

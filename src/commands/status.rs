@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::{exit_code, read_only_runtime, show};
+use super::common::{exit_code, read_only_runtime, show};
 use crate::app;
 use crate::cli::{Output, ReadArgs};
 use crate::config::Settings;

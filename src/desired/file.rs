@@ -33,6 +33,8 @@ pub enum FileSourceError {
         source: notify::Error,
         hint: &'static str,
     },
+    #[error("the watch of manifest directory {dir} stopped delivering changes")]
+    WatchEnded { dir: PathBuf },
 }
 
 pub struct FileSource {
@@ -305,7 +307,11 @@ impl FileSource {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(source.resync) => replaced = false,
-                Some(change) = events.recv() => {
+                change = events.recv() => {
+                    // The watch's thread is gone: changes would be seen only at resyncs.
+                    let Some(change) = change else {
+                        return Err(FileSourceError::WatchEnded { dir: source.dir.clone() });
+                    };
                     let mut layout = change == Change::Layout;
                     if layout {
                         // Watch the new directory before reading it: what is written into it

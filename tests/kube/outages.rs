@@ -24,7 +24,8 @@ async fn an_api_outage_or_a_relist_unmounts_nothing() {
     // unmounted.
     server.stall(true);
     server.drop_watches();
-    // Every watch has asked again and hangs; the loop has nothing new to act on.
+    // Every watch has asked again and hangs: from here the source can publish nothing new,
+    // so the loop idle on the complete snapshot is all that can happen during the stall.
     server.until_hanging(WATCHES).await;
     node.settled("the loop is idle during the stall", |d| d.complete)
         .await;
@@ -185,7 +186,8 @@ async fn a_relist_caught_between_pages_tears_nothing_down() {
         server.lists("Pod") > lists_before
     })
     .await;
-    // The next page hangs; until it comes the stores (and so the snapshot) stay as they were.
+    // The next page hangs; until it comes the stores (and so the snapshot) stay as they were:
+    // the loop idle on the complete snapshot is all that can happen meanwhile.
     server.until_hanging(1).await;
     node.settled("the loop is idle while the relist hangs", |d| d.complete)
         .await;

@@ -164,8 +164,8 @@ async fn a_read_only_disk_with_a_filesystem_is_mounted_read_only_without_fsck() 
         .any(|c| c.starts_with("fsck") || c.starts_with("mkfs")));
 }
 
-/// Every way safe-format refuses: the volume fails with the reason, nothing is formatted or
-/// mounted.
+/// Every way staging and safe-format refuse: the volume fails with the reason, nothing is
+/// formatted or mounted.
 #[tokio::test]
 async fn every_refusal_of_safe_format_leaves_the_disk_alone_and_says_why() {
     let blank = || FakeDisk::blank("sdb", 16, GIB);
@@ -293,6 +293,35 @@ async fn every_refusal_of_safe_format_leaves_the_disk_alone_and_says_why() {
                 );
             },
             "fsck.ext4 -p exited 4",
+        ),
+        (
+            "detached from sysfs",
+            with(|d| d.missing_from_sysfs = true),
+            false,
+            nothing,
+            "is not in sysfs; is it still attached?",
+        ),
+        (
+            "its node replaced while examined",
+            with(|d| d.node_replaced = true),
+            false,
+            nothing,
+            "its device node changed while it was examined",
+        ),
+        (
+            "a partition whose disk is held",
+            with(|d| {
+                d.name = "sdb1".into();
+                d.parent = Some("sdb".into());
+            }),
+            false,
+            |w| {
+                let mut disk = FakeDisk::blank("sdb", 0, 2 * GIB);
+                disk.partitions = vec!["sdb1".into()];
+                disk.holders = vec!["md127".into()];
+                w.mounter.add_disk(&w.base.join("dev/sdb-whole"), disk);
+            },
+            "it is in use by md127 (sysfs holders)",
         ),
         (
             "a global mount holding another device",

@@ -215,6 +215,8 @@ pub fn start_daemon(world: &World) -> (CancellationToken, tokio::task::JoinHandl
         world.mounter.clone(),
         cancel.clone(),
     );
+    // A fresh start: an earlier run's last progress must not pass for this daemon's.
+    world.progress.send_replace(Progress::default());
     let progress = world.progress.clone();
     let formatter = world.formatter.clone();
     let daemon = tokio::spawn(async move {

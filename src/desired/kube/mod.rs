@@ -37,6 +37,15 @@ const RELIST_AT_ONCE_EVERY: Duration = Duration::from_secs(10);
 /// Coalesces a burst of watch events into one snapshot.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
+/// Why the API source stopped before it was cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    #[error("an API watch stopped before its first list ({0}); nothing was published")]
+    FirstList(String),
+    #[error("the {task} ended ({how}); the API source cannot stay current without it")]
+    TaskEnded { task: String, how: String },
+}
+
 pub struct KubeSource {
     pub client: Client,
     pub node: NodeConfig,
@@ -53,8 +62,13 @@ struct Stores {
 }
 
 impl KubeSource {
-    /// Publishes snapshots until `cancel` fires.
-    pub async fn run(self, tx: watch::Sender<Arc<DesiredState>>, cancel: CancellationToken) {
+    /// Publishes snapshots until `cancel` fires. A watch task or the health probe that ends
+    /// before that ends the source (its store would go stale while looking complete).
+    pub async fn run(
+        self,
+        tx: watch::Sender<Arc<DesiredState>>,
+        cancel: CancellationToken,
+    ) -> Result<(), KubeSourceError> {
         let (changed_tx, mut changed) = mpsc::unbounded_channel();
         let on_node =
             watcher::Config::default().fields(&format!("spec.nodeName={}", self.node.name));
@@ -67,13 +81,18 @@ impl KubeSource {
             health: self.health.clone(),
             cancel: cancel.clone(),
             server_back: server_back.clone(),
+            tasks: std::sync::Mutex::default(),
         };
-        tokio::spawn(probe_while_failing(
+        let probe = probe_while_failing(
             self.client.clone(),
             self.health.clone(),
             server_back,
             cancel.clone(),
-        ));
+        );
+        lock(&watching.tasks).spawn(async move {
+            probe.await;
+            "API health probe".to_string()
+        });
         let client = &self.client;
         let stores = Stores {
             pods: watching.reflect(Api::all(client.clone()), on_node),
@@ -91,20 +110,18 @@ impl KubeSource {
             stores.classes.wait_until_ready().await?;
             stores.nodes.wait_until_ready().await
         };
+        let mut tasks = std::mem::take(&mut *lock(&watching.tasks));
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return Ok(()),
             ready = first_lists => match ready {
                 Ok(()) => tracing::info!("every API watch completed its first list"),
-                Err(err) => {
-                    tracing::error!(%err, "an API watch stopped before its first list; publishing nothing");
-                    return;
-                }
+                Err(err) => return Err(KubeSourceError::FirstList(err.to_string())),
             },
         }
         loop {
             if cancel.is_cancelled() {
-                return;
+                return Ok(());
             }
             let mut state = snapshot(&stores, &self.node);
             // In the --once report and `plan`; the daemon logs each failure as it happens.
@@ -122,7 +139,17 @@ impl KubeSource {
             }
             crate::shared::publish(&tx, Arc::new(state));
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => return Ok(()),
+                Some(ended) = tasks.join_next() => {
+                    if cancel.is_cancelled() {
+                        return Ok(());
+                    }
+                    let (task, how) = match ended {
+                        Ok(task) => (task, "it returned".to_string()),
+                        Err(join) => ("an API watch task".to_string(), join.to_string()),
+                    };
+                    return Err(KubeSourceError::TaskEnded { task, how });
+                }
                 Some(()) = changed.recv() => {
                     tokio::time::sleep(DEBOUNCE).await;
                     while changed.try_recv().is_ok() {}
@@ -141,6 +168,8 @@ struct Watching {
     server_back: Arc<tokio::sync::Notify>,
     health: SharedHealth,
     cancel: CancellationToken,
+    /// The watch tasks and the probe; each returns what it was when it ends.
+    tasks: std::sync::Mutex<tokio::task::JoinSet<String>>,
 }
 
 impl Watching {
@@ -165,7 +194,8 @@ impl Watching {
             self.cancel.clone(),
             self.server_back.clone(),
         );
-        tokio::spawn(async move {
+        let task = format!("API watch of {kind} objects");
+        let body = async move {
             let mut stream = std::pin::pin!(stream);
             let mut backoff = WatchBackoff::default();
             // A watch that resumes from its last version after an error emits nothing when it
@@ -251,6 +281,10 @@ impl Watching {
                 }
                 let _ = changed.send(());
             }
+        };
+        lock(&self.tasks).spawn(async move {
+            body.await;
+            task
         });
         reader
     }

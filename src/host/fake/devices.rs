@@ -54,11 +54,13 @@ impl BlockDevices for FakeMounter {
     }
 
     fn block(&self, rdev: u64) -> Option<SysfsBlock> {
-        self.disk_where(|_, d| d.rdev() == rdev).map(|d| d.sysfs())
+        self.disk_where(|_, d| d.rdev() == rdev && !d.missing_from_sysfs)
+            .map(|d| d.sysfs())
     }
 
     fn block_named(&self, name: &str) -> Option<SysfsBlock> {
-        self.disk_where(|_, d| d.name == name).map(|d| d.sysfs())
+        self.disk_where(|_, d| d.name == name && !d.missing_from_sysfs)
+            .map(|d| d.sysfs())
     }
 
     fn read_ends(&self, source: &Source, size: u64) -> Result<DeviceBytes, String> {
@@ -76,15 +78,26 @@ impl BlockDevices for FakeMounter {
     }
 
     fn open_exclusive(&self, source: &Source) -> Result<(), String> {
-        match self.disk_where(|path, _| *path == source.resolved) {
-            Some(disk) if disk.claimed => Err("it is in use: mounted (perhaps in another mount namespace) or claimed by another driver".into()),
+        let disk = self.disk_where(|path, _| *path == source.resolved);
+        // As the kernel answers: EBUSY while claimed, and while mounted anywhere.
+        let mounted = disk.as_ref().is_some_and(|d| {
+            let device = format!("{}:{}", d.major, d.minor);
+            self.table().iter().any(|m| m.device == device)
+        });
+        match disk {
+            Some(disk) if disk.claimed || mounted => Err("it is in use: mounted (perhaps in another mount namespace) or claimed by another driver".into()),
             Some(_) => Ok(()),
             None => Err("an exclusive open failed: no such fake disk".into()),
         }
     }
 
     fn node_number(&self, path: &Path) -> Option<u64> {
-        self.disk_where(|at, _| at == path).map(|d| d.rdev())
+        let disk = self.disk_where(|at, _| at == path)?;
+        Some(if disk.node_replaced {
+            disk.rdev() + 1
+        } else {
+            disk.rdev()
+        })
     }
 
     fn filesystem_of(&self, dir: &Source) -> Result<u64, HostError> {

@@ -25,6 +25,10 @@ pub struct FakeDisk {
     pub unreadable: Option<String>,
     /// Something holds it open exclusively (a mount in another namespace, a driver).
     pub claimed: bool,
+    /// Gone from sysfs (detached) while its node is still open.
+    pub missing_from_sysfs: bool,
+    /// Its path names another device now (the node was replaced after it was opened).
+    pub node_replaced: bool,
 }
 
 impl FakeDisk {
@@ -42,6 +46,8 @@ impl FakeDisk {
             bytes_at: BTreeMap::new(),
             unreadable: None,
             claimed: false,
+            missing_from_sysfs: false,
+            node_replaced: false,
         }
     }
 
