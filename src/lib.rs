@@ -14,6 +14,7 @@ pub mod shared;
 pub mod model;
 pub mod host;
 pub mod actual;
+pub mod localpv;
 pub mod desired;
 pub mod reconcile;
 pub mod executor;

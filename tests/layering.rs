@@ -13,6 +13,7 @@ const LAYERS: &[&str] = &[
     "model",
     "host",
     "actual",
+    "localpv",
     "desired",
     "reconcile",
     "executor",

@@ -1,0 +1,4 @@
+//! The static local-PV discoverer: the disks under each class's `mount_dir` become
+//! PersistentVolumes (published to the API, or added to the file mode's PV set).
+
+pub mod config;
