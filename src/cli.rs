@@ -41,6 +41,28 @@ pub enum Command {
     Status(ReadArgs),
     /// The host's block devices, as lsblk shows them (or as JSON).
     Devices(DevicesArgs),
+    /// With --once: the PersistentVolumes the local disks under each configured class's
+    /// mount_dir become (see --config), as YAML or JSON, changing nothing; entries that are
+    /// skipped go to stderr with why. Exit 0; 2 when it cannot run (no classes configured).
+    Discover(DiscoverArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DiscoverArgs {
+    /// Look once and print (required: the daemon, `volumed run`, discovers continuously).
+    #[arg(long)]
+    pub once: bool,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = PvOutput::Yaml)]
+    pub output: PvOutput,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PvOutput {
+    Yaml,
+    Json,
 }
 
 #[derive(Args, Debug)]
@@ -79,6 +101,10 @@ pub enum Output {
 
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
+    /// The config file (TOML): local-PV classes under [local_pv]. Default:
+    /// /etc/volumed/config.toml when it exists.
+    #[arg(long, value_name = "FILE", env = "VOLUMED_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Directory of YAML/JSON manifests (Pod, PersistentVolumeClaim, PersistentVolume,
     /// StorageClass). Without it, volumed watches the Kubernetes API instead.
     #[arg(long, value_name = "DIR", env = "VOLUMED_MANIFESTS")]

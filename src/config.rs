@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::cli::CommonArgs;
 use crate::desired::NodeConfig;
+use crate::localpv::config::{ConfigFile, ConfigFileError, LocalPvConfig};
 use crate::model::host_paths::HostPathPolicy;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +22,12 @@ pub enum ConfigError {
     },
     #[error("cannot read the host name ({0}); pass --node-name")]
     HostName(nix::errno::Errno),
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
 }
+
+/// Read when `--config` is not given and it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/volumed/config.toml";
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -42,6 +48,8 @@ pub struct Settings {
     pub max_ops_per_server: usize,
     pub op_timeout: Duration,
     pub resync: Duration,
+    /// The local-PV classes, when the config file has any.
+    pub local_pv: Option<LocalPvConfig>,
 }
 
 impl Settings {
@@ -107,7 +115,18 @@ impl Settings {
             max_ops_per_server: args.max_ops_per_server,
             op_timeout: args.op_timeout,
             resync: args.resync,
+            local_pv: config_file(args.config.as_deref())?.local_pv,
         })
+    }
+}
+
+/// The config file `--config` names (which must exist), or the default one if it exists.
+fn config_file(given: Option<&std::path::Path>) -> Result<ConfigFile, ConfigError> {
+    let default = std::path::Path::new(DEFAULT_CONFIG);
+    match given {
+        Some(path) => Ok(ConfigFile::load(path)?),
+        None if default.exists() => Ok(ConfigFile::load(default)?),
+        None => Ok(ConfigFile::default()),
     }
 }
 

@@ -5,11 +5,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::supervise::Supervisor;
 use super::{ensure_manifest_dir, failures_path, file_source, pod_fs, start_api_source, Host};
-use crate::config::Settings;
+use anyhow::Context;
+
+use crate::config::{Settings, DEFAULT_CONFIG};
 use crate::desired::DesiredState;
 use crate::executor::context::OpContext;
 use crate::executor::preview::{preview, Preview};
+use crate::host::local_dirs::scan_mount_dir;
 use crate::host::Mounter;
+use crate::localpv::discover::{discover, Discovered, Node};
 use crate::model::mountinfo::PodMounts;
 use crate::model::on_disk::OnDisk;
 use crate::model::op::Op;
@@ -160,4 +164,47 @@ fn host_now(settings: &Settings, mounter: &dyn Mounter) -> anyhow::Result<(PodMo
         OnDisk::default()
     };
     Ok((mounts, on_disk))
+}
+
+/// What the local-PV discoverer finds now under each configured class's `mount_dir`,
+/// changing nothing. Each scan runs on a worker thread under `--op-timeout`: a hung disk
+/// makes this fail with its directory named, never hang.
+pub async fn discover_now(
+    settings: &Settings,
+    mounter: &dyn Mounter,
+) -> anyhow::Result<Discovered> {
+    let Some(config) = settings.local_pv.clone().filter(|c| !c.classes.is_empty()) else {
+        anyhow::bail!("no local-PV classes are configured: add [[local_pv.classes]] tables to the config file (--config FILE, default {DEFAULT_CONFIG})");
+    };
+    let mounts = mounter.mount_table()?;
+    let mut scans = Vec::new();
+    for class in &config.classes {
+        let (dir, table) = (class.mount_dir().to_path_buf(), mounts.clone());
+        let scan = tokio::task::spawn_blocking(move || scan_mount_dir(&dir, &table));
+        let entries = tokio::time::timeout(settings.op_timeout, scan)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "scanning {} took longer than --op-timeout ({}): a disk there may hang; check dmesg",
+                    class.mount_dir().display(),
+                    humantime::format_duration(settings.op_timeout)
+                )
+            })??
+            .with_context(|| format!("cannot scan {}", class.mount_dir().display()))?;
+        scans.push(entries);
+    }
+    // Each StorageClass's reclaim policy, where the manifests have it (the API's: later).
+    let reclaim = match &settings.manifests {
+        Some(dir) => crate::desired::manifest::load_dir(dir)
+            .classes
+            .into_values()
+            .filter_map(|c| Some((c.metadata.name?, c.reclaim_policy?)))
+            .collect(),
+        None => Default::default(),
+    };
+    let node = Node {
+        name: &settings.node.name,
+        labels: &settings.node.labels,
+    };
+    Ok(discover(&node, &config, &scans, &reclaim))
 }

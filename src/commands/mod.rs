@@ -3,6 +3,7 @@
 
 mod common;
 mod devices;
+mod discover;
 mod plan;
 mod run;
 mod status;
@@ -37,6 +38,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Plan(args) => plan::plan(args),
         Command::Status(args) => status::status(args),
         Command::Devices(args) => devices::devices(args),
+        Command::Discover(args) => discover::discover(args),
     };
     match result {
         Ok(code) => code,

@@ -291,6 +291,13 @@ block_cleaner = ["/usr/sbin/blkdiscard", "-f"]
     }
 
     #[test]
+    fn the_example_in_deploy_is_valid() {
+        let text = include_str!("../../deploy/config.toml");
+        let config = ConfigFile::parse(text).unwrap().local_pv.unwrap();
+        assert_eq!(config.classes.len(), 2);
+    }
+
+    #[test]
     fn every_bad_value_is_an_error_that_names_its_key() {
         let class = |extra: &str| {
             format!("[[local_pv.classes]]\nstorage_class = \"fast\"\nhost_dir = \"/mnt/disks\"\n{extra}\n")

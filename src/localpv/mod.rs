@@ -2,3 +2,4 @@
 //! PersistentVolumes (published to the API, or added to the file mode's PV set).
 
 pub mod config;
+pub mod discover;

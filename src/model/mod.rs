@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod host_paths;
+pub mod local_disk;
 pub mod mount_options;
 pub mod mountinfo;
 pub mod names;

@@ -2,6 +2,7 @@
 //! problems and what cannot be done. Paths are shown relative to the root dir unless `wide`.
 
 pub mod devices;
+pub mod localpv;
 pub mod table;
 
 use std::path::Path;

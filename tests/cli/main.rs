@@ -481,3 +481,46 @@ fn a_daemon_whose_manifest_watch_dies_exits_non_zero_with_the_reason() {
         "the last line names the task and why it stopped: {last}"
     );
 }
+
+#[test]
+fn discover_refuses_to_run_without_once_classes_or_a_valid_config_and_says_why() {
+    let workspace = Workspace::new();
+    let base = workspace.root();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_volumed"))
+            .args(args)
+            .args(["--node-name", "node-a", "--root-dir"])
+            .arg(base.join("root"))
+            .env("VOLUMED_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let config = base.join("config.toml");
+    let config = config.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (vec!["discover"], "", "needs --once"),
+        (vec!["discover", "--once", "--config", config], "[local_pv]\n", "no local-PV classes are configured"),
+        (
+            vec!["discover", "--once", "--config", config],
+            "[[local_pv.classes]]\nstorage_class = \"fast\"\nhost_dir = \"/mnt/disks\"\nvolume_mod = \"Block\"\n",
+            "local_pv.classes[0].volume_mod: unknown field `volume_mod`",
+        ),
+        (vec!["discover", "--once", "--config", "/nonexistent/config.toml"], "", "cannot read config file /nonexistent/config.toml"),
+    ];
+    for (args, file, want) in cases {
+        std::fs::write(base.join("config.toml"), file).unwrap();
+        let out = run(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?}: stdout {}",
+            text(&out.stdout)
+        );
+        assert!(
+            stderr.contains(want),
+            "{args:?}: stderr says {want:?}: {stderr}"
+        );
+    }
+}

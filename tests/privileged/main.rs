@@ -8,6 +8,7 @@ mod api;
 mod apiserver;
 mod blockdev;
 mod cases;
+mod localpv;
 mod nfs;
 mod safety;
 mod sandbox;
@@ -35,6 +36,7 @@ fn main() {
         .chain(api::all())
         .chain(safety::all())
         .chain(usability::all())
+        .chain(localpv::all())
         .map(|(name, test)| {
             Trial::test(name, move || test().map_err(Into::into))
                 .with_ignored_flag(unavailable.is_some())

@@ -91,6 +91,11 @@ impl Sandbox {
         cmd.output().expect("run volumed")
     }
 
+    /// The binary on this root dir as `node`, with no source or host path roots given.
+    pub fn volumed_bare(&self, args: &[&str], node: &str) -> Output {
+        self.bare_command(args, node).output().expect("run volumed")
+    }
+
     pub fn volumed(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run volumed")
     }

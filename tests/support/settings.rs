@@ -33,5 +33,6 @@ pub fn test_settings(
         max_ops_per_server: 2,
         op_timeout: Duration::from_secs(5),
         resync: Duration::from_secs(60),
+        local_pv: None,
     }
 }

@@ -1,0 +1,169 @@
+//! The local-PV discoverer on real mounts and a real loop device under a test `mount_dir`.
+
+use std::collections::BTreeMap;
+
+use nix::mount::{mount, MsFlags};
+
+use crate::blockdev::Loop;
+use crate::sandbox::{check, text, Sandbox, TestResult};
+
+type Case = (&'static str, fn() -> TestResult);
+
+pub fn all() -> Vec<Case> {
+    vec![(
+        "discover_once_prints_a_pv_per_disk_with_its_capacity_and_skips_the_rest",
+        discover_once_prints_a_pv_per_disk_with_its_capacity_and_skips_the_rest,
+    )]
+}
+
+/// (name, capacity, path, volume mode, fsType) of each PV in a `kind: List`.
+type PvRow = (String, String, String, String, Option<String>);
+
+fn rows(items: &[serde_json::Value]) -> Vec<PvRow> {
+    let mut rows: Vec<PvRow> = items
+        .iter()
+        .map(|pv| {
+            let spec = &pv["spec"];
+            (
+                pv["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                spec["capacity"]["storage"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                spec["local"]["path"].as_str().unwrap_or("").to_string(),
+                spec["volumeMode"].as_str().unwrap_or("").to_string(),
+                spec["local"]["fsType"].as_str().map(String::from),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| a.2.cmp(&b.2));
+    rows
+}
+
+fn discover_once_prints_a_pv_per_disk_with_its_capacity_and_skips_the_rest() -> TestResult {
+    let sb = Sandbox::new(&format!("localpv-{:x}", fastrand::u32(..)));
+    let disks = sb.path("mnt/disks");
+    for (name, size) in [("vol1", "16m"), ("vol2", "32m"), ("vol3", "2g")] {
+        let dir = disks.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        // mount -t tmpfs -o size=<size> tmpfs <dir>
+        mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .map_err(|e| format!("mount tmpfs on {}: {e}", dir.display()))?;
+    }
+    let device = Loop::new(&sb, "disk0", 64, false);
+    std::os::unix::fs::symlink(&device.device, disks.join("disk0")).unwrap();
+    std::fs::create_dir_all(disks.join("plain")).unwrap();
+    std::fs::write(disks.join("notes.txt"), "not a disk").unwrap();
+    sb.write(
+        "config.toml",
+        "[local_pv]\npv_labels = { team = \"storage\" }\n[[local_pv.classes]]\nstorage_class = \"fast-disks\"\nhost_dir = \"BASE/mnt/disks\"\n",
+    );
+    let config = sb.path("config.toml").display().to_string();
+    let discover = |output: &str, node: &str| {
+        sb.volumed_bare(
+            &[
+                "discover", "--once", "--output", output, "--config", &config,
+            ],
+            node,
+        )
+    };
+
+    let out = discover("json", "node-a");
+    let stderr = text(&out.stderr);
+    check(out.status.success(), || {
+        format!("discover failed ({}): {stderr}", out.status)
+    })?;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("stdout is not JSON ({e}): {}", text(&out.stdout)))?;
+    check(list["kind"] == "List", || format!("not a List: {list}"))?;
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let found = rows(&items);
+    let path = |name: &str| disks.join(name).display().to_string();
+    let want: Vec<(String, String, String, Option<String>)> = vec![
+        (
+            "64Mi".into(),
+            path("disk0"),
+            "Filesystem".into(),
+            Some("ext4".into()),
+        ),
+        ("16Mi".into(), path("vol1"), "Filesystem".into(), None),
+        ("32Mi".into(), path("vol2"), "Filesystem".into(), None),
+        ("2Gi".into(), path("vol3"), "Filesystem".into(), None),
+    ];
+    let got: Vec<_> = found
+        .iter()
+        .map(|(_, c, p, m, f)| (c.clone(), p.clone(), m.clone(), f.clone()))
+        .collect();
+    check(got == want, || format!("PVs {got:#?}, wanted {want:#?}"))?;
+    for pv in &items {
+        let affinity =
+            &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0];
+        check(
+            affinity["key"] == "kubernetes.io/hostname" && affinity["values"][0] == "node-a",
+            || format!("node affinity: {affinity}"),
+        )?;
+        check(pv["metadata"]["labels"]["team"] == "storage", || {
+            format!("labels: {}", pv["metadata"])
+        })?;
+    }
+    for skipped in ["plain", "notes.txt"] {
+        check(
+            stderr.contains(&format!("skipped {}", path(skipped))),
+            || format!("{skipped} is not reported as skipped: {stderr}"),
+        )?;
+    }
+
+    // The same names on every run, in YAML too; another node's disks get other names.
+    let yaml = discover("yaml", "node-a");
+    check(yaml.status.success(), || text(&yaml.stderr))?;
+    let docs: Vec<serde_json::Value> = text(&yaml.stdout)
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_yaml::from_str(d).map_err(|e| format!("YAML document: {e}: {d}")))
+        .collect::<Result<_, _>>()?;
+    let names = |rows: &[PvRow]| -> BTreeMap<String, String> {
+        rows.iter().map(|r| (r.2.clone(), r.0.clone())).collect()
+    };
+    check(names(&rows(&docs)) == names(&found), || {
+        format!(
+            "names changed between runs: {:?} vs {:?}",
+            names(&rows(&docs)),
+            names(&found)
+        )
+    })?;
+    let elsewhere = discover("json", "node-b");
+    let other: serde_json::Value =
+        serde_json::from_slice(&elsewhere.stdout).map_err(|e| e.to_string())?;
+    let other = names(&rows(
+        other["items"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default(),
+    ));
+    check(
+        other.len() == 4
+            && other
+                .values()
+                .all(|n| !names(&found).values().any(|m| m == n)),
+        || {
+            format!(
+                "node-b's names {other:?} repeat node-a's {:?}",
+                names(&found)
+            )
+        },
+    )?;
+    check(
+        !sb.root.join("state").exists()
+            || std::fs::read_dir(sb.root.join("state"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0,
+        || "discover --once wrote state".into(),
+    )
+}
