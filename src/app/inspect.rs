@@ -5,6 +5,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::supervise::Supervisor;
 use super::{ensure_manifest_dir, failures_path, file_source, pod_fs, start_api_source, Host};
+use std::sync::Arc;
+
 use anyhow::Context;
 
 use crate::config::{Settings, DEFAULT_CONFIG};
@@ -23,7 +25,7 @@ use crate::reconcile::status::{self, Failures, StatusRow};
 /// What `run --once` would do now, changing nothing (bindings are not recorded): the ops,
 /// each set-up with the checks it would make and the safe-format decision it would take.
 pub async fn plan_only(settings: &Settings, host: Host) -> anyhow::Result<PlanReport> {
-    let desired = desired_now(settings).await?;
+    let desired = desired_now(settings, &host.mounter).await?;
     let (mounts, on_disk) = host_now(settings, host.mounter.as_ref())?;
     // As plan sees it: a pod whose uid names another pod's directory waits.
     let desired = crate::reconcile::pod_dirs::assign(&desired, &on_disk).into_owned();
@@ -117,17 +119,17 @@ impl PlanReport {
 /// The status rows as the host stands, with the failures a running daemon last recorded.
 pub async fn status_only(
     settings: &Settings,
-    mounter: &dyn Mounter,
+    mounter: &Arc<dyn Mounter>,
 ) -> anyhow::Result<(DesiredState, Vec<StatusRow>)> {
     ensure_manifest_dir(settings)?;
     // The host is worth seeing exactly when the API is not answering.
-    let desired = desired_now(settings)
+    let desired = desired_now(settings, mounter)
         .await
         .unwrap_or_else(|err| DesiredState {
             problems: vec![format!("the desired state is unknown: {err:#}")],
             ..Default::default()
         });
-    let (mounts, on_disk) = host_now(settings, mounter)?;
+    let (mounts, on_disk) = host_now(settings, mounter.as_ref())?;
     let failures: Failures = std::fs::read(failures_path(&settings.root_dir))
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -138,10 +140,13 @@ pub async fn status_only(
 
 /// The desired state from the manifests, or from one complete list of the API (watches
 /// started, listed once, stopped).
-async fn desired_now(settings: &Settings) -> anyhow::Result<DesiredState> {
+async fn desired_now(
+    settings: &Settings,
+    mounter: &Arc<dyn Mounter>,
+) -> anyhow::Result<DesiredState> {
     ensure_manifest_dir(settings)?;
     Ok(match &settings.manifests {
-        Some(dir) => file_source(settings, dir, false).snapshot(),
+        Some(dir) => file_source(settings, dir, false, mounter).snapshot(),
         None => {
             let cancel = CancellationToken::new();
             // The watches stop however this ends.

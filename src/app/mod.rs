@@ -20,6 +20,7 @@ use crate::config::Settings;
 use crate::desired::binding_store::BindingStore;
 use crate::desired::file::FileSource;
 use crate::desired::kube::{publish_notices, KubeSource, SharedHealth};
+use crate::desired::local_disks::LocalDisks;
 use crate::desired::DesiredState;
 use crate::executor::context::OpContext;
 use crate::executor::{Executor, ExecutorConfig};
@@ -71,7 +72,12 @@ const NOTICE_QUEUE: usize = 1024;
 /// How long the last Events may take to reach the API at exit.
 const EVENTS_GRACE: Duration = Duration::from_secs(5);
 
-fn file_source(settings: &Settings, dir: &Path, record_bindings: bool) -> FileSource {
+fn file_source(
+    settings: &Settings,
+    dir: &Path,
+    record_bindings: bool,
+    mounter: &Arc<dyn Mounter>,
+) -> FileSource {
     FileSource {
         dir: dir.to_path_buf(),
         node: settings.node.clone(),
@@ -80,6 +86,10 @@ fn file_source(settings: &Settings, dir: &Path, record_bindings: bool) -> FileSo
         resync: settings.resync,
         root_dir: settings.root_dir.clone(),
         memory: Default::default(),
+        local_disks: settings.local_pv.clone().map(|config| LocalDisks {
+            config,
+            mounter: mounter.clone(),
+        }),
     }
 }
 
@@ -124,7 +134,7 @@ pub async fn run(
     // In once mode the snapshot is fixed; its sender lives until the loop ends.
     let (desired, _fixed_snapshot, notices, publisher) = match &settings.manifests {
         Some(dir) => {
-            let source = file_source(settings, dir, true);
+            let source = file_source(settings, dir, true, &mounter);
             let (rx, fixed) = start_source(source, once, &tasks, stop_tasks.clone()).await?;
             (rx, fixed, None, None)
         }

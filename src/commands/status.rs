@@ -1,20 +1,21 @@
 //! `volumed status`: one row per pod volume, as the host stands.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use super::common::{exit_code, read_only_runtime, show};
 use crate::app;
 use crate::cli::{Output, ReadArgs};
 use crate::config::Settings;
 use crate::host::real::RealMounter;
+use crate::host::Mounter;
 use crate::output;
 
 pub fn status(args: ReadArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_args(&args.common, false)?;
-    let (desired, rows) = read_only_runtime()?.block_on(app::inspect::status_only(
-        &settings,
-        &RealMounter::default(),
-    ))?;
+    let mounter: Arc<dyn Mounter> = Arc::new(RealMounter::default());
+    let (desired, rows) =
+        read_only_runtime()?.block_on(app::inspect::status_only(&settings, &mounter))?;
     let paths = output::Paths {
         root: &settings.root_dir,
         wide: args.wide,

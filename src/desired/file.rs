@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::binder::{bind, BindInput, Bindings};
 use super::binding_store::BindingStore;
 use super::dir_watch::{Change, DirWatch};
+use super::local_disks::{add_discovered, LocalDisks};
 use super::manifest::{manifest_files, ManifestError, Manifests};
 use super::resolve::{consumed_claims, our_pods, resolve, unknown_node_name};
 use super::{DesiredState, NodeConfig};
@@ -49,6 +50,8 @@ pub struct FileSource {
     pub root_dir: PathBuf,
     /// What is known of each file between reads (`Default::default()` to start).
     pub memory: FileMemory,
+    /// The local-PV classes whose discovered disks join the manifests' PVs.
+    pub local_disks: Option<LocalDisks>,
 }
 
 /// Which manifest files are being written, and the last complete version of each.
@@ -116,8 +119,11 @@ impl FileSource {
     /// One full read; `record` saves new bindings. Also says whether the read made bindings
     /// that are not recorded yet.
     fn read_once(&self, record: bool) -> (DesiredState, bool) {
-        let manifests = self.load();
+        let mut manifests = self.load();
         let mut problems: Vec<String> = manifests.errors.iter().map(|e| e.to_string()).collect();
+        if let Some(disks) = &self.local_disks {
+            problems.extend(add_discovered(&mut manifests, disks, &self.node));
+        }
         let pods_dir = self.root_dir.join("pods");
         // Unsure (not even readable) counts as there: doubt keeps.
         let has_pod_dir = |uid: &str| {

@@ -26,6 +26,7 @@ fn source(dir: &Path) -> FileSource {
         resync: Duration::from_secs(60),
         root_dir: dir.join("root"),
         memory: Default::default(),
+        local_disks: None,
     }
 }
 

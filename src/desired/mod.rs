@@ -7,6 +7,7 @@ pub mod binding_store;
 pub mod dir_watch;
 pub mod file;
 pub mod kube;
+pub mod local_disks;
 pub mod manifest;
 pub mod memory;
 pub mod resolve;

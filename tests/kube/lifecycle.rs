@@ -132,9 +132,12 @@ async fn plan_and_status_read_the_api_once() {
     set_up.sort();
     assert_eq!(set_up, ["u1:cache", "u1:data", "u2:cache"]);
     assert_eq!(desired.pods.len(), 2);
-    let (_, rows) = volumed::app::inspect::status_only(&settings, mounter.as_ref())
-        .await
-        .unwrap();
+    let (_, rows) = volumed::app::inspect::status_only(
+        &settings,
+        &(mounter.clone() as std::sync::Arc<dyn volumed::host::Mounter>),
+    )
+    .await
+    .unwrap();
     let pending: Vec<_> = rows
         .iter()
         .filter(|r| r.state == VolumeState::Pending)
@@ -162,9 +165,12 @@ async fn plan_and_status_read_the_api_once() {
             .await
             .is_err()
     );
-    let (desired, rows) = volumed::app::inspect::status_only(&settings, mounter.as_ref())
-        .await
-        .unwrap();
+    let (desired, rows) = volumed::app::inspect::status_only(
+        &settings,
+        &(mounter.clone() as std::sync::Arc<dyn volumed::host::Mounter>),
+    )
+    .await
+    .unwrap();
     assert!(
         desired.problems[0].contains("the desired state is unknown"),
         "{:?}",

@@ -10,10 +10,16 @@ use crate::sandbox::{check, text, Sandbox, TestResult};
 type Case = (&'static str, fn() -> TestResult);
 
 pub fn all() -> Vec<Case> {
-    vec![(
-        "discover_once_prints_a_pv_per_disk_with_its_capacity_and_skips_the_rest",
-        discover_once_prints_a_pv_per_disk_with_its_capacity_and_skips_the_rest,
-    )]
+    vec![
+        (
+            "discover_once_prints_a_pv_per_disk_with_its_capacity_and_skips_the_rest",
+            discover_once_prints_a_pv_per_disk_with_its_capacity_and_skips_the_rest,
+        ),
+        (
+            "in_file_mode_a_claim_binds_to_a_discovered_disk_and_is_mounted_in_the_same_run",
+            in_file_mode_a_claim_binds_to_a_discovered_disk_and_is_mounted_in_the_same_run,
+        ),
+    ]
 }
 
 /// (name, capacity, path, volume mode, fsType) of each PV in a `kind: List`.
@@ -166,4 +172,47 @@ fn discover_once_prints_a_pv_per_disk_with_its_capacity_and_skips_the_rest() -> 
                 == 0,
         || "discover --once wrote state".into(),
     )
+}
+
+fn in_file_mode_a_claim_binds_to_a_discovered_disk_and_is_mounted_in_the_same_run() -> TestResult {
+    let sb = Sandbox::new(&format!("localpv-run-{:x}", fastrand::u32(..)));
+    let disk = sb.path("mnt/disks/vol1");
+    std::fs::create_dir_all(&disk).unwrap();
+    // mount -t tmpfs -o size=8m tmpfs <disk>
+    mount(
+        Some("tmpfs"),
+        &disk,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=8m"),
+    )
+    .map_err(|e| format!("mount tmpfs: {e}"))?;
+    std::fs::write(disk.join("data"), "on the disk").unwrap();
+    sb.write(
+        "config.toml",
+        "[[local_pv.classes]]\nstorage_class = \"fast-disks\"\nhost_dir = \"BASE/mnt/disks\"\n",
+    );
+    sb.manifest(
+        "db.yaml",
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec: {storageClassName: fast-disks, accessModes: [ReadWriteOnce], resources: {requests: {storage: 4Mi}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: db, uid: db-uid}\nspec: {nodeName: node-a, containers: [], volumes: [{name: data, persistentVolumeClaim: {claimName: data}}]}\n",
+    );
+    let config = sb.path("config.toml").display().to_string();
+    let out = sb.volumed(&["run", "--once", "--config", &config]);
+    check(out.status.success(), || {
+        format!(
+            "run --once: {}\n{}{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })?;
+    let pv = volumed::localpv::discover::pv_name("node-a", &disk, "fast-disks");
+    let volume = sb.volume("db-uid", "local-volume", &pv);
+    let seen = std::fs::read_to_string(volume.join("data")).unwrap_or_default();
+    check(seen == "on the disk", || {
+        format!(
+            "the pod's volume {} does not show the disk (read {seen:?})",
+            volume.display()
+        )
+    })
 }

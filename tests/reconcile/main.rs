@@ -3,6 +3,7 @@
 //! in `runs`, the data-safety attacks in `safety`.
 
 mod blockdev;
+mod localpv;
 mod runs;
 mod safety;
 #[path = "../support/settings.rs"]
