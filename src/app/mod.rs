@@ -31,6 +31,7 @@ use crate::host::real::RealMounter;
 use crate::host::run_lock::RunLock;
 use crate::host::state_file::write_json;
 use crate::host::Mounter;
+use crate::localpv::publish::Publisher;
 use crate::model::backoff::BackoffPolicy;
 use crate::reconcile::status::Failures;
 use crate::sync_loop::{Progress, Report, SyncLoop};
@@ -132,11 +133,11 @@ pub async fn run(
     let stop_tasks = cancel.child_token();
     let mut tasks = Supervisor::new(stop_tasks.clone());
     // In once mode the snapshot is fixed; its sender lives until the loop ends.
-    let (desired, _fixed_snapshot, notices, publisher) = match &settings.manifests {
+    let (desired, _fixed_snapshot, notices, publisher, api_client) = match &settings.manifests {
         Some(dir) => {
             let source = file_source(settings, dir, true, &mounter);
             let (rx, fixed) = start_source(source, once, &tasks, stop_tasks.clone()).await?;
-            (rx, fixed, None, None)
+            (rx, fixed, None, None, None)
         }
         None => {
             let (rx, client) = start_api_source(settings, once, &tasks, stop_tasks.clone())
@@ -147,13 +148,13 @@ pub async fn run(
             let publisher = tasks.spawn_tied(
                 "Event publisher",
                 publish_notices(
-                    client,
+                    client.clone(),
                     settings.node.name.clone(),
                     crate::desired::kube::REPEAT_AFTER,
                     notices,
                 ),
             );
-            (rx, None, Some(tx), Some(publisher))
+            (rx, None, Some(tx), Some(publisher), Some(client))
         }
     };
     let config = ExecutorConfig {
@@ -172,6 +173,20 @@ pub async fn run(
             .inspect_err(|err| tracing::warn!(%err, "cannot start the block-device watcher; device changes are seen at retries only"))
             .ok()
     };
+    if let (Some(client), Some(config), false) = (&api_client, &settings.local_pv, once) {
+        if !config.classes.is_empty() {
+            let publisher = Publisher {
+                client: client.clone(),
+                node_name: settings.node.name.clone(),
+                config: config.clone(),
+                mounts: mounts.tables.clone(),
+                devices: devices.clone(),
+                resync: settings.resync,
+                scan_timeout: settings.op_timeout,
+            };
+            tasks.spawn("local-PV publisher", publisher.run(stop_tasks.clone()));
+        }
+    }
     let mut context = OpContext::new(
         mounter,
         fs,

@@ -35,11 +35,21 @@ pub fn start(server: &FakeApiServer) -> Node {
 /// As `start`, with an emptyDir `cache` of each given pod uid already mounted (left by an
 /// earlier run) before volumed starts.
 pub fn start_adopting(server: &FakeApiServer, adopted: &[&str]) -> Node {
+    start_configured(server, adopted, |_, _, _| {})
+}
+
+/// As `start_adopting`, with `configure` given the settings, the base dir and the fake
+/// mounter before volumed starts.
+pub fn start_configured(
+    server: &FakeApiServer,
+    adopted: &[&str],
+    configure: impl FnOnce(&mut volumed::config::Settings, &std::path::Path, &FakeMounter),
+) -> Node {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().canonicalize().unwrap();
     let kubeconfig = server.kubeconfig(&base);
     std::fs::create_dir_all(base.join("disks/pv1")).unwrap();
-    let settings = crate::settings_support::test_settings(&base, None, Some(kubeconfig));
+    let mut settings = crate::settings_support::test_settings(&base, None, Some(kubeconfig));
     std::fs::create_dir_all(&settings.root_dir).unwrap();
     let mounter = FakeMounter::new();
     for uid in adopted {
@@ -49,6 +59,7 @@ pub fn start_adopting(server: &FakeApiServer, adopted: &[&str]) -> Node {
         std::fs::create_dir_all(&path).unwrap();
         mounter.adopt(&path, "tmpfs");
     }
+    configure(&mut settings, &base, &mounter);
     let cancel = CancellationToken::new();
     let (progress_tx, progress) = watch::channel(Progress::default());
     let host = app::Host {

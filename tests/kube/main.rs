@@ -6,6 +6,7 @@ mod apiserver;
 mod daemon;
 mod events;
 mod lifecycle;
+mod localpv;
 mod outages;
 mod protocol;
 #[path = "../support/settings.rs"]

@@ -292,11 +292,21 @@ impl FakeApiServer {
 
     /// Events volumed posted, as objects.
     pub fn events(&self) -> Vec<Value> {
+        self.objects_of(Resource::Events)
+    }
+
+    /// Every object of `kind` the server holds.
+    #[allow(dead_code)] // Not every test binary that includes the server reads objects.
+    pub fn objects(&self, kind: &str) -> Vec<Value> {
+        self.objects_of(Resource::of_kind(kind).unwrap())
+    }
+
+    fn objects_of(&self, resource: Resource) -> Vec<Value> {
         let state = self.state.lock().unwrap();
         state
             .objects
             .iter()
-            .filter(|((r, ..), _)| *r == Resource::Events)
+            .filter(|((r, ..), _)| *r == resource)
             .map(|(_, v)| v.clone())
             .collect()
     }

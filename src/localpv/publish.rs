@@ -1,0 +1,179 @@
+//! API mode: the discovered PVs are created through the API. Runs as a supervised task beside
+//! the sync loop: it looks again when the mount table or the block devices change, and on a
+//! slow resync. It only ever creates: a PV that exists (ours, or anyone's of that name) is
+//! left as it is.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node as NodeObject, PersistentVolume};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, PostParams};
+use kube::Client;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::config::LocalPvConfig;
+use super::discover::{discover, Node};
+use crate::actual::devices::BlockDevice;
+use crate::host::local_dirs::scan_mount_dir;
+use crate::model::mountinfo::MountTable;
+
+/// Why the publisher stopped before it was cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the mount-table watcher the local-PV publisher follows stopped")]
+    MountsGone,
+}
+
+/// The first retry after an incomplete pass.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+
+pub struct Publisher {
+    pub client: Client,
+    pub node_name: String,
+    pub config: LocalPvConfig,
+    pub mounts: watch::Receiver<Arc<MountTable>>,
+    /// Wakes the publisher when block devices change (hot-plug), when the daemon watches them.
+    pub devices: Option<watch::Receiver<Arc<Vec<BlockDevice>>>>,
+    pub resync: Duration,
+    /// Each scan's deadline: a hung disk delays its class's PVs, never the others' or the loop.
+    pub scan_timeout: Duration,
+}
+
+impl Publisher {
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<(), PublishError> {
+        let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
+        // Created (or found existing) by this process: not created again.
+        let mut published = BTreeSet::new();
+        // After a pass that left something undone (a create failed, the Node unreadable), the
+        // next comes soon, doubling up to the resync.
+        let mut retry = RETRY_FIRST;
+        loop {
+            let table = self.mounts.borrow_and_update().clone();
+            let wait = if self.publish_once(&volumes, &table, &mut published).await {
+                retry = RETRY_FIRST;
+                self.resync
+            } else {
+                let wait = retry.min(self.resync);
+                retry = retry.saturating_mul(2);
+                wait
+            };
+            let devices = async {
+                match self.devices.as_mut() {
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                changed = self.mounts.changed() => changed.map_err(|_| PublishError::MountsGone)?,
+                _ = devices => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One look and the creates it calls for; false when something is left to retry.
+    async fn publish_once(
+        &self,
+        volumes: &Api<PersistentVolume>,
+        table: &MountTable,
+        published: &mut BTreeSet<String>,
+    ) -> bool {
+        let mut done = true;
+        let mut scans = Vec::new();
+        for class in &self.config.classes {
+            let (dir, entries) = (class.mount_dir().to_path_buf(), table.entries.clone());
+            let scan = tokio::task::spawn_blocking(move || scan_mount_dir(&dir, &entries));
+            match tokio::time::timeout(self.scan_timeout, scan).await {
+                Ok(Ok(Ok(entries))) => scans.push(entries),
+                Ok(Ok(Err(err))) => {
+                    tracing::warn!(class = class.storage_class, %err, "cannot scan a local-PV mount_dir; it is looked at again soon");
+                    scans.push(Vec::new());
+                    done = false;
+                }
+                _ => {
+                    tracing::warn!(class = class.storage_class, dir = %class.mount_dir().display(), "scanning a local-PV mount_dir took too long (a hung disk?); it is looked at again soon");
+                    scans.push(Vec::new());
+                    done = false;
+                }
+            }
+        }
+        let Some(labels) = self.node_labels().await else {
+            // Published without them, a PV's affinity would be wrong for good (PVs are never
+            // changed once made): wait for the Node.
+            return false;
+        };
+        let reclaim = self.reclaim_policies().await;
+        let node = Node {
+            name: &self.node_name,
+            labels: &labels,
+        };
+        let found = discover(&node, &self.config, &scans, &reclaim);
+        for skipped in &found.skipped {
+            tracing::debug!(path = %skipped.path.display(), class = skipped.storage_class, reason = skipped.reason, "local disk skipped");
+        }
+        for pv in found.volumes {
+            let name = pv.metadata.name.clone().unwrap_or_default();
+            if published.contains(&name) {
+                continue;
+            }
+            match volumes.create(&PostParams::default(), &pv).await {
+                Ok(_) => {
+                    let path = pv
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.local.as_ref())
+                        .map(|l| l.path.clone());
+                    tracing::info!(pv = name, path, "published a local PV");
+                    published.insert(name);
+                }
+                // There already: ours from an earlier run, or someone else's; left alone.
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    published.insert(name);
+                }
+                Err(err) => {
+                    tracing::warn!(pv = name, %err, "cannot create a local PV; it is tried again soon");
+                    done = false;
+                }
+            }
+        }
+        done
+    }
+
+    /// This node's labels (for `node_labels_for_pv`); `None` when they are needed and the
+    /// Node cannot be read.
+    async fn node_labels(&self) -> Option<BTreeMap<String, String>> {
+        if self.config.node_labels_for_pv.is_empty() {
+            return Some(BTreeMap::new());
+        }
+        let nodes: Api<NodeObject> = Api::all(self.client.clone());
+        match nodes.get(&self.node_name).await {
+            Ok(node) => Some(node.metadata.labels.unwrap_or_default()),
+            Err(err) => {
+                tracing::warn!(node = self.node_name, %err, "cannot read this node's labels for its local PVs; publishing waits for them");
+                None
+            }
+        }
+    }
+
+    /// The reclaim policy of each configured StorageClass that exists and names one.
+    async fn reclaim_policies(&self) -> BTreeMap<String, String> {
+        let classes: Api<StorageClass> = Api::all(self.client.clone());
+        let mut policies = BTreeMap::new();
+        for class in &self.config.classes {
+            if let Ok(object) = classes.get(&class.storage_class).await {
+                if let Some(policy) = object.reclaim_policy {
+                    policies.insert(class.storage_class.clone(), policy);
+                }
+            }
+        }
+        policies
+    }
+}

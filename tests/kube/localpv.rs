@@ -1,0 +1,81 @@
+//! API mode with the local-PV discoverer: discovered disks are created as PVs through the API,
+//! and a PV that exists already (anyone's) is left as it is.
+
+use volumed::localpv::config::ConfigFile;
+use volumed::localpv::discover::pv_name;
+
+use crate::apiserver::FakeApiServer;
+use crate::{cluster, daemon};
+
+#[tokio::test]
+async fn discovered_disks_are_created_as_pvs_and_existing_ones_are_left_alone() {
+    let server = FakeApiServer::start().await;
+    server.apply_yaml("apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: fast-disks}\nprovisioner: kubernetes.io/no-provisioner\nreclaimPolicy: Retain\n");
+    let node = daemon::start_configured(&server, &[], |settings, base, mounter| {
+        let disks = base.join("mnt/disks");
+        let config = format!(
+            "[local_pv]\nnode_labels_for_pv = [\"disk\"]\n[[local_pv.classes]]\nstorage_class = \"fast-disks\"\nhost_dir = \"{}\"\n",
+            disks.display()
+        );
+        settings.local_pv = ConfigFile::parse(&config).unwrap().local_pv;
+        mounter.adopt(&disks.join("vol1"), "ext4");
+        mounter.adopt(&disks.join("vol2"), "ext4");
+    });
+    let disks = node.base.join("mnt/disks");
+    let ours = pv_name("node-a", &disks.join("vol1"), "fast-disks");
+    let taken = pv_name("node-a", &disks.join("vol2"), "fast-disks");
+    // Someone's PV already has vol2's name: it must stay exactly as it is.
+    server.apply_yaml(&format!("apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {taken}, labels: {{owner: someone}}}}\nspec: {{capacity: {{storage: 1Gi}}, hostPath: {{path: /srv/x}}}}\n"));
+    let before = server.objects("PersistentVolume");
+    cluster(&server, &node.base);
+    let find = |name: &str| {
+        server
+            .objects("PersistentVolume")
+            .into_iter()
+            .find(|pv| pv["metadata"]["name"] == name)
+    };
+    node.until("the discovered disk's PV is created", || {
+        find(&ours).is_some()
+    })
+    .await;
+    let pv = find(&ours).unwrap();
+    let spec = &pv["spec"];
+    assert_eq!(
+        spec["local"]["path"],
+        disks.join("vol1").display().to_string()
+    );
+    assert_eq!(spec["storageClassName"], "fast-disks");
+    assert_eq!(
+        spec["persistentVolumeReclaimPolicy"], "Retain",
+        "from the StorageClass"
+    );
+    assert!(
+        spec["capacity"]["storage"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("Gi") || c.ends_with("Mi")),
+        "{spec}"
+    );
+    let terms = &spec["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"];
+    assert_eq!(terms[0]["key"], "kubernetes.io/hostname");
+    assert_eq!(terms[0]["values"][0], "node-a");
+    assert_eq!(
+        (&terms[1]["key"], &terms[1]["values"][0]),
+        (&"disk".into(), &"ssd".into()),
+        "the Node's label is copied"
+    );
+    assert_eq!(
+        pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"],
+        "volumed-node-a"
+    );
+    let foreign = find(&taken).unwrap();
+    let was = before
+        .iter()
+        .find(|pv| pv["metadata"]["name"] == taken.as_str())
+        .unwrap();
+    assert_eq!(
+        foreign["spec"], was["spec"],
+        "a PV volumed did not create is never changed"
+    );
+    assert_eq!(foreign["metadata"]["labels"], was["metadata"]["labels"]);
+    node.stop().await;
+}
