@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use nix::mount::{mount, MsFlags};
 
+use crate::apiserver::FakeApiServer;
 use crate::blockdev::Loop;
-use crate::sandbox::{check, text, Sandbox, TestResult};
+use crate::sandbox::{check, eventually, text, Sandbox, TestResult};
 
 type Case = (&'static str, fn() -> TestResult);
 
@@ -18,6 +19,10 @@ pub fn all() -> Vec<Case> {
         (
             "in_file_mode_a_claim_binds_to_a_discovered_disk_and_is_mounted_in_the_same_run",
             in_file_mode_a_claim_binds_to_a_discovered_disk_and_is_mounted_in_the_same_run,
+        ),
+        (
+            "a_disk_mounted_while_the_daemon_runs_is_published_through_the_api_within_a_second",
+            a_disk_mounted_while_the_daemon_runs_is_published_through_the_api_within_a_second,
         ),
     ]
 }
@@ -213,6 +218,77 @@ fn in_file_mode_a_claim_binds_to_a_discovered_disk_and_is_mounted_in_the_same_ru
         format!(
             "the pod's volume {} does not show the disk (read {seen:?})",
             volume.display()
+        )
+    })
+}
+
+fn a_disk_mounted_while_the_daemon_runs_is_published_through_the_api_within_a_second() -> TestResult
+{
+    let sb = Sandbox::new(&format!("localpv-api-{:x}", fastrand::u32(..)));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime.block_on(FakeApiServer::start());
+    server.apply_yaml("apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n");
+    let kubeconfig = server.kubeconfig(&sb.base);
+    let disk = sb.path("mnt/disks/vol1");
+    std::fs::create_dir_all(&disk).unwrap();
+    sb.write(
+        "config.toml",
+        "[[local_pv.classes]]\nstorage_class = \"fast-disks\"\nhost_dir = \"BASE/mnt/disks\"\n",
+    );
+    let config = sb.path("config.toml").display().to_string();
+    let daemon = sb.api_daemon_with(&kubeconfig, "node-a", &["--config", &config]);
+    let log = sb.path("daemon.log");
+    let result = (|| {
+        eventually(
+            std::time::Duration::from_secs(30),
+            "the daemon's first list",
+            || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("every API watch completed its first list")
+            },
+        )?;
+        let name = volumed::localpv::discover::pv_name("node-a", &disk, "fast-disks");
+        let published = || {
+            server
+                .objects("PersistentVolume")
+                .iter()
+                .any(|pv| pv["metadata"]["name"] == name.as_str())
+        };
+        check(!published(), || {
+            "published before the disk was mounted".into()
+        })?;
+        let mounted = std::time::Instant::now();
+        // mount -t tmpfs -o size=16m tmpfs <disk>
+        mount(
+            Some("tmpfs"),
+            &disk,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=16m"),
+        )
+        .map_err(|e| format!("mount tmpfs: {e}"))?;
+        eventually(
+            std::time::Duration::from_secs(10),
+            "the new disk's PV",
+            published,
+        )?;
+        let took = mounted.elapsed();
+        eprintln!("a disk mounted under the mount_dir was published {took:?} after the mount");
+        check(took < std::time::Duration::from_secs(1), || {
+            format!("published {took:?} after the mount; the target is 1 s")
+        })
+    })();
+    let log = sb.stop(daemon)?;
+    drop(runtime);
+    result.map_err(|e| {
+        format!(
+            "{e}\n{}",
+            log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
         )
     })
 }

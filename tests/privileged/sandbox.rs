@@ -169,7 +169,13 @@ impl Sandbox {
 
     /// The daemon with the Kubernetes API as its source.
     pub fn api_daemon(&self, kubeconfig: &Path, node: &str) -> Child {
-        let mut cmd = self.command_without_source(&["run"], node);
+        self.api_daemon_with(kubeconfig, node, &[])
+    }
+
+    /// As `api_daemon`, with more arguments for `run`.
+    pub fn api_daemon_with(&self, kubeconfig: &Path, node: &str, extra: &[&str]) -> Child {
+        let args: Vec<&str> = ["run"].into_iter().chain(extra.iter().copied()).collect();
+        let mut cmd = self.command_without_source(&args, node);
         cmd.arg("--kubeconfig").arg(kubeconfig);
         Self::spawn_logged(cmd, &self.path("daemon.log"))
     }
