@@ -183,6 +183,7 @@ pub async fn run(
                 devices: devices.clone(),
                 resync: settings.resync,
                 scan_timeout: settings.op_timeout,
+                root_dir: settings.root_dir.clone(),
             };
             tasks.spawn("local-PV publisher", publisher.run(stop_tasks.clone()));
         }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rustix::fs::{self as rfs, FileType};
 
-use super::fs_util::kind_name;
+use super::fs_util::{kind_name, list, mount_id_of, remove_tree};
 use super::HostError;
 use crate::model::local_disk::{Entry, EntryKind};
 use crate::model::mountinfo::MountEntry;
@@ -67,4 +67,102 @@ fn device_size(path: &Path) -> Result<u64, HostError> {
 
 fn errno(err: &std::io::Error) -> rustix::io::Errno {
     rustix::io::Errno::from_io_error(err).unwrap_or(rustix::io::Errno::IO)
+}
+
+/// Empties a released Filesystem PV's mount point `<mount_dir>/<name>`, keeping the mount
+/// point itself: `rm -r --one-file-system <mount point>/*` without following a link, and
+/// never into a mount below it. The caller has checked that no other mount shows the volume.
+pub fn empty_mount_point(mount_dir: &Path, name: &str) -> Result<(), HostError> {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let path = mount_dir.join(name);
+    let open = |at: &dyn std::os::fd::AsFd, name: &str, path: &Path| {
+        rfs::openat(
+            at.as_fd(),
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(HostError::io("opening", path))
+    };
+    let parent = rfs::open(
+        mount_dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(HostError::io("opening", mount_dir))?;
+    let dir = open(&parent, name, &path)?;
+    let mount_id = mount_id_of(&dir, &path)?;
+    for entry in list(&dir, &path)? {
+        let child = path.join(&entry);
+        let stat = rfs::statat(&dir, entry.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(HostError::io("inspecting", &child))?;
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+            remove_tree(&dir, &entry, &child, mount_id, 1)?;
+        } else {
+            // rm <child> (a link is removed, never followed)
+            rfs::unlinkat(&dir, entry.as_str(), AtFlags::empty())
+                .map_err(HostError::io("removing", &child))?;
+        }
+    }
+    Ok(())
+}
+
+/// Wipes a released Block PV's device `<mount_dir>/<name>` (or the device it links to) with
+/// `cleaner` (default `wipefs --all <device>`; `LOCAL_PV_BLKDEVICE` names the device, as the
+/// upstream provisioner sets it). Refused while the mount table shows the device anywhere.
+pub fn wipe_device(
+    mount_dir: &Path,
+    name: &str,
+    cleaner: Option<&[String]>,
+    mounts: &[MountEntry],
+) -> Result<(), HostError> {
+    let path = mount_dir.join(name);
+    let device = path
+        .canonicalize()
+        .map_err(|e| HostError::io("resolving", &path)(errno(&e)))?;
+    let stat = rfs::stat(&device).map_err(HostError::io("inspecting", &device))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::BlockDevice {
+        return Err(HostError::Unsafe {
+            path,
+            why: "it is no longer a block device; it is not wiped".into(),
+        });
+    }
+    let number = format!("{}:{}", rfs::major(stat.st_rdev), rfs::minor(stat.st_rdev));
+    if let Some(user) = mounts.iter().find(|m| m.device == number) {
+        return Err(HostError::Unsafe {
+            path,
+            why: format!(
+                "it is mounted at {}; it is wiped once nothing mounts it",
+                user.mount_point.display()
+            ),
+        });
+    }
+    let default = ["wipefs".to_string(), "--all".to_string()];
+    let argv: Vec<String> = match cleaner {
+        Some(argv) => argv.to_vec(),
+        None => default.to_vec(),
+    };
+    let mut command = std::process::Command::new(&argv[0]);
+    command.args(&argv[1..]).env("LOCAL_PV_BLKDEVICE", &device);
+    if cleaner.is_none() {
+        command.arg(&device);
+    }
+    let shown = argv.join(" ");
+    let out = command.output().map_err(|e| HostError::Tool {
+        command: shown.clone(),
+        device: device.clone(),
+        message: format!("cannot run it: {e}"),
+    })?;
+    if !out.status.success() {
+        return Err(HostError::Tool {
+            command: shown,
+            device,
+            message: format!(
+                "it exited {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
 }

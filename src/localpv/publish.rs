@@ -4,20 +4,25 @@
 //! left as it is.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node as NodeObject, PersistentVolume};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::watcher;
 use kube::Client;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::cleanup::{releases, still_mounted, Journal};
 use super::config::LocalPvConfig;
 use super::discover::{discover, Node};
 use crate::actual::devices::BlockDevice;
-use crate::host::local_dirs::scan_mount_dir;
+use crate::host::local_dirs::{empty_mount_point, scan_mount_dir, wipe_device};
+use crate::host::state_file::write_json;
 use crate::model::mountinfo::MountTable;
 
 /// Why the publisher stopped before it was cancelled.
@@ -26,6 +31,9 @@ pub enum PublishError {
     #[error("the mount-table watcher the local-PV publisher follows stopped")]
     MountsGone,
 }
+
+/// A cleanup may take this many scan deadlines (removing a big tree takes a while).
+const CLEAN_TIMEOUT_FACTOR: u32 = 10;
 
 /// The first retry after an incomplete pass.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -40,6 +48,8 @@ pub struct Publisher {
     pub resync: Duration,
     /// Each scan's deadline: a hung disk delays its class's PVs, never the others' or the loop.
     pub scan_timeout: Duration,
+    /// Where the cleanup journal lives (`<root>/state`).
+    pub root_dir: PathBuf,
 }
 
 impl Publisher {
@@ -50,9 +60,12 @@ impl Publisher {
         // After a pass that left something undone (a create failed, the Node unreadable), the
         // next comes soon, doubling up to the resync.
         let mut retry = RETRY_FIRST;
+        // Any PV change may be a release to clean (or a PV of ours deleted by hand).
+        let mut pv_events = watcher(volumes.clone(), watcher::Config::default()).boxed();
         loop {
             let table = self.mounts.borrow_and_update().clone();
-            let wait = if self.publish_once(&volumes, &table, &mut published).await {
+            let cleaned = self.clean_released(&volumes, &table, &mut published).await;
+            let wait = if self.publish_once(&volumes, &table, &mut published).await && cleaned {
                 retry = RETRY_FIRST;
                 self.resync
             } else {
@@ -74,6 +87,11 @@ impl Publisher {
                 _ = cancel.cancelled() => return Ok(()),
                 changed = self.mounts.changed() => changed.map_err(|_| PublishError::MountsGone)?,
                 _ = devices => {}
+                Some(_) = pv_events.next() => {
+                    // A burst (a list at start) is one pass.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    while pv_events.next().now_or_never().flatten().is_some() {}
+                }
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -116,12 +134,14 @@ impl Publisher {
             labels: &labels,
         };
         let found = discover(&node, &self.config, &scans, &reclaim);
+        let cleaning = self.load_journal().cleaning;
         for skipped in &found.skipped {
             tracing::debug!(path = %skipped.path.display(), class = skipped.storage_class, reason = skipped.reason, "local disk skipped");
         }
         for pv in found.volumes {
             let name = pv.metadata.name.clone().unwrap_or_default();
-            if published.contains(&name) {
+            // Being cleaned: published again once that is done.
+            if published.contains(&name) || cleaning.contains_key(&name) {
                 continue;
             }
             match volumes.create(&PostParams::default(), &pv).await {
@@ -143,6 +163,135 @@ impl Publisher {
                     done = false;
                 }
             }
+        }
+        done
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.root_dir.join("state").join("localpv-cleanups.json")
+    }
+
+    fn load_journal(&self) -> Journal {
+        match std::fs::read(self.journal_path()) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+                tracing::error!(path = %self.journal_path().display(), %err, "the local-PV cleanup journal is unreadable; Released PVs are looked at afresh");
+                Journal::default()
+            }),
+            Err(_) => Journal::default(),
+        }
+    }
+
+    fn save_journal(&self, journal: &Journal) -> bool {
+        match write_json(&self.journal_path(), journal) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::error!(path = %self.journal_path().display(), %err, "cannot record a local-PV cleanup; it waits until the journal can be written");
+                false
+            }
+        }
+    }
+
+    /// Cleans the Released PVs volumed made with reclaim policy Delete, then deletes them so
+    /// that their disks are published again, clean. False when something is left to retry.
+    async fn clean_released(
+        &self,
+        volumes: &Api<PersistentVolume>,
+        table: &MountTable,
+        published: &mut BTreeSet<String>,
+    ) -> bool {
+        let list = match volumes.list(&ListParams::default()).await {
+            Ok(list) => list.items,
+            Err(err) => {
+                tracing::warn!(%err, "cannot list PVs to find released local PVs; tried again soon");
+                return false;
+            }
+        };
+        let mut journal = self.load_journal();
+        // A journaled PV that is gone was cleaned: deletion comes only after the cleaning.
+        let present: BTreeSet<String> = list
+            .iter()
+            .filter_map(|pv| pv.metadata.name.clone())
+            .collect();
+        let before = journal.cleaning.len();
+        journal.cleaning.retain(|name, _| present.contains(name));
+        if journal.cleaning.len() != before && !self.save_journal(&journal) {
+            return false;
+        }
+        let (found, refused) = releases(&self.node_name, &self.config, &list);
+        for why in refused {
+            tracing::debug!(why, "a released local PV is not cleaned");
+        }
+        let mut done = true;
+        for release in found {
+            let class = &self.config.classes[release.class];
+            let mount_dir = class.mount_dir().to_path_buf();
+            let real = mount_dir
+                .canonicalize()
+                .unwrap_or_else(|_| mount_dir.clone());
+            let mount_point = real.join(&release.entry);
+            if !release.block {
+                if !table.entries.iter().any(|m| m.mount_point == mount_point) {
+                    // Cleaning an unmounted mount point would clean the parent filesystem.
+                    tracing::warn!(pv = release.pv, path = %mount_point.display(), "a released local PV's disk is not mounted; it is cleaned once it is back");
+                    done = false;
+                    continue;
+                }
+                if let Some(user) = still_mounted(&mount_point, &table.entries) {
+                    tracing::info!(pv = release.pv, user = %user.display(), "a released local PV is still mounted elsewhere; it is cleaned once that mount is gone");
+                    done = false;
+                    continue;
+                }
+            }
+            journal
+                .cleaning
+                .insert(release.pv.clone(), class.host_dir.join(&release.entry));
+            if !self.save_journal(&journal) {
+                return false;
+            }
+            let (entry, cleaner, entries) = (
+                release.entry.clone(),
+                class.block_cleaner.clone(),
+                table.entries.clone(),
+            );
+            let block = release.block;
+            let work = tokio::task::spawn_blocking(move || {
+                if block {
+                    wipe_device(&mount_dir, &entry, cleaner.as_deref(), &entries)
+                } else {
+                    empty_mount_point(&mount_dir, &entry)
+                }
+            });
+            let cleaned =
+                match tokio::time::timeout(self.scan_timeout * CLEAN_TIMEOUT_FACTOR, work).await {
+                    Ok(Ok(result)) => result.map_err(|e| e.to_string()),
+                    Ok(Err(join)) => Err(format!("the cleaner died: {join}")),
+                    Err(_) => Err("cleaning took too long (a hung disk?)".into()),
+                };
+            if let Err(why) = cleaned {
+                tracing::warn!(
+                    pv = release.pv,
+                    why,
+                    "cleaning a released local PV failed; it stays Released and is tried again"
+                );
+                done = false;
+                continue;
+            }
+            match volumes.delete(&release.pv, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(err) => {
+                    tracing::warn!(pv = release.pv, %err, "a cleaned local PV cannot be deleted; tried again soon");
+                    done = false;
+                    continue;
+                }
+            }
+            journal.cleaning.remove(&release.pv);
+            self.save_journal(&journal);
+            published.remove(&release.pv);
+            tracing::info!(
+                pv = release.pv,
+                "cleaned a released local PV and deleted it; its disk is published again"
+            );
         }
         done
     }

@@ -79,3 +79,84 @@ async fn discovered_disks_are_created_as_pvs_and_existing_ones_are_left_alone() 
     assert_eq!(foreign["metadata"]["labels"], was["metadata"]["labels"]);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_released_delete_pv_is_cleaned_deleted_and_published_again_and_retain_is_left_alone() {
+    let server = FakeApiServer::start().await;
+    server.apply_yaml("apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: keep-disks}\nprovisioner: kubernetes.io/no-provisioner\nreclaimPolicy: Retain\n");
+    let node = daemon::start_configured(&server, &[], |settings, base, mounter| {
+        let config = format!(
+            "[[local_pv.classes]]\nstorage_class = \"fast-disks\"\nhost_dir = \"{0}/mnt/disks\"\n[[local_pv.classes]]\nstorage_class = \"keep-disks\"\nhost_dir = \"{0}/mnt/keep\"\n",
+            base.display()
+        );
+        settings.local_pv = ConfigFile::parse(&config).unwrap().local_pv;
+        mounter.adopt(&base.join("mnt/disks/vol1"), "ext4");
+        mounter.adopt(&base.join("mnt/keep/vol1"), "ext4");
+    });
+    cluster(&server, &node.base);
+    let disk = node.base.join("mnt/disks/vol1");
+    let kept = node.base.join("mnt/keep/vol1");
+    let (fast, keep) = (
+        pv_name("node-a", &disk, "fast-disks"),
+        pv_name("node-a", &kept, "keep-disks"),
+    );
+    let find = |name: &str| {
+        server
+            .objects("PersistentVolume")
+            .into_iter()
+            .find(|pv| pv["metadata"]["name"] == name)
+    };
+    node.until("both disks are published", || {
+        find(&fast).is_some() && find(&keep).is_some()
+    })
+    .await;
+    // A pod used both and left data; a link points out of the disk.
+    let outside = node.base.join("outside.txt");
+    std::fs::write(&outside, "not on the disk").unwrap();
+    for dir in [&disk, &kept] {
+        std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+        std::fs::write(dir.join("sub/deeper/data"), "pod data").unwrap();
+        std::fs::write(dir.join("top"), "pod data").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
+    }
+    // Their claims are deleted: the PV controller marks both Released.
+    for name in [&fast, &keep] {
+        let mut pv = find(name).unwrap();
+        pv["status"] = serde_json::json!({"phase": "Released"});
+        pv["spec"]["claimRef"] =
+            serde_json::json!({"namespace": "shop", "name": "gone", "uid": "c-gone"});
+        server.apply(pv);
+    }
+    node.until("the Delete PV is cleaned and published again", || {
+        find(&fast).is_some_and(|pv| pv["status"]["phase"] != "Released")
+    })
+    .await;
+    let left: Vec<_> = std::fs::read_dir(&disk)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "the disk is empty again: {left:?}");
+    assert!(disk.is_dir(), "the mount point itself stays");
+    assert_eq!(
+        std::fs::read_to_string(&outside).unwrap(),
+        "not on the disk",
+        "a link is removed, not followed"
+    );
+    assert!(
+        find(&fast).unwrap()["spec"]["claimRef"].is_null(),
+        "published afresh, unclaimed"
+    );
+    // Retain: still Released, its data untouched.
+    assert_eq!(find(&keep).unwrap()["status"]["phase"], "Released");
+    assert_eq!(
+        std::fs::read_to_string(kept.join("sub/deeper/data")).unwrap(),
+        "pod data"
+    );
+    let journal = node.base.join("root/state/localpv-cleanups.json");
+    let journal = std::fs::read_to_string(journal).unwrap_or_default();
+    assert!(
+        !journal.contains(&fast),
+        "the finished cleanup left the journal: {journal}"
+    );
+    node.stop().await;
+}

@@ -1,0 +1,222 @@
+//! Release and cleanup (pure decisions): which Released PVs volumed may clean, and whether a
+//! volume is still in use. The cleaning itself is `host::local_dirs`; the publisher runs it.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use k8s_openapi::api::core::v1::PersistentVolume;
+use serde::{Deserialize, Serialize};
+
+use super::config::{LocalPvConfig, VolumeMode};
+use super::discover::PROVISIONED_BY;
+use crate::model::mountinfo::MountEntry;
+
+/// A released PV to clean: which class's `mount_dir` entry holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Release {
+    pub pv: String,
+    pub class: usize,
+    /// The entry's name in the class's `mount_dir`.
+    pub entry: String,
+    pub block: bool,
+}
+
+/// Cleanups begun and not yet finished (`<root>/state/localpv-cleanups.json`): a restart
+/// resumes them, and a disk being cleaned is not published again meanwhile.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    /// PV name → its host path.
+    pub cleaning: BTreeMap<String, PathBuf>,
+}
+
+/// The Released PVs this node's volumed made whose reclaim policy is Delete and whose path is
+/// an entry of a configured class's `host_dir`; and, for the others volumed made, why not.
+pub fn releases(
+    node: &str,
+    config: &LocalPvConfig,
+    volumes: &[PersistentVolume],
+) -> (Vec<Release>, Vec<String>) {
+    let ours = format!("volumed-{node}");
+    let (mut found, mut refused) = (Vec::new(), Vec::new());
+    for pv in volumes {
+        let annotations = pv.metadata.annotations.as_ref();
+        if annotations.and_then(|a| a.get(PROVISIONED_BY)) != Some(&ours) {
+            continue;
+        }
+        let released = pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
+        let spec = pv.spec.as_ref();
+        let delete =
+            spec.and_then(|s| s.persistent_volume_reclaim_policy.as_deref()) == Some("Delete");
+        if !released || !delete {
+            continue; // Retain: left alone.
+        }
+        let name = pv.metadata.name.clone().unwrap_or_default();
+        let Some(path) = spec
+            .and_then(|s| s.local.as_ref())
+            .map(|l| PathBuf::from(&l.path))
+        else {
+            refused.push(format!("{name} has no local path; it is not cleaned"));
+            continue;
+        };
+        let class = spec
+            .and_then(|s| s.storage_class_name.as_deref())
+            .unwrap_or("");
+        let place = config.classes.iter().enumerate().find_map(|(index, c)| {
+            (c.storage_class == class)
+                .then(|| Some((index, c, entry_of(&c.host_dir, &path)?)))
+                .flatten()
+        });
+        let Some((index, class_config, entry)) = place else {
+            refused.push(format!("{name}: {} is not directly in the host_dir of a configured class {class}; it is not cleaned", path.display()));
+            continue;
+        };
+        let block = spec.and_then(|s| s.volume_mode.as_deref()) == Some("Block")
+            || (class_config.volume_mode == VolumeMode::Block);
+        found.push(Release {
+            pv: name,
+            class: index,
+            entry,
+            block,
+        });
+    }
+    (found, refused)
+}
+
+/// The single normal component of `path` below `dir`, if `path` is `dir/<name>`.
+fn entry_of(dir: &Path, path: &Path) -> Option<String> {
+    let rest = path.strip_prefix(dir).ok()?;
+    let mut components = rest.components();
+    match (components.next(), components.next()) {
+        (Some(Component::Normal(name)), None) => Some(name.to_str()?.to_string()),
+        _ => None,
+    }
+}
+
+/// A mount other than the volume's own mount point that shows its filesystem (a pod's bind,
+/// say): while there is one, the volume is not cleaned.
+pub fn still_mounted(mount_point: &Path, mounts: &[MountEntry]) -> Option<PathBuf> {
+    let own = mounts.iter().rfind(|m| m.mount_point == mount_point)?;
+    mounts
+        .iter()
+        .find(|m| m.device == own.device && m.mount_point != mount_point)
+        .map(|m| m.mount_point.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::localpv::config::ConfigFile;
+
+    fn pv(name: &str, by: &str, phase: &str, policy: &str, path: &str) -> PersistentVolume {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "annotations": {PROVISIONED_BY: by}},
+            "spec": {"persistentVolumeReclaimPolicy": policy, "storageClassName": "fast",
+                     "local": {"path": path}, "volumeMode": "Filesystem"},
+            "status": {"phase": phase},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_our_released_delete_pvs_directly_in_a_host_dir_are_cleaned() {
+        let config = ConfigFile::parse(
+            "[[local_pv.classes]]\nstorage_class = \"fast\"\nhost_dir = \"/mnt/disks\"\n",
+        )
+        .unwrap()
+        .local_pv
+        .unwrap();
+        let volumes = [
+            pv(
+                "a",
+                "volumed-node-a",
+                "Released",
+                "Delete",
+                "/mnt/disks/vol1",
+            ),
+            pv(
+                "b",
+                "volumed-node-a",
+                "Released",
+                "Retain",
+                "/mnt/disks/vol2",
+            ),
+            pv("c", "volumed-node-a", "Bound", "Delete", "/mnt/disks/vol3"),
+            pv(
+                "d",
+                "volumed-node-b",
+                "Released",
+                "Delete",
+                "/mnt/disks/vol4",
+            ),
+            pv("e", "someone-else", "Released", "Delete", "/mnt/disks/vol5"),
+            pv(
+                "f",
+                "volumed-node-a",
+                "Released",
+                "Delete",
+                "/mnt/disks/a/b",
+            ),
+            pv(
+                "g",
+                "volumed-node-a",
+                "Released",
+                "Delete",
+                "/srv/elsewhere",
+            ),
+            pv(
+                "h",
+                "volumed-node-a",
+                "Released",
+                "Delete",
+                "/mnt/disks/../etc",
+            ),
+        ];
+        let (found, refused) = releases("node-a", &config, &volumes);
+        assert_eq!(
+            found,
+            [Release {
+                pv: "a".into(),
+                class: 0,
+                entry: "vol1".into(),
+                block: false
+            }]
+        );
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert!(
+            refused
+                .iter()
+                .all(|r| r.contains("not directly in the host_dir")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn a_volume_is_in_use_while_another_mount_shows_its_filesystem() {
+        let entry = |point: &str, device: &str| MountEntry {
+            mount_id: 1,
+            parent_id: 0,
+            device: device.into(),
+            root: "/".into(),
+            mount_point: point.into(),
+            fs_type: "ext4".into(),
+            source: None,
+            read_only: false,
+            super_options: Default::default(),
+        };
+        let disk = Path::new("/mnt/disks/vol1");
+        let table = [
+            entry("/mnt/disks/vol1", "8:1"),
+            entry("/var/lib/volumed/pods/u/volumes/x", "8:1"),
+        ];
+        assert_eq!(
+            still_mounted(disk, &table),
+            Some("/var/lib/volumed/pods/u/volumes/x".into())
+        );
+        assert_eq!(still_mounted(disk, &table[..1]), None);
+        assert_eq!(
+            still_mounted(disk, &[]),
+            None,
+            "not mounted at all: nothing shows it"
+        );
+    }
+}
