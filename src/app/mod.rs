@@ -31,6 +31,7 @@ use crate::host::real::RealMounter;
 use crate::host::run_lock::RunLock;
 use crate::host::state_file::write_json;
 use crate::host::Mounter;
+use crate::localpv::cleaner::Cleaner;
 use crate::localpv::publish::Publisher;
 use crate::model::backoff::BackoffPolicy;
 use crate::reconcile::status::Failures;
@@ -183,7 +184,16 @@ pub async fn run(
                 devices: devices.clone(),
                 resync: settings.resync,
                 scan_timeout: settings.op_timeout,
-                root_dir: settings.root_dir.clone(),
+                cleaner: Cleaner {
+                    volumes: kube::Api::all(client.clone()),
+                    node_name: settings.node.name.clone(),
+                    config: config.clone(),
+                    mounter: mounter.clone(),
+                    root_dir: settings.root_dir.clone(),
+                    // Removing a big tree takes a while; past this it goes on, alone.
+                    timeout: settings.op_timeout * 10,
+                    running: Default::default(),
+                },
             };
             tasks.spawn("local-PV publisher", publisher.run(stop_tasks.clone()));
         }

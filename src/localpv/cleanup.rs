@@ -8,8 +8,9 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 use serde::{Deserialize, Serialize};
 
 use super::config::{LocalPvConfig, VolumeMode};
-use super::discover::PROVISIONED_BY;
-use crate::model::mountinfo::MountEntry;
+use super::discover::{pv_name, PROVISIONED_BY};
+#[cfg(test)]
+use crate::model::mountinfo::{other_mount_of, MountEntry};
 
 /// A released PV to clean: which class's `mount_dir` entry holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,11 +23,22 @@ pub struct Release {
 }
 
 /// Cleanups begun and not yet finished (`<root>/state/localpv-cleanups.json`): a restart
-/// resumes them, and a disk being cleaned is not published again meanwhile.
+/// resumes them (whether or not the PV still exists), and a disk being cleaned is not
+/// published again meanwhile.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
-    /// PV name → its host path.
-    pub cleaning: BTreeMap<String, PathBuf>,
+    /// By PV name.
+    pub cleaning: BTreeMap<String, Cleaning>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cleaning {
+    pub host_path: PathBuf,
+    pub class: String,
+    pub entry: String,
+    pub block: bool,
+    /// The disk is clean; only the PV's deletion is left.
+    pub cleaned: bool,
 }
 
 /// The Released PVs this node's volumed made whose reclaim policy is Delete and whose path is
@@ -47,8 +59,8 @@ pub fn releases(
         let spec = pv.spec.as_ref();
         let delete =
             spec.and_then(|s| s.persistent_volume_reclaim_policy.as_deref()) == Some("Delete");
-        if !released || !delete {
-            continue; // Retain: left alone.
+        if !released || !delete || pv.metadata.deletion_timestamp.is_some() {
+            continue; // Retain: left alone; being deleted: done already.
         }
         let name = pv.metadata.name.clone().unwrap_or_default();
         let Some(path) = spec
@@ -70,8 +82,23 @@ pub fn releases(
             refused.push(format!("{name}: {} is not directly in the host_dir of a configured class {class}; it is not cleaned", path.display()));
             continue;
         };
+        if name != pv_name(node, &path, class) {
+            refused.push(format!(
+                "{name} is not the name volumed gives {}; it is not cleaned",
+                path.display()
+            ));
+            continue;
+        }
         let block = spec.and_then(|s| s.volume_mode.as_deref()) == Some("Block")
             || (class_config.volume_mode == VolumeMode::Block);
+        if !block
+            && spec
+                .and_then(|s| s.local.as_ref())
+                .is_some_and(|l| l.fs_type.is_some())
+        {
+            refused.push(format!("{name} is a filesystem volumed made on the block device {}: wiping such a device is not built yet, so it stays Released", path.display()));
+            continue;
+        }
         found.push(Release {
             pv: name,
             class: index,
@@ -92,22 +119,18 @@ fn entry_of(dir: &Path, path: &Path) -> Option<String> {
     }
 }
 
-/// A mount other than the volume's own mount point that shows its filesystem (a pod's bind,
-/// say): while there is one, the volume is not cleaned.
-pub fn still_mounted(mount_point: &Path, mounts: &[MountEntry]) -> Option<PathBuf> {
-    let own = mounts.iter().rfind(|m| m.mount_point == mount_point)?;
-    mounts
-        .iter()
-        .find(|m| m.device == own.device && m.mount_point != mount_point)
-        .map(|m| m.mount_point.clone())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::localpv::config::ConfigFile;
 
+    /// A PV named as volumed names it on node-a, unless the name is `x`.
     fn pv(name: &str, by: &str, phase: &str, policy: &str, path: &str) -> PersistentVolume {
+        let name = if name == "x" {
+            name.to_string()
+        } else {
+            pv_name("node-a", Path::new(path), "fast")
+        };
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "annotations": {PROVISIONED_BY: by}},
             "spec": {"persistentVolumeReclaimPolicy": policy, "storageClassName": "fast",
@@ -175,7 +198,7 @@ mod tests {
         assert_eq!(
             found,
             [Release {
-                pv: "a".into(),
+                pv: volumes[0].metadata.name.clone().unwrap(),
                 class: 0,
                 entry: "vol1".into(),
                 block: false
@@ -186,6 +209,30 @@ mod tests {
             refused
                 .iter()
                 .all(|r| r.contains("not directly in the host_dir")),
+            "{refused:?}"
+        );
+        // Ours by annotation but not by name, or made on a block device: refused.
+        let renamed = pv(
+            "x",
+            "volumed-node-a",
+            "Released",
+            "Delete",
+            "/mnt/disks/vol1",
+        );
+        let mut on_block = volumes[0].clone();
+        on_block
+            .spec
+            .as_mut()
+            .unwrap()
+            .local
+            .as_mut()
+            .unwrap()
+            .fs_type = Some("ext4".into());
+        let (found, refused) = releases("node-a", &config, &[renamed, on_block]);
+        assert!(found.is_empty(), "{found:?}");
+        assert!(
+            refused[0].contains("not the name volumed gives")
+                && refused[1].contains("not built yet"),
             "{refused:?}"
         );
     }
@@ -209,12 +256,12 @@ mod tests {
             entry("/var/lib/volumed/pods/u/volumes/x", "8:1"),
         ];
         assert_eq!(
-            still_mounted(disk, &table),
+            other_mount_of(disk, &table),
             Some("/var/lib/volumed/pods/u/volumes/x".into())
         );
-        assert_eq!(still_mounted(disk, &table[..1]), None);
+        assert_eq!(other_mount_of(disk, &table[..1]), None);
         assert_eq!(
-            still_mounted(disk, &[]),
+            other_mount_of(disk, &[]),
             None,
             "not mounted at all: nothing shows it"
         );

@@ -4,25 +4,23 @@
 //! left as it is.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node as NodeObject, PersistentVolume};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::Client;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::cleanup::{releases, still_mounted, Journal};
+use super::cleaner::Cleaner;
 use super::config::LocalPvConfig;
 use super::discover::{discover, Node};
 use crate::actual::devices::BlockDevice;
-use crate::host::local_dirs::{empty_mount_point, scan_mount_dir, wipe_device};
-use crate::host::state_file::write_json;
+use crate::host::local_dirs::scan_mount_dir;
 use crate::model::mountinfo::MountTable;
 
 /// Why the publisher stopped before it was cancelled.
@@ -31,9 +29,6 @@ pub enum PublishError {
     #[error("the mount-table watcher the local-PV publisher follows stopped")]
     MountsGone,
 }
-
-/// A cleanup may take this many scan deadlines (removing a big tree takes a while).
-const CLEAN_TIMEOUT_FACTOR: u32 = 10;
 
 /// The first retry after an incomplete pass.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -48,8 +43,8 @@ pub struct Publisher {
     pub resync: Duration,
     /// Each scan's deadline: a hung disk delays its class's PVs, never the others' or the loop.
     pub scan_timeout: Duration,
-    /// Where the cleanup journal lives (`<root>/state`).
-    pub root_dir: PathBuf,
+    /// Carries out the cleanups of released PVs.
+    pub cleaner: Cleaner,
 }
 
 impl Publisher {
@@ -64,8 +59,29 @@ impl Publisher {
         let mut pv_events = watcher(volumes.clone(), watcher::Config::default()).boxed();
         loop {
             let table = self.mounts.borrow_and_update().clone();
-            let cleaned = self.clean_released(&volumes, &table, &mut published).await;
-            let wait = if self.publish_once(&volumes, &table, &mut published).await && cleaned {
+            let done = match volumes.list(&ListParams::default()).await {
+                Ok(list) => {
+                    let cleaned = self.cleaner.pass(&list.items).await;
+                    for name in &cleaned.deleted {
+                        published.remove(name);
+                    }
+                    let made = self
+                        .publish_once(
+                            &volumes,
+                            &table,
+                            &list.items,
+                            &cleaned.cleaning,
+                            &mut published,
+                        )
+                        .await;
+                    made && cleaned.done
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "cannot list PVs; local PVs are looked at again soon");
+                    false
+                }
+            };
+            let wait = if done {
                 retry = RETRY_FIRST;
                 self.resync
             } else {
@@ -102,8 +118,13 @@ impl Publisher {
         &self,
         volumes: &Api<PersistentVolume>,
         table: &MountTable,
+        listed: &[PersistentVolume],
+        cleaning: &BTreeSet<String>,
         published: &mut BTreeSet<String>,
     ) -> bool {
+        if cleaning.contains("*") {
+            return false; // The journal is unreadable: publishing could hand out a dirty disk.
+        }
         let mut done = true;
         let mut scans = Vec::new();
         for class in &self.config.classes {
@@ -134,14 +155,26 @@ impl Publisher {
             labels: &labels,
         };
         let found = discover(&node, &self.config, &scans, &reclaim);
-        let cleaning = self.load_journal().cleaning;
+        let local_path =
+            |pv: &PersistentVolume| pv.spec.as_ref()?.local.as_ref().map(|l| l.path.clone());
         for skipped in &found.skipped {
             tracing::debug!(path = %skipped.path.display(), class = skipped.storage_class, reason = skipped.reason, "local disk skipped");
         }
         for pv in found.volumes {
             let name = pv.metadata.name.clone().unwrap_or_default();
             // Being cleaned: published again once that is done.
-            if published.contains(&name) || cleaning.contains_key(&name) {
+            if published.contains(&name) || cleaning.contains(&name) {
+                continue;
+            }
+            // Another PV (anyone's) already offers this disk: one disk, one PV.
+            let path = local_path(&pv);
+            if listed.iter().any(|other| {
+                other.metadata.name.as_deref() != Some(name.as_str()) && local_path(other) == path
+            }) {
+                tracing::debug!(
+                    pv = name,
+                    "another PV already offers this disk; not published"
+                );
                 continue;
             }
             match volumes.create(&PostParams::default(), &pv).await {
@@ -154,144 +187,24 @@ impl Publisher {
                     tracing::info!(pv = name, path, "published a local PV");
                     published.insert(name);
                 }
-                // There already: ours from an earlier run, or someone else's; left alone.
+                // There already: ours from an earlier run, or someone else's; left alone. One
+                // still being deleted is created again once it is gone.
                 Err(kube::Error::Api(status)) if status.code == 409 => {
-                    published.insert(name);
+                    let terminating = listed.iter().any(|p| {
+                        p.metadata.name.as_deref() == Some(name.as_str())
+                            && p.metadata.deletion_timestamp.is_some()
+                    });
+                    if terminating {
+                        done = false;
+                    } else {
+                        published.insert(name);
+                    }
                 }
                 Err(err) => {
                     tracing::warn!(pv = name, %err, "cannot create a local PV; it is tried again soon");
                     done = false;
                 }
             }
-        }
-        done
-    }
-
-    fn journal_path(&self) -> PathBuf {
-        self.root_dir.join("state").join("localpv-cleanups.json")
-    }
-
-    fn load_journal(&self) -> Journal {
-        match std::fs::read(self.journal_path()) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
-                tracing::error!(path = %self.journal_path().display(), %err, "the local-PV cleanup journal is unreadable; Released PVs are looked at afresh");
-                Journal::default()
-            }),
-            Err(_) => Journal::default(),
-        }
-    }
-
-    fn save_journal(&self, journal: &Journal) -> bool {
-        match write_json(&self.journal_path(), journal) {
-            Ok(()) => true,
-            Err(err) => {
-                tracing::error!(path = %self.journal_path().display(), %err, "cannot record a local-PV cleanup; it waits until the journal can be written");
-                false
-            }
-        }
-    }
-
-    /// Cleans the Released PVs volumed made with reclaim policy Delete, then deletes them so
-    /// that their disks are published again, clean. False when something is left to retry.
-    async fn clean_released(
-        &self,
-        volumes: &Api<PersistentVolume>,
-        table: &MountTable,
-        published: &mut BTreeSet<String>,
-    ) -> bool {
-        let list = match volumes.list(&ListParams::default()).await {
-            Ok(list) => list.items,
-            Err(err) => {
-                tracing::warn!(%err, "cannot list PVs to find released local PVs; tried again soon");
-                return false;
-            }
-        };
-        let mut journal = self.load_journal();
-        // A journaled PV that is gone was cleaned: deletion comes only after the cleaning.
-        let present: BTreeSet<String> = list
-            .iter()
-            .filter_map(|pv| pv.metadata.name.clone())
-            .collect();
-        let before = journal.cleaning.len();
-        journal.cleaning.retain(|name, _| present.contains(name));
-        if journal.cleaning.len() != before && !self.save_journal(&journal) {
-            return false;
-        }
-        let (found, refused) = releases(&self.node_name, &self.config, &list);
-        for why in refused {
-            tracing::debug!(why, "a released local PV is not cleaned");
-        }
-        let mut done = true;
-        for release in found {
-            let class = &self.config.classes[release.class];
-            let mount_dir = class.mount_dir().to_path_buf();
-            let real = mount_dir
-                .canonicalize()
-                .unwrap_or_else(|_| mount_dir.clone());
-            let mount_point = real.join(&release.entry);
-            if !release.block {
-                if !table.entries.iter().any(|m| m.mount_point == mount_point) {
-                    // Cleaning an unmounted mount point would clean the parent filesystem.
-                    tracing::warn!(pv = release.pv, path = %mount_point.display(), "a released local PV's disk is not mounted; it is cleaned once it is back");
-                    done = false;
-                    continue;
-                }
-                if let Some(user) = still_mounted(&mount_point, &table.entries) {
-                    tracing::info!(pv = release.pv, user = %user.display(), "a released local PV is still mounted elsewhere; it is cleaned once that mount is gone");
-                    done = false;
-                    continue;
-                }
-            }
-            journal
-                .cleaning
-                .insert(release.pv.clone(), class.host_dir.join(&release.entry));
-            if !self.save_journal(&journal) {
-                return false;
-            }
-            let (entry, cleaner, entries) = (
-                release.entry.clone(),
-                class.block_cleaner.clone(),
-                table.entries.clone(),
-            );
-            let block = release.block;
-            let work = tokio::task::spawn_blocking(move || {
-                if block {
-                    wipe_device(&mount_dir, &entry, cleaner.as_deref(), &entries)
-                } else {
-                    empty_mount_point(&mount_dir, &entry)
-                }
-            });
-            let cleaned =
-                match tokio::time::timeout(self.scan_timeout * CLEAN_TIMEOUT_FACTOR, work).await {
-                    Ok(Ok(result)) => result.map_err(|e| e.to_string()),
-                    Ok(Err(join)) => Err(format!("the cleaner died: {join}")),
-                    Err(_) => Err("cleaning took too long (a hung disk?)".into()),
-                };
-            if let Err(why) = cleaned {
-                tracing::warn!(
-                    pv = release.pv,
-                    why,
-                    "cleaning a released local PV failed; it stays Released and is tried again"
-                );
-                done = false;
-                continue;
-            }
-            match volumes.delete(&release.pv, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(err) => {
-                    tracing::warn!(pv = release.pv, %err, "a cleaned local PV cannot be deleted; tried again soon");
-                    done = false;
-                    continue;
-                }
-            }
-            journal.cleaning.remove(&release.pv);
-            self.save_journal(&journal);
-            published.remove(&release.pv);
-            tracing::info!(
-                pv = release.pv,
-                "cleaned a released local PV and deleted it; its disk is published again"
-            );
         }
         done
     }

@@ -200,6 +200,16 @@ impl PodMounts {
 
 /// The server part of an NFS source, as the per-server cap keys it: up to the first `:/`
 /// (after a bracketed IPv6 address), lowercased.
+/// A mount other than `mount_point` itself that shows the filesystem mounted there (a pod's
+/// bind of a disk, say); `None` also when nothing is mounted there.
+pub fn other_mount_of(mount_point: &Path, mounts: &[MountEntry]) -> Option<PathBuf> {
+    let own = mounts.iter().rfind(|m| m.mount_point == mount_point)?;
+    mounts
+        .iter()
+        .find(|m| m.device == own.device && m.mount_point != mount_point)
+        .map(|m| m.mount_point.clone())
+}
+
 pub fn nfs_server_of(source: &str) -> Option<String> {
     let split_from = if source.starts_with('[') {
         source.find(']')?

@@ -1,0 +1,222 @@
+//! Carries out the cleanups `cleanup` allows: journal first, clean on a worker thread (one
+//! job per PV at a time, even past its deadline), then delete the PV, guarded by its uid and
+//! resource version, so that its disk is published again, clean.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::api::{Api, DeleteParams, Preconditions};
+
+use super::cleanup::{releases, Cleaning, Journal};
+use super::config::LocalPvConfig;
+use crate::host::local_dirs::{empty_mount_point, wipe_device};
+use crate::host::state_file::write_json;
+use crate::host::Mounter;
+use crate::shared::lock;
+
+pub struct Cleaner {
+    pub volumes: Api<PersistentVolume>,
+    pub node_name: String,
+    pub config: LocalPvConfig,
+    pub mounter: Arc<dyn Mounter>,
+    pub root_dir: PathBuf,
+    /// How long one cleanup is waited for (it goes on past that; nothing else starts on it).
+    pub timeout: Duration,
+    /// PVs whose cleanup job is running (it may outlive a pass, and its deadline).
+    pub running: Arc<Mutex<BTreeSet<String>>>,
+}
+
+/// What a pass left: whether all is done, and which PVs were deleted (their disks are
+/// published again) or are being cleaned (not published meanwhile).
+#[derive(Default)]
+pub struct Cleaned {
+    pub done: bool,
+    pub deleted: Vec<String>,
+    pub cleaning: BTreeSet<String>,
+}
+
+impl Cleaner {
+    fn journal_path(&self) -> PathBuf {
+        self.root_dir.join("state").join("localpv-cleanups.json")
+    }
+
+    /// The journal; `None` when it exists and cannot be read (nothing is cleaned or published
+    /// from a journal that may hold unfinished cleanups).
+    fn load_journal(&self) -> Option<Journal> {
+        match std::fs::read(self.journal_path()) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .inspect_err(|err| tracing::error!(path = %self.journal_path().display(), %err, "the local-PV cleanup journal is unreadable; no local PV is cleaned or published until it is fixed or removed"))
+                .ok(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Some(Journal::default()),
+            Err(err) => {
+                tracing::error!(path = %self.journal_path().display(), %err, "cannot read the local-PV cleanup journal");
+                None
+            }
+        }
+    }
+
+    fn save_journal(&self, journal: &Journal) -> bool {
+        write_json(&self.journal_path(), journal)
+            .inspect_err(|err| tracing::error!(path = %self.journal_path().display(), %err, "cannot write the local-PV cleanup journal; cleanups wait"))
+            .is_ok()
+    }
+
+    /// One pass over the PVs as just listed.
+    pub async fn pass(&self, listed: &[PersistentVolume]) -> Cleaned {
+        let mut out = Cleaned {
+            done: true,
+            ..Cleaned::default()
+        };
+        let Some(mut journal) = self.load_journal() else {
+            out.done = false;
+            out.cleaning.insert("*".into());
+            return out;
+        };
+        let (found, refused) = releases(&self.node_name, &self.config, listed);
+        for why in refused {
+            tracing::debug!(why, "a released local PV is not cleaned");
+        }
+        let releasable: BTreeSet<String> = found.iter().map(|r| r.pv.clone()).collect();
+        for release in found {
+            let class = &self.config.classes[release.class];
+            journal
+                .cleaning
+                .entry(release.pv.clone())
+                .or_insert(Cleaning {
+                    host_path: class.host_dir.join(&release.entry),
+                    class: class.storage_class.clone(),
+                    entry: release.entry.clone(),
+                    block: release.block,
+                    cleaned: false,
+                });
+        }
+        out.cleaning = journal.cleaning.keys().cloned().collect();
+        // Nothing is cleaned before the journal says so.
+        if !self.save_journal(&journal) {
+            out.done = false;
+            return out;
+        }
+        let present: BTreeSet<&str> = listed
+            .iter()
+            .filter_map(|pv| pv.metadata.name.as_deref())
+            .collect();
+        for (name, entry) in journal.cleaning.clone() {
+            if present.contains(name.as_str()) && !releasable.contains(&name) {
+                // Journaled, but no longer a Released PV of ours: someone changed it. Its disk
+                // may be half clean: it is neither cleaned further nor published.
+                tracing::warn!(pv = name, "a local PV whose cleanup began is no longer Released; its disk is left alone and not published: check it, then remove its entry from the cleanup journal");
+                out.done = false;
+                continue;
+            }
+            if !entry.cleaned {
+                match self.clean(&name, &entry).await {
+                    Ok(()) => {
+                        if let Some(e) = journal.cleaning.get_mut(&name) {
+                            e.cleaned = true;
+                        }
+                        if !self.save_journal(&journal) {
+                            out.done = false;
+                            continue;
+                        }
+                    }
+                    Err(why) => {
+                        tracing::warn!(pv = name, why, "a released local PV is not cleaned yet; it stays Released and is tried again");
+                        out.done = false;
+                        continue;
+                    }
+                }
+            }
+            if present.contains(name.as_str()) && !self.delete(&name, listed).await {
+                out.done = false;
+                continue;
+            }
+            journal.cleaning.remove(&name);
+            if self.save_journal(&journal) {
+                out.cleaning.remove(&name);
+                out.deleted.push(name.clone());
+                tracing::info!(
+                    pv = name,
+                    "cleaned a released local PV and deleted it; its disk is published again"
+                );
+            } else {
+                out.done = false;
+            }
+        }
+        out
+    }
+
+    /// Runs the cleanup job of one PV, unless one is still running (past its deadline).
+    async fn clean(&self, name: &str, entry: &Cleaning) -> Result<(), String> {
+        let Some(class) = self
+            .config
+            .classes
+            .iter()
+            .find(|c| c.storage_class == entry.class)
+        else {
+            return Err(format!("class {} is no longer configured", entry.class));
+        };
+        if !lock(&self.running).insert(name.to_string()) {
+            return Err("its cleanup from an earlier pass is still running".into());
+        }
+        let (mounter, mount_dir, dir_entry) = (
+            self.mounter.clone(),
+            class.mount_dir().to_path_buf(),
+            entry.entry.clone(),
+        );
+        let (cleaner, root, block) = (
+            class.block_cleaner.clone(),
+            self.root_dir.clone(),
+            entry.block,
+        );
+        let (running, pv) = (self.running.clone(), name.to_string());
+        let job = tokio::task::spawn_blocking(move || {
+            let result = if block {
+                wipe_device(
+                    mounter.as_ref(),
+                    &mount_dir,
+                    &dir_entry,
+                    cleaner.as_deref(),
+                    &root,
+                )
+            } else {
+                empty_mount_point(mounter.as_ref(), &mount_dir, &dir_entry)
+            };
+            lock(&running).remove(&pv);
+            result
+        });
+        match tokio::time::timeout(self.timeout, job).await {
+            Ok(Ok(result)) => result.map_err(|e| e.to_string()),
+            Ok(Err(join)) => Err(format!("the cleanup died: {join}")),
+            Err(_) => Err("the cleanup takes longer than its deadline (a hung disk?); it goes on, and nothing else starts on this disk until it ends".into()),
+        }
+    }
+
+    /// Deletes a cleaned PV if it is still the Released one that was cleaned (same uid and
+    /// resource version as listed). True when it is gone.
+    async fn delete(&self, name: &str, listed: &[PersistentVolume]) -> bool {
+        let Some(pv) = listed
+            .iter()
+            .find(|pv| pv.metadata.name.as_deref() == Some(name))
+        else {
+            return true;
+        };
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: pv.metadata.uid.clone(),
+                resource_version: pv.metadata.resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match self.volumes.delete(name, &params).await {
+            Ok(_) => true,
+            Err(kube::Error::Api(status)) if status.code == 404 => true,
+            Err(err) => {
+                tracing::warn!(pv = name, %err, "a cleaned local PV cannot be deleted (changed meanwhile?); tried again");
+                false
+            }
+        }
+    }
+}
