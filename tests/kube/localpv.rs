@@ -160,3 +160,56 @@ async fn a_released_delete_pv_is_cleaned_deleted_and_published_again_and_retain_
     );
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_released_pv_whose_disk_is_not_mounted_is_not_cleaned() {
+    use volumed::host::{MountPoint, Mounter};
+    let server = FakeApiServer::start().await;
+    let node = daemon::start_configured(&server, &[], |settings, base, mounter| {
+        let config = format!(
+            "[[local_pv.classes]]\nstorage_class = \"fast-disks\"\nhost_dir = \"{}/mnt/disks\"\n",
+            base.display()
+        );
+        settings.local_pv = ConfigFile::parse(&config).unwrap().local_pv;
+        mounter.adopt(&base.join("mnt/disks/vol1"), "ext4");
+    });
+    cluster(&server, &node.base);
+    let disks = node.base.join("mnt/disks");
+    let name = pv_name("node-a", &disks.join("vol1"), "fast-disks");
+    let find = || {
+        server
+            .objects("PersistentVolume")
+            .into_iter()
+            .find(|pv| pv["metadata"]["name"] == name.as_str())
+    };
+    node.until("the disk is published", || find().is_some())
+        .await;
+    // The disk goes away; what is left at its mount point belongs to the filesystem below.
+    let mount_point = MountPoint {
+        path: disks.join("vol1"),
+        parent: std::fs::File::open(&disks).unwrap().into(),
+        name: "vol1".into(),
+    };
+    node.mounter.unmount(&mount_point).unwrap();
+    std::fs::write(disks.join("vol1/below"), "the parent filesystem's").unwrap();
+    let lists = server.lists("PersistentVolume");
+    let mut pv = find().unwrap();
+    pv["status"] = serde_json::json!({"phase": "Released"});
+    server.apply(pv);
+    // Two passes of the publisher (each lists the PVs) since the release.
+    node.until("the publisher has looked at the release twice", || {
+        server.lists("PersistentVolume") >= lists + 2
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(disks.join("vol1/below")).unwrap(),
+        "the parent filesystem's",
+        "an unmounted mount point was cleaned"
+    );
+    assert_eq!(
+        find().unwrap()["status"]["phase"],
+        "Released",
+        "deleted without cleaning"
+    );
+    node.stop().await;
+}
