@@ -194,6 +194,7 @@ pub async fn run(
                     timeout: settings.op_timeout * 10,
                     running: Default::default(),
                 },
+                vanished: Default::default(),
             };
             tasks.spawn("local-PV publisher", publisher.run(stop_tasks.clone()));
         }

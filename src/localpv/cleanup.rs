@@ -109,6 +109,33 @@ pub fn releases(
     (found, refused)
 }
 
+/// The PVs this node's volumed made whose disk discovery no longer finds (unmounted, removed):
+/// never deleted for it, only reported, and in use again when the disk returns.
+pub fn vanished(
+    node: &str,
+    volumes: &[PersistentVolume],
+    found_paths: &std::collections::BTreeSet<String>,
+) -> std::collections::BTreeSet<String> {
+    let ours = format!("volumed-{node}");
+    volumes
+        .iter()
+        .filter(|pv| {
+            pv.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(PROVISIONED_BY))
+                == Some(&ours)
+                && pv.metadata.deletion_timestamp.is_none()
+        })
+        .filter_map(|pv| {
+            let path = &pv.spec.as_ref()?.local.as_ref()?.path;
+            (!found_paths.contains(path))
+                .then(|| pv.metadata.name.clone())
+                .flatten()
+        })
+        .collect()
+}
+
 /// The single normal component of `path` below `dir`, if `path` is `dir/<name>`.
 fn entry_of(dir: &Path, path: &Path) -> Option<String> {
     let rest = path.strip_prefix(dir).ok()?;
@@ -234,6 +261,27 @@ mod tests {
             refused[0].contains("not the name volumed gives")
                 && refused[1].contains("not built yet"),
             "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn a_pv_of_ours_whose_disk_is_not_found_is_vanished() {
+        let volumes = [
+            pv("a", "volumed-node-a", "Bound", "Delete", "/mnt/disks/vol1"),
+            pv(
+                "b",
+                "volumed-node-a",
+                "Available",
+                "Delete",
+                "/mnt/disks/vol2",
+            ),
+            pv("c", "someone-else", "Bound", "Delete", "/mnt/disks/vol3"),
+        ];
+        let found = std::collections::BTreeSet::from(["/mnt/disks/vol1".to_string()]);
+        let gone = vanished("node-a", &volumes, &found);
+        assert_eq!(
+            gone,
+            std::collections::BTreeSet::from([volumes[1].metadata.name.clone().unwrap()])
         );
     }
 

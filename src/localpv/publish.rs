@@ -17,11 +17,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::cleaner::Cleaner;
+use super::cleanup::vanished;
 use super::config::LocalPvConfig;
 use super::discover::{discover, Node};
 use crate::actual::devices::BlockDevice;
 use crate::host::local_dirs::scan_mount_dir;
 use crate::model::mountinfo::MountTable;
+use crate::shared::lock;
 
 /// Why the publisher stopped before it was cancelled.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,8 @@ pub struct Publisher {
     pub scan_timeout: Duration,
     /// Carries out the cleanups of released PVs.
     pub cleaner: Cleaner,
+    /// PVs of ours whose disk is gone, as last reported.
+    pub vanished: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl Publisher {
@@ -157,6 +161,7 @@ impl Publisher {
         let found = discover(&node, &self.config, &scans, &reclaim);
         let local_path =
             |pv: &PersistentVolume| pv.spec.as_ref()?.local.as_ref().map(|l| l.path.clone());
+        self.report_vanished(listed, &found.volumes);
         for skipped in &found.skipped {
             tracing::debug!(path = %skipped.path.display(), class = skipped.storage_class, reason = skipped.reason, "local disk skipped");
         }
@@ -207,6 +212,23 @@ impl Publisher {
             }
         }
         done
+    }
+
+    /// Logs once each PV of ours whose disk discovery no longer finds, and once its return.
+    fn report_vanished(&self, listed: &[PersistentVolume], found: &[PersistentVolume]) {
+        let paths: BTreeSet<String> = found
+            .iter()
+            .filter_map(|pv| Some(pv.spec.as_ref()?.local.as_ref()?.path.clone()))
+            .collect();
+        let now = vanished(&self.node_name, listed, &paths);
+        let mut told = lock(&self.vanished);
+        for name in now.difference(&told) {
+            tracing::warn!(pv = name, "the disk of a local PV is gone (unmounted or removed); the PV is kept, and its pods wait until the disk is back");
+        }
+        for name in told.difference(&now) {
+            tracing::info!(pv = name, "the disk of a local PV is back");
+        }
+        *told = now;
     }
 
     /// This node's labels (for `node_labels_for_pv`); `None` when they are needed and the
