@@ -36,6 +36,8 @@ pub struct Cleaned {
     pub done: bool,
     pub deleted: Vec<String>,
     pub cleaning: BTreeSet<String>,
+    /// The journal is unreadable: no disk is published, as any may be half clean.
+    pub hold_publishing: bool,
 }
 
 impl Cleaner {
@@ -72,7 +74,7 @@ impl Cleaner {
         };
         let Some(mut journal) = self.load_journal() else {
             out.done = false;
-            out.cleaning.insert("*".into());
+            out.hold_publishing = true;
             return out;
         };
         let (found, refused) = releases(&self.node_name, &self.config, listed);

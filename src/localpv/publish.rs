@@ -66,19 +66,18 @@ impl Publisher {
             let done = match volumes.list(&ListParams::default()).await {
                 Ok(list) => {
                     let cleaned = self.cleaner.pass(&list.items).await;
+                    // A PV just deleted may linger (its finalizer) in the list taken before:
+                    // it is published again from the next pass's list, a moment later.
+                    let mut held = cleaned.cleaning.clone();
                     for name in &cleaned.deleted {
                         published.remove(name);
+                        held.insert(name.clone());
                     }
-                    let made = self
-                        .publish_once(
-                            &volumes,
-                            &table,
-                            &list.items,
-                            &cleaned.cleaning,
-                            &mut published,
-                        )
-                        .await;
-                    made && cleaned.done
+                    let made = !cleaned.hold_publishing
+                        && self
+                            .publish_once(&volumes, &table, &list.items, &held, &mut published)
+                            .await;
+                    made && cleaned.done && cleaned.deleted.is_empty()
                 }
                 Err(err) => {
                     tracing::warn!(%err, "cannot list PVs; local PVs are looked at again soon");
@@ -123,12 +122,9 @@ impl Publisher {
         volumes: &Api<PersistentVolume>,
         table: &MountTable,
         listed: &[PersistentVolume],
-        cleaning: &BTreeSet<String>,
+        held: &BTreeSet<String>,
         published: &mut BTreeSet<String>,
     ) -> bool {
-        if cleaning.contains("*") {
-            return false; // The journal is unreadable: publishing could hand out a dirty disk.
-        }
         let mut done = true;
         let mut scans = Vec::new();
         for class in &self.config.classes {
@@ -167,8 +163,8 @@ impl Publisher {
         }
         for pv in found.volumes {
             let name = pv.metadata.name.clone().unwrap_or_default();
-            // Being cleaned: published again once that is done.
-            if published.contains(&name) || cleaning.contains(&name) {
+            // Being cleaned, or just deleted: published again once that is over.
+            if published.contains(&name) || held.contains(&name) {
                 continue;
             }
             // Another PV (anyone's) already offers this disk: one disk, one PV.
