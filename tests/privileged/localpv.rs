@@ -24,6 +24,10 @@ pub fn all() -> Vec<Case> {
             "a_disk_mounted_while_the_daemon_runs_is_published_through_the_api_within_a_second",
             a_disk_mounted_while_the_daemon_runs_is_published_through_the_api_within_a_second,
         ),
+        (
+            "run_publishes_every_disk_and_released_ones_come_back_clean_and_available",
+            run_publishes_every_disk_and_released_ones_come_back_clean_and_available,
+        ),
     ]
 }
 
@@ -289,6 +293,178 @@ fn a_disk_mounted_while_the_daemon_runs_is_published_through_the_api_within_a_se
         format!(
             "{e}\n{}",
             log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        )
+    })
+}
+
+/// mount -t tmpfs -o size=<size> tmpfs <dir>
+fn mount_tmpfs(dir: &std::path::Path, size: &str) -> TestResult {
+    std::fs::create_dir_all(dir).unwrap();
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some(format!("size={size}").as_str()),
+    )
+    .map_err(|e| format!("mount tmpfs on {}: {e}", dir.display()))
+}
+
+/// A fake API server with this node, on a runtime of its own.
+fn api_server(sb: &Sandbox) -> (tokio::runtime::Runtime, FakeApiServer, std::path::PathBuf) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime.block_on(FakeApiServer::start());
+    server.apply_yaml("apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n");
+    let kubeconfig = server.kubeconfig(&sb.base);
+    (runtime, server, kubeconfig)
+}
+
+fn find_pv(server: &FakeApiServer, name: &str) -> Option<serde_json::Value> {
+    server
+        .objects("PersistentVolume")
+        .into_iter()
+        .find(|pv| pv["metadata"]["name"] == name)
+}
+
+/// Marks a PV Released, as the PV controller does when its claim is deleted.
+fn release(server: &FakeApiServer, name: &str) -> Result<String, String> {
+    let mut pv = find_pv(server, name).ok_or_else(|| format!("{name} is not published"))?;
+    pv["status"] = serde_json::json!({"phase": "Released"});
+    pv["spec"]["claimRef"] =
+        serde_json::json!({"namespace": "shop", "name": "gone", "uid": "c-gone"});
+    let uid = pv["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    server.apply(pv);
+    Ok(uid)
+}
+
+/// True once `name` exists again as a new object (another uid than `old_uid`), unclaimed.
+fn published_afresh(server: &FakeApiServer, name: &str, old_uid: &str) -> bool {
+    find_pv(server, name).is_some_and(|pv| {
+        pv["metadata"]["uid"] != old_uid
+            && pv["spec"]["claimRef"].is_null()
+            && pv["status"]["phase"] != "Released"
+    })
+}
+
+fn run_publishes_every_disk_and_released_ones_come_back_clean_and_available() -> TestResult {
+    let sb = Sandbox::new(&format!("localpv-e2e-{:x}", fastrand::u32(..)));
+    let disks = sb.path("mnt/disks");
+    for (name, size) in [("vol1", "16m"), ("vol2", "32m"), ("vol3", "2g")] {
+        mount_tmpfs(&disks.join(name), size)?;
+    }
+    let disk0 = Loop::new(&sb, "disk0", 64, false);
+    std::os::unix::fs::symlink(&disk0.device, disks.join("disk0")).unwrap();
+    let raw = Loop::new(&sb, "raw0", 8, false);
+    std::fs::create_dir_all(sb.path("mnt/raw")).unwrap();
+    std::os::unix::fs::symlink(&raw.device, sb.path("mnt/raw/raw0")).unwrap();
+    // mkfs.ext4 -q <raw device>: a signature for the cleaner to wipe.
+    let mkfs = std::process::Command::new("mkfs.ext4")
+        .arg("-q")
+        .arg(&raw.device)
+        .output()
+        .map_err(|e| format!("mkfs.ext4: {e}"))?;
+    check(mkfs.status.success(), || text(&mkfs.stderr))?;
+    sb.write(
+        "config.toml",
+        "[[local_pv.classes]]\nstorage_class = \"fast-disks\"\nhost_dir = \"BASE/mnt/disks\"\n[[local_pv.classes]]\nstorage_class = \"raw-disks\"\nhost_dir = \"BASE/mnt/raw\"\nvolume_mode = \"Block\"\n",
+    );
+    let (runtime, server, kubeconfig) = api_server(&sb);
+    let config = sb.path("config.toml").display().to_string();
+    let daemon = sb.api_daemon_with(&kubeconfig, "node-a", &["--config", &config]);
+    let result = (|| {
+        let name = |dir: &std::path::Path, class: &str| {
+            volumed::localpv::discover::pv_name("node-a", dir, class)
+        };
+        let (vol1, raw0) = (
+            name(&disks.join("vol1"), "fast-disks"),
+            name(&sb.path("mnt/raw/raw0"), "raw-disks"),
+        );
+        eventually(
+            std::time::Duration::from_secs(30),
+            "five PVs through the API",
+            || server.objects("PersistentVolume").len() == 5,
+        )?;
+        let published = server.objects("PersistentVolume");
+        let found: Vec<_> = rows(&published)
+            .into_iter()
+            .map(|(_, c, p, m, f)| (c, p, m, f))
+            .collect();
+        let path = |rel: &str| sb.path(rel).display().to_string();
+        let want = vec![
+            (
+                "64Mi".to_string(),
+                path("mnt/disks/disk0"),
+                "Filesystem".to_string(),
+                Some("ext4".to_string()),
+            ),
+            (
+                "16Mi".into(),
+                path("mnt/disks/vol1"),
+                "Filesystem".into(),
+                None,
+            ),
+            (
+                "32Mi".into(),
+                path("mnt/disks/vol2"),
+                "Filesystem".into(),
+                None,
+            ),
+            (
+                "2Gi".into(),
+                path("mnt/disks/vol3"),
+                "Filesystem".into(),
+                None,
+            ),
+            ("8Mi".into(), path("mnt/raw/raw0"), "Block".into(), None),
+        ];
+        check(found == want, || {
+            format!("published {found:#?}, wanted {want:#?}")
+        })?;
+        for pv in &published {
+            let term = &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0];
+            check(term["matchExpressions"][0]["values"][0] == "node-a", || {
+                format!("node affinity: {term}")
+            })?;
+        }
+
+        // A pod left data on vol1 and a filesystem on raw0; their claims are deleted.
+        std::fs::create_dir_all(disks.join("vol1/sub")).unwrap();
+        std::fs::write(disks.join("vol1/sub/data"), "pod data").unwrap();
+        let (vol1_uid, raw0_uid) = (release(&server, &vol1)?, release(&server, &raw0)?);
+        eventually(
+            std::time::Duration::from_secs(30),
+            "both released PVs published afresh",
+            || {
+                published_afresh(&server, &vol1, &vol1_uid)
+                    && published_afresh(&server, &raw0, &raw0_uid)
+            },
+        )?;
+        let left: Vec<_> = std::fs::read_dir(disks.join("vol1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        check(left.is_empty(), || format!("vol1 still holds {left:?}"))?;
+        let signature = raw.blkid("TYPE");
+        check(signature.is_empty(), || {
+            format!("raw0 still has a {signature} signature after its cleanup")
+        })?;
+        check(server.objects("PersistentVolume").len() == 5, || {
+            format!(
+                "{} PVs after the cleanups",
+                server.objects("PersistentVolume").len()
+            )
+        })
+    })();
+    let log = sb.stop(daemon)?;
+    drop(runtime);
+    result.map_err(|e| {
+        format!(
+            "{e}\n{}",
+            log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
         )
     })
 }
