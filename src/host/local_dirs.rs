@@ -229,6 +229,15 @@ pub fn wipe_device(
     if cleaner.is_none() {
         command.arg(&device);
     }
+    // A cleaner must not outlive a daemon killed mid-cleanup: the restarted daemon resumes the
+    // cleanup from its journal, and two cleaners on one disk would race.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
     let shown = argv.join(" ");
     let out = command.output().map_err(|e| HostError::Tool {
         command: shown.clone(),

@@ -28,6 +28,10 @@ pub fn all() -> Vec<Case> {
             "run_publishes_every_disk_and_released_ones_come_back_clean_and_available",
             run_publishes_every_disk_and_released_ones_come_back_clean_and_available,
         ),
+        (
+            "a_kill_9_in_the_middle_of_a_cleanup_resumes_it_once_after_the_restart",
+            a_kill_9_in_the_middle_of_a_cleanup_resumes_it_once_after_the_restart,
+        ),
     ]
 }
 
@@ -458,6 +462,76 @@ fn run_publishes_every_disk_and_released_ones_come_back_clean_and_available() ->
                 server.objects("PersistentVolume").len()
             )
         })
+    })();
+    let log = sb.stop(daemon)?;
+    drop(runtime);
+    result.map_err(|e| {
+        format!(
+            "{e}\n{}",
+            log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+        )
+    })
+}
+
+fn a_kill_9_in_the_middle_of_a_cleanup_resumes_it_once_after_the_restart() -> TestResult {
+    let sb = Sandbox::new(&format!("localpv-kill-{:x}", fastrand::u32(..)));
+    let raw = Loop::new(&sb, "raw0", 8, false);
+    std::fs::create_dir_all(sb.path("mnt/raw")).unwrap();
+    std::os::unix::fs::symlink(&raw.device, sb.path("mnt/raw/raw0")).unwrap();
+    // The cleaner notes each start, waits for the test's go, then notes that it finished.
+    sb.write(
+        "cleaner.sh",
+        "echo start >> BASE/cleaner.log\nwhile [ ! -e BASE/go ]; do sleep 0.02; done\necho done >> BASE/cleaner.log\n",
+    );
+    sb.write(
+        "config.toml",
+        "[[local_pv.classes]]\nstorage_class = \"raw-disks\"\nhost_dir = \"BASE/mnt/raw\"\nvolume_mode = \"Block\"\nblock_cleaner = [\"/bin/sh\", \"BASE/cleaner.sh\"]\n",
+    );
+    let (runtime, server, kubeconfig) = api_server(&sb);
+    let config = sb.path("config.toml").display().to_string();
+    let name = volumed::localpv::discover::pv_name("node-a", &sb.path("mnt/raw/raw0"), "raw-disks");
+    let cleaner_log = || std::fs::read_to_string(sb.path("cleaner.log")).unwrap_or_default();
+    let count = |line: &str| cleaner_log().lines().filter(|l| *l == line).count();
+    let mut daemon = sb.api_daemon_with(&kubeconfig, "node-a", &["--config", &config]);
+    let first = (|| -> Result<String, String> {
+        eventually(std::time::Duration::from_secs(30), "the PV", || {
+            find_pv(&server, &name).is_some()
+        })?;
+        let uid = release(&server, &name)?;
+        eventually(
+            std::time::Duration::from_secs(30),
+            "the cleaner's start",
+            || count("start") == 1,
+        )?;
+        Ok(uid)
+    })();
+    // kill -9 <daemon>, mid-cleanup.
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let old_uid = first.map_err(|e| format!("{e}\n{}", sb.daemon_log()))?;
+    let daemon = sb.api_daemon_with(&kubeconfig, "node-a", &["--config", &config]);
+    let result = (|| {
+        eventually(
+            std::time::Duration::from_secs(30),
+            "the resumed cleanup's start",
+            || count("start") == 2,
+        )?;
+        std::fs::write(sb.path("go"), "").unwrap();
+        eventually(
+            std::time::Duration::from_secs(30),
+            "the PV published afresh",
+            || published_afresh(&server, &name, &old_uid),
+        )?;
+        // A killed run's cleaner does not live on to finish beside the resumed one.
+        check(count("done") == 1 && count("start") == 2, || {
+            format!("the cleaner ran {:?}", cleaner_log())
+        })?;
+        check(
+            !std::fs::read_to_string(sb.root.join("state/localpv-cleanups.json"))
+                .unwrap_or_default()
+                .contains(&name),
+            || "the finished cleanup is still journaled".into(),
+        )
     })();
     let log = sb.stop(daemon)?;
     drop(runtime);
