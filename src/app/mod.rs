@@ -32,6 +32,7 @@ use crate::host::run_lock::RunLock;
 use crate::host::state_file::write_json;
 use crate::host::Mounter;
 use crate::localpv::cleaner::Cleaner;
+use crate::localpv::events::PvEvents;
 use crate::localpv::publish::Publisher;
 use crate::model::backoff::BackoffPolicy;
 use crate::reconcile::status::Failures;
@@ -193,6 +194,7 @@ pub async fn run(
                     // Removing a big tree takes a while; past this it goes on, alone.
                     timeout: settings.op_timeout * 10,
                     running: Default::default(),
+                    events: Arc::new(PvEvents::new(client.clone(), &settings.node.name)),
                 },
                 vanished: Default::default(),
             };

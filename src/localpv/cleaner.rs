@@ -12,6 +12,7 @@ use kube::api::{Api, DeleteParams, Preconditions};
 
 use super::cleanup::{releases, Cleaning, Journal};
 use super::config::LocalPvConfig;
+use super::events::{PvEvents, CLEANUP_FAILED};
 use crate::host::local_dirs::{empty_mount_point, wipe_device};
 use crate::host::state_file::write_json;
 use crate::host::Mounter;
@@ -27,6 +28,8 @@ pub struct Cleaner {
     pub timeout: Duration,
     /// PVs whose cleanup job is running (it may outlive a pass, and its deadline).
     pub running: Arc<Mutex<BTreeSet<String>>>,
+    /// Where a failed cleanup is told, on the PV.
+    pub events: Arc<PvEvents>,
 }
 
 /// What a pass left: whether all is done, and which PVs were deleted (their disks are
@@ -93,6 +96,7 @@ impl Cleaner {
                     entry: release.entry.clone(),
                     block: release.block,
                     cleaned: false,
+                    last_error: None,
                 });
         }
         out.cleaning = journal.cleaning.keys().cloned().collect();
@@ -114,21 +118,31 @@ impl Cleaner {
                 continue;
             }
             if !entry.cleaned {
-                match self.clean(&name, &entry).await {
-                    Ok(()) => {
-                        if let Some(e) = journal.cleaning.get_mut(&name) {
-                            e.cleaned = true;
-                        }
-                        if !self.save_journal(&journal) {
-                            out.done = false;
-                            continue;
-                        }
-                    }
-                    Err(why) => {
+                let result = self.clean(&name, &entry).await;
+                if let Some(e) = journal.cleaning.get_mut(&name) {
+                    e.cleaned = result.is_ok();
+                    e.last_error = result.clone().err();
+                }
+                if let Err(why) = result {
+                    // Kept in the journal, where `volumed status` shows it.
+                    self.save_journal(&journal);
+                    if journal.cleaning[&name].last_error != entry.last_error {
                         tracing::warn!(pv = name, why, "a released local PV is not cleaned yet; it stays Released and is tried again");
-                        out.done = false;
-                        continue;
                     }
+                    if let Some(pv) = listed
+                        .iter()
+                        .find(|pv| pv.metadata.name.as_deref() == Some(name.as_str()))
+                    {
+                        let message = format!("the cleanup of its disk {} failed, so it stays Released and is tried again: {why}", entry.host_path.display());
+                        self.events.tell(pv, CLEANUP_FAILED, message).await;
+                    }
+                    out.done = false;
+                    continue;
+                }
+                self.events.forget(&name, CLEANUP_FAILED);
+                if !self.save_journal(&journal) {
+                    out.done = false;
+                    continue;
                 }
             }
             if present.contains(name.as_str()) && !self.delete(&name, listed).await {

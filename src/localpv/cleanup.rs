@@ -39,6 +39,9 @@ pub struct Cleaning {
     pub block: bool,
     /// The disk is clean; only the PV's deletion is left.
     pub cleaned: bool,
+    /// Why the last try to clean it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// The Released PVs this node's volumed made whose reclaim policy is Delete and whose path is

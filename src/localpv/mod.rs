@@ -5,4 +5,5 @@ pub mod cleaner;
 pub mod cleanup;
 pub mod config;
 pub mod discover;
+pub mod events;
 pub mod publish;

@@ -20,6 +20,7 @@ use super::cleaner::Cleaner;
 use super::cleanup::vanished;
 use super::config::LocalPvConfig;
 use super::discover::{discover, Node};
+use super::events::{DISK_BACK, DISK_GONE};
 use crate::actual::devices::BlockDevice;
 use crate::host::local_dirs::scan_mount_dir;
 use crate::model::mountinfo::MountTable;
@@ -62,7 +63,9 @@ impl Publisher {
         // Any PV change may be a release to clean (or a PV of ours deleted by hand).
         let mut pv_events = watcher(volumes.clone(), watcher::Config::default()).boxed();
         loop {
-            let table = self.mounts.borrow_and_update().clone();
+            // The watch only wakes the publisher: each pass reads the table afresh, so a
+            // change the watch has not delivered yet is not missed.
+            self.mounts.borrow_and_update();
             let done = match volumes.list(&ListParams::default()).await {
                 Ok(list) => {
                     let cleaned = self.cleaner.pass(&list.items).await;
@@ -75,7 +78,7 @@ impl Publisher {
                     }
                     let made = !cleaned.hold_publishing
                         && self
-                            .publish_once(&volumes, &table, &list.items, &held, &mut published)
+                            .publish_once(&volumes, &list.items, &held, &mut published)
                             .await;
                     made && cleaned.done && cleaned.deleted.is_empty()
                 }
@@ -120,15 +123,27 @@ impl Publisher {
     async fn publish_once(
         &self,
         volumes: &Api<PersistentVolume>,
-        table: &MountTable,
         listed: &[PersistentVolume],
         held: &BTreeSet<String>,
         published: &mut BTreeSet<String>,
     ) -> bool {
         let mut done = true;
         let mut scans = Vec::new();
+        let mounter = self.cleaner.mounter.clone();
+        let read = tokio::task::spawn_blocking(move || mounter.mount_table());
+        let table = match tokio::time::timeout(self.scan_timeout, read).await {
+            Ok(Ok(Ok(table))) => table,
+            Ok(Ok(Err(err))) => {
+                tracing::warn!(%err, "cannot read the mount table for local PVs; they are looked at again soon");
+                return false;
+            }
+            _ => {
+                tracing::warn!("reading the mount table for local PVs took too long; they are looked at again soon");
+                return false;
+            }
+        };
         for class in &self.config.classes {
-            let (dir, entries) = (class.mount_dir().to_path_buf(), table.entries.clone());
+            let (dir, entries) = (class.mount_dir().to_path_buf(), table.clone());
             let scan = tokio::task::spawn_blocking(move || scan_mount_dir(&dir, &entries));
             match tokio::time::timeout(self.scan_timeout, scan).await {
                 Ok(Ok(Ok(entries))) => scans.push(entries),
@@ -157,7 +172,7 @@ impl Publisher {
         let found = discover(&node, &self.config, &scans, &reclaim);
         let local_path =
             |pv: &PersistentVolume| pv.spec.as_ref()?.local.as_ref().map(|l| l.path.clone());
-        self.report_vanished(listed, &found.volumes);
+        self.report_vanished(listed, &found.volumes).await;
         for skipped in &found.skipped {
             tracing::debug!(path = %skipped.path.display(), class = skipped.storage_class, reason = skipped.reason, "local disk skipped");
         }
@@ -210,21 +225,38 @@ impl Publisher {
         done
     }
 
-    /// Logs once each PV of ours whose disk discovery no longer finds, and once its return.
-    fn report_vanished(&self, listed: &[PersistentVolume], found: &[PersistentVolume]) {
+    /// Tells once (log and an Event on the PV) of each PV of ours whose disk discovery no
+    /// longer finds, and once of its return.
+    async fn report_vanished(&self, listed: &[PersistentVolume], found: &[PersistentVolume]) {
         let paths: BTreeSet<String> = found
             .iter()
             .filter_map(|pv| Some(pv.spec.as_ref()?.local.as_ref()?.path.clone()))
             .collect();
         let now = vanished(&self.node_name, listed, &paths);
-        let mut told = lock(&self.vanished);
+        let told = std::mem::replace(&mut *lock(&self.vanished), now.clone());
+        let events = &self.cleaner.events;
+        let by_name = |name: &String| {
+            listed
+                .iter()
+                .find(|pv| pv.metadata.name.as_ref() == Some(name))
+        };
         for name in now.difference(&told) {
             tracing::warn!(pv = name, "the disk of a local PV is gone (unmounted or removed); the PV is kept, and its pods wait until the disk is back");
+            if let Some(pv) = by_name(name) {
+                events.forget(name, DISK_BACK);
+                let message = "its disk is gone (unmounted or removed); the PV is kept, never deleted for this, and is used again when the disk is back".to_string();
+                events.tell(pv, DISK_GONE, message).await;
+            }
         }
         for name in told.difference(&now) {
             tracing::info!(pv = name, "the disk of a local PV is back");
+            if let Some(pv) = by_name(name) {
+                events.forget(name, DISK_GONE);
+                events
+                    .tell(pv, DISK_BACK, "its disk is back".to_string())
+                    .await;
+            }
         }
-        *told = now;
     }
 
     /// This node's labels (for `node_labels_for_pv`); `None` when they are needed and the

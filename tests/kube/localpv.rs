@@ -211,5 +211,37 @@ async fn a_released_pv_whose_disk_is_not_mounted_is_not_cleaned() {
         "Released",
         "deleted without cleaning"
     );
+    // Both are told on the PV: its disk is gone, and its cleanup failed (and why).
+    let told = |reason: &str| {
+        server
+            .events()
+            .into_iter()
+            .filter(|e| e["reason"] == reason && e["regarding"]["name"] == name.as_str())
+            .map(|e| e["note"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    node.until("the Events on the PV", || {
+        !told("LocalDiskGone").is_empty() && !told("VolumeCleanupFailed").is_empty()
+    })
+    .await;
+    let failed = told("VolumeCleanupFailed");
+    assert!(
+        failed.len() == 1 && failed[0].contains("vol1") && failed[0].contains("not"),
+        "one Event saying why: {failed:?}"
+    );
+    assert_eq!(told("LocalDiskGone").len(), 1, "told once");
+    let journal = std::fs::read_to_string(node.base.join("root/state/localpv-cleanups.json"))
+        .unwrap_or_default();
+    assert!(
+        journal.contains("last_error"),
+        "the journal keeps why, for status: {journal}"
+    );
+    // The disk comes back: told once more, and the cleanup goes through.
+    node.mounter.adopt(&disks.join("vol1"), "ext4");
+    node.until("the disk is back and the PV published afresh", || {
+        !told("LocalDiskBack").is_empty()
+            && find().is_some_and(|pv| pv["status"]["phase"] != "Released")
+    })
+    .await;
     node.stop().await;
 }
