@@ -9,12 +9,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use k8s_openapi::api::core::v1::PersistentVolume;
+
 use crate::config::{Settings, DEFAULT_CONFIG};
+use crate::desired::binding_store::BindingStore;
 use crate::desired::DesiredState;
 use crate::executor::context::OpContext;
 use crate::executor::preview::{preview, Preview};
 use crate::host::local_dirs::scan_mount_dir;
 use crate::host::Mounter;
+use crate::localpv::cleaner::read_journal;
 use crate::localpv::discover::{discover, Discovered, Node};
 use crate::model::mountinfo::PodMounts;
 use crate::model::on_disk::OnDisk;
@@ -25,7 +29,7 @@ use crate::reconcile::status::{self, Failures, StatusRow};
 /// What `run --once` would do now, changing nothing (bindings are not recorded): the ops,
 /// each set-up with the checks it would make and the safe-format decision it would take.
 pub async fn plan_only(settings: &Settings, host: Host) -> anyhow::Result<PlanReport> {
-    let desired = desired_now(settings, &host.mounter).await?;
+    let (desired, _) = desired_now(settings, &host.mounter).await?;
     let (mounts, on_disk) = host_now(settings, host.mounter.as_ref())?;
     // As plan sees it: a pod whose uid names another pod's directory waits.
     let desired = crate::reconcile::pod_dirs::assign(&desired, &on_disk).into_owned();
@@ -123,38 +127,83 @@ pub async fn status_only(
 ) -> anyhow::Result<(DesiredState, Vec<StatusRow>)> {
     ensure_manifest_dir(settings)?;
     // The host is worth seeing exactly when the API is not answering.
-    let desired = desired_now(settings, mounter)
-        .await
-        .unwrap_or_else(|err| DesiredState {
+    let (mut desired, client) = desired_now(settings, mounter).await.unwrap_or_else(|err| {
+        let unknown = DesiredState {
             problems: vec![format!("the desired state is unknown: {err:#}")],
             ..Default::default()
-        });
+        };
+        (unknown, None)
+    });
     let (mounts, on_disk) = host_now(settings, mounter.as_ref())?;
     let failures: Failures = std::fs::read(failures_path(&settings.root_dir))
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default();
-    let rows = status::rows(&settings.root_dir, &desired, &mounts, &on_disk, &failures);
+    let mut rows = status::rows(&settings.root_dir, &desired, &mounts, &on_disk, &failures);
+    if settings
+        .local_pv
+        .as_ref()
+        .is_some_and(|c| !c.classes.is_empty())
+    {
+        match local_disks_now(settings, mounter.as_ref(), client).await {
+            Ok(local) => rows.extend(local),
+            Err(err) => desired
+                .warnings
+                .push(format!("the local disks are not shown: {err:#}")),
+        }
+    }
     Ok((desired, rows))
 }
 
+/// A row per local disk: what discovery finds now, the cleanups journaled, and the PVs as the
+/// API has them (API mode) or the recorded bindings (file mode).
+async fn local_disks_now(
+    settings: &Settings,
+    mounter: &dyn Mounter,
+    client: Option<kube::Client>,
+) -> anyhow::Result<Vec<StatusRow>> {
+    let discovered = discover_now(settings, mounter).await?;
+    let journal = read_journal(&settings.root_dir).map_err(anyhow::Error::msg)?;
+    let published = match client {
+        Some(client) => {
+            let volumes: kube::Api<PersistentVolume> = kube::Api::all(client);
+            let list = volumes
+                .list(&Default::default())
+                .await
+                .context("cannot list the PersistentVolumes")?;
+            Some(list.items)
+        }
+        None => None,
+    };
+    let recorded = BindingStore::new(&settings.root_dir)
+        .load()
+        .unwrap_or_default();
+    Ok(status::local_disk_rows(&status::LocalDisks {
+        node: &settings.node.name,
+        discovered: &discovered,
+        journal: &journal,
+        published: published.as_deref(),
+        recorded: &recorded,
+    }))
+}
+
 /// The desired state from the manifests, or from one complete list of the API (watches
-/// started, listed once, stopped).
+/// started, listed once, stopped) with the client that listed it.
 async fn desired_now(
     settings: &Settings,
     mounter: &Arc<dyn Mounter>,
-) -> anyhow::Result<DesiredState> {
+) -> anyhow::Result<(DesiredState, Option<kube::Client>)> {
     ensure_manifest_dir(settings)?;
     Ok(match &settings.manifests {
-        Some(dir) => file_source(settings, dir, false, mounter).snapshot(),
+        Some(dir) => (file_source(settings, dir, false, mounter).snapshot(), None),
         None => {
             let cancel = CancellationToken::new();
             // The watches stop however this ends.
             let _stop = cancel.clone().drop_guard();
             let tasks = Supervisor::new(cancel.clone());
-            let (snapshot, _client) = start_api_source(settings, true, &tasks, cancel).await?;
+            let (snapshot, client) = start_api_source(settings, true, &tasks, cancel).await?;
             let desired = (**snapshot.borrow()).clone();
-            desired
+            (desired, Some(client))
         }
     })
 }

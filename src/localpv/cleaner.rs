@@ -3,7 +3,7 @@
 //! resource version, so that its disk is published again, clean.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,29 @@ use crate::host::local_dirs::{empty_mount_point, wipe_device};
 use crate::host::state_file::write_json;
 use crate::host::Mounter;
 use crate::shared::lock;
+
+/// Where the cleanups under way are journaled.
+pub fn journal_path(root_dir: &Path) -> PathBuf {
+    root_dir.join("state").join("localpv-cleanups.json")
+}
+
+/// The cleanup journal under `root_dir` (none yet: empty), or why it cannot be read.
+pub fn read_journal(root_dir: &Path) -> Result<Journal, String> {
+    let path = journal_path(root_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|err| {
+            format!(
+                "the local-PV cleanup journal {} is unreadable: {err}",
+                path.display()
+            )
+        }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Journal::default()),
+        Err(err) => Err(format!(
+            "cannot read the local-PV cleanup journal {}: {err}",
+            path.display()
+        )),
+    }
+}
 
 pub struct Cleaner {
     pub volumes: Api<PersistentVolume>,
@@ -45,22 +68,15 @@ pub struct Cleaned {
 
 impl Cleaner {
     fn journal_path(&self) -> PathBuf {
-        self.root_dir.join("state").join("localpv-cleanups.json")
+        journal_path(&self.root_dir)
     }
 
     /// The journal; `None` when it exists and cannot be read (nothing is cleaned or published
     /// from a journal that may hold unfinished cleanups).
     fn load_journal(&self) -> Option<Journal> {
-        match std::fs::read(self.journal_path()) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .inspect_err(|err| tracing::error!(path = %self.journal_path().display(), %err, "the local-PV cleanup journal is unreadable; no local PV is cleaned or published until it is fixed or removed"))
-                .ok(),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Some(Journal::default()),
-            Err(err) => {
-                tracing::error!(path = %self.journal_path().display(), %err, "cannot read the local-PV cleanup journal");
-                None
-            }
-        }
+        read_journal(&self.root_dir)
+            .inspect_err(|err| tracing::error!(err, "no local PV is cleaned or published until the cleanup journal is fixed or removed"))
+            .ok()
     }
 
     fn save_journal(&self, journal: &Journal) -> bool {

@@ -1,5 +1,6 @@
 //! Status rows (pure): one row per pod volume, from the desired state, the mount table, the
-//! pod directories and the failures the executor reported.
+//! pod directories and the failures the executor reported; and one per local disk, from the
+//! discoverer, the cleanup journal and the PVs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,7 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::in_place;
 use super::pod_dirs;
+use k8s_openapi::api::core::v1::PersistentVolume;
+
 use crate::desired::DesiredState;
+use crate::localpv::cleanup::{Cleaning, Journal};
+use crate::localpv::discover::{Discovered, PROVISIONED_BY};
 use crate::model::mountinfo::{MountEntry, PodMounts};
 use crate::model::on_disk::OnDisk;
 use crate::model::{MountSpec, Plugin, VolumeKey};
@@ -31,6 +36,18 @@ pub enum VolumeState {
     /// Not wanted by any pod, but kept: the desired state is incomplete, or a pod with its
     /// uid waits (doubt keeps).
     Kept,
+    /// A local disk whose PV no claim holds.
+    Available,
+    /// A local disk whose PV a claim holds.
+    Bound,
+    /// A local disk whose claim is gone and that is not (or not yet) cleaned.
+    Released,
+    /// A local disk being cleaned for reuse.
+    Cleaning,
+    /// A local PV whose disk is gone (unmounted or removed): kept, used again when it is back.
+    Vanished,
+    /// An entry of a local-PV `mount_dir` that is not a disk.
+    Skipped,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +137,154 @@ pub fn rows(
     rows
 }
 
+/// What the local-disk rows are made from.
+pub struct LocalDisks<'a> {
+    pub node: &'a str,
+    pub discovered: &'a Discovered,
+    pub journal: &'a Journal,
+    /// The PVs as the API has them (API mode); `None` in file mode.
+    pub published: Option<&'a [PersistentVolume]>,
+    /// File mode's recorded bindings: claim → PV.
+    pub recorded: &'a BTreeMap<String, String>,
+}
+
+/// One row per local disk: each discovered disk with its PV's state, each skipped entry, each
+/// cleanup under way (or failed), and each PV of ours whose disk is gone.
+pub fn local_disk_rows(disks: &LocalDisks) -> Vec<StatusRow> {
+    let row = |pv: &str, claim: Option<String>, path: &str, state, reason: String| StatusRow {
+        pod: claim.unwrap_or_else(|| "-".into()),
+        volume: pv.to_string(),
+        kind: "local-pv".into(),
+        path: path.to_string(),
+        state,
+        reason,
+        detail: String::new(),
+    };
+    let local_path = |pv: &PersistentVolume| Some(pv.spec.as_ref()?.local.as_ref()?.path.clone());
+    let claim_of = |pv: &PersistentVolume| {
+        let r = pv.spec.as_ref()?.claim_ref.as_ref()?;
+        Some(format!(
+            "{}/{}",
+            r.namespace.as_deref().unwrap_or("default"),
+            r.name.as_deref()?
+        ))
+    };
+    let mut rows = Vec::new();
+    let mut found = std::collections::BTreeSet::new();
+    for pv in &disks.discovered.volumes {
+        let name = pv.metadata.name.clone().unwrap_or_default();
+        let path = local_path(pv).unwrap_or_default();
+        found.insert(path.clone());
+        if let Some(cleaning) = disks.journal.cleaning.get(&name) {
+            rows.push(cleaning_row(&name, &path, cleaning));
+            continue;
+        }
+        let (claim, state, reason) = match disks.published {
+            Some(published) => match published
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(name.as_str()))
+            {
+                None => (
+                    None,
+                    VolumeState::Available,
+                    "not published yet".to_string(),
+                ),
+                Some(p) => {
+                    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                    let policy = p
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+                        .unwrap_or("Delete");
+                    match phase {
+                        Some("Bound") => (claim_of(p), VolumeState::Bound, String::new()),
+                        Some("Released") if policy == "Retain" => (
+                            claim_of(p),
+                            VolumeState::Released,
+                            "reclaim policy Retain: left as it is; delete the PV when its data is no longer needed, and the disk is published again".into(),
+                        ),
+                        Some("Released") => (
+                            claim_of(p),
+                            VolumeState::Released,
+                            "its claim is gone: it is cleaned and published again".into(),
+                        ),
+                        _ => (None, VolumeState::Available, String::new()),
+                    }
+                }
+            },
+            None => match disks.recorded.iter().find(|(_, v)| **v == name) {
+                Some((claim, _)) => (Some(claim.clone()), VolumeState::Bound, String::new()),
+                None => (None, VolumeState::Available, String::new()),
+            },
+        };
+        rows.push(row(&name, claim, &path, state, reason));
+    }
+    // A vanished PV's path is shown once, as vanished, not also as a skipped entry.
+    let mut gone = std::collections::BTreeSet::new();
+    let ours = format!("volumed-{}", disks.node);
+    for pv in disks.published.unwrap_or_default() {
+        let name = pv.metadata.name.clone().unwrap_or_default();
+        let by = pv
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PROVISIONED_BY));
+        let path = local_path(pv).unwrap_or_default();
+        if by == Some(&ours)
+            && !found.contains(&path)
+            && !disks.journal.cleaning.contains_key(&name)
+        {
+            let there = disks
+                .discovered
+                .skipped
+                .iter()
+                .find(|s| s.path.display().to_string() == path)
+                .map_or(String::new(), |s| format!(" (now {})", s.reason));
+            let why = format!("its disk is gone (unmounted or removed){there}; the PV is kept and used again when the disk is back");
+            rows.push(row(&name, claim_of(pv), &path, VolumeState::Vanished, why));
+            gone.insert(path);
+        }
+    }
+    for skipped in &disks.discovered.skipped {
+        let path = skipped.path.display().to_string();
+        if gone.contains(&path) {
+            continue;
+        }
+        let why = format!("{} (class {})", skipped.reason, skipped.storage_class);
+        rows.push(row("-", None, &path, VolumeState::Skipped, why));
+    }
+    for (name, cleaning) in &disks.journal.cleaning {
+        let path = cleaning.host_path.display().to_string();
+        if !found.contains(&path) {
+            rows.push(cleaning_row(name, &path, cleaning));
+        }
+    }
+    rows
+}
+
+fn cleaning_row(name: &str, path: &str, cleaning: &Cleaning) -> StatusRow {
+    let (state, reason) = match &cleaning.last_error {
+        Some(error) => (
+            VolumeState::Failed,
+            format!("its cleanup failed and is tried again: {error}"),
+        ),
+        None if cleaning.cleaned => (
+            VolumeState::Cleaning,
+            "cleaned; its PV is deleted and published again next".into(),
+        ),
+        None => (VolumeState::Cleaning, "being cleaned for reuse".into()),
+    };
+    StatusRow {
+        pod: "-".into(),
+        volume: name.to_string(),
+        kind: "local-pv".into(),
+        path: path.to_string(),
+        state,
+        reason,
+        detail: String::new(),
+    }
+}
+
 /// Why a mount at a wanted volume's path does not match its spec. volumed never remounts
 /// under a running pod, so this is reported, not changed.
 fn differs(spec: &MountSpec, top: &MountEntry) -> Option<String> {
@@ -177,5 +342,99 @@ fn leftover(
         state,
         reason,
         detail: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::localpv::discover::Skipped;
+
+    fn pv(name: &str, path: &str, phase: &str, policy: &str, claim: bool) -> PersistentVolume {
+        let claim_ref = if claim {
+            serde_json::json!({"namespace": "shop", "name": "data"})
+        } else {
+            serde_json::Value::Null
+        };
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "annotations": {PROVISIONED_BY: "volumed-node-a"}},
+            "spec": {"local": {"path": path}, "persistentVolumeReclaimPolicy": policy,
+                     "claimRef": claim_ref},
+            "status": {"phase": phase},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn each_local_disk_gets_one_row_saying_where_its_pv_stands() {
+        let discovered = Discovered {
+            volumes: vec![
+                pv("a", "/d/a", "", "Delete", false),
+                pv("b", "/d/b", "", "Delete", false),
+                pv("c", "/d/c", "", "Delete", false),
+                pv("e", "/d/e", "", "Delete", false),
+            ],
+            skipped: vec![
+                Skipped {
+                    storage_class: "fast".into(),
+                    path: "/d/plain".into(),
+                    reason: "not a mount point".into(),
+                },
+                Skipped {
+                    storage_class: "fast".into(),
+                    path: "/d/gone".into(),
+                    reason: "not a mount point".into(),
+                },
+            ],
+        };
+        let published = [
+            pv("a", "/d/a", "Bound", "Delete", true),
+            pv("b", "/d/b", "Released", "Retain", true),
+            pv("c", "/d/c", "Released", "Delete", true),
+            pv("gone", "/d/gone", "Available", "Delete", false),
+        ];
+        let journal = Journal {
+            cleaning: BTreeMap::from([(
+                "c".to_string(),
+                Cleaning {
+                    host_path: "/d/c".into(),
+                    class: "fast".into(),
+                    entry: "c".into(),
+                    block: false,
+                    cleaned: false,
+                    last_error: Some("a file is busy".into()),
+                },
+            )]),
+        };
+        let rows = local_disk_rows(&LocalDisks {
+            node: "node-a",
+            discovered: &discovered,
+            journal: &journal,
+            published: Some(&published),
+            recorded: &BTreeMap::new(),
+        });
+        let got: Vec<(&str, &str, VolumeState)> = rows
+            .iter()
+            .map(|r| (r.path.as_str(), r.pod.as_str(), r.state))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/d/a", "shop/data", VolumeState::Bound),
+                ("/d/b", "shop/data", VolumeState::Released),
+                ("/d/c", "-", VolumeState::Failed),
+                ("/d/e", "-", VolumeState::Available),
+                ("/d/gone", "-", VolumeState::Vanished),
+                ("/d/plain", "-", VolumeState::Skipped),
+            ]
+        );
+        assert!(rows[2].reason.contains("a file is busy"), "{:?}", rows[2]);
+        assert!(rows[1].reason.contains("Retain"), "{:?}", rows[1]);
+        assert!(rows[3].reason.contains("not published"), "{:?}", rows[3]);
+        assert!(
+            rows[4].reason.contains("not a mount point"),
+            "{:?}",
+            rows[4]
+        );
     }
 }

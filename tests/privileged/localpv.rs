@@ -461,7 +461,81 @@ fn run_publishes_every_disk_and_released_ones_come_back_clean_and_available() ->
                 "{} PVs after the cleanups",
                 server.objects("PersistentVolume").len()
             )
-        })
+        })?;
+
+        // vol2's disk goes away: its PV is kept and told about, and status shows it.
+        let vol2 = name(&disks.join("vol2"), "fast-disks");
+        std::fs::create_dir_all(disks.join("plain")).unwrap();
+        // umount <vol2>
+        nix::mount::umount(&disks.join("vol2")).map_err(|e| format!("umount vol2: {e}"))?;
+        let told = |reason: &str| {
+            server
+                .events()
+                .iter()
+                .filter(|e| e["reason"] == reason && e["regarding"]["name"] == vol2.as_str())
+                .count()
+        };
+        eventually(
+            std::time::Duration::from_secs(10),
+            "a LocalDiskGone Event on vol2's PV",
+            || told("LocalDiskGone") == 1,
+        )?;
+        check(find_pv(&server, &vol2).is_some(), || {
+            "the PV of a vanished disk was deleted".into()
+        })?;
+        let kubeconfig_arg = kubeconfig.display().to_string();
+        let status = |output: &str| {
+            sb.volumed_bare(
+                &[
+                    "status",
+                    "--output",
+                    output,
+                    "--config",
+                    &config,
+                    "--kubeconfig",
+                    &kubeconfig_arg,
+                ],
+                "node-a",
+            )
+        };
+        let json = status("json");
+        check(json.status.success(), || text(&json.stderr))?;
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout)
+            .map_err(|e| format!("status JSON ({e}): {}", text(&json.stdout)))?;
+        let state_of = |rel: &str| {
+            rows.iter()
+                .find(|r| r["kind"] == "local-pv" && r["path"] == path(rel).as_str())
+                .map(|r| r["state"].as_str().unwrap_or("").to_string())
+        };
+        for (rel, want) in [
+            ("mnt/disks/vol1", "available"),
+            ("mnt/disks/vol2", "vanished"),
+            ("mnt/disks/plain", "skipped"),
+            ("mnt/raw/raw0", "available"),
+        ] {
+            let got = state_of(rel);
+            check(got.as_deref() == Some(want), || {
+                format!("status says {got:?} of {rel}, wanted {want}: {rows:#?}")
+            })?;
+        }
+        let table = status("table");
+        let table_text = text(&table.stdout);
+        check(
+            table.status.success()
+                && table_text
+                    .lines()
+                    .any(|l| l.contains(&vol2) && l.contains("local-pv") && l.contains("vanished")),
+            || format!("status table:\n{table_text}{}", text(&table.stderr)),
+        )?;
+
+        // The disk is back: told once more, and the same PV stands.
+        mount_tmpfs(&disks.join("vol2"), "32m")?;
+        eventually(
+            std::time::Duration::from_secs(10),
+            "a LocalDiskBack Event on vol2's PV",
+            || told("LocalDiskBack") == 1,
+        )?;
+        check(told("LocalDiskGone") == 1, || "told twice".into())
     })();
     let log = sb.stop(daemon)?;
     drop(runtime);
