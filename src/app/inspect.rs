@@ -178,12 +178,20 @@ async fn local_disks_now(
     let recorded = BindingStore::new(&settings.root_dir)
         .load()
         .unwrap_or_default();
+    let claims = match &settings.manifests {
+        Some(dir) => crate::desired::manifest::load_dir(dir)
+            .claims
+            .into_keys()
+            .collect(),
+        None => Default::default(),
+    };
     Ok(status::local_disk_rows(&status::LocalDisks {
         node: &settings.node.name,
         discovered: &discovered,
         journal: &journal,
         published: published.as_deref(),
         recorded: &recorded,
+        claims: &claims,
     }))
 }
 

@@ -146,6 +146,8 @@ pub struct LocalDisks<'a> {
     pub published: Option<&'a [PersistentVolume]>,
     /// File mode's recorded bindings: claim → PV.
     pub recorded: &'a BTreeMap<String, String>,
+    /// File mode's claims (`namespace/name`) as the manifests define them now.
+    pub claims: &'a std::collections::BTreeSet<String>,
 }
 
 /// One row per local disk: each discovered disk with its PV's state, each skipped entry, each
@@ -213,6 +215,11 @@ pub fn local_disk_rows(disks: &LocalDisks) -> Vec<StatusRow> {
                 }
             },
             None => match disks.recorded.iter().find(|(_, v)| **v == name) {
+                Some((claim, _)) if !disks.claims.contains(claim) => (
+                    Some(claim.clone()),
+                    VolumeState::Released,
+                    "its claim's manifest is gone; the disk stays reserved for that claim (its binding is recorded in the root dir's state/bindings.json)".into(),
+                ),
                 Some((claim, _)) => (Some(claim.clone()), VolumeState::Bound, String::new()),
                 None => (None, VolumeState::Available, String::new()),
             },
@@ -412,6 +419,7 @@ mod tests {
             journal: &journal,
             published: Some(&published),
             recorded: &BTreeMap::new(),
+            claims: &Default::default(),
         });
         let got: Vec<(&str, &str, VolumeState)> = rows
             .iter()
@@ -435,6 +443,43 @@ mod tests {
             rows[4].reason.contains("not a mount point"),
             "{:?}",
             rows[4]
+        );
+    }
+
+    #[test]
+    fn in_file_mode_a_disk_recorded_for_a_claim_that_is_gone_is_released() {
+        let discovered = Discovered {
+            volumes: vec![
+                pv("a", "/d/a", "", "Delete", false),
+                pv("b", "/d/b", "", "Delete", false),
+                pv("c", "/d/c", "", "Delete", false),
+            ],
+            skipped: vec![],
+        };
+        let recorded = BTreeMap::from([
+            ("shop/data".to_string(), "a".to_string()),
+            ("shop/old".to_string(), "b".to_string()),
+        ]);
+        let claims = std::collections::BTreeSet::from(["shop/data".to_string()]);
+        let rows = local_disk_rows(&LocalDisks {
+            node: "node-a",
+            discovered: &discovered,
+            journal: &Journal::default(),
+            published: None,
+            recorded: &recorded,
+            claims: &claims,
+        });
+        let got: Vec<(&str, &str, VolumeState)> = rows
+            .iter()
+            .map(|r| (r.volume.as_str(), r.pod.as_str(), r.state))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", "shop/data", VolumeState::Bound),
+                ("b", "shop/old", VolumeState::Released),
+                ("c", "-", VolumeState::Available),
+            ]
         );
     }
 }
