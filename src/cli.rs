@@ -1,4 +1,5 @@
-//! Command-line interface: `run [--once]`, `plan` and `status`, all over the same settings.
+//! Command-line interface: `run [--once]`, `plan`, `status`, `devices`, `discover` and
+//! `release`, all over the same settings.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,6 +46,20 @@ pub enum Command {
     /// mount_dir become (see --config), as YAML or JSON, changing nothing; entries that are
     /// skipped go to stderr with why. Exit 0; 2 when it cannot run (no classes configured).
     Discover(DiscoverArgs),
+    /// File mode: make a PersistentVolume released from a deleted claim available to new
+    /// claims (a Retain volume, or one volumed does not clean). Refused while its claim or a
+    /// pod naming it is in the manifests, while it is mounted or being cleaned, and for a local
+    /// disk `run` cleans itself. Exit 0: released; 1: refused (why on stderr, nothing
+    /// changed); 2: the command failed.
+    Release(ReleaseArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReleaseArgs {
+    /// The PersistentVolume's name.
+    pub pv: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 #[derive(Args, Debug)]

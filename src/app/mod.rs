@@ -3,6 +3,7 @@
 //! half-way.
 
 pub mod inspect;
+pub mod release;
 mod supervise;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use crate::desired::binding_store::BindingStore;
 use crate::desired::file::FileSource;
 use crate::desired::kube::{publish_notices, KubeSource, SharedHealth};
 use crate::desired::local_disks::LocalDisks;
+use crate::desired::reclaim::Reclaimer;
 use crate::desired::DesiredState;
 use crate::executor::context::OpContext;
 use crate::executor::{Executor, ExecutorConfig};
@@ -31,12 +33,14 @@ use crate::host::real::RealMounter;
 use crate::host::run_lock::RunLock;
 use crate::host::state_file::write_json;
 use crate::host::Mounter;
-use crate::localpv::cleaner::Cleaner;
+use crate::localpv::cleaner::{Cleaner, Cluster};
+use crate::localpv::config::LocalPvConfig;
 use crate::localpv::events::PvEvents;
 use crate::localpv::publish::Publisher;
 use crate::model::backoff::BackoffPolicy;
 use crate::reconcile::status::Failures;
 use crate::sync_loop::{Progress, Report, SyncLoop};
+use k8s_openapi::api::core::v1::PersistentVolume;
 
 /// The host seams a run works through.
 pub struct Host {
@@ -93,6 +97,27 @@ fn file_source(
             config,
             mounter: mounter.clone(),
         }),
+        released_out: None,
+        reread: Default::default(),
+    }
+}
+
+/// The cleaner of released local PVs; `cluster` in API mode.
+fn local_pv_cleaner(
+    settings: &Settings,
+    config: &LocalPvConfig,
+    mounter: &Arc<dyn Mounter>,
+    cluster: Option<Cluster>,
+) -> Cleaner {
+    Cleaner {
+        cluster,
+        node_name: settings.node.name.clone(),
+        config: config.clone(),
+        mounter: mounter.clone(),
+        root_dir: settings.root_dir.clone(),
+        // Removing a big tree takes a while; past this it goes on, alone.
+        timeout: settings.op_timeout * 10,
+        running: Default::default(),
     }
 }
 
@@ -134,11 +159,37 @@ pub async fn run(
     // The tasks stop with the loop: at a signal, or when a --once run is done.
     let stop_tasks = cancel.child_token();
     let mut tasks = Supervisor::new(stop_tasks.clone());
+    // In file mode's once mode, the cleanup of released local disks after the loop.
+    let mut once_reclaim = None;
     // In once mode the snapshot is fixed; its sender lives until the loop ends.
     let (desired, _fixed_snapshot, notices, publisher, api_client) = match &settings.manifests {
         Some(dir) => {
-            let source = file_source(settings, dir, true, &mounter);
-            let (rx, fixed) = start_source(source, once, &tasks, stop_tasks.clone()).await?;
+            let mut source = file_source(settings, dir, true, &mounter);
+            let (released_tx, released_rx) = watch::channel(Arc::new(Vec::new()));
+            let reclaimer = settings
+                .local_pv
+                .as_ref()
+                .filter(|config| !config.classes.is_empty())
+                .map(|config| Reclaimer {
+                    cleaner: local_pv_cleaner(settings, config, &mounter, None),
+                    store: BindingStore::new(&settings.root_dir),
+                    released: released_rx,
+                    mounts: mounts.tables.clone(),
+                    reread: source.reread.clone(),
+                    resync: settings.resync,
+                });
+            if reclaimer.is_some() {
+                source.released_out = Some(released_tx);
+            }
+            let (rx, fixed, released) =
+                start_source(source, once, &tasks, stop_tasks.clone()).await?;
+            match reclaimer {
+                Some(reclaimer) if once => once_reclaim = Some((reclaimer, released)),
+                Some(reclaimer) => {
+                    tasks.spawn("local-disk cleaner", reclaimer.run(stop_tasks.clone()));
+                }
+                None => {}
+            }
             (rx, fixed, None, None, None)
         }
         None => {
@@ -177,6 +228,7 @@ pub async fn run(
     };
     if let (Some(client), Some(config), false) = (&api_client, &settings.local_pv, once) {
         if !config.classes.is_empty() {
+            let events = Arc::new(PvEvents::new(client.clone(), &settings.node.name));
             let publisher = Publisher {
                 client: client.clone(),
                 node_name: settings.node.name.clone(),
@@ -185,17 +237,16 @@ pub async fn run(
                 devices: devices.clone(),
                 resync: settings.resync,
                 scan_timeout: settings.op_timeout,
-                cleaner: Cleaner {
-                    volumes: kube::Api::all(client.clone()),
-                    node_name: settings.node.name.clone(),
-                    config: config.clone(),
-                    mounter: mounter.clone(),
-                    root_dir: settings.root_dir.clone(),
-                    // Removing a big tree takes a while; past this it goes on, alone.
-                    timeout: settings.op_timeout * 10,
-                    running: Default::default(),
-                    events: Arc::new(PvEvents::new(client.clone(), &settings.node.name)),
-                },
+                cleaner: local_pv_cleaner(
+                    settings,
+                    config,
+                    &mounter,
+                    Some(Cluster {
+                        volumes: kube::Api::all(client.clone()),
+                        events: events.clone(),
+                    }),
+                ),
+                events,
                 vanished: Default::default(),
             };
             tasks.spawn("local-PV publisher", publisher.run(stop_tasks.clone()));
@@ -266,6 +317,10 @@ pub async fn run(
     }
     // The sender is gone with the loop: the writer flushes the last list and ends.
     let _ = writer.await;
+    // The loop has torn down what it had to: released local disks are no longer in use.
+    if let (Some((reclaimer, released)), None) = (once_reclaim, &failed) {
+        reclaimer.pass(&released).await;
+    }
     tasks.wait(EVENTS_GRACE).await;
     match failed {
         Some(why) => anyhow::bail!(
@@ -275,8 +330,9 @@ pub async fn run(
     }
 }
 
-/// Once: one snapshot, fixed (its sender is returned so the channel stays open). Daemon: the
-/// source runs as a supervised task and publishes snapshots until stopped.
+/// Once: one snapshot, fixed (its sender is returned so the channel stays open), with the
+/// Released volumes it found. Daemon: the source runs as a supervised task and publishes
+/// snapshots until stopped.
 async fn start_source(
     source: FileSource,
     once: bool,
@@ -285,11 +341,12 @@ async fn start_source(
 ) -> anyhow::Result<(
     watch::Receiver<Arc<DesiredState>>,
     Option<watch::Sender<Arc<DesiredState>>>,
+    Vec<PersistentVolume>,
 )> {
     if once {
-        let snapshot = tokio::task::spawn_blocking(move || source.snapshot()).await?;
-        let (tx, rx) = watch::channel(Arc::new(snapshot));
-        return Ok((rx, Some(tx)));
+        let read = tokio::task::spawn_blocking(move || source.settled(None, true)).await?;
+        let (tx, rx) = watch::channel(Arc::new(read.state));
+        return Ok((rx, Some(tx), read.released));
     }
     let waiting = DesiredState {
         problems: vec!["waiting for the first read of the manifests".into()],
@@ -297,7 +354,7 @@ async fn start_source(
     };
     let (tx, rx) = watch::channel(Arc::new(waiting));
     tasks.spawn("manifest source", source.run(tx, stop));
-    Ok((rx, None))
+    Ok((rx, None, Vec::new()))
 }
 
 /// The Kubernetes API source as a supervised task. In once mode this waits for its first

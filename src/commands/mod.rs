@@ -5,6 +5,7 @@ mod common;
 mod devices;
 mod discover;
 mod plan;
+mod release;
 mod run;
 mod status;
 
@@ -39,6 +40,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Status(args) => status::status(args),
         Command::Devices(args) => devices::devices(args),
         Command::Discover(args) => discover::discover(args),
+        Command::Release(args) => release::release(args),
     };
     match result {
         Ok(code) => code,

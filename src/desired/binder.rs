@@ -19,6 +19,8 @@ pub struct BindInput<'a> {
     pub classes: &'a BTreeMap<String, StorageClass>,
     /// Bindings recorded by earlier runs: claim key → PV name. These never move.
     pub recorded: &'a BTreeMap<String, String>,
+    /// Volumes released from deleted claims: PV name → that claim's key. No claim gets them.
+    pub released: &'a BTreeMap<String, String>,
     /// Claims used by a pod of this node (WaitForFirstConsumer binds only these).
     pub consumed: &'a BTreeSet<String>,
     pub node_name: &'a str,
@@ -74,8 +76,14 @@ impl Binder<'_> {
     }
 
     /// Recorded bindings never move; a volume recorded for a deleted claim stays reserved,
-    /// as a Released PV does in Kubernetes.
+    /// as a Released PV does in Kubernetes, and so does one whose release is recorded.
     fn keep_recorded(&mut self) {
+        for (pv_name, claim_key) in self.input.released {
+            self.taken.insert(
+                pv_name.clone(),
+                format!("{claim_key}, which was deleted (Released)"),
+            );
+        }
         for (claim_key, pv_name) in self.input.recorded {
             if !self.input.claims.contains_key(claim_key) {
                 self.taken.insert(pv_name.clone(), claim_key.clone());

@@ -29,6 +29,8 @@ struct Case {
     name: &'static str,
     yaml: String,
     recorded: &'static [(&'static str, &'static str)],
+    /// PV → the deleted claim it was released from.
+    released: &'static [(&'static str, &'static str)],
     consumed: &'static [&'static str],
     want_bound: &'static [(&'static str, &'static str)],
     want_pending: &'static [(&'static str, &'static str)],
@@ -48,6 +50,11 @@ fn run(case: &Case) -> Bindings {
         .iter()
         .map(|(c, v)| (c.to_string(), v.to_string()))
         .collect();
+    let released = case
+        .released
+        .iter()
+        .map(|(v, c)| (v.to_string(), c.to_string()))
+        .collect();
     let consumed = case.consumed.iter().map(|c| c.to_string()).collect();
     let labels = Labels::from([
         ("kubernetes.io/hostname".to_string(), "node-a".to_string()),
@@ -58,6 +65,7 @@ fn run(case: &Case) -> Bindings {
         volumes: &m.volumes,
         classes: &m.classes,
         recorded: &recorded,
+        released: &released,
         consumed: &consumed,
         node_name: "node-a",
         node_labels: &labels,
@@ -77,6 +85,7 @@ fn the_binder_follows_the_kubernetes_rules() {
                 + &pv("tiny", "1Mi", "")
                 + &pvc("data", "1Gi", ""),
             recorded: &[],
+            released: &[],
             consumed: &[],
             want_bound: &[("default/data", "small")],
             want_pending: &[],
@@ -92,6 +101,7 @@ fn the_binder_follows_the_kubernetes_rules() {
                     .replace("[ReadWriteOnce]", "[ReadWriteOnce, ReadOnlyMany]")
                 + &pvc("data", "5Gi", ""),
             recorded: &[],
+            released: &[],
             consumed: &[],
             want_bound: &[("default/data", "only-rwo")],
             want_pending: &[],
@@ -104,6 +114,7 @@ fn the_binder_follows_the_kubernetes_rules() {
                     .replace("[ReadWriteOnce]", "[ReadWriteOnce, ReadOnlyMany]")
                 + &pvc("data", "5Gi", ""),
             recorded: &[],
+            released: &[],
             consumed: &["default/data"],
             want_bound: &[("default/data", "two-modes")],
             want_pending: &[],
@@ -112,6 +123,7 @@ fn the_binder_follows_the_kubernetes_rules() {
             name: "a recorded binding never moves, even to a smaller volume",
             yaml: pv("big", "10Gi", "") + &pv("small", "2Gi", "") + &pvc("data", "1Gi", ""),
             recorded: &[("default/data", "big")],
+            released: &[],
             consumed: &[],
             want_bound: &[("default/data", "big")],
             want_pending: &[],
@@ -120,6 +132,7 @@ fn the_binder_follows_the_kubernetes_rules() {
             name: "a recorded binding to a vanished volume waits instead of moving",
             yaml: pv("small", "2Gi", "") + &pvc("data", "1Gi", ""),
             recorded: &[("default/data", "gone")],
+            released: &[],
             consumed: &[],
             want_bound: &[],
             want_pending: &[("default/data", "gone")],
@@ -128,9 +141,24 @@ fn the_binder_follows_the_kubernetes_rules() {
             name: "a volume recorded for a deleted claim stays reserved",
             yaml: pv("small", "2Gi", "") + &pvc("other", "1Gi", ""),
             recorded: &[("default/old", "small")],
+            released: &[],
             consumed: &[],
             want_bound: &[],
             want_pending: &[("default/other", "bound to default/old")],
+        },
+        Case {
+            name: "a released volume goes to no claim, not even a new one of its old claim's name",
+            yaml: pv("small", "2Gi", "")
+                + &pvc("old", "1Gi", "")
+                + &pvc("named", "1Gi", "  volumeName: small"),
+            recorded: &[],
+            released: &[("small", "default/old")],
+            consumed: &[],
+            want_bound: &[],
+            want_pending: &[
+                ("default/old", "default/old, which was deleted (Released)"),
+                ("default/named", "which was deleted (Released)"),
+            ],
         },
         Case {
             name: "storage class, access modes, capacity, selector and volumeMode must all fit",
@@ -141,6 +169,7 @@ fn the_binder_follows_the_kubernetes_rules() {
                 + &pv("e", "10Gi", "").replace("speed: fast", "speed: slow")
                 + &pvc("data", "5Gi", "  selector: {matchLabels: {speed: fast}}"),
             recorded: &[],
+            released: &[],
             consumed: &[],
             want_bound: &[],
             want_pending: &[
@@ -157,6 +186,7 @@ fn the_binder_follows_the_kubernetes_rules() {
                 + &pv("ssd", "5Gi", ON_SSD)
                 + &pvc("data", "1Gi", ""),
             recorded: &[],
+            released: &[],
             consumed: &[],
             want_bound: &[("default/data", "ssd")],
             want_pending: &[],
@@ -167,6 +197,7 @@ fn the_binder_follows_the_kubernetes_rules() {
                 + &pvc("data", "1Gi", "").replace("  storageClassName: local\n", "")
                 + &pvc("classy", "1Gi", ""),
             recorded: &[],
+            released: &[],
             consumed: &[],
             want_bound: &[("default/data", "classless")],
             want_pending: &[("default/classy", "storageClassName")],
@@ -177,6 +208,7 @@ fn the_binder_follows_the_kubernetes_rules() {
                 + &pv("small", "2Gi", "")
                 + &pvc("data", "1Gi", "  volumeName: big"),
             recorded: &[],
+            released: &[],
             consumed: &[],
             want_bound: &[("default/data", "big")],
             want_pending: &[],
@@ -191,6 +223,7 @@ fn the_binder_follows_the_kubernetes_rules() {
                 + &pvc("first", "1Gi", "")
                 + &pvc("second", "1Gi", ""),
             recorded: &[],
+            released: &[],
             consumed: &[],
             want_bound: &[("default/first", "big"), ("default/second", "small")],
             want_pending: &[],
@@ -199,6 +232,7 @@ fn the_binder_follows_the_kubernetes_rules() {
             name: "a pre-bound claim whose volume does not fit waits with the reason",
             yaml: pv("small", "1Mi", "") + &pvc("data", "1Gi", "  volumeName: small"),
             recorded: &[],
+            released: &[],
             consumed: &[],
             want_bound: &[],
             want_pending: &[("default/data", "does not fit")],
@@ -211,6 +245,7 @@ fn the_binder_follows_the_kubernetes_rules() {
                 + &pvc("used", "1Gi", "")
                 + &pvc("unused", "1Gi", ""),
             recorded: &[],
+            released: &[],
             consumed: &["default/used"],
             want_bound: &[("default/used", "a")],
             want_pending: &[("default/unused", "waiting for first consumer")],
@@ -219,6 +254,7 @@ fn the_binder_follows_the_kubernetes_rules() {
             name: "two claims never share a volume",
             yaml: pv("only", "1Gi", "") + &pvc("a", "1Gi", "") + &pvc("b", "1Gi", ""),
             recorded: &[],
+            released: &[],
             consumed: &[],
             want_bound: &[("default/a", "only")],
             want_pending: &[("default/b", "bound to default/a")],

@@ -7,17 +7,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::shared::lock;
-use tokio::sync::watch;
+use k8s_openapi::api::core::v1::PersistentVolume;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::binder::{bind, BindInput, Bindings};
-use super::binding_store::BindingStore;
+use super::binding_store::{BindingStore, Recorded};
 use super::dir_watch::{Change, DirWatch};
 use super::local_disks::{add_discovered, LocalDisks};
 use super::manifest::{manifest_files, ManifestError, Manifests};
 use super::resolve::{consumed_claims, our_pods, resolve, unknown_node_name};
 use super::{DesiredState, NodeConfig};
 use crate::host::write_lease::open_for_writing;
+use crate::localpv::cleaner::read_journal;
 
 /// Coalesces a burst of file events (an editor's write + rename) into one reload.
 const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -52,6 +54,20 @@ pub struct FileSource {
     pub memory: FileMemory,
     /// The local-PV classes whose discovered disks join the manifests' PVs.
     pub local_disks: Option<LocalDisks>,
+    /// Where the daemon's reads send the Released volumes, for the file-mode cleaner.
+    pub released_out: Option<watch::Sender<Arc<Vec<PersistentVolume>>>>,
+    /// Wakes the daemon's source for a read at once (the cleaner made a disk available).
+    pub reread: Arc<Notify>,
+}
+
+/// One read of the manifest directory, and what it asks of the binding record and the cleaner.
+pub struct Read {
+    pub state: DesiredState,
+    /// Recording it would change the binding record (new bindings, or releases).
+    pub records: bool,
+    /// The volumes released from deleted claims that the manifests or discovery define, each
+    /// with phase Released: the local disks among them are cleaned.
+    pub released: Vec<PersistentVolume>,
 }
 
 /// Which manifest files are being written, and the last complete version of each.
@@ -77,52 +93,69 @@ impl Default for FileMemory {
 impl FileSource {
     /// A snapshot safe to act on, for a one-shot command: see `settled`.
     pub fn snapshot(&self) -> DesiredState {
-        self.settled(None)
+        self.settled(None, true).state
     }
 
     /// Reads the directory until the result is safe to act on. A read that would lose pods
-    /// or volumes against `baseline` (the last complete snapshot; none at start) or make new
-    /// bindings is trusted only when a second read `SETTLE` later agrees, so a file caught
-    /// mid-write never tears anything down or binds a claim from half a spec. Additions need
-    /// no second read and show up at once. Blocking file I/O: call it off the async runtime.
-    pub fn settled(&self, baseline: Option<&DesiredState>) -> DesiredState {
-        let (mut state, mut binds) = self.read_once(false);
+    /// or volumes against `baseline` (the last complete snapshot; none at start), make new
+    /// bindings or release the volumes of deleted claims is trusted only when a second read
+    /// `SETTLE` later agrees, so a file caught mid-write never tears anything down, binds a
+    /// claim from half a spec or releases a volume. Additions need no second read and show up
+    /// at once. `may_release`: whether a claim missing from this read may have its volume
+    /// released (not while a replaced directory may still be filling). Blocking file I/O:
+    /// call it off the async runtime.
+    pub fn settled(&self, baseline: Option<&DesiredState>, may_release: bool) -> Read {
+        let mut read = self.read_once(false, may_release);
         for _ in 0..SETTLE_TRIES {
-            let risky = state.complete && (binds || baseline.is_none_or(|b| loses(b, &state)));
+            let state = &read.state;
+            let risky =
+                state.complete && (read.records || baseline.is_none_or(|b| loses(b, state)));
             if risky {
                 std::thread::sleep(SETTLE);
-                let (again, again_binds) = self.read_once(false);
-                if again != state {
-                    (state, binds) = (again, again_binds);
+                let again = self.read_once(false, may_release);
+                if again.state != read.state {
+                    read = again;
                     continue;
                 }
             }
-            if !(binds && self.record_bindings) {
-                return state;
+            if !(read.records && self.record_bindings) {
+                return read;
             }
-            // Agreed twice: now record the new bindings for real.
-            let (recorded, _) = self.read_once(true);
-            if recorded == state {
+            // Agreed twice: now record the new bindings and releases for real.
+            let recorded = self.read_once(true, may_release);
+            if recorded.state == read.state {
                 return recorded;
             }
-            (state, binds) = (recorded, false);
+            read = Read {
+                records: false,
+                ..recorded
+            };
         }
-        state.complete = false;
-        state.problems.push(format!(
+        read.state.complete = false;
+        read.state.problems.push(format!(
             "the manifest directory {} kept changing for {} ms; nothing is torn down until it settles",
             self.dir.display(),
             SETTLE.as_millis() * u128::from(SETTLE_TRIES)
         ));
-        state
+        read
     }
 
-    /// One full read; `record` saves new bindings. Also says whether the read made bindings
-    /// that are not recorded yet.
-    fn read_once(&self, record: bool) -> (DesiredState, bool) {
+    /// One full read; `record` saves new bindings, and releases (with `may_release`) the
+    /// volumes of recorded claims the manifests no longer have, when the read is complete.
+    fn read_once(&self, record: bool, may_release: bool) -> Read {
         let mut manifests = self.load();
         let mut problems: Vec<String> = manifests.errors.iter().map(|e| e.to_string()).collect();
         if let Some(disks) = &self.local_disks {
-            problems.extend(add_discovered(&mut manifests, disks, &self.node));
+            // A disk being cleaned is offered to no claim until it is clean.
+            match read_journal(&self.root_dir) {
+                Ok(journal) => {
+                    let cleaning = journal.cleaning.keys().cloned().collect();
+                    problems.extend(add_discovered(&mut manifests, disks, &self.node, &cleaning));
+                }
+                Err(why) => problems.push(format!(
+                    "{why}; no local disk is offered until it is fixed or removed"
+                )),
+            }
         }
         let pods_dir = self.root_dir.join("pods");
         // Unsure (not even readable) counts as there: doubt keeps.
@@ -144,11 +177,14 @@ impl FileSource {
         };
         let mut labels = self.node.labels.clone();
         labels.insert("kubernetes.io/hostname".into(), self.node.name.clone());
+        let none = Recorded::default();
+        let known = recorded.as_ref().unwrap_or(&none);
         let mut bindings = bind(&BindInput {
             claims: &manifests.claims,
             volumes: &manifests.volumes,
             classes: &manifests.classes,
-            recorded: recorded.as_ref().unwrap_or(&Default::default()),
+            recorded: &known.bindings,
+            released: &known.released,
             consumed: &consumed,
             node_name: &self.node.name,
             node_labels: &labels,
@@ -157,18 +193,22 @@ impl FileSource {
             bindings
                 .bound
                 .iter()
-                .any(|(claim, pv)| recorded.get(claim) != Some(pv))
+                .any(|(claim, pv)| recorded.bindings.get(claim) != Some(pv))
         });
         match &recorded {
             // New bindings are made only from a complete view and a readable record, so a
             // claim is never bound while the volume it should get is in a broken file.
             Some(recorded) if problems.is_empty() => {
-                if let Err(why) = self.record_new(recorded, &bindings, record) {
-                    hold_back_new(&mut bindings, recorded, &why);
+                if let Err(why) = self.record_new(&recorded.bindings, &bindings, record) {
+                    hold_back_new(&mut bindings, &recorded.bindings, &why);
                     problems.push(why);
                 }
             }
-            Some(recorded) => hold_back_new(&mut bindings, recorded, "the manifests have errors"),
+            Some(recorded) => hold_back_new(
+                &mut bindings,
+                &recorded.bindings,
+                "the manifests have errors",
+            ),
             None => hold_back_new(
                 &mut bindings,
                 &Default::default(),
@@ -179,7 +219,42 @@ impl FileSource {
         problems.extend(manifests.refused.iter().map(|e| e.to_string()));
         state.problems.splice(0..0, problems);
         state.complete = state.problems.is_empty();
-        (state, binds)
+        // Claims whose manifest is gone, with their volumes: released only from a complete
+        // read, and not while a pod still names the claim (as Kubernetes' pvc-protection
+        // keeps a claim in use), as a deleted PVC's volume is.
+        let gone: BTreeMap<String, String> = known
+            .bindings
+            .iter()
+            .filter(|(claim, _)| {
+                !manifests.claims.contains_key(*claim) && !consumed.contains(*claim)
+            })
+            .map(|(claim, pv)| (pv.clone(), claim.clone()))
+            .collect();
+        let releases = state.complete && may_release && !gone.is_empty();
+        let mut released = known.released.clone();
+        if releases && record {
+            match self.record_releases(&gone) {
+                Ok(()) => released.extend(gone),
+                Err(why) => {
+                    state.problems.push(why);
+                    state.complete = false;
+                }
+            }
+        }
+        let released = released
+            .keys()
+            .filter_map(|name| manifests.volumes.get(name))
+            .map(|pv| {
+                let mut pv = pv.clone();
+                pv.status.get_or_insert_with(Default::default).phase = Some("Released".into());
+                pv
+            })
+            .collect();
+        Read {
+            state,
+            records: binds || releases,
+            released,
+        }
     }
 
     /// Reads the directory, each file in its last complete version: a file whose content
@@ -252,7 +327,7 @@ impl FileSource {
 
     fn record_new(
         &self,
-        recorded: &std::collections::BTreeMap<String, String>,
+        recorded: &BTreeMap<String, String>,
         bindings: &Bindings,
         record: bool,
     ) -> Result<(), String> {
@@ -260,11 +335,41 @@ impl FileSource {
         if !record || !bindings.bound.iter().any(|b| is_new(&b)) {
             return Ok(());
         }
-        let mut merged = recorded.clone();
-        merged.extend(bindings.bound.iter().map(|(c, v)| (c.clone(), v.clone())));
-        self.store.save(&merged).map_err(|e| e.to_string())?;
+        self.store
+            .update(|now| {
+                now.bindings
+                    .extend(bindings.bound.iter().map(|(c, v)| (c.clone(), v.clone())));
+                (true, ())
+            })
+            .map_err(|e| e.to_string())?;
         for (claim, pv) in bindings.bound.iter().filter(|b| is_new(b)) {
             tracing::info!(claim, pv, "bound claim to volume");
+        }
+        Ok(())
+    }
+
+    /// Moves the bindings of deleted claims (PV → claim) to the record's releases.
+    fn record_releases(&self, gone: &BTreeMap<String, String>) -> Result<(), String> {
+        let moved = self
+            .store
+            .update(|now| {
+                let mut moved = Vec::new();
+                for (pv, claim) in gone {
+                    if now.bindings.get(claim) == Some(pv) {
+                        now.bindings.remove(claim);
+                        now.released.insert(pv.clone(), claim.clone());
+                        moved.push((pv, claim));
+                    }
+                }
+                (!moved.is_empty(), moved)
+            })
+            .map_err(|e| e.to_string())?;
+        for (pv, claim) in moved {
+            tracing::info!(
+                claim,
+                pv,
+                "the claim's manifest is gone: its volume is Released"
+            );
         }
         Ok(())
     }
@@ -280,13 +385,17 @@ impl FileSource {
         let (mut watch, mut events) =
             DirWatch::start(&self.dir, move |event| track_writes(&writing, event))
                 .map_err(|source| self.watch_error(source))?;
+        // `volumed release` changes the binding record: a read follows at once.
+        let (record_tx, mut record_changes) = tokio::sync::mpsc::unbounded_channel();
+        let _record_watch = watch_record(&self.store, record_tx);
         let source = Arc::new(self);
         let mut baseline: Option<Arc<DesiredState>> = None;
         // Set when the directory was replaced, until a file in it changes or a resync comes:
         // an empty directory that replaced one with pods may be a copy not yet begun.
         let mut replaced = false;
         loop {
-            let mut state = source.read(baseline.clone()).await;
+            let read = source.read(baseline.clone(), !replaced).await;
+            let mut state = read.state;
             let had_pods = baseline.as_ref().is_some_and(|b| !b.pods.is_empty());
             // The last read's complete files: none means the directory has no manifests.
             if replaced && had_pods && lock(&source.memory.complete).is_empty() {
@@ -300,6 +409,15 @@ impl FileSource {
             let previous = tx.borrow().clone();
             if state.complete {
                 baseline = Some(Arc::new(state.clone()));
+                if let Some(out) = &source.released_out {
+                    out.send_if_modified(|now| {
+                        let changed = **now != read.released;
+                        if changed {
+                            *now = Arc::new(read.released);
+                        }
+                        changed
+                    });
+                }
             }
             if state.problems != previous.problems || state.warnings != previous.warnings {
                 for problem in &state.problems {
@@ -313,6 +431,11 @@ impl FileSource {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(source.resync) => replaced = false,
+                _ = source.reread.notified() => {}
+                Some(()) = record_changes.recv() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while record_changes.try_recv().is_ok() {}
+                }
                 change = events.recv() => {
                     // The watch's thread is gone: changes would be seen only at resyncs.
                     let Some(change) = change else {
@@ -339,10 +462,14 @@ impl FileSource {
         }
     }
 
-    async fn read(self: &Arc<Self>, baseline: Option<Arc<DesiredState>>) -> DesiredState {
+    async fn read(
+        self: &Arc<Self>,
+        baseline: Option<Arc<DesiredState>>,
+        may_release: bool,
+    ) -> Read {
         tracing::debug!(dir = %self.dir.display(), "reading the manifest directory");
         let reader = self.clone();
-        tokio::task::spawn_blocking(move || reader.settled(baseline.as_deref()))
+        tokio::task::spawn_blocking(move || reader.settled(baseline.as_deref(), may_release))
             .await
             .expect("the manifest reader does not panic")
     }
@@ -368,6 +495,35 @@ impl FileSource {
             },
         }
     }
+}
+
+/// Watches the binding record's directory; each change to the record is sent. `None` (with a
+/// warning) when it cannot be watched: changes by `volumed release` are then seen at the next
+/// read.
+fn watch_record(
+    store: &BindingStore,
+    changes: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let record = store.path().to_path_buf();
+    let dir = record.parent()?.to_path_buf();
+    let watched = record.clone();
+    let started = std::fs::create_dir_all(&dir)
+        .map_err(notify::Error::io)
+        .and_then(|()| {
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| e.paths.contains(&watched)) {
+                    let _ = changes.send(());
+                }
+            })
+        })
+        .and_then(|mut watcher| {
+            watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+            Ok(watcher)
+        });
+    started
+        .inspect_err(|err| tracing::warn!(record = %record.display(), %err, "cannot watch the binding record; a change made by `volumed release` is seen at the next read of the manifests"))
+        .ok()
 }
 
 /// Turns bindings that are not yet recorded back into pending claims.

@@ -27,11 +27,13 @@ fn source(dir: &Path) -> FileSource {
         root_dir: dir.join("root"),
         memory: Default::default(),
         local_disks: None,
+        released_out: None,
+        reread: Default::default(),
     }
 }
 
 fn pod_names(source: &FileSource) -> (Vec<String>, bool) {
-    let state = source.read_once(false).0;
+    let state = source.read_once(false, false).state;
     let mut names: Vec<String> = state.pods.values().map(|p| p.name.clone()).collect();
     names.sort();
     (names, state.complete)
@@ -103,7 +105,7 @@ fn a_file_being_written_with_no_complete_version_makes_the_read_incomplete() {
     let source = source(dir.path());
     std::fs::create_dir_all(&source.dir).unwrap();
     let _writer = std::fs::File::create(source.dir.join("new.yaml")).unwrap();
-    let state = source.read_once(false).0;
+    let state = source.read_once(false, false).state;
     assert!(!state.complete);
     assert!(
         state.problems[0].contains("new.yaml is being written"),
@@ -165,7 +167,7 @@ fn a_pod_the_api_server_would_refuse_does_not_hold_back_other_pods_bindings() {
     );
     std::fs::write(source.dir.join("app.yaml"), storage).unwrap();
     std::fs::write(source.dir.join("bad.yaml"), pod("Bad")).unwrap();
-    let state = source.read_once(false).0;
+    let state = source.read_once(false, false).state;
     assert!(
         !state.complete,
         "the refused pod is a problem: {:?}",
@@ -184,4 +186,81 @@ fn a_pod_the_api_server_would_refuse_does_not_hold_back_other_pods_bindings() {
         "the other pod's claim is bound all the same: {:#?}",
         state.waiting
     );
+}
+
+fn claim(name: &str) -> String {
+    format!("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}}}\nspec: {{accessModes: [ReadWriteOnce], storageClassName: local, resources: {{requests: {{storage: 1Gi}}}}}}\n")
+}
+
+fn volume(name: &str, path: &Path) -> String {
+    format!("apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {name}}}\nspec: {{capacity: {{storage: 1Gi}}, accessModes: [ReadWriteOnce], storageClassName: local, local: {{path: {}}}}}\n", path.display())
+}
+
+fn pod_using(name: &str, claim: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, uid: u-{name}}}\nspec: {{nodeName: n1, containers: [], volumes: [{{name: data, persistentVolumeClaim: {{claimName: {claim}}}}}]}}\n")
+}
+
+#[test]
+fn a_deleted_claims_volume_is_released_only_from_a_complete_read_that_may_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut source = source(dir.path());
+    source.record_bindings = true;
+    std::fs::create_dir_all(&source.dir).unwrap();
+    std::fs::create_dir_all(dir.path().join("disk")).unwrap();
+    std::fs::write(
+        source.dir.join("pv.yaml"),
+        volume("pv-a", &dir.path().join("disk")),
+    )
+    .unwrap();
+    std::fs::write(source.dir.join("claim.yaml"), claim("data")).unwrap();
+    std::fs::write(source.dir.join("pod.yaml"), pod_using("app", "data")).unwrap();
+    let first = source.settled(None, true);
+    assert!(first.state.complete, "{:?}", first.state.problems);
+    assert_eq!(
+        source.store.load().unwrap().bindings["default/data"],
+        "pv-a"
+    );
+
+    // The claim's manifest goes while a pod still uses it: nothing released.
+    std::fs::remove_file(source.dir.join("claim.yaml")).unwrap();
+    let read = source.settled(Some(&first.state), true);
+    assert!(read.released.is_empty());
+    assert!(source.store.load().unwrap().released.is_empty());
+
+    // The pod goes too, but the directory may still be filling (it was replaced): kept.
+    std::fs::remove_file(source.dir.join("pod.yaml")).unwrap();
+    let read = source.settled(Some(&first.state), false);
+    assert!(read.state.complete, "{:?}", read.state.problems);
+    assert!(read.released.is_empty());
+    assert_eq!(
+        source.store.load().unwrap().bindings["default/data"],
+        "pv-a"
+    );
+
+    // Read as the real thing: released, and the Released volume is handed on.
+    let read = source.settled(Some(&first.state), true);
+    let recorded = source.store.load().unwrap();
+    assert!(recorded.bindings.is_empty(), "{recorded:?}");
+    assert_eq!(recorded.released["pv-a"], "default/data");
+    assert_eq!(read.released.len(), 1);
+    let phase = read.released[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref());
+    assert_eq!(phase, Some("Released"));
+
+    // A claim of the same name made again does not get the old data back.
+    std::fs::write(source.dir.join("claim.yaml"), claim("data")).unwrap();
+    let read = source.settled(Some(&first.state), true);
+    assert!(
+        read.state.waiting.is_empty() && read.state.problems.is_empty(),
+        "{:?}",
+        read.state
+    );
+    let recorded = source.store.load().unwrap();
+    assert!(
+        !recorded.bindings.contains_key("default/data"),
+        "{recorded:?}"
+    );
+    assert_eq!(recorded.released["pv-a"], "default/data");
 }

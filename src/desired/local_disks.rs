@@ -19,11 +19,13 @@ pub struct LocalDisks {
 
 /// Adds the PVs discovered now to `manifests`; returns problems that make the read incomplete
 /// (a scan that failed: its disks' PVs would look gone). A PV the manifests define by name or
-/// by path wins over a discovered one, with a warning. Blocking: scans touch the disks.
+/// by path wins over a discovered one, with a warning. The PVs in `cleaning` (their disks'
+/// cleanups are journaled) are left out until they are clean. Blocking: scans touch the disks.
 pub fn add_discovered(
     manifests: &mut Manifests,
     disks: &LocalDisks,
     node: &NodeConfig,
+    cleaning: &std::collections::BTreeSet<String>,
 ) -> Vec<String> {
     let table = match disks.mounter.mount_table() {
         Ok(table) => table,
@@ -63,6 +65,9 @@ pub fn add_discovered(
     };
     for pv in found.volumes {
         let name = pv.metadata.name.clone().unwrap_or_default();
+        if cleaning.contains(&name) {
+            continue;
+        }
         let path = local_path(&pv).unwrap_or_default();
         let defined = manifests.volumes.contains_key(&name)
             || manifests

@@ -10,6 +10,7 @@ pub mod kube;
 pub mod local_disks;
 pub mod manifest;
 pub mod memory;
+pub mod reclaim;
 pub mod resolve;
 pub mod selector;
 

@@ -1,6 +1,7 @@
 //! Carries out the cleanups `cleanup` allows: journal first, clean on a worker thread (one
-//! job per PV at a time, even past its deadline), then delete the PV, guarded by its uid and
-//! resource version, so that its disk is published again, clean.
+//! job per PV at a time, even past its deadline), then (API mode) delete the PV, guarded by
+//! its uid and resource version, so that its disk is published again, clean. In file mode the
+//! caller makes the cleaned disks available again (it drops their releases).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,8 @@ pub fn read_journal(root_dir: &Path) -> Result<Journal, String> {
 }
 
 pub struct Cleaner {
-    pub volumes: Api<PersistentVolume>,
+    /// API mode: where cleaned PVs are deleted and failed cleanups told. File mode: none.
+    pub cluster: Option<Cluster>,
     pub node_name: String,
     pub config: LocalPvConfig,
     pub mounter: Arc<dyn Mounter>,
@@ -51,6 +53,10 @@ pub struct Cleaner {
     pub timeout: Duration,
     /// PVs whose cleanup job is running (it may outlive a pass, and its deadline).
     pub running: Arc<Mutex<BTreeSet<String>>>,
+}
+
+pub struct Cluster {
+    pub volumes: Api<PersistentVolume>,
     /// Where a failed cleanup is told, on the PV.
     pub events: Arc<PvEvents>,
 }
@@ -145,17 +151,19 @@ impl Cleaner {
                     if journal.cleaning[&name].last_error != entry.last_error {
                         tracing::warn!(pv = name, why, "a released local PV is not cleaned yet; it stays Released and is tried again");
                     }
-                    if let Some(pv) = listed
+                    let pv = listed
                         .iter()
-                        .find(|pv| pv.metadata.name.as_deref() == Some(name.as_str()))
-                    {
+                        .find(|pv| pv.metadata.name.as_deref() == Some(name.as_str()));
+                    if let (Some(pv), Some(cluster)) = (pv, &self.cluster) {
                         let message = format!("the cleanup of its disk {} failed, so it stays Released and is tried again: {why}", entry.host_path.display());
-                        self.events.tell(pv, CLEANUP_FAILED, message).await;
+                        cluster.events.tell(pv, CLEANUP_FAILED, message).await;
                     }
                     out.done = false;
                     continue;
                 }
-                self.events.forget(&name, CLEANUP_FAILED);
+                if let Some(cluster) = &self.cluster {
+                    cluster.events.forget(&name, CLEANUP_FAILED);
+                }
                 if !self.save_journal(&journal) {
                     out.done = false;
                     continue;
@@ -169,10 +177,17 @@ impl Cleaner {
             if self.save_journal(&journal) {
                 out.cleaning.remove(&name);
                 out.deleted.push(name.clone());
-                tracing::info!(
-                    pv = name,
-                    "cleaned a released local PV and deleted it; its disk is published again"
-                );
+                if self.cluster.is_some() {
+                    tracing::info!(
+                        pv = name,
+                        "cleaned a released local PV and deleted it; its disk is published again"
+                    );
+                } else {
+                    tracing::info!(
+                        pv = name,
+                        "cleaned a released local PV; it is available again"
+                    );
+                }
             } else {
                 out.done = false;
             }
@@ -227,8 +242,11 @@ impl Cleaner {
     }
 
     /// Deletes a cleaned PV if it is still the Released one that was cleaned (same uid and
-    /// resource version as listed). True when it is gone.
+    /// resource version as listed). True when it is gone (in file mode: at once).
     async fn delete(&self, name: &str, listed: &[PersistentVolume]) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return true;
+        };
         let Some(pv) = listed
             .iter()
             .find(|pv| pv.metadata.name.as_deref() == Some(name))
@@ -242,7 +260,7 @@ impl Cleaner {
             }),
             ..DeleteParams::default()
         };
-        match self.volumes.delete(name, &params).await {
+        match cluster.volumes.delete(name, &params).await {
             Ok(_) => true,
             Err(kube::Error::Api(status)) if status.code == 404 => true,
             Err(err) => {

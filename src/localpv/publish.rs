@@ -48,6 +48,8 @@ pub struct Publisher {
     pub scan_timeout: Duration,
     /// Carries out the cleanups of released PVs.
     pub cleaner: Cleaner,
+    /// Where a vanished or returned disk is told, on its PV.
+    pub events: Arc<super::events::PvEvents>,
     /// PVs of ours whose disk is gone, as last reported.
     pub vanished: std::sync::Mutex<BTreeSet<String>>,
 }
@@ -234,7 +236,7 @@ impl Publisher {
             .collect();
         let now = vanished(&self.node_name, listed, &paths);
         let told = std::mem::replace(&mut *lock(&self.vanished), now.clone());
-        let events = &self.cleaner.events;
+        let events = &self.events;
         let by_name = |name: &String| {
             listed
                 .iter()

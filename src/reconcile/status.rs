@@ -11,6 +11,7 @@ use super::plan::in_place;
 use super::pod_dirs;
 use k8s_openapi::api::core::v1::PersistentVolume;
 
+use crate::desired::binding_store::Recorded;
 use crate::desired::DesiredState;
 use crate::localpv::cleanup::{Cleaning, Journal};
 use crate::localpv::discover::{Discovered, PROVISIONED_BY};
@@ -144,10 +145,30 @@ pub struct LocalDisks<'a> {
     pub journal: &'a Journal,
     /// The PVs as the API has them (API mode); `None` in file mode.
     pub published: Option<&'a [PersistentVolume]>,
-    /// File mode's recorded bindings: claim → PV.
-    pub recorded: &'a BTreeMap<String, String>,
+    /// File mode's binding record: claim → PV, and the PVs released from deleted claims.
+    pub recorded: &'a Recorded,
     /// File mode's claims (`namespace/name`) as the manifests define them now.
     pub claims: &'a std::collections::BTreeSet<String>,
+}
+
+/// Why a Released local PV is as it is, and what comes next: `why` it is Released, what an
+/// operator does to `free` a disk that is left alone, and what the disk is then (`after`).
+fn released_reason(pv: &PersistentVolume, why: &str, free: &str, after: &str) -> String {
+    let spec = pv.spec.as_ref();
+    let policy = spec
+        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+        .unwrap_or("Delete");
+    let formatted = spec.and_then(|s| s.volume_mode.as_deref()) != Some("Block")
+        && spec
+            .and_then(|s| s.local.as_ref())
+            .is_some_and(|l| l.fs_type.is_some());
+    if policy == "Retain" {
+        format!("{why}; reclaim policy Retain: left as it is; {free} when its data is no longer needed, and the disk is {after}")
+    } else if formatted {
+        format!("{why}; it holds a filesystem volumed made on the block device, and wiping that is not built yet: it stays Released; wipe the device and {free}, and the disk is {after}")
+    } else {
+        format!("{why}: it is cleaned and {after}")
+    }
 }
 
 /// One row per local disk: each discovered disk with its PV's state, each skipped entry, each
@@ -193,36 +214,44 @@ pub fn local_disk_rows(disks: &LocalDisks) -> Vec<StatusRow> {
                 ),
                 Some(p) => {
                     let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-                    let policy = p
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
-                        .unwrap_or("Delete");
                     match phase {
                         Some("Bound") => (claim_of(p), VolumeState::Bound, String::new()),
-                        Some("Released") if policy == "Retain" => (
-                            claim_of(p),
-                            VolumeState::Released,
-                            "reclaim policy Retain: left as it is; delete the PV when its data is no longer needed, and the disk is published again".into(),
-                        ),
                         Some("Released") => (
                             claim_of(p),
                             VolumeState::Released,
-                            "its claim is gone: it is cleaned and published again".into(),
+                            released_reason(
+                                p,
+                                "its claim is gone",
+                                "delete the PV",
+                                "published again",
+                            ),
                         ),
                         _ => (None, VolumeState::Available, String::new()),
                     }
                 }
             },
-            None => match disks.recorded.iter().find(|(_, v)| **v == name) {
-                Some((claim, _)) if !disks.claims.contains(claim) => (
-                    Some(claim.clone()),
-                    VolumeState::Released,
-                    "its claim's manifest is gone; the disk stays reserved for that claim (its binding is recorded in the root dir's state/bindings.json)".into(),
-                ),
-                Some((claim, _)) => (Some(claim.clone()), VolumeState::Bound, String::new()),
-                None => (None, VolumeState::Available, String::new()),
-            },
+            None => {
+                let recorded = disks.recorded;
+                match recorded.bindings.iter().find(|(_, v)| **v == name) {
+                    _ if recorded.released.contains_key(&name) => (
+                        Some(recorded.released[&name].clone()),
+                        VolumeState::Released,
+                        released_reason(
+                            pv,
+                            "its claim's manifest was deleted",
+                            &format!("run `volumed release {name}`"),
+                            "available again",
+                        ),
+                    ),
+                    Some((claim, _)) if !disks.claims.contains(claim) => (
+                        Some(claim.clone()),
+                        VolumeState::Released,
+                        "its claim's manifest is gone: the next `volumed run` releases it".into(),
+                    ),
+                    Some((claim, _)) => (Some(claim.clone()), VolumeState::Bound, String::new()),
+                    None => (None, VolumeState::Available, String::new()),
+                }
+            }
         };
         rows.push(row(&name, claim, &path, state, reason));
     }
@@ -418,7 +447,7 @@ mod tests {
             discovered: &discovered,
             journal: &journal,
             published: Some(&published),
-            recorded: &BTreeMap::new(),
+            recorded: &Recorded::default(),
             claims: &Default::default(),
         });
         let got: Vec<(&str, &str, VolumeState)> = rows
@@ -447,19 +476,23 @@ mod tests {
     }
 
     #[test]
-    fn in_file_mode_a_disk_recorded_for_a_claim_that_is_gone_is_released() {
+    fn in_file_mode_a_disk_whose_claim_is_gone_or_was_released_is_released() {
         let discovered = Discovered {
             volumes: vec![
                 pv("a", "/d/a", "", "Delete", false),
                 pv("b", "/d/b", "", "Delete", false),
                 pv("c", "/d/c", "", "Delete", false),
+                pv("d", "/d/d", "", "Retain", false),
             ],
             skipped: vec![],
         };
-        let recorded = BTreeMap::from([
-            ("shop/data".to_string(), "a".to_string()),
-            ("shop/old".to_string(), "b".to_string()),
-        ]);
+        let recorded = Recorded {
+            bindings: BTreeMap::from([
+                ("shop/data".to_string(), "a".to_string()),
+                ("shop/old".to_string(), "b".to_string()),
+            ]),
+            released: BTreeMap::from([("c".to_string(), "shop/gone".to_string())]),
+        };
         let claims = std::collections::BTreeSet::from(["shop/data".to_string()]);
         let rows = local_disk_rows(&LocalDisks {
             node: "node-a",
@@ -478,8 +511,21 @@ mod tests {
             vec![
                 ("a", "shop/data", VolumeState::Bound),
                 ("b", "shop/old", VolumeState::Released),
-                ("c", "-", VolumeState::Available),
+                ("c", "shop/gone", VolumeState::Released),
+                ("d", "-", VolumeState::Available),
             ]
+        );
+        assert!(
+            rows[1]
+                .reason
+                .contains("the next `volumed run` releases it"),
+            "{}",
+            rows[1].reason
+        );
+        assert!(
+            rows[2].reason.contains("it is cleaned and available again"),
+            "{}",
+            rows[2].reason
         );
     }
 }
