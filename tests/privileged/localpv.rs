@@ -32,6 +32,10 @@ pub fn all() -> Vec<Case> {
             "a_kill_9_in_the_middle_of_a_cleanup_resumes_it_once_after_the_restart",
             a_kill_9_in_the_middle_of_a_cleanup_resumes_it_once_after_the_restart,
         ),
+        (
+            "in_file_mode_a_deleted_claims_disk_is_cleaned_or_kept_released_until_volumed_release",
+            in_file_mode_a_deleted_claims_disk_is_cleaned_or_kept_released_until_volumed_release,
+        ),
     ]
 }
 
@@ -227,7 +231,37 @@ fn in_file_mode_a_claim_binds_to_a_discovered_disk_and_is_mounted_in_the_same_ru
             "the pod's volume {} does not show the disk (read {seen:?})",
             volume.display()
         )
-    })
+    })?;
+    // The claim and its pod go: one more `run --once` tears the pod down, then cleans the
+    // released disk (policy Delete) and makes it available.
+    std::fs::remove_file(sb.manifests.join("db.yaml")).unwrap();
+    let out = sb.volumed(&["run", "--once", "--config", &config]);
+    check(out.status.success(), || {
+        format!(
+            "second run --once: {}
+{}",
+            out.status,
+            text(&out.stderr)
+        )
+    })?;
+    let left: Vec<_> = std::fs::read_dir(&disk)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    check(left.is_empty(), || {
+        format!(
+            "the released disk still holds {left:?}\n{}",
+            text(&out.stderr)
+        )
+    })?;
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.root.join("state/bindings.json")).unwrap())
+            .unwrap();
+    check(
+        record["bindings"].as_object().is_some_and(|b| b.is_empty())
+            && record.get("released").is_none(),
+        || format!("the binding record after the cleanup: {record}"),
+    )
 }
 
 fn a_disk_mounted_while_the_daemon_runs_is_published_through_the_api_within_a_second() -> TestResult
@@ -609,6 +643,195 @@ fn a_kill_9_in_the_middle_of_a_cleanup_resumes_it_once_after_the_restart() -> Te
     })();
     let log = sb.stop(daemon)?;
     drop(runtime);
+    result.map_err(|e| {
+        format!(
+            "{e}\n{}",
+            log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+        )
+    })
+}
+
+fn claim_and_pod(claim: &str, class: &str, pod: &str, uid: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {claim}}}\nspec: {{storageClassName: {class}, accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 4Mi}}}}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, uid: {uid}}}\nspec: {{nodeName: node-a, containers: [], volumes: [{{name: data, persistentVolumeClaim: {{claimName: {claim}}}}}]}}\n"
+    )
+}
+
+fn in_file_mode_a_deleted_claims_disk_is_cleaned_or_kept_released_until_volumed_release(
+) -> TestResult {
+    let sb = Sandbox::new(&format!("localpv-release-{:x}", fastrand::u32(..)));
+    let (fast, keep) = (sb.path("mnt/fast/a"), sb.path("mnt/keep/b"));
+    mount_tmpfs(&fast, "8m")?;
+    mount_tmpfs(&keep, "8m")?;
+    std::fs::write(fast.join("data"), "old tenant").unwrap();
+    std::fs::write(keep.join("data"), "kept data").unwrap();
+    sb.write(
+        "config.toml",
+        "[[local_pv.classes]]\nstorage_class = \"fast-disks\"\nhost_dir = \"BASE/mnt/fast\"\n\n[[local_pv.classes]]\nstorage_class = \"keep-disks\"\nhost_dir = \"BASE/mnt/keep\"\n",
+    );
+    let config = sb.path("config.toml").display().to_string();
+    sb.manifest(
+        "classes.yaml",
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: keep-disks}\nprovisioner: kubernetes.io/no-provisioner\nreclaimPolicy: Retain\n",
+    );
+    sb.manifest(
+        "db.yaml",
+        &claim_and_pod("data", "fast-disks", "db", "db-uid"),
+    );
+    sb.manifest(
+        "logger.yaml",
+        &claim_and_pod("logs", "keep-disks", "logger", "log-uid"),
+    );
+    let (pv_fast, pv_keep) = (
+        volumed::localpv::discover::pv_name("node-a", &fast, "fast-disks"),
+        volumed::localpv::discover::pv_name("node-a", &keep, "keep-disks"),
+    );
+    let shows = |uid: &str, pv: &str, want: &str| {
+        std::fs::read_to_string(sb.volume(uid, "local-volume", pv).join("data"))
+            .is_ok_and(|seen| seen == want)
+    };
+    let record = || -> serde_json::Value {
+        std::fs::read(sb.root.join("state/bindings.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    };
+    let row_of = |pv: &str| -> Result<(String, String, String), String> {
+        let out = sb.volumed(&["status", "--output", "json", "--config", &config]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "status JSON ({e}): {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            )
+        })?;
+        let row = rows
+            .iter()
+            .find(|r| r["kind"] == "local-pv" && r["volume"] == pv)
+            .ok_or_else(|| format!("no local-pv row for {pv} in {rows:?}"))?;
+        let field = |k: &str| row[k].as_str().unwrap_or("").to_string();
+        Ok((field("state"), field("pod"), field("reason")))
+    };
+    let release_cmd = |pv: &str| sb.volumed(&["release", pv, "--config", &config]);
+    let daemon = sb.daemon_with(&["--config", &config]);
+    let result = (|| {
+        eventually(
+            std::time::Duration::from_secs(20),
+            "both pods see their disks",
+            || shows("db-uid", &pv_fast, "old tenant") && shows("log-uid", &pv_keep, "kept data"),
+        )?;
+        // A bound volume is not released by hand.
+        let refused = release_cmd(&pv_fast);
+        check(
+            refused.status.code() == Some(1)
+                && text(&refused.stderr).contains("bound to claim default/data")
+                && refused.stdout.is_empty(),
+            || {
+                format!(
+                    "release of a bound PV: {}\n{}",
+                    refused.status,
+                    text(&refused.stderr)
+                )
+            },
+        )?;
+
+        // Delete policy: the claim's manifest goes; the disk is emptied and offered again.
+        std::fs::remove_file(sb.manifests.join("db.yaml")).unwrap();
+        eventually(
+            std::time::Duration::from_secs(20),
+            "the fast disk cleaned and its release dropped",
+            || {
+                let empty = std::fs::read_dir(&fast).is_ok_and(|mut d| d.next().is_none());
+                let r = record();
+                empty && r["bindings"].get("default/data").is_none() && r.get("released").is_none()
+            },
+        )?;
+        let (state, _, reason) = row_of(&pv_fast)?;
+        check(state == "available", || {
+            format!("fast disk: {state} ({reason})")
+        })?;
+        // A new claim gets the cleaned disk: none of the old tenant's data.
+        sb.manifest(
+            "db2.yaml",
+            &claim_and_pod("data2", "fast-disks", "db2", "db2-uid"),
+        );
+        eventually(
+            std::time::Duration::from_secs(20),
+            "the new claim's pod mounted on the cleaned disk",
+            || {
+                record()["bindings"]["default/data2"] == pv_fast.as_str()
+                    && std::fs::read_dir(sb.volume("db2-uid", "local-volume", &pv_fast))
+                        .is_ok_and(|mut d| d.next().is_none())
+                    && sb
+                        .mounts()
+                        .iter()
+                        .any(|m| m.mount_point == sb.volume("db2-uid", "local-volume", &pv_fast))
+            },
+        )?;
+
+        // Retain: the claim's manifest goes; the disk and its data stay, Released.
+        std::fs::remove_file(sb.manifests.join("logger.yaml")).unwrap();
+        eventually(
+            std::time::Duration::from_secs(20),
+            "the kept disk recorded as released",
+            || record()["released"][&pv_keep] == "default/logs",
+        )?;
+        let (state, claim, reason) = row_of(&pv_keep)?;
+        check(
+            state == "released" && claim == "default/logs" && reason.contains("Retain"),
+            || format!("kept disk: {state} {claim} ({reason})"),
+        )?;
+        // The same claim made again does not get it back on its own.
+        sb.manifest(
+            "logger.yaml",
+            &claim_and_pod("logs", "keep-disks", "logger", "log2-uid"),
+        );
+        let out = sb.volumed(&["status", "--output", "json", "--config", &config]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("status JSON ({e}): {}", text(&out.stdout)))?;
+        let pending = rows
+            .iter()
+            .find(|r| r["pod"] == "default/logger")
+            .ok_or_else(|| format!("no row for the new logger pod in {rows:?}"))?;
+        check(
+            pending["state"] == "pending"
+                && pending["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("Released"),
+            || format!("the recreated claim's volume: {pending}"),
+        )?;
+        check(
+            std::fs::read_to_string(keep.join("data")).is_ok_and(|d| d == "kept data"),
+            || "the kept disk lost its data".into(),
+        )?;
+        // Released by hand: the claim binds to it, data and all.
+        let released = release_cmd(&pv_keep);
+        check(released.status.success(), || {
+            format!("release: {}\n{}", released.status, text(&released.stderr))
+        })?;
+        let said = text(&released.stdout);
+        check(
+            said.trim()
+                == format!("released {pv_keep} (bound to claim default/logs, whose manifest was deleted): it is available to new claims"),
+            || format!("release printed {said:?}"),
+        )?;
+        eventually(
+            std::time::Duration::from_secs(20),
+            "the recreated claim's pod sees the kept data",
+            || shows("log2-uid", &pv_keep, "kept data"),
+        )?;
+        // Nothing left to release: refused.
+        let again = release_cmd(&pv_keep);
+        check(again.status.code() == Some(1), || {
+            format!(
+                "a second release: {}\n{}",
+                again.status,
+                text(&again.stderr)
+            )
+        })
+    })();
+    let log = sb.stop(daemon)?;
     result.map_err(|e| {
         format!(
             "{e}\n{}",

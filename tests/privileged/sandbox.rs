@@ -160,6 +160,12 @@ impl Sandbox {
         Self::spawn_logged(self.command(&["run"]), &self.path("daemon.log"))
     }
 
+    /// The file-mode daemon with more arguments for `run`.
+    pub fn daemon_with(&self, extra: &[&str]) -> Child {
+        let args: Vec<&str> = ["run"].into_iter().chain(extra.iter().copied()).collect();
+        Self::spawn_logged(self.command(&args), &self.path("daemon.log"))
+    }
+
     /// The daemon with a log filter of its own (`volumed=debug`, say).
     pub fn daemon_logging(&self, filter: &str) -> Child {
         let mut cmd = self.command(&["run"]);
