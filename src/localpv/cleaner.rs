@@ -97,11 +97,12 @@ impl Cleaner {
             done: true,
             ..Cleaned::default()
         };
-        let Some(mut journal) = self.load_journal() else {
+        let Some(loaded) = self.load_journal() else {
             out.done = false;
             out.hold_publishing = true;
             return out;
         };
+        let mut journal = loaded.clone();
         let (found, refused) = releases(&self.node_name, &self.config, listed);
         for why in refused {
             tracing::debug!(why, "a released local PV is not cleaned");
@@ -122,8 +123,9 @@ impl Cleaner {
                 });
         }
         out.cleaning = journal.cleaning.keys().cloned().collect();
-        // Nothing is cleaned before the journal says so.
-        if !self.save_journal(&journal) {
+        // Nothing is cleaned before the journal says so (a pass with nothing new writes
+        // nothing: passes come at every mount-table change).
+        if journal != loaded && !self.save_journal(&journal) {
             out.done = false;
             return out;
         }
