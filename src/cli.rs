@@ -48,9 +48,10 @@ pub enum Command {
     Discover(DiscoverArgs),
     /// File mode: make a PersistentVolume released from a deleted claim available to new
     /// claims (a Retain volume, or one volumed does not clean). Refused while its claim or a
-    /// pod naming it is in the manifests, while it is mounted or being cleaned, and for a local
-    /// disk `run` cleans itself. Exit 0: released; 1: refused (why on stderr, nothing
-    /// changed); 2: the command failed.
+    /// pod naming it is in the manifests, before the daemon released it, while it is mounted
+    /// or being cleaned, for a local disk `run` cleans itself, and while the manifests have
+    /// errors. Exit 0: released; 1: refused (why on stderr, nothing changed); 2: the command
+    /// failed.
     Release(ReleaseArgs),
 }
 

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 
 use crate::config::{Settings, DEFAULT_CONFIG};
 use crate::desired::binding_store::BindingStore;
+use crate::desired::resolve::{consumed_claims, our_pods};
 use crate::desired::DesiredState;
 use crate::executor::context::OpContext;
 use crate::executor::preview::{preview, Preview};
@@ -175,14 +176,18 @@ async fn local_disks_now(
         }
         None => None,
     };
-    let recorded = BindingStore::new(&settings.root_dir)
-        .load()
-        .unwrap_or_default();
+    let store = BindingStore::new(&settings.root_dir);
+    let recorded = match settings.manifests {
+        Some(_) => store.load()?,
+        None => Default::default(),
+    };
+    // The claims that keep their volumes: those the manifests have, and those a pod names.
     let claims = match &settings.manifests {
-        Some(dir) => crate::desired::manifest::load_dir(dir)
-            .claims
-            .into_keys()
-            .collect(),
+        Some(dir) => {
+            let manifests = crate::desired::manifest::load_dir(dir);
+            let named = consumed_claims(&our_pods(&manifests, &settings.node));
+            manifests.claims.into_keys().chain(named).collect()
+        }
         None => Default::default(),
     };
     Ok(status::local_disk_rows(&status::LocalDisks {

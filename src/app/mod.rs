@@ -97,7 +97,7 @@ fn file_source(
             config,
             mounter: mounter.clone(),
         }),
-        released_out: None,
+        volumes_out: None,
         reread: Default::default(),
     }
 }
@@ -165,7 +165,7 @@ pub async fn run(
     let (desired, _fixed_snapshot, notices, publisher, api_client) = match &settings.manifests {
         Some(dir) => {
             let mut source = file_source(settings, dir, true, &mounter);
-            let (released_tx, released_rx) = watch::channel(Arc::new(Vec::new()));
+            let (volumes_tx, volumes_rx) = watch::channel(Arc::new(Vec::new()));
             let reclaimer = settings
                 .local_pv
                 .as_ref()
@@ -173,18 +173,18 @@ pub async fn run(
                 .map(|config| Reclaimer {
                     cleaner: local_pv_cleaner(settings, config, &mounter, None),
                     store: BindingStore::new(&settings.root_dir),
-                    released: released_rx,
+                    volumes: volumes_rx,
                     mounts: mounts.tables.clone(),
                     reread: source.reread.clone(),
                     resync: settings.resync,
                 });
             if reclaimer.is_some() {
-                source.released_out = Some(released_tx);
+                source.volumes_out = Some(volumes_tx);
             }
-            let (rx, fixed, released) =
+            let (rx, fixed, volumes) =
                 start_source(source, once, &tasks, stop_tasks.clone()).await?;
             match reclaimer {
-                Some(reclaimer) if once => once_reclaim = Some((reclaimer, released)),
+                Some(reclaimer) if once => once_reclaim = Some((reclaimer, volumes)),
                 Some(reclaimer) => {
                     tasks.spawn("local-disk cleaner", reclaimer.run(stop_tasks.clone()));
                 }
@@ -318,8 +318,10 @@ pub async fn run(
     // The sender is gone with the loop: the writer flushes the last list and ends.
     let _ = writer.await;
     // The loop has torn down what it had to: released local disks are no longer in use.
-    if let (Some((reclaimer, released)), None) = (once_reclaim, &failed) {
-        reclaimer.pass(&released).await;
+    if let (Some((reclaimer, volumes)), None) = (once_reclaim, &failed) {
+        if !reclaimer.pass(&volumes).await {
+            tracing::warn!("a released local disk is not clean yet (`volumed status` shows why); the next run tries again");
+        }
     }
     tasks.wait(EVENTS_GRACE).await;
     match failed {
@@ -346,7 +348,7 @@ async fn start_source(
     if once {
         let read = tokio::task::spawn_blocking(move || source.settled(None, true)).await?;
         let (tx, rx) = watch::channel(Arc::new(read.state));
-        return Ok((rx, Some(tx), read.released));
+        return Ok((rx, Some(tx), read.volumes));
     }
     let waiting = DesiredState {
         problems: vec!["waiting for the first read of the manifests".into()],

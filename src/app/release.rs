@@ -46,10 +46,10 @@ pub async fn release(
     let source = file_source(settings, dir, false, mounter);
     let manifests = crate::desired::manifest::load_dir(dir);
     if let Some(err) = manifests.errors.first() {
-        return Err(NotReleased::Failed(anyhow::anyhow!("the manifests have errors, and a claim in a broken file may still hold {pv}: fix them first ({err})")));
+        return Err(NotReleased::Refused(format!("the manifests have errors, and a claim in a broken file may still hold {pv}: fix them first ({err})")));
     }
-    let mut claims: std::collections::BTreeSet<String> = manifests.claims.keys().cloned().collect();
-    claims.extend(consumed_claims(&our_pods(&manifests, &source.node)));
+    let claims = manifests.claims.keys().cloned().collect();
+    let named_by_pods = consumed_claims(&our_pods(&manifests, &source.node));
     let journal = read_journal(&settings.root_dir).map_err(anyhow::Error::msg)?;
     let table = mounter.mount_table()?;
     let mounts = PodMounts::index(&table, &settings.root_dir);
@@ -60,7 +60,8 @@ pub async fn release(
         .map(|(_, entries)| entries)
         .chain(mounts.globals.get(pv))
         .find_map(|entries| entries.first().map(|e| e.mount_point.clone()));
-    let cleaned_by_volumed = match &settings.local_pv {
+    // Whether `volumed run` would clean it, were it released with policy Delete.
+    let local_disk = match &settings.local_pv {
         Some(config) if !config.classes.is_empty() => {
             let found = discover_now(settings, mounter.as_ref())
                 .await
@@ -71,6 +72,9 @@ pub async fn release(
                 .filter(|v| v.metadata.name.as_deref() == Some(pv))
                 .map(|mut v| {
                     v.status.get_or_insert_with(Default::default).phase = Some("Released".into());
+                    if let Some(spec) = v.spec.as_mut() {
+                        spec.persistent_volume_reclaim_policy = Some("Delete".into());
+                    }
                     v
                 })
                 .collect();
@@ -82,8 +86,9 @@ pub async fn release(
     };
     let check = ReleaseCheck {
         claims: &claims,
+        named_by_pods: &named_by_pods,
         cleaning: journal.cleaning.contains_key(pv),
-        cleaned_by_volumed,
+        local_disk,
         mounted_at,
     };
     let store = BindingStore::new(&settings.root_dir);

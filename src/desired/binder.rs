@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 
+use super::binding_store::ReleasedVolume;
 use super::selector::{node_affinity_matches, selector_matches, Labels};
 use crate::model::quantity::parse_bytes;
 
@@ -20,7 +21,7 @@ pub struct BindInput<'a> {
     /// Bindings recorded by earlier runs: claim key → PV name. These never move.
     pub recorded: &'a BTreeMap<String, String>,
     /// Volumes released from deleted claims: PV name → that claim's key. No claim gets them.
-    pub released: &'a BTreeMap<String, String>,
+    pub released: &'a BTreeMap<String, ReleasedVolume>,
     /// Claims used by a pod of this node (WaitForFirstConsumer binds only these).
     pub consumed: &'a BTreeSet<String>,
     pub node_name: &'a str,
@@ -78,11 +79,15 @@ impl Binder<'_> {
     /// Recorded bindings never move; a volume recorded for a deleted claim stays reserved,
     /// as a Released PV does in Kubernetes, and so does one whose release is recorded.
     fn keep_recorded(&mut self) {
-        for (pv_name, claim_key) in self.input.released {
-            self.taken.insert(
-                pv_name.clone(),
-                format!("{claim_key}, which was deleted (Released)"),
-            );
+        for (pv_name, released) in self.input.released {
+            let after = if released.deletes() {
+                "it is made available once it is cleaned"
+            } else {
+                "`volumed release` makes it available"
+            };
+            let claim = &released.claim;
+            let why = format!("{claim}, which was deleted (Released: {after})");
+            self.taken.insert(pv_name.clone(), why);
         }
         for (claim_key, pv_name) in self.input.recorded {
             if !self.input.claims.contains_key(claim_key) {

@@ -53,7 +53,13 @@ fn run(case: &Case) -> Bindings {
     let released = case
         .released
         .iter()
-        .map(|(v, c)| (v.to_string(), c.to_string()))
+        .map(|(v, c)| {
+            let released = crate::desired::binding_store::ReleasedVolume {
+                claim: c.to_string(),
+                reclaim_policy: Some("Retain".into()),
+            };
+            (v.to_string(), released)
+        })
         .collect();
     let consumed = case.consumed.iter().map(|c| c.to_string()).collect();
     let labels = Labels::from([
@@ -156,8 +162,11 @@ fn the_binder_follows_the_kubernetes_rules() {
             consumed: &[],
             want_bound: &[],
             want_pending: &[
-                ("default/old", "default/old, which was deleted (Released)"),
-                ("default/named", "which was deleted (Released)"),
+                ("default/old", "default/old, which was deleted (Released: "),
+                (
+                    "default/named",
+                    "which was deleted (Released: `volumed release` makes it available)",
+                ),
             ],
         },
         Case {

@@ -42,7 +42,24 @@ pub struct Recorded {
     /// volume is Released. A claim of that name made again does not get it back (as in
     /// Kubernetes); it is made available by its cleanup or by `volumed release`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub released: BTreeMap<String, String>,
+    pub released: BTreeMap<String, ReleasedVolume>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasedVolume {
+    /// The claim it was bound to, `namespace/name`.
+    pub claim: String,
+    /// Its reclaim policy when it was released. Only a volume released with Delete is ever
+    /// cleaned: a StorageClass manifest that goes missing later cannot turn a Retain disk into
+    /// one to wipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reclaim_policy: Option<String>,
+}
+
+impl ReleasedVolume {
+    pub fn deletes(&self) -> bool {
+        self.reclaim_policy.as_deref() == Some("Delete")
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -122,13 +139,17 @@ impl BindingStore {
 /// Why `volumed release` refused a volume.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReleaseError {
-    #[error("PersistentVolume {pv} is bound to claim {claim}, which the manifests still have (or a pod there still names): it is released when the claim's manifest is deleted")]
+    #[error("PersistentVolume {pv} is bound to claim {claim}, which the manifests still have: it is released when the claim's manifest is deleted")]
     Bound { pv: String, claim: String },
+    #[error("PersistentVolume {pv} is bound to claim {claim}, whose manifest is gone but which a pod in the manifests still names: delete that pod's manifest, and the claim's volume is released")]
+    NamedByPod { pv: String, claim: String },
+    #[error("PersistentVolume {pv} is bound to claim {claim}, whose manifest is gone, and the daemon has not released it yet: wait for `volumed run` to (`volumed status` shows it), or run `volumed run --once`")]
+    NotYetReleased { pv: String, claim: String },
     #[error("PersistentVolume {pv} is neither released nor bound in the binding record: there is nothing to release")]
     NotReleased { pv: String },
     #[error("PersistentVolume {pv} is being cleaned (see `volumed status`): it is available again as soon as its cleanup is done")]
     Cleaning { pv: String },
-    #[error("PersistentVolume {pv} has reclaim policy Delete and a local disk volumed cleans: `volumed run` cleans it and makes it available by itself (see `volumed status`); released by hand it would be offered with its old data")]
+    #[error("PersistentVolume {pv} was released with reclaim policy Delete and is a local disk volumed cleans: `volumed run` cleans it and makes it available by itself (see `volumed status`); released by hand it would be offered with its old data")]
     CleanedByVolumed { pv: String },
     #[error(
         "PersistentVolume {pv} is still mounted at {at}: release it once the pod using it is gone"
@@ -138,19 +159,21 @@ pub enum ReleaseError {
 
 /// What `volumed release` knows of a volume besides the record.
 pub struct ReleaseCheck<'a> {
-    /// Claims the manifests have, and claims a pod there names.
+    /// Claims the manifests have.
     pub claims: &'a std::collections::BTreeSet<String>,
+    /// Claims a pod in the manifests names.
+    pub named_by_pods: &'a std::collections::BTreeSet<String>,
     /// Its cleanup is journaled.
     pub cleaning: bool,
-    /// It is a local disk `volumed run` cleans itself.
-    pub cleaned_by_volumed: bool,
+    /// It is a local disk volumed discovered, which `volumed run` cleans when it was released
+    /// with reclaim policy Delete.
+    pub local_disk: bool,
     /// A pod volume mount of it, if any.
     pub mounted_at: Option<PathBuf>,
 }
 
-/// Makes `pv` available: takes it out of the record's releases (or, when the daemon has not
-/// released it yet, drops the binding of its claim whose manifest is gone). Returns the claim
-/// it was bound to. Pure: the caller reads and writes the record.
+/// Makes `pv`, released from a deleted claim, available: takes it out of the record's
+/// releases. Returns the claim it was bound to. Pure: the caller reads and writes the record.
 pub fn release(
     recorded: &mut Recorded,
     pv: &str,
@@ -162,21 +185,32 @@ pub fn release(
         .iter()
         .find(|(_, v)| *v == pv)
         .map(|(c, _)| c.clone());
-    let claim = match (recorded.released.get(pv), bound) {
-        (Some(claim), _) => claim.clone(),
+    let released = match (recorded.released.get(pv), bound) {
+        (Some(released), _) => released.clone(),
         (None, Some(claim)) if check.claims.contains(&claim) => {
             return Err(ReleaseError::Bound {
                 pv: pv_owned(),
                 claim,
             })
         }
-        (None, Some(claim)) => claim,
+        (None, Some(claim)) if check.named_by_pods.contains(&claim) => {
+            return Err(ReleaseError::NamedByPod {
+                pv: pv_owned(),
+                claim,
+            })
+        }
+        (None, Some(claim)) => {
+            return Err(ReleaseError::NotYetReleased {
+                pv: pv_owned(),
+                claim,
+            })
+        }
         (None, None) => return Err(ReleaseError::NotReleased { pv: pv_owned() }),
     };
     if check.cleaning {
         return Err(ReleaseError::Cleaning { pv: pv_owned() });
     }
-    if check.cleaned_by_volumed {
+    if check.local_disk && released.deletes() {
         return Err(ReleaseError::CleanedByVolumed { pv: pv_owned() });
     }
     if let Some(at) = &check.mounted_at {
@@ -186,8 +220,7 @@ pub fn release(
         });
     }
     recorded.released.remove(pv);
-    recorded.bindings.retain(|_, v| v != pv);
-    Ok(claim)
+    Ok(released.claim)
 }
 
 #[cfg(test)]
@@ -205,11 +238,18 @@ mod tests {
         );
         let recorded = Recorded {
             bindings: BTreeMap::from([("default/data".to_string(), "pv-small".to_string())]),
-            released: BTreeMap::from([("pv-old".to_string(), "default/gone".to_string())]),
+            released: BTreeMap::from([("pv-old".to_string(), released("default/gone", "Retain"))]),
         };
         let copy = recorded.clone();
         store.update(|r| (true, *r = copy)).unwrap();
         assert_eq!(BindingStore::new(dir.path()).load().unwrap(), recorded);
+    }
+
+    fn released(claim: &str, policy: &str) -> ReleasedVolume {
+        ReleasedVolume {
+            claim: claim.into(),
+            reclaim_policy: Some(policy.into()),
+        }
     }
 
     #[test]
@@ -217,54 +257,51 @@ mod tests {
         let record = Recorded {
             bindings: BTreeMap::from([
                 ("shop/live".to_string(), "pv-live".to_string()),
+                ("shop/named".to_string(), "pv-named".to_string()),
                 ("shop/gone".to_string(), "pv-unreleased".to_string()),
             ]),
-            released: BTreeMap::from([("pv-old".to_string(), "shop/old".to_string())]),
+            released: BTreeMap::from([
+                ("pv-old".to_string(), released("shop/old", "Retain")),
+                ("pv-wiped".to_string(), released("shop/wiped", "Delete")),
+            ]),
         };
         let claims = std::collections::BTreeSet::from(["shop/live".to_string()]);
-        let free = ReleaseCheck {
+        let named = std::collections::BTreeSet::from(["shop/named".to_string()]);
+        let check = |cleaning, local_disk, mounted_at: Option<&str>| ReleaseCheck {
             claims: &claims,
-            cleaning: false,
-            cleaned_by_volumed: false,
-            mounted_at: None,
+            named_by_pods: &named,
+            cleaning,
+            local_disk,
+            mounted_at: mounted_at.map(PathBuf::from),
         };
         let try_release = |pv: &str, check: &ReleaseCheck| {
             let mut r = record.clone();
             release(&mut r, pv, check).map(|claim| (claim, r))
         };
+        let free = check(false, true, None);
         let (claim, after) = try_release("pv-old", &free).unwrap();
         assert_eq!(claim, "shop/old");
-        assert!(after.released.is_empty() && after.bindings.len() == 2);
-        let (claim, after) = try_release("pv-unreleased", &free).unwrap();
-        assert_eq!(claim, "shop/gone");
-        assert!(!after.bindings.contains_key("shop/gone"));
-        assert!(matches!(
-            try_release("pv-live", &free),
-            Err(ReleaseError::Bound { .. })
-        ));
-        assert!(matches!(
-            try_release("pv-none", &free),
-            Err(ReleaseError::NotReleased { .. })
-        ));
-        let held = [
-            ReleaseCheck {
-                cleaning: true,
-                mounted_at: None,
-                ..free
-            },
-            ReleaseCheck {
-                cleaned_by_volumed: true,
-                mounted_at: None,
-                ..free
-            },
-            ReleaseCheck {
-                mounted_at: Some("/r/pods/u/volumes/x/pv-old".into()),
-                ..free
-            },
+        assert!(!after.released.contains_key("pv-old") && after.bindings == record.bindings);
+        // A Delete volume that is no local disk of volumed's is not cleaned: released by hand.
+        assert!(try_release("pv-wiped", &check(false, false, None)).is_ok());
+        let refusals = [
+            ("pv-live", &free, "Bound"),
+            ("pv-named", &free, "NamedByPod"),
+            ("pv-unreleased", &free, "NotYetReleased"),
+            ("pv-none", &free, "NotReleased"),
+            ("pv-old", &check(true, false, None), "Cleaning"),
+            ("pv-wiped", &free, "CleanedByVolumed"),
+            (
+                "pv-old",
+                &check(false, false, Some("/r/pods/u/v/pv-old")),
+                "InUse",
+            ),
         ];
-        for check in &held {
-            let err = try_release("pv-old", check).unwrap_err();
-            assert!(err.to_string().contains("pv-old"), "{err}");
+        for (pv, check, want) in refusals {
+            let err = try_release(pv, check).unwrap_err();
+            let got = format!("{err:?}");
+            assert!(got.starts_with(want), "{pv}: {got}, not {want}");
+            assert!(err.to_string().contains(pv), "{err}");
         }
     }
 

@@ -12,7 +12,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::binder::{bind, BindInput, Bindings};
-use super::binding_store::{BindingStore, Recorded};
+use super::binding_store::{BindingStore, Recorded, ReleasedVolume};
 use super::dir_watch::{Change, DirWatch};
 use super::local_disks::{add_discovered, LocalDisks};
 use super::manifest::{manifest_files, ManifestError, Manifests};
@@ -54,8 +54,8 @@ pub struct FileSource {
     pub memory: FileMemory,
     /// The local-PV classes whose discovered disks join the manifests' PVs.
     pub local_disks: Option<LocalDisks>,
-    /// Where the daemon's reads send the Released volumes, for the file-mode cleaner.
-    pub released_out: Option<watch::Sender<Arc<Vec<PersistentVolume>>>>,
+    /// Where the daemon's complete reads send the volumes they know, for the file-mode cleaner.
+    pub volumes_out: Option<watch::Sender<Arc<Vec<PersistentVolume>>>>,
     /// Wakes the daemon's source for a read at once (the cleaner made a disk available).
     pub reread: Arc<Notify>,
 }
@@ -65,9 +65,11 @@ pub struct Read {
     pub state: DesiredState,
     /// Recording it would change the binding record (new bindings, or releases).
     pub records: bool,
-    /// The volumes released from deleted claims that the manifests or discovery define, each
-    /// with phase Released: the local disks among them are cleaned.
-    pub released: Vec<PersistentVolume>,
+    /// The volumes this read would release from their deleted claims, by PV name.
+    pub gone: BTreeMap<String, ReleasedVolume>,
+    /// Every PV the read knows (the manifests', the discovered disks', those being cleaned),
+    /// for the cleaner, which takes their phases from the binding record.
+    pub volumes: Vec<PersistentVolume>,
 }
 
 /// Which manifest files are being written, and the last complete version of each.
@@ -105,15 +107,15 @@ impl FileSource {
     /// released (not while a replaced directory may still be filling). Blocking file I/O:
     /// call it off the async runtime.
     pub fn settled(&self, baseline: Option<&DesiredState>, may_release: bool) -> Read {
-        let mut read = self.read_once(false, may_release);
+        let mut read = self.read_once(None, may_release);
         for _ in 0..SETTLE_TRIES {
             let state = &read.state;
             let risky =
                 state.complete && (read.records || baseline.is_none_or(|b| loses(b, state)));
             if risky {
                 std::thread::sleep(SETTLE);
-                let again = self.read_once(false, may_release);
-                if again.state != read.state {
+                let again = self.read_once(None, may_release);
+                if again.state != read.state || again.gone != read.gone {
                     read = again;
                     continue;
                 }
@@ -121,8 +123,8 @@ impl FileSource {
             if !(read.records && self.record_bindings) {
                 return read;
             }
-            // Agreed twice: now record the new bindings and releases for real.
-            let recorded = self.read_once(true, may_release);
+            // Agreed twice: now record the new bindings, and the releases both reads found.
+            let recorded = self.read_once(Some(&read.gone), may_release);
             if recorded.state == read.state {
                 return recorded;
             }
@@ -140,17 +142,29 @@ impl FileSource {
         read
     }
 
-    /// One full read; `record` saves new bindings, and releases (with `may_release`) the
-    /// volumes of recorded claims the manifests no longer have, when the read is complete.
-    fn read_once(&self, record: bool, may_release: bool) -> Read {
+    /// One full read. `record` (the releases earlier reads agreed on) saves new bindings, and
+    /// releases (with `may_release`) the volumes of recorded claims that this read, complete,
+    /// and the earlier ones no longer have.
+    fn read_once(
+        &self,
+        record: Option<&BTreeMap<String, ReleasedVolume>>,
+        may_release: bool,
+    ) -> Read {
         let mut manifests = self.load();
+        // An empty directory (a filesystem not mounted yet, a wrong --manifests) releases
+        // nothing, however complete it looks.
+        let has_manifests = !lock(&self.memory.complete).is_empty();
         let mut problems: Vec<String> = manifests.errors.iter().map(|e| e.to_string()).collect();
+        let mut held = Vec::new();
         if let Some(disks) = &self.local_disks {
             // A disk being cleaned is offered to no claim until it is clean.
             match read_journal(&self.root_dir) {
                 Ok(journal) => {
                     let cleaning = journal.cleaning.keys().cloned().collect();
-                    problems.extend(add_discovered(&mut manifests, disks, &self.node, &cleaning));
+                    let (trouble, cleaning) =
+                        add_discovered(&mut manifests, disks, &self.node, &cleaning);
+                    problems.extend(trouble);
+                    held = cleaning;
                 }
                 Err(why) => problems.push(format!(
                     "{why}; no local disk is offered until it is fixed or removed"
@@ -199,7 +213,7 @@ impl FileSource {
             // New bindings are made only from a complete view and a readable record, so a
             // claim is never bound while the volume it should get is in a broken file.
             Some(recorded) if problems.is_empty() => {
-                if let Err(why) = self.record_new(&recorded.bindings, &bindings, record) {
+                if let Err(why) = self.record_new(&recorded.bindings, &bindings, record.is_some()) {
                     hold_back_new(&mut bindings, &recorded.bindings, &why);
                     problems.push(why);
                 }
@@ -222,38 +236,41 @@ impl FileSource {
         // Claims whose manifest is gone, with their volumes: released only from a complete
         // read, and not while a pod still names the claim (as Kubernetes' pvc-protection
         // keeps a claim in use), as a deleted PVC's volume is.
-        let gone: BTreeMap<String, String> = known
+        let gone: BTreeMap<String, ReleasedVolume> = known
             .bindings
             .iter()
             .filter(|(claim, _)| {
                 !manifests.claims.contains_key(*claim) && !consumed.contains(*claim)
             })
-            .map(|(claim, pv)| (pv.clone(), claim.clone()))
-            .collect();
-        let releases = state.complete && may_release && !gone.is_empty();
-        let mut released = known.released.clone();
-        if releases && record {
-            match self.record_releases(&gone) {
-                Ok(()) => released.extend(gone),
-                Err(why) => {
-                    state.problems.push(why);
-                    state.complete = false;
-                }
-            }
-        }
-        let released = released
-            .keys()
-            .filter_map(|name| manifests.volumes.get(name))
-            .map(|pv| {
-                let mut pv = pv.clone();
-                pv.status.get_or_insert_with(Default::default).phase = Some("Released".into());
-                pv
+            .map(|(claim, pv)| {
+                let released = ReleasedVolume {
+                    claim: claim.clone(),
+                    reclaim_policy: manifests
+                        .volumes
+                        .get(pv)
+                        .and_then(|v| v.spec.as_ref()?.persistent_volume_reclaim_policy.clone()),
+                };
+                (pv.clone(), released)
             })
             .collect();
+        let releases = state.complete && may_release && has_manifests && !gone.is_empty();
+        if let (true, Some(agreed)) = (releases, record) {
+            let confirmed: BTreeMap<_, _> = gone
+                .iter()
+                .filter(|(pv, released)| agreed.get(*pv) == Some(released))
+                .map(|(pv, released)| (pv.clone(), released.clone()))
+                .collect();
+            if let Err(why) = self.record_releases(&confirmed) {
+                state.problems.push(why);
+                state.complete = false;
+            }
+        }
+        let volumes = manifests.volumes.into_values().chain(held).collect();
         Read {
             state,
             records: binds || releases,
-            released,
+            gone: if releases { gone } else { BTreeMap::new() },
+            volumes,
         }
     }
 
@@ -348,16 +365,17 @@ impl FileSource {
         Ok(())
     }
 
-    /// Moves the bindings of deleted claims (PV → claim) to the record's releases.
-    fn record_releases(&self, gone: &BTreeMap<String, String>) -> Result<(), String> {
+    /// Moves the bindings of deleted claims to the record's releases.
+    fn record_releases(&self, gone: &BTreeMap<String, ReleasedVolume>) -> Result<(), String> {
         let moved = self
             .store
             .update(|now| {
                 let mut moved = Vec::new();
-                for (pv, claim) in gone {
+                for (pv, released) in gone {
+                    let claim = &released.claim;
                     if now.bindings.get(claim) == Some(pv) {
                         now.bindings.remove(claim);
-                        now.released.insert(pv.clone(), claim.clone());
+                        now.released.insert(pv.clone(), released.clone());
                         moved.push((pv, claim));
                     }
                 }
@@ -409,11 +427,11 @@ impl FileSource {
             let previous = tx.borrow().clone();
             if state.complete {
                 baseline = Some(Arc::new(state.clone()));
-                if let Some(out) = &source.released_out {
+                if let Some(out) = &source.volumes_out {
                     out.send_if_modified(|now| {
-                        let changed = **now != read.released;
+                        let changed = **now != read.volumes;
                         if changed {
-                            *now = Arc::new(read.released);
+                            *now = Arc::new(read.volumes);
                         }
                         changed
                     });

@@ -27,13 +27,13 @@ fn source(dir: &Path) -> FileSource {
         root_dir: dir.join("root"),
         memory: Default::default(),
         local_disks: None,
-        released_out: None,
+        volumes_out: None,
         reread: Default::default(),
     }
 }
 
 fn pod_names(source: &FileSource) -> (Vec<String>, bool) {
-    let state = source.read_once(false, false).state;
+    let state = source.read_once(None, false).state;
     let mut names: Vec<String> = state.pods.values().map(|p| p.name.clone()).collect();
     names.sort();
     (names, state.complete)
@@ -105,7 +105,7 @@ fn a_file_being_written_with_no_complete_version_makes_the_read_incomplete() {
     let source = source(dir.path());
     std::fs::create_dir_all(&source.dir).unwrap();
     let _writer = std::fs::File::create(source.dir.join("new.yaml")).unwrap();
-    let state = source.read_once(false, false).state;
+    let state = source.read_once(None, false).state;
     assert!(!state.complete);
     assert!(
         state.problems[0].contains("new.yaml is being written"),
@@ -167,7 +167,7 @@ fn a_pod_the_api_server_would_refuse_does_not_hold_back_other_pods_bindings() {
     );
     std::fs::write(source.dir.join("app.yaml"), storage).unwrap();
     std::fs::write(source.dir.join("bad.yaml"), pod("Bad")).unwrap();
-    let state = source.read_once(false, false).state;
+    let state = source.read_once(None, false).state;
     assert!(
         !state.complete,
         "the refused pod is a problem: {:?}",
@@ -224,30 +224,43 @@ fn a_deleted_claims_volume_is_released_only_from_a_complete_read_that_may_releas
     // The claim's manifest goes while a pod still uses it: nothing released.
     std::fs::remove_file(source.dir.join("claim.yaml")).unwrap();
     let read = source.settled(Some(&first.state), true);
-    assert!(read.released.is_empty());
+    assert!(read.state.complete, "{:?}", read.state.problems);
+    assert!(read.gone.is_empty());
     assert!(source.store.load().unwrap().released.is_empty());
 
     // The pod goes too, but the directory may still be filling (it was replaced): kept.
     std::fs::remove_file(source.dir.join("pod.yaml")).unwrap();
     let read = source.settled(Some(&first.state), false);
     assert!(read.state.complete, "{:?}", read.state.problems);
-    assert!(read.released.is_empty());
+    assert!(read.gone.is_empty());
     assert_eq!(
         source.store.load().unwrap().bindings["default/data"],
         "pv-a"
     );
 
+    // The directory is empty for a moment (a filesystem not mounted yet): complete, but it
+    // releases nothing.
+    let parked = dir.path().join("parked");
+    std::fs::rename(&source.dir, &parked).unwrap();
+    std::fs::create_dir_all(&source.dir).unwrap();
+    let read = source.settled(None, true);
+    assert!(read.state.complete, "{:?}", read.state.problems);
+    assert!(read.gone.is_empty());
+    assert!(source.store.load().unwrap().released.is_empty());
+    std::fs::remove_dir(&source.dir).unwrap();
+    std::fs::rename(&parked, &source.dir).unwrap();
+
     // Read as the real thing: released, and the Released volume is handed on.
     let read = source.settled(Some(&first.state), true);
     let recorded = source.store.load().unwrap();
     assert!(recorded.bindings.is_empty(), "{recorded:?}");
-    assert_eq!(recorded.released["pv-a"], "default/data");
-    assert_eq!(read.released.len(), 1);
-    let phase = read.released[0]
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref());
-    assert_eq!(phase, Some("Released"));
+    assert_eq!(recorded.released["pv-a"].claim, "default/data");
+    assert_eq!(
+        recorded.released["pv-a"].reclaim_policy, None,
+        "released with the policy its manifest gives (none)"
+    );
+    assert_eq!(read.gone.len(), 1);
+    assert_eq!(read.volumes.len(), 1);
 
     // A claim of the same name made again does not get the old data back.
     std::fs::write(source.dir.join("claim.yaml"), claim("data")).unwrap();
@@ -262,5 +275,5 @@ fn a_deleted_claims_volume_is_released_only_from_a_complete_read_that_may_releas
         !recorded.bindings.contains_key("default/data"),
         "{recorded:?}"
     );
-    assert_eq!(recorded.released["pv-a"], "default/data");
+    assert_eq!(recorded.released["pv-a"].claim, "default/data");
 }

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::PersistentVolume;
+
 use super::manifest::Manifests;
 use super::NodeConfig;
 use crate::host::local_dirs::scan_mount_dir;
@@ -18,18 +20,24 @@ pub struct LocalDisks {
 }
 
 /// Adds the PVs discovered now to `manifests`; returns problems that make the read incomplete
-/// (a scan that failed: its disks' PVs would look gone). A PV the manifests define by name or
-/// by path wins over a discovered one, with a warning. The PVs in `cleaning` (their disks'
-/// cleanups are journaled) are left out until they are clean. Blocking: scans touch the disks.
+/// (a scan that failed: its disks' PVs would look gone), and the PVs held back. A PV the
+/// manifests define by name or by path wins over a discovered one, with a warning. The PVs in
+/// `cleaning` (their disks' cleanups are journaled) are held back until they are clean.
+/// Blocking: scans touch the disks.
 pub fn add_discovered(
     manifests: &mut Manifests,
     disks: &LocalDisks,
     node: &NodeConfig,
     cleaning: &std::collections::BTreeSet<String>,
-) -> Vec<String> {
+) -> (Vec<String>, Vec<PersistentVolume>) {
     let table = match disks.mounter.mount_table() {
         Ok(table) => table,
-        Err(err) => return vec![format!("local PVs cannot be discovered: {err}")],
+        Err(err) => {
+            return (
+                vec![format!("local PVs cannot be discovered: {err}")],
+                vec![],
+            )
+        }
     };
     let mut problems = Vec::new();
     let scans: Vec<_> = disks
@@ -60,12 +68,13 @@ pub fn add_discovered(
         &scans,
         &reclaim,
     );
-    let local_path = |pv: &k8s_openapi::api::core::v1::PersistentVolume| {
-        pv.spec.as_ref()?.local.as_ref().map(|l| l.path.clone())
-    };
+    let local_path =
+        |pv: &PersistentVolume| pv.spec.as_ref()?.local.as_ref().map(|l| l.path.clone());
+    let mut held = Vec::new();
     for pv in found.volumes {
         let name = pv.metadata.name.clone().unwrap_or_default();
         if cleaning.contains(&name) {
+            held.push(pv);
             continue;
         }
         let path = local_path(&pv).unwrap_or_default();
@@ -90,5 +99,5 @@ pub fn add_discovered(
                 s.reason
             )
         }));
-    problems
+    (problems, held)
 }

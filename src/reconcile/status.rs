@@ -233,16 +233,25 @@ pub fn local_disk_rows(disks: &LocalDisks) -> Vec<StatusRow> {
             None => {
                 let recorded = disks.recorded;
                 match recorded.bindings.iter().find(|(_, v)| **v == name) {
-                    _ if recorded.released.contains_key(&name) => (
-                        Some(recorded.released[&name].clone()),
-                        VolumeState::Released,
-                        released_reason(
-                            pv,
-                            "its claim's manifest was deleted",
-                            &format!("run `volumed release {name}`"),
-                            "available again",
-                        ),
-                    ),
+                    _ if recorded.released.contains_key(&name) => {
+                        let released = &recorded.released[&name];
+                        // Judged by the policy it was released with, as the cleaner judges.
+                        let mut as_released = pv.clone();
+                        if let Some(spec) = as_released.spec.as_mut() {
+                            spec.persistent_volume_reclaim_policy =
+                                Some(released.reclaim_policy.clone().unwrap_or("Retain".into()));
+                        }
+                        (
+                            Some(released.claim.clone()),
+                            VolumeState::Released,
+                            released_reason(
+                                &as_released,
+                                "its claim's manifest was deleted",
+                                &format!("run `volumed release {name}`"),
+                                "available again",
+                            ),
+                        )
+                    }
                     Some((claim, _)) if !disks.claims.contains(claim) => (
                         Some(claim.clone()),
                         VolumeState::Released,
@@ -491,7 +500,13 @@ mod tests {
                 ("shop/data".to_string(), "a".to_string()),
                 ("shop/old".to_string(), "b".to_string()),
             ]),
-            released: BTreeMap::from([("c".to_string(), "shop/gone".to_string())]),
+            released: BTreeMap::from([(
+                "c".to_string(),
+                crate::desired::binding_store::ReleasedVolume {
+                    claim: "shop/gone".into(),
+                    reclaim_policy: Some("Delete".into()),
+                },
+            )]),
         };
         let claims = std::collections::BTreeSet::from(["shop/data".to_string()]);
         let rows = local_disk_rows(&LocalDisks {

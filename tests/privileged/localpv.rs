@@ -233,8 +233,25 @@ fn in_file_mode_a_claim_binds_to_a_discovered_disk_and_is_mounted_in_the_same_ru
         )
     })?;
     // The claim and its pod go: one more `run --once` tears the pod down, then cleans the
-    // released disk (policy Delete) and makes it available.
+    // released disk (policy Delete) and makes it available. Not while the directory is
+    // empty (a filesystem not mounted yet?): that releases nothing.
     std::fs::remove_file(sb.manifests.join("db.yaml")).unwrap();
+    let out = sb.volumed(&["run", "--once", "--config", &config]);
+    check(
+        out.status.success()
+            && std::fs::read_to_string(disk.join("data")).is_ok_and(|d| d == "on the disk"),
+        || {
+            format!(
+                "run --once on an empty directory: {}\n{}",
+                out.status,
+                text(&out.stderr)
+            )
+        },
+    )?;
+    sb.manifest(
+        "class.yaml",
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: fast-disks}\nprovisioner: kubernetes.io/no-provisioner\nvolumeBindingMode: WaitForFirstConsumer\n",
+    );
     let out = sb.volumed(&["run", "--once", "--config", &config]);
     check(out.status.success(), || {
         format!(
@@ -774,18 +791,28 @@ fn in_file_mode_a_deleted_claims_disk_is_cleaned_or_kept_released_until_volumed_
         eventually(
             std::time::Duration::from_secs(20),
             "the kept disk recorded as released",
-            || record()["released"][&pv_keep] == "default/logs",
+            || record()["released"][&pv_keep]["claim"] == "default/logs",
         )?;
         let (state, claim, reason) = row_of(&pv_keep)?;
         check(
             state == "released" && claim == "default/logs" && reason.contains("Retain"),
             || format!("kept disk: {state} {claim} ({reason})"),
         )?;
-        // The same claim made again does not get it back on its own.
+        // The same claim made again does not get it back on its own: once the daemon has read
+        // the file (its marker pod's emptyDir is there), the claim is still unbound.
+        let marker = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: marker, uid: marker-uid}\nspec: {nodeName: node-a, containers: [], volumes: [{name: scratch, emptyDir: {}}]}\n";
         sb.manifest(
             "logger.yaml",
-            &claim_and_pod("logs", "keep-disks", "logger", "log2-uid"),
+            &(claim_and_pod("logs", "keep-disks", "logger", "log2-uid") + marker),
         );
+        eventually(
+            std::time::Duration::from_secs(20),
+            "the daemon read the recreated claim (its marker pod's emptyDir)",
+            || sb.volume("marker-uid", "empty-dir", "scratch").is_dir(),
+        )?;
+        check(record()["bindings"].get("default/logs").is_none(), || {
+            format!("the recreated claim was bound: {}", record())
+        })?;
         let out = sb.volumed(&["status", "--output", "json", "--config", &config]);
         let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
             .map_err(|e| format!("status JSON ({e}): {}", text(&out.stdout)))?;
@@ -798,7 +825,7 @@ fn in_file_mode_a_deleted_claims_disk_is_cleaned_or_kept_released_until_volumed_
                 && pending["reason"]
                     .as_str()
                     .unwrap_or("")
-                    .contains("Released"),
+                    .contains("`volumed release` makes it available"),
             || format!("the recreated claim's volume: {pending}"),
         )?;
         check(
