@@ -118,6 +118,7 @@ fn local_pv_cleaner(
         // Removing a big tree takes a while; past this it goes on, alone.
         timeout: settings.op_timeout * 10,
         running: Default::default(),
+        stuck: Default::default(),
     }
 }
 

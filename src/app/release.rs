@@ -12,6 +12,7 @@ use crate::desired::resolve::{consumed_claims, our_pods};
 use crate::host::Mounter;
 use crate::localpv::cleaner::read_journal;
 use crate::localpv::cleanup::releases;
+use crate::localpv::discover::is_local_pv_name;
 use crate::model::mountinfo::PodMounts;
 
 /// What a release did: the volume and the claim it was bound to.
@@ -60,30 +61,33 @@ pub async fn release(
         .map(|(_, entries)| entries)
         .chain(mounts.globals.get(pv))
         .find_map(|entries| entries.first().map(|e| e.mount_point.clone()));
-    // Whether `volumed run` would clean it, were it released with policy Delete.
-    let local_disk = match &settings.local_pv {
-        Some(config) if !config.classes.is_empty() => {
-            let found = discover_now(settings, mounter.as_ref())
-                .await
-                .context("cannot look at the local disks")?;
-            let released: Vec<_> = found
-                .volumes
-                .into_iter()
-                .filter(|v| v.metadata.name.as_deref() == Some(pv))
-                .map(|mut v| {
-                    v.status.get_or_insert_with(Default::default).phase = Some("Released".into());
-                    if let Some(spec) = v.spec.as_mut() {
-                        spec.persistent_volume_reclaim_policy = Some("Delete".into());
-                    }
-                    v
-                })
-                .collect();
-            !releases(&settings.node.name, config, &released)
-                .0
-                .is_empty()
-        }
-        _ => false,
-    };
+    // Whether `volumed run` would clean it, were it released with policy Delete: by its name
+    // alone (its disk may be unmounted for a moment), or as discovery finds it now.
+    let local_disk = is_local_pv_name(pv)
+        || match &settings.local_pv {
+            Some(config) if !config.classes.is_empty() => {
+                let found = discover_now(settings, mounter.as_ref())
+                    .await
+                    .context("cannot look at the local disks")?;
+                let released: Vec<_> = found
+                    .volumes
+                    .into_iter()
+                    .filter(|v| v.metadata.name.as_deref() == Some(pv))
+                    .map(|mut v| {
+                        v.status.get_or_insert_with(Default::default).phase =
+                            Some("Released".into());
+                        if let Some(spec) = v.spec.as_mut() {
+                            spec.persistent_volume_reclaim_policy = Some("Delete".into());
+                        }
+                        v
+                    })
+                    .collect();
+                !releases(&settings.node.name, config, &released)
+                    .0
+                    .is_empty()
+            }
+            _ => false,
+        };
     let check = ReleaseCheck {
         claims: &claims,
         named_by_pods: &named_by_pods,

@@ -9,6 +9,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 
 use super::binding_store::ReleasedVolume;
 use super::selector::{node_affinity_matches, selector_matches, Labels};
+use crate::localpv::discover::PROVISIONED_BY;
 use crate::model::quantity::parse_bytes;
 
 /// Everything the binder decides from.
@@ -80,7 +81,13 @@ impl Binder<'_> {
     /// as a Released PV does in Kubernetes, and so does one whose release is recorded.
     fn keep_recorded(&mut self) {
         for (pv_name, released) in self.input.released {
-            let after = if released.deletes() {
+            let discovered = self
+                .input
+                .volumes
+                .get(pv_name)
+                .and_then(|pv| pv.metadata.annotations.as_ref())
+                .is_some_and(|a| a.contains_key(PROVISIONED_BY));
+            let after = if released.deletes() && discovered {
                 "it is made available once it is cleaned"
             } else {
                 "`volumed release` makes it available"

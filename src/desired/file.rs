@@ -20,6 +20,7 @@ use super::resolve::{consumed_claims, our_pods, resolve, unknown_node_name};
 use super::{DesiredState, NodeConfig};
 use crate::host::write_lease::open_for_writing;
 use crate::localpv::cleaner::read_journal;
+use crate::localpv::discover::PROVISIONED_BY;
 
 /// Coalesces a burst of file events (an editor's write + rename) into one reload.
 const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -245,10 +246,22 @@ impl FileSource {
             .map(|(claim, pv)| {
                 let released = ReleasedVolume {
                     claim: claim.clone(),
-                    reclaim_policy: manifests
-                        .volumes
-                        .get(pv)
-                        .and_then(|v| v.spec.as_ref()?.persistent_volume_reclaim_policy.clone()),
+                    reclaim_policy: manifests.volumes.get(pv).and_then(|v| {
+                        // A discovered disk's policy comes from its StorageClass manifest; with
+                        // none in this read (gone with the claim, say) it is unknown, not the
+                        // default Delete: unknown is never cleaned.
+                        let spec = v.spec.as_ref()?;
+                        let discovered = v
+                            .metadata
+                            .annotations
+                            .as_ref()
+                            .is_some_and(|a| a.contains_key(PROVISIONED_BY));
+                        let class = spec.storage_class_name.as_deref().unwrap_or("");
+                        if discovered && !manifests.classes.contains_key(class) {
+                            return None;
+                        }
+                        spec.persistent_volume_reclaim_policy.clone()
+                    }),
                 };
                 (pv.clone(), released)
             })

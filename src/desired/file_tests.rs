@@ -277,3 +277,41 @@ fn a_deleted_claims_volume_is_released_only_from_a_complete_read_that_may_releas
     );
     assert_eq!(recorded.released["pv-a"].claim, "default/data");
 }
+
+#[test]
+fn a_discovered_disk_released_without_its_storage_class_manifest_has_no_policy_to_wipe_by() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut source = source(dir.path());
+    source.record_bindings = true;
+    std::fs::create_dir_all(&source.dir).unwrap();
+    std::fs::create_dir_all(dir.path().join("disk")).unwrap();
+    // As discovery makes it: annotated, policy Delete (the default with no StorageClass).
+    let discovered = volume("pv-d", &dir.path().join("disk"))
+        .replace(
+            "metadata: {name: pv-d}",
+            "metadata: {name: pv-d, annotations: {pv.kubernetes.io/provisioned-by: volumed-n1}}",
+        )
+        .replace(
+            "storageClassName: local,",
+            "storageClassName: local, persistentVolumeReclaimPolicy: Delete,",
+        );
+    std::fs::write(source.dir.join("pv.yaml"), &discovered).unwrap();
+    let class = "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: local}\nprovisioner: kubernetes.io/no-provisioner\nreclaimPolicy: Retain\n";
+    std::fs::write(
+        source.dir.join("app.yaml"),
+        format!("{}---\n{class}", claim("data")),
+    )
+    .unwrap();
+    assert!(source.settled(None, true).state.complete);
+    assert_eq!(
+        source.store.load().unwrap().bindings["default/data"],
+        "pv-d"
+    );
+    // The claim goes, and its Retain StorageClass with it.
+    std::fs::remove_file(source.dir.join("app.yaml")).unwrap();
+    source.settled(None, true);
+    let released = &source.store.load().unwrap().released["pv-d"];
+    assert_eq!(released.claim, "default/data");
+    assert_eq!(released.reclaim_policy, None, "unknown, so never cleaned");
+    assert!(!released.deletes());
+}

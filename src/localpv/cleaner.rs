@@ -53,6 +53,8 @@ pub struct Cleaner {
     pub timeout: Duration,
     /// PVs whose cleanup job is running (it may outlive a pass, and its deadline).
     pub running: Arc<Mutex<BTreeSet<String>>>,
+    /// Journaled PVs found no longer Released, as already told (told once, not every pass).
+    pub stuck: Mutex<BTreeSet<String>>,
 }
 
 pub struct Cluster {
@@ -137,10 +139,13 @@ impl Cleaner {
             if present.contains(name.as_str()) && !releasable.contains(&name) {
                 // Journaled, but no longer a Released PV of ours: someone changed it. Its disk
                 // may be half clean: it is neither cleaned further nor published.
-                tracing::warn!(pv = name, "a local PV whose cleanup began is no longer Released; its disk is left alone and not published: check it, then remove its entry from the cleanup journal");
+                if lock(&self.stuck).insert(name.clone()) {
+                    tracing::warn!(pv = name, journal = %self.journal_path().display(), "a local PV whose cleanup began is no longer Released; its disk is left alone and not published: check it, then remove its entry from the cleanup journal");
+                }
                 out.done = false;
                 continue;
             }
+            lock(&self.stuck).remove(&name);
             if !entry.cleaned {
                 let result = self.clean(&name, &entry).await;
                 if let Some(e) = journal.cleaning.get_mut(&name) {

@@ -107,6 +107,12 @@ pub fn pv_name(node: &str, host_path: &Path, storage_class: &str) -> String {
     format!("local-pv-{}", &id.simple().to_string()[..12])
 }
 
+/// Whether `name` has the form `pv_name` gives (`local-pv-<12 hex digits>`).
+pub fn is_local_pv_name(name: &str) -> bool {
+    name.strip_prefix("local-pv-")
+        .is_some_and(|hex| hex.len() == 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// A capacity as upstream's provisioner states it: rounded down to whole GiB from 1 GiB on,
 /// to whole MiB below; `None` below 1 MiB (too small to offer).
 pub fn round_capacity(bytes: u64) -> Option<String> {
@@ -238,6 +244,8 @@ volume_mode = "Block"
             pv_name("node-a", Path::new("/mnt/disks/vol1"), "fast")
         );
         assert!(name.starts_with("local-pv-") && name.len() == "local-pv-".len() + 12);
+        assert!(is_local_pv_name(&name));
+        assert!(!is_local_pv_name("local-pv-data") && !is_local_pv_name("pv-1"));
         for other in [
             pv_name("node-b", Path::new("/mnt/disks/vol1"), "fast"),
             pv_name("node-a", Path::new("/mnt/disks/vol2"), "fast"),

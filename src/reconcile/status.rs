@@ -199,7 +199,30 @@ pub fn local_disk_rows(disks: &LocalDisks) -> Vec<StatusRow> {
         let path = local_path(pv).unwrap_or_default();
         found.insert(path.clone());
         if let Some(cleaning) = disks.journal.cleaning.get(&name) {
-            rows.push(cleaning_row(&name, &path, cleaning));
+            // Journaled, but bound (or otherwise not Released) now: the cleaner leaves it.
+            let taken = match disks.published {
+                Some(published) => published
+                    .iter()
+                    .find(|p| p.metadata.name.as_deref() == Some(name.as_str()))
+                    .filter(|p| {
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Released")
+                    })
+                    .map(|p| claim_of(p).unwrap_or_else(|| "no claim".into())),
+                None => (!disks.recorded.released.contains_key(&name))
+                    .then(|| disks.recorded.bindings.iter().find(|(_, v)| **v == name))
+                    .flatten()
+                    .map(|(claim, _)| claim.clone()),
+            };
+            rows.push(match taken {
+                Some(claim) => row(
+                    &name,
+                    Some(claim),
+                    &path,
+                    VolumeState::Failed,
+                    "its cleanup began, but it is no longer Released: it is left alone (neither cleaned nor offered); check the disk, then remove its entry from the root dir's state/localpv-cleanups.json".into(),
+                ),
+                None => cleaning_row(&name, &path, cleaning),
+            });
             continue;
         }
         let (claim, state, reason) = match disks.published {
@@ -541,6 +564,36 @@ mod tests {
             rows[2].reason.contains("it is cleaned and available again"),
             "{}",
             rows[2].reason
+        );
+        // A journaled disk the record shows bound is left alone: a row that says so.
+        let mut journal = Journal::default();
+        journal.cleaning.insert(
+            "a".into(),
+            Cleaning {
+                host_path: "/d/a".into(),
+                class: "fast".into(),
+                entry: "a".into(),
+                block: false,
+                cleaned: false,
+                last_error: None,
+            },
+        );
+        let rows = local_disk_rows(&LocalDisks {
+            node: "node-a",
+            discovered: &discovered,
+            journal: &journal,
+            published: None,
+            recorded: &recorded,
+            claims: &claims,
+        });
+        assert_eq!(
+            (rows[0].pod.as_str(), rows[0].state),
+            ("shop/data", VolumeState::Failed)
+        );
+        assert!(
+            rows[0].reason.contains("no longer Released"),
+            "{}",
+            rows[0].reason
         );
     }
 }
