@@ -43,6 +43,11 @@ pub struct Recorded {
     /// Kubernetes); it is made available by its cleanup or by `volumed release`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub released: BTreeMap<String, ReleasedVolume>,
+    /// PersistentVolume name → the reclaim policy it had when it was bound: the policy it is
+    /// released with (as Kubernetes fixes a PV's policy when it is made), whatever its
+    /// StorageClass manifest says by then.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub policies: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +242,7 @@ mod tests {
             "no record yet means no bindings"
         );
         let recorded = Recorded {
+            policies: Default::default(),
             bindings: BTreeMap::from([("default/data".to_string(), "pv-small".to_string())]),
             released: BTreeMap::from([("pv-old".to_string(), released("default/gone", "Retain"))]),
         };
@@ -255,6 +261,7 @@ mod tests {
     #[test]
     fn a_volume_is_released_by_hand_only_when_nothing_holds_it() {
         let record = Recorded {
+            policies: Default::default(),
             bindings: BTreeMap::from([
                 ("shop/live".to_string(), "pv-live".to_string()),
                 ("shop/named".to_string(), "pv-named".to_string()),

@@ -20,7 +20,6 @@ use super::resolve::{consumed_claims, our_pods, resolve, unknown_node_name};
 use super::{DesiredState, NodeConfig};
 use crate::host::write_lease::open_for_writing;
 use crate::localpv::cleaner::read_journal;
-use crate::localpv::discover::PROVISIONED_BY;
 
 /// Coalesces a burst of file events (an editor's write + rename) into one reload.
 const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -214,7 +213,10 @@ impl FileSource {
             // New bindings are made only from a complete view and a readable record, so a
             // claim is never bound while the volume it should get is in a broken file.
             Some(recorded) if problems.is_empty() => {
-                if let Err(why) = self.record_new(&recorded.bindings, &bindings, record.is_some()) {
+                let policies = policies_of(&manifests.volumes);
+                if let Err(why) =
+                    self.record_new(&recorded.bindings, &bindings, &policies, record.is_some())
+                {
                     hold_back_new(&mut bindings, &recorded.bindings, &why);
                     problems.push(why);
                 }
@@ -244,24 +246,15 @@ impl FileSource {
                 !manifests.claims.contains_key(*claim) && !consumed.contains(*claim)
             })
             .map(|(claim, pv)| {
+                // The policy it was bound with; for a binding recorded without one, as it
+                // is now.
+                let now = || {
+                    let spec = manifests.volumes.get(pv)?.spec.as_ref()?;
+                    spec.persistent_volume_reclaim_policy.clone()
+                };
                 let released = ReleasedVolume {
                     claim: claim.clone(),
-                    reclaim_policy: manifests.volumes.get(pv).and_then(|v| {
-                        // A discovered disk's policy comes from its StorageClass manifest; with
-                        // none in this read (gone with the claim, say) it is unknown, not the
-                        // default Delete: unknown is never cleaned.
-                        let spec = v.spec.as_ref()?;
-                        let discovered = v
-                            .metadata
-                            .annotations
-                            .as_ref()
-                            .is_some_and(|a| a.contains_key(PROVISIONED_BY));
-                        let class = spec.storage_class_name.as_deref().unwrap_or("");
-                        if discovered && !manifests.classes.contains_key(class) {
-                            return None;
-                        }
-                        spec.persistent_volume_reclaim_policy.clone()
-                    }),
+                    reclaim_policy: known.policies.get(pv).cloned().or_else(now),
                 };
                 (pv.clone(), released)
             })
@@ -355,10 +348,12 @@ impl FileSource {
         }
     }
 
+    /// Records the new bindings, each volume with the reclaim policy it has now (`policies`).
     fn record_new(
         &self,
         recorded: &BTreeMap<String, String>,
         bindings: &Bindings,
+        policies: &BTreeMap<String, String>,
         record: bool,
     ) -> Result<(), String> {
         let is_new = |(claim, pv): &(&String, &String)| recorded.get(*claim) != Some(*pv);
@@ -367,8 +362,12 @@ impl FileSource {
         }
         self.store
             .update(|now| {
-                now.bindings
-                    .extend(bindings.bound.iter().map(|(c, v)| (c.clone(), v.clone())));
+                for (claim, pv) in bindings.bound.iter().filter(|b| is_new(b)) {
+                    now.bindings.insert(claim.clone(), pv.clone());
+                    if let Some(policy) = policies.get(pv) {
+                        now.policies.insert(pv.clone(), policy.clone());
+                    }
+                }
                 (true, ())
             })
             .map_err(|e| e.to_string())?;
@@ -388,6 +387,7 @@ impl FileSource {
                     let claim = &released.claim;
                     if now.bindings.get(claim) == Some(pv) {
                         now.bindings.remove(claim);
+                        now.policies.remove(pv);
                         now.released.insert(pv.clone(), released.clone());
                         moved.push((pv, claim));
                     }
@@ -526,6 +526,17 @@ impl FileSource {
             },
         }
     }
+}
+
+/// Each volume's reclaim policy, where it has one.
+fn policies_of(volumes: &BTreeMap<String, PersistentVolume>) -> BTreeMap<String, String> {
+    volumes
+        .iter()
+        .filter_map(|(name, pv)| {
+            let policy = pv.spec.as_ref()?.persistent_volume_reclaim_policy.clone()?;
+            Some((name.clone(), policy))
+        })
+        .collect()
 }
 
 /// Watches the binding record's directory; each change to the record is sent. `None` (with a

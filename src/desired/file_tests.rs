@@ -279,23 +279,21 @@ fn a_deleted_claims_volume_is_released_only_from_a_complete_read_that_may_releas
 }
 
 #[test]
-fn a_discovered_disk_released_without_its_storage_class_manifest_has_no_policy_to_wipe_by() {
+fn a_volume_is_released_with_the_policy_it_was_bound_with() {
     let dir = tempfile::tempdir().unwrap();
     let mut source = source(dir.path());
     source.record_bindings = true;
     std::fs::create_dir_all(&source.dir).unwrap();
     std::fs::create_dir_all(dir.path().join("disk")).unwrap();
-    // As discovery makes it: annotated, policy Delete (the default with no StorageClass).
-    let discovered = volume("pv-d", &dir.path().join("disk"))
-        .replace(
-            "metadata: {name: pv-d}",
-            "metadata: {name: pv-d, annotations: {pv.kubernetes.io/provisioned-by: volumed-n1}}",
-        )
-        .replace(
+    // As discovery makes it from its StorageClass: Retain while the class says so, Delete
+    // (the default) once the class's manifest is gone.
+    let as_discovered = |policy: &str| {
+        volume("pv-d", &dir.path().join("disk")).replace(
             "storageClassName: local,",
-            "storageClassName: local, persistentVolumeReclaimPolicy: Delete,",
-        );
-    std::fs::write(source.dir.join("pv.yaml"), &discovered).unwrap();
+            &format!("storageClassName: local, persistentVolumeReclaimPolicy: {policy},"),
+        )
+    };
+    std::fs::write(source.dir.join("pv.yaml"), as_discovered("Retain")).unwrap();
     let class = "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: local}\nprovisioner: kubernetes.io/no-provisioner\nreclaimPolicy: Retain\n";
     std::fs::write(
         source.dir.join("app.yaml"),
@@ -303,15 +301,16 @@ fn a_discovered_disk_released_without_its_storage_class_manifest_has_no_policy_t
     )
     .unwrap();
     assert!(source.settled(None, true).state.complete);
-    assert_eq!(
-        source.store.load().unwrap().bindings["default/data"],
-        "pv-d"
-    );
-    // The claim goes, and its Retain StorageClass with it.
+    let recorded = source.store.load().unwrap();
+    assert_eq!(recorded.bindings["default/data"], "pv-d");
+    assert_eq!(recorded.policies["pv-d"], "Retain");
+    // The claim goes, and its Retain StorageClass with it: the disk now reads as Delete.
     std::fs::remove_file(source.dir.join("app.yaml")).unwrap();
+    std::fs::write(source.dir.join("pv.yaml"), as_discovered("Delete")).unwrap();
     source.settled(None, true);
-    let released = &source.store.load().unwrap().released["pv-d"];
+    let recorded = source.store.load().unwrap();
+    let released = &recorded.released["pv-d"];
     assert_eq!(released.claim, "default/data");
-    assert_eq!(released.reclaim_policy, None, "unknown, so never cleaned");
-    assert!(!released.deletes());
+    assert_eq!(released.reclaim_policy.as_deref(), Some("Retain"));
+    assert!(!released.deletes() && recorded.policies.is_empty());
 }

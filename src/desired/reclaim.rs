@@ -151,6 +151,7 @@ mod tests {
     #[test]
     fn phases_and_policies_come_from_the_record_as_it_is_now() {
         let recorded = Recorded {
+            policies: Default::default(),
             bindings: BTreeMap::from([("shop/new".to_string(), "again".to_string())]),
             released: BTreeMap::from([
                 (

@@ -519,6 +519,7 @@ mod tests {
             skipped: vec![],
         };
         let recorded = Recorded {
+            policies: Default::default(),
             bindings: BTreeMap::from([
                 ("shop/data".to_string(), "a".to_string()),
                 ("shop/old".to_string(), "b".to_string()),
