@@ -46,12 +46,12 @@ pub enum Command {
     /// mount_dir become (see --config), as YAML or JSON, changing nothing; entries that are
     /// skipped go to stderr with why. Exit 0; 2 when it cannot run (no classes configured).
     Discover(DiscoverArgs),
-    /// File mode: make a PersistentVolume released from a deleted claim available to new
-    /// claims (a Retain volume, or one volumed does not clean). Refused while its claim or a
-    /// pod naming it is in the manifests, before the daemon released it, while it is mounted
-    /// or being cleaned, for a local disk `run` cleans itself, and while the manifests have
-    /// errors. Exit 0: released; 1: refused (why on stderr, nothing changed); 2: the command
-    /// failed.
+    /// File mode: make a PersistentVolume released from a deleted claim available to claims
+    /// again, its data untouched (a Retain volume, or one volumed does not clean). Refused for
+    /// a volume still bound (its claim, or a pod naming it, in the manifests), one not released
+    /// yet, mounted or being cleaned, a local disk `run` cleans itself, and while the manifests
+    /// have errors. Exit 0: released; 1: refused (why on stderr, nothing changed); 2: the
+    /// command failed.
     Release(ReleaseArgs),
 }
 

@@ -182,13 +182,19 @@ async fn local_disks_now(
         None => Default::default(),
     };
     // The claims that keep their volumes: those the manifests have, and those a pod names.
-    let claims = match &settings.manifests {
+    let (claims, may_release) = match &settings.manifests {
         Some(dir) => {
             let manifests = crate::desired::manifest::load_dir(dir);
             let named = consumed_claims(&our_pods(&manifests, &settings.node));
-            manifests.claims.into_keys().chain(named).collect()
+            let may_release = manifests.errors.is_empty()
+                && manifests.refused.is_empty()
+                && !crate::desired::manifest::manifest_files(dir).0.is_empty();
+            (
+                manifests.claims.into_keys().chain(named).collect(),
+                may_release,
+            )
         }
-        None => Default::default(),
+        None => (Default::default(), false),
     };
     Ok(status::local_disk_rows(&status::LocalDisks {
         node: &settings.node.name,
@@ -197,6 +203,7 @@ async fn local_disks_now(
         published: published.as_deref(),
         recorded: &recorded,
         claims: &claims,
+        may_release,
     }))
 }
 

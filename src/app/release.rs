@@ -46,7 +46,7 @@ pub async fn release(
     ensure_manifest_dir(settings)?;
     let source = file_source(settings, dir, false, mounter);
     let manifests = crate::desired::manifest::load_dir(dir);
-    if let Some(err) = manifests.errors.first() {
+    if let Some(err) = manifests.errors.iter().chain(&manifests.refused).next() {
         return Err(NotReleased::Refused(format!("the manifests have errors, and a claim in a broken file may still hold {pv}: fix them first ({err})")));
     }
     let claims = manifests.claims.keys().cloned().collect();

@@ -21,7 +21,7 @@ pub fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
     match result {
         Ok(done) => {
             println!(
-                "released {} (bound to claim {}, whose manifest was deleted): it is available to new claims",
+                "released {} (bound to claim {}, whose manifest was deleted): it is available to claims again, with its data as it was",
                 done.pv, done.claim
             );
             Ok(ExitCode::SUCCESS)

@@ -148,7 +148,7 @@ pub enum ReleaseError {
     Bound { pv: String, claim: String },
     #[error("PersistentVolume {pv} is bound to claim {claim}, whose manifest is gone but which a pod in the manifests still names: delete that pod's manifest, and the claim's volume is released")]
     NamedByPod { pv: String, claim: String },
-    #[error("PersistentVolume {pv} is bound to claim {claim}, whose manifest is gone, and the daemon has not released it yet: wait for `volumed run` to (`volumed status` shows it), or run `volumed run --once`")]
+    #[error("PersistentVolume {pv} is bound to claim {claim}, whose manifest is gone, and the daemon has not released it yet: wait for `volumed run` to release it (`volumed status` shows it), or run `volumed run --once`")]
     NotYetReleased { pv: String, claim: String },
     #[error("PersistentVolume {pv} is neither released nor bound in the binding record: there is nothing to release")]
     NotReleased { pv: String },

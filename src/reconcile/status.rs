@@ -149,6 +149,9 @@ pub struct LocalDisks<'a> {
     pub recorded: &'a Recorded,
     /// File mode's claims (`namespace/name`) as the manifests define them now.
     pub claims: &'a std::collections::BTreeSet<String>,
+    /// Whether a read of the manifests now may release (they have no errors, and the
+    /// directory has manifests).
+    pub may_release: bool,
 }
 
 /// Why a Released local PV is as it is, and what comes next: `why` it is Released, what an
@@ -278,7 +281,12 @@ pub fn local_disk_rows(disks: &LocalDisks) -> Vec<StatusRow> {
                     Some((claim, _)) if !disks.claims.contains(claim) => (
                         Some(claim.clone()),
                         VolumeState::Released,
-                        "its claim's manifest is gone: the next `volumed run` releases it".into(),
+                        if disks.may_release {
+                            "its claim's manifest is gone: the next `volumed run` releases it"
+                        } else {
+                            "its claim's manifest is gone, but nothing is released while the manifests have errors or the directory has none"
+                        }
+                        .into(),
                     ),
                     Some((claim, _)) => (Some(claim.clone()), VolumeState::Bound, String::new()),
                     None => (None, VolumeState::Available, String::new()),
@@ -481,6 +489,7 @@ mod tests {
             published: Some(&published),
             recorded: &Recorded::default(),
             claims: &Default::default(),
+            may_release: true,
         });
         let got: Vec<(&str, &str, VolumeState)> = rows
             .iter()
@@ -540,6 +549,7 @@ mod tests {
             published: None,
             recorded: &recorded,
             claims: &claims,
+            may_release: true,
         });
         let got: Vec<(&str, &str, VolumeState)> = rows
             .iter()
@@ -586,6 +596,7 @@ mod tests {
             published: None,
             recorded: &recorded,
             claims: &claims,
+            may_release: true,
         });
         assert_eq!(
             (rows[0].pod.as_str(), rows[0].state),

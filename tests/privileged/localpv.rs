@@ -840,7 +840,7 @@ fn in_file_mode_a_deleted_claims_disk_is_cleaned_or_kept_released_until_volumed_
         let said = text(&released.stdout);
         check(
             said.trim()
-                == format!("released {pv_keep} (bound to claim default/logs, whose manifest was deleted): it is available to new claims"),
+                == format!("released {pv_keep} (bound to claim default/logs, whose manifest was deleted): it is available to claims again, with its data as it was"),
             || format!("release printed {said:?}"),
         )?;
         eventually(
@@ -856,7 +856,25 @@ fn in_file_mode_a_deleted_claims_disk_is_cleaned_or_kept_released_until_volumed_
                 again.status,
                 text(&again.stderr)
             )
-        })
+        })?;
+        // A manifest the API server would refuse: nothing is released while it is there.
+        sb.manifest(
+            "bad.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {nodeName: node-a, containers: []}\n",
+        );
+        let refused = release_cmd(&pv_keep);
+        std::fs::remove_file(sb.manifests.join("bad.yaml")).unwrap();
+        check(
+            refused.status.code() == Some(1)
+                && text(&refused.stderr).contains("the manifests have errors"),
+            || {
+                format!(
+                    "release beside a refused manifest: {}\n{}",
+                    refused.status,
+                    text(&refused.stderr)
+                )
+            },
+        )
     })();
     let log = sb.stop(daemon)?;
     result.map_err(|e| {
