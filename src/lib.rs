@@ -11,6 +11,7 @@
 //! (`tests/layering.rs` checks that, and that nothing imports in a cycle).
 
 pub mod shared;
+pub mod metrics;
 pub mod model;
 pub mod host;
 pub mod actual;

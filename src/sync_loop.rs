@@ -103,6 +103,8 @@ struct Books {
     pending_told: std::collections::BTreeSet<(String, String, String)>,
     /// What `progress` last said.
     progress: Progress,
+    /// The label sets `volume_manager_total_volumes` has now.
+    volume_counts: std::collections::BTreeSet<(String, &'static str)>,
 }
 
 impl SyncLoop {
@@ -198,6 +200,17 @@ impl SyncLoop {
         if table.covers < need_covers {
             return None;
         }
+        let began = std::time::Instant::now();
+        let metrics = crate::metrics::get();
+        if !Arc::ptr_eq(&desired, &books.progress.planned_from) {
+            metrics.source_ready.set(i64::from(desired.complete));
+            if desired.complete {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                metrics.last_complete_snapshot.set(now.as_secs_f64());
+            }
+        }
         // The pod-mount index is rebuilt only when a new table arrives, not on every pass.
         if !books
             .indexed
@@ -252,7 +265,12 @@ impl SyncLoop {
         }
         books.matched = matched;
         let _span = tracing::debug_span!("pass", ops = ops.len()).entered();
+        books.volume_counts = count_volumes(&desired, pod_mounts, &books.volume_counts);
         let started = self.executor.submit(ops);
+        metrics.sync_passes.inc();
+        metrics
+            .sync_pass_duration
+            .observe(began.elapsed().as_secs_f64());
         books.progress.passes += 1;
         books.progress.planned_from = desired;
         books.progress.idle = started == 0 && self.executor.in_flight() == 0;
@@ -369,4 +387,38 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Sets `volume_manager_total_volumes`: the volumes wanted (desired) and mounted (actual), by
+/// plugin; label sets no longer counted (`before`) are removed. Returns the label sets now.
+/// Counting is proportional to the volumes, as the plan is.
+fn count_volumes(
+    desired: &DesiredState,
+    mounts: &PodMounts,
+    before: &std::collections::BTreeSet<(String, &'static str)>,
+) -> std::collections::BTreeSet<(String, &'static str)> {
+    let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+    let label = |plugin: &crate::model::Plugin| format!("kubernetes.io/{}", plugin.as_str());
+    for key in desired.volumes.keys() {
+        *counts
+            .entry((label(&key.plugin), "desired_state_of_world"))
+            .or_default() += 1;
+    }
+    for key in mounts.volumes.keys() {
+        *counts
+            .entry((label(&key.plugin), "actual_state_of_world"))
+            .or_default() += 1;
+    }
+    let family = &crate::metrics::get().total_volumes;
+    let labels = |(plugin_name, state): &(String, &'static str)| crate::metrics::VolumeCount {
+        plugin_name: plugin_name.clone(),
+        state,
+    };
+    for gone in before.iter().filter(|k| !counts.contains_key(*k)) {
+        family.remove(&labels(gone));
+    }
+    for (key, count) in &counts {
+        family.get_or_create(&labels(key)).set(*count);
+    }
+    counts.into_keys().collect()
 }

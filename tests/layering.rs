@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 /// Bottom to top; a module imports only modules listed before it (and itself).
 const LAYERS: &[&str] = &[
     "shared",
+    "metrics",
     "model",
     "host",
     "actual",

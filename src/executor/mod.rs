@@ -213,6 +213,13 @@ impl Executor {
             OpEvent::Overdue { op, after } => {
                 self.overdue.insert(op.key());
                 self.stuck_total += 1;
+                let metrics = crate::metrics::get();
+                metrics.stuck_operations.set(self.overdue.len() as i64);
+                let stuck = crate::metrics::OpResult {
+                    op: op.verb(),
+                    result: "stuck",
+                };
+                metrics.operations.get_or_create(&stuck).inc();
                 tracing::warn!(op = op.verb(), key = %describe_key(&op.key()), after_s = after.as_secs(), stuck_now = self.overdue.len(), stuck_total = self.stuck_total, "op is stuck past its deadline; its volume is uncertain and other volumes go on")
             }
             OpEvent::Finished {
@@ -223,6 +230,14 @@ impl Executor {
                 let key = op.key();
                 self.in_flight.remove(&key);
                 self.overdue.remove(&key);
+                let metrics = crate::metrics::get();
+                metrics.stuck_operations.set(self.overdue.len() as i64);
+                metrics.op_finished(
+                    op.verb(),
+                    op.plugin_label(),
+                    outcome.did.is_ok(),
+                    elapsed.as_secs_f64(),
+                );
                 match &outcome.did {
                     Ok(did) => {
                         self.backoff.remove(&key);

@@ -45,6 +45,7 @@ fn fd_path(fd: &impl AsRawFd) -> PathBuf {
 
 impl Mounter for RealMounter {
     fn mount_table(&self) -> Result<Vec<MountEntry>, HostError> {
+        crate::metrics::get().mount_table_reads.inc();
         let file = std::fs::File::open(MOUNTINFO)
             .map_err(|e| HostError::MountTable(format!("{MOUNTINFO}: {e}")))?;
         parse(std::io::BufReader::new(file), MOUNTINFO)

@@ -113,6 +113,21 @@ impl Op {
         }
     }
 
+    /// The volume plugin an op works for, as kubelet names plugins in its metrics
+    /// (`kubernetes.io/empty-dir`); pod directories count as `pod-dir`.
+    pub fn plugin_label(&self) -> String {
+        match self {
+            Op::SetUp { volume } => format!("kubernetes.io/{}", volume.key.plugin.as_str()),
+            Op::Unmount { key, .. } | Op::RemoveVolumeDir { key, .. } => {
+                format!("kubernetes.io/{}", key.plugin.as_str())
+            }
+            Op::RemovePodDir { .. } | Op::ClaimPodDir { .. } => "pod-dir".into(),
+            Op::UnmountGlobal { .. } | Op::RemoveGlobalDir { .. } => {
+                "kubernetes.io/local-volume".into()
+            }
+        }
+    }
+
     pub fn verb(&self) -> &'static str {
         match self {
             Op::SetUp { .. } => "set-up",
