@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 scripts/deps.sh
 
+# Prometheus's checker, for the metrics test.
+VOLUMED_PROMTOOL=$(promtool_binary)
+export VOLUMED_PROMTOOL
+
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 if [ "$(id -u)" -eq 0 ]; then
@@ -16,6 +20,6 @@ fi
 cargo test --locked --all-targets
 echo "test.sh: running the privileged tests with sudo" >&2
 privileged=$(privileged_test_binary)
-sudo env VOLUMED_REQUIRE_PRIVILEGED=1 \
+sudo env VOLUMED_REQUIRE_PRIVILEGED=1 VOLUMED_PROMTOOL="$VOLUMED_PROMTOOL" \
   ${VOLUMED_TEST_KUBECONFIG:+VOLUMED_TEST_KUBECONFIG="$VOLUMED_TEST_KUBECONFIG"} \
   ${VOLUMED_TEST_NODE:+VOLUMED_TEST_NODE="$VOLUMED_TEST_NODE"} "$privileged"

@@ -172,6 +172,16 @@ pub struct CommonArgs {
     /// Safety re-read of the mount table and manifests when nothing reported a change.
     #[arg(long, value_parser = at_least_a_second, default_value = "60s")]
     pub resync: Duration,
+    /// Where `run` serves /healthz, /readyz, /metrics and /status (GET only), and where
+    /// `status` asks a running daemon. Port 0 takes a free port; the daemon writes the address
+    /// it got to <root>/state/http.addr, which `status` reads.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9810",
+        env = "VOLUMED_HTTP_ADDR"
+    )]
+    pub http_addr: std::net::SocketAddr,
 }
 
 /// A duration of one second or more (shorter timers would spin).

@@ -50,6 +50,8 @@ pub struct Settings {
     pub resync: Duration,
     /// The local-PV classes, when the config file has any.
     pub local_pv: Option<LocalPvConfig>,
+    /// The daemon's health, metrics and status endpoint.
+    pub http_addr: std::net::SocketAddr,
 }
 
 impl Settings {
@@ -116,6 +118,7 @@ impl Settings {
             op_timeout: args.op_timeout,
             resync: args.resync,
             local_pv: config_file(args.config.as_deref())?.local_pv,
+            http_addr: args.http_addr,
         })
     }
 }

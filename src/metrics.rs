@@ -50,6 +50,12 @@ pub struct LocalDiskLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// One of the endpoint's paths, or `other`.
+    pub path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CleanupLabels {
     /// `done` or `failed`.
     pub result: &'static str,
@@ -76,6 +82,7 @@ pub struct Metrics {
     pub inodes_used: Family<ClaimLabels, Gauge>,
     pub local_disks: Family<LocalDiskLabels, Gauge>,
     pub local_cleanups: Family<CleanupLabels, Counter>,
+    pub http_requests: Family<RequestLabels, Counter>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -104,6 +111,7 @@ impl Metrics {
             inodes_used: Family::default(),
             local_disks: Family::default(),
             local_cleanups: Family::default(),
+            http_requests: Family::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -196,6 +204,11 @@ impl Metrics {
             "volumed_local_pv_cleanups",
             "Cleanups of released local disks, by result",
             m.local_cleanups.clone(),
+        );
+        registry.register(
+            "volumed_http_requests",
+            "Requests to the health, metrics and status endpoint, by path",
+            m.http_requests.clone(),
         );
         Metrics {
             registry,

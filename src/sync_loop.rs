@@ -59,7 +59,16 @@ pub struct Progress {
     /// The last pass started nothing and nothing is in flight: until an input changes or a
     /// retry comes due, the loop does nothing more.
     pub idle: bool,
+    /// When the loop last went round (at least every `HEARTBEAT`): `/healthz` and the
+    /// systemd watchdog judge it by this.
+    pub ticked: Option<tokio::time::Instant>,
+    /// A complete snapshot has been reconciled: some pass planned from one and then found
+    /// nothing to start and nothing in flight (`/readyz`).
+    pub reconciled: bool,
 }
+
+/// The loop goes round at least this often, even when nothing happens.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the loop left the host.
 #[derive(Debug)]
@@ -119,12 +128,19 @@ impl SyncLoop {
         if let Some(devices) = devices.as_mut() {
             devices.borrow_and_update();
         }
+        // A wake for the heartbeat alone plans nothing: a pass costs what changed.
+        let mut heartbeat_only = false;
         loop {
-            let started = self.pass(&mut books, need_covers);
-            // Once mode does not wait for a stuck op: it is reported, and exit ends it.
-            if self.once && started == Some(0) && self.executor.in_flight_on_time() == 0 {
-                break;
+            if !heartbeat_only {
+                let started = self.pass(&mut books, need_covers);
+                // Once mode does not wait for a stuck op: it is reported, and exit ends it.
+                if self.once && started == Some(0) && self.executor.in_flight_on_time() == 0 {
+                    break;
+                }
             }
+            heartbeat_only = false;
+            books.progress.ticked = Some(tokio::time::Instant::now());
+            self.tell_progress(&books);
             let retry_at = self.executor.next_retry();
             tokio::select! {
                 // Cancellation first: after it, no new snapshot may lead to an op.
@@ -169,6 +185,7 @@ impl SyncLoop {
                     }
                 }
                 _ = sleep_until(retry_at), if retry_at.is_some() => {}
+                _ = tokio::time::sleep(HEARTBEAT), if !self.once => heartbeat_only = true,
             }
         }
         if cancel.is_cancelled() || stopped.is_some() {
@@ -265,7 +282,8 @@ impl SyncLoop {
         }
         books.matched = matched;
         let _span = tracing::debug_span!("pass", ops = ops.len()).entered();
-        books.volume_counts = count_volumes(&desired, pod_mounts, &books.volume_counts);
+        books.volume_counts =
+            count_volumes(&desired, pod_mounts, &self.on_disk, &books.volume_counts);
         let started = self.executor.submit(ops);
         metrics.sync_passes.inc();
         metrics
@@ -274,6 +292,7 @@ impl SyncLoop {
         books.progress.passes += 1;
         books.progress.planned_from = desired;
         books.progress.idle = started == 0 && self.executor.in_flight() == 0;
+        books.progress.reconciled |= books.progress.idle && books.progress.planned_from.complete;
         self.tell_progress(books);
         Some(started)
     }
@@ -389,22 +408,33 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Sets `volume_manager_total_volumes`: the volumes wanted (desired) and mounted (actual), by
-/// plugin; label sets no longer counted (`before`) are removed. Returns the label sets now.
-/// Counting is proportional to the volumes, as the plan is.
+/// Sets `volume_manager_total_volumes`: the volumes wanted (desired) and those in place
+/// (actual: a wanted volume set up, or a mount not wanted any more), by plugin; label sets no
+/// longer counted (`before`) are removed. Returns the label sets now. Counting is
+/// proportional to the volumes, as the plan is.
 fn count_volumes(
     desired: &DesiredState,
     mounts: &PodMounts,
+    on_disk: &crate::model::on_disk::OnDisk,
     before: &std::collections::BTreeSet<(String, &'static str)>,
 ) -> std::collections::BTreeSet<(String, &'static str)> {
     let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
     let label = |plugin: &crate::model::Plugin| format!("kubernetes.io/{}", plugin.as_str());
-    for key in desired.volumes.keys() {
+    for (key, volume) in &desired.volumes {
         *counts
             .entry((label(&key.plugin), "desired_state_of_world"))
             .or_default() += 1;
+        if crate::reconcile::plan::in_place(volume, mounts, on_disk) {
+            *counts
+                .entry((label(&key.plugin), "actual_state_of_world"))
+                .or_default() += 1;
+        }
     }
-    for key in mounts.volumes.keys() {
+    for key in mounts
+        .volumes
+        .keys()
+        .filter(|k| !desired.volumes.contains_key(*k))
+    {
         *counts
             .entry((label(&key.plugin), "actual_state_of_world"))
             .or_default() += 1;

@@ -135,12 +135,34 @@ pub async fn status_only(
         };
         (unknown, None)
     });
-    let (mounts, on_disk) = host_now(settings, mounter.as_ref())?;
+    let rows = rows_now(settings, &mut desired, mounter, client).await?;
+    Ok((desired, rows))
+}
+
+/// The status rows of `desired` against the host as it stands (the mount table, the pod
+/// directories, the failures the daemon recorded, the local disks), under `--op-timeout`: a
+/// scan stuck on a hung disk fails instead of hanging. A local-disk view that fails is a
+/// warning on `desired`.
+pub async fn rows_now(
+    settings: &Settings,
+    desired: &mut DesiredState,
+    mounter: &Arc<dyn Mounter>,
+    client: Option<kube::Client>,
+) -> anyhow::Result<Vec<StatusRow>> {
+    let (looking, in_thread) = (settings.clone(), mounter.clone());
+    let look = tokio::task::spawn_blocking(move || host_now(&looking, in_thread.as_ref()));
+    let (mounts, on_disk) = tokio::time::timeout(settings.op_timeout, look)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "reading the mount table and the pod directories took longer than --op-timeout"
+            )
+        })???;
     let failures: Failures = std::fs::read(failures_path(&settings.root_dir))
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default();
-    let mut rows = status::rows(&settings.root_dir, &desired, &mounts, &on_disk, &failures);
+    let mut rows = status::rows(&settings.root_dir, desired, &mounts, &on_disk, &failures);
     if settings
         .local_pv
         .as_ref()
@@ -153,7 +175,7 @@ pub async fn status_only(
                 .push(format!("the local disks are not shown: {err:#}")),
         }
     }
-    Ok((desired, rows))
+    Ok(rows)
 }
 
 /// A row per local disk: what discovery finds now, the cleanups journaled, and the PVs as the

@@ -2,6 +2,7 @@
 //! settings, runs them under supervision, and shuts down without aborting a side effect
 //! half-way.
 
+pub mod endpoint;
 pub mod inspect;
 pub mod release;
 mod supervise;
@@ -253,6 +254,33 @@ pub async fn run(
             tasks.spawn("local-PV publisher", publisher.run(stop_tasks.clone()));
         }
     }
+    // The loop always reports its progress: the endpoint judges health and readiness by it.
+    let (progress, progress_seen) = match progress {
+        Some(tx) => {
+            let rx = tx.subscribe();
+            (tx, rx)
+        }
+        None => watch::channel(Progress::default()),
+    };
+    if !once {
+        let listener = crate::host::http::bind(settings.http_addr).await?;
+        let bound = listener.local_addr()?;
+        let written = endpoint::address_file(&settings.root_dir);
+        std::fs::write(&written, format!("{bound}\n"))
+            .with_context(|| format!("cannot write {}", written.display()))?;
+        tracing::info!(addr = %bound, "serving /healthz, /readyz, /metrics and /status");
+        let routes = endpoint::Endpoint {
+            progress: progress_seen,
+            settings: settings.clone(),
+            mounter: mounter.clone(),
+            client: api_client.clone(),
+        }
+        .routes();
+        tasks.spawn(
+            "health and metrics endpoint",
+            crate::host::http::serve(listener, routes, stop_tasks.clone()),
+        );
+    }
     let mut context = OpContext::new(
         mounter,
         fs,
@@ -281,7 +309,7 @@ pub async fn run(
         shutdown_grace: SHUTDOWN_GRACE,
         devices,
         notices,
-        progress,
+        progress: Some(progress),
     };
     let looping = sync.run(stop_tasks.clone());
     tokio::pin!(looping);

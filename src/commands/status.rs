@@ -14,8 +14,13 @@ use crate::output;
 pub fn status(args: ReadArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_args(&args.common, false)?;
     let mounter: Arc<dyn Mounter> = Arc::new(RealMounter::default());
-    let (desired, rows) =
-        read_only_runtime()?.block_on(app::inspect::status_only(&settings, &mounter))?;
+    // A daemon on this root dir knows best (its failures, its snapshot): it is asked first.
+    let (desired, rows) = read_only_runtime()?.block_on(async {
+        match app::endpoint::ask_daemon(&settings).await {
+            Some(answer) => Ok(answer),
+            None => app::inspect::status_only(&settings, &mounter).await,
+        }
+    })?;
     let paths = output::Paths {
         root: &settings.root_dir,
         wide: args.wide,

@@ -9,6 +9,7 @@ pub mod fs;
 mod fs_util;
 mod global;
 mod helper;
+pub mod http;
 pub mod local_dirs;
 pub mod pod_owner;
 pub mod real;

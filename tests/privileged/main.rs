@@ -10,6 +10,7 @@ mod blockdev;
 mod cases;
 mod localpv;
 mod nfs;
+mod ops;
 mod safety;
 mod sandbox;
 mod usability;
@@ -37,6 +38,7 @@ fn main() {
         .chain(safety::all())
         .chain(usability::all())
         .chain(localpv::all())
+        .chain(ops::all())
         .map(|(name, test)| {
             Trial::test(name, move || test().map_err(Into::into))
                 .with_ignored_flag(unavailable.is_some())

@@ -171,6 +171,8 @@ fn daemon(sb: &Sandbox, helper: &Path) -> Child {
         .arg("--mounter-path")
         .arg(helper)
         .args(["--mount-timeout", "3s", "--op-timeout", "1s"])
+        // Any free port: test daemons run side by side.
+        .env("VOLUMED_HTTP_ADDR", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -227,6 +229,22 @@ fn a_hung_nfs_server_stalls_nothing_else() -> TestResult {
         eventually(Duration::from_secs(8), "the hung mount is reported", || {
             status_names(&sb, "default/stuck", "share", "the mount helper").is_ok()
         })?;
+        // The endpoint answers at once while the mount hangs, and counts what failed.
+        for path in ["/healthz", "/metrics"] {
+            let (status, body, took) = sb.http_get(path)?;
+            check(status == 200 && took < Duration::from_secs(1), || {
+                format!("{path} while a mount hangs: {status} after {took:?}")
+            })?;
+            if path == "/metrics" {
+                let failed = crate::ops::samples(&body)?
+                    .get(r#"storage_operation_duration_seconds_count{operation_name="set-up",volume_plugin="kubernetes.io/nfs",status="fail-unknown"}"#)
+                    .copied()
+                    .unwrap_or(0.0);
+                check(failed >= 1.0, || {
+                    format!("no failed NFS set-up counted\n{body}")
+                })?;
+            }
+        }
         // Both the hung pod and the others go: the hung one must not hold up the others.
         std::fs::remove_file(sb.manifests.join("fine.yaml")).unwrap();
         std::fs::remove_file(sb.manifests.join("hung.yaml")).unwrap();

@@ -77,6 +77,8 @@ impl Sandbox {
             .arg("--node-name")
             .arg(node)
             .env("VOLUMED_LOG", "info")
+            // Any free port: test daemons run side by side.
+            .env("VOLUMED_HTTP_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null());
         cmd
     }
@@ -135,6 +137,30 @@ impl Sandbox {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(child.wait_with_output().unwrap())
+    }
+
+    /// GET `path` from the endpoint of the daemon on this root dir (at the address it wrote):
+    /// its status, body and how long it took.
+    pub fn http_get(&self, path: &str) -> Result<(u16, String, Duration), String> {
+        let written = std::fs::read_to_string(self.root.join("state/http.addr"))
+            .map_err(|e| format!("the daemon's address: {e}"))?;
+        let addr = written
+            .trim()
+            .parse()
+            .map_err(|e| format!("{written:?}: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let (status, body) = runtime
+            .block_on(volumed::host::http::get(
+                addr,
+                path,
+                Duration::from_secs(10),
+            ))
+            .map_err(|e| e.to_string())?;
+        Ok((status, body, started.elapsed()))
     }
 
     /// The daemon's log so far.

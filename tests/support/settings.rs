@@ -34,5 +34,7 @@ pub fn test_settings(
         op_timeout: Duration::from_secs(5),
         resync: Duration::from_secs(60),
         local_pv: None,
+        // Any free port: test daemons run side by side.
+        http_addr: "127.0.0.1:0".parse().unwrap(),
     }
 }

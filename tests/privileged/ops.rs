@@ -1,0 +1,176 @@
+//! Operations: the daemon's health, readiness, metrics and status endpoint.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::sandbox::{check, eventually, text, Sandbox, TestResult};
+
+type Case = (&'static str, fn() -> TestResult);
+
+pub fn all() -> Vec<Case> {
+    vec![(
+        "the_endpoint_serves_health_readiness_metrics_and_status_of_what_it_mounted",
+        the_endpoint_serves_health_readiness_metrics_and_status_of_what_it_mounted,
+    )]
+}
+
+/// The samples of a Prometheus text exposition: `name{labels}` → value. Every line that is
+/// not a comment must be a sample.
+pub fn samples(exposition: &str) -> Result<BTreeMap<String, f64>, String> {
+    let mut out = BTreeMap::new();
+    for line in exposition.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| format!("not a sample: {line:?}"))?;
+        let value: f64 = value
+            .parse()
+            .map_err(|e| format!("{line:?}: the value: {e}"))?;
+        out.insert(series.to_string(), value);
+    }
+    Ok(out)
+}
+
+/// `promtool check metrics` (Prometheus's own checker, which scripts/test.sh provides as
+/// VOLUMED_PROMTOOL) must accept the exposition: its format and its naming rules.
+fn promtool_accepts(exposition: &str) -> TestResult {
+    use std::io::Write;
+    let tool = std::env::var("VOLUMED_PROMTOOL").map_err(|_| {
+        "VOLUMED_PROMTOOL is not set: run scripts/test.sh, which fetches promtool, or point it at one".to_string()
+    })?;
+    let mut child = std::process::Command::new(&tool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{tool}: {e}"))?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    check(out.status.success(), || {
+        format!(
+            "promtool check metrics: {}\n{}{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })
+}
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, uid: web-uid}
+spec:
+  nodeName: node-a
+  containers: []
+  volumes:
+  - {name: cache, emptyDir: {medium: Memory, sizeLimit: 8Mi}}
+  - {name: scratch, emptyDir: {}}
+"#;
+
+fn the_endpoint_serves_health_readiness_metrics_and_status_of_what_it_mounted() -> TestResult {
+    let sb = Sandbox::new(&format!("endpoint-{:x}", fastrand::u32(..)));
+    sb.manifest("web.yaml", PODS);
+    let daemon = sb.daemon();
+    let result = (|| {
+        eventually(Duration::from_secs(20), "/readyz answers 200", || {
+            sb.http_get("/readyz")
+                .is_ok_and(|(status, _, _)| status == 200)
+        })?;
+        let (status, body, took) = sb.http_get("/healthz")?;
+        check(status == 200 && body == "ok\n", || {
+            format!("/healthz: {status} {body:?}")
+        })?;
+        eprintln!("/healthz answered in {took:?}");
+        let (status, body, _) = sb.http_get("/metrics")?;
+        check(status == 200, || format!("/metrics: {status} {body}"))?;
+        promtool_accepts(&body)?;
+        let metrics = samples(&body)?;
+        let value = |series: &str| metrics.get(series).copied();
+        for (series, want) in [
+            (
+                r#"volume_manager_total_volumes{plugin_name="kubernetes.io/empty-dir",state="desired_state_of_world"}"#,
+                2.0,
+            ),
+            (
+                r#"volume_manager_total_volumes{plugin_name="kubernetes.io/empty-dir",state="actual_state_of_world"}"#,
+                2.0,
+            ),
+            (
+                r#"storage_operation_duration_seconds_count{operation_name="set-up",volume_plugin="kubernetes.io/empty-dir",status="success"}"#,
+                2.0,
+            ),
+            (
+                r#"volumed_operations_total{op="set-up",result="done"}"#,
+                2.0,
+            ),
+            ("volumed_source_ready", 1.0),
+            ("volumed_stuck_operations", 0.0),
+        ] {
+            check(value(series) == Some(want), || {
+                format!("{series} is {:?}, not {want}\n{body}", value(series))
+            })?;
+        }
+        check(
+            value("volumed_sync_passes_total").is_some_and(|v| v >= 1.0)
+                && value("volumed_mount_table_reads_total").is_some_and(|v| v >= 1.0)
+                && value("volumed_last_complete_snapshot_timestamp_seconds")
+                    .is_some_and(|v| v > 1.6e9),
+            || format!("passes, reads or the snapshot time missing\n{body}"),
+        )?;
+        // /status is what `volumed status -o json` prints, and that asks the daemon.
+        let (status, body, _) = sb.http_get("/status")?;
+        let answer: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("/status ({e}): {body}"))?;
+        check(status == 200 && answer["complete"] == true, || {
+            format!("/status: {body}")
+        })?;
+        let asked = || -> Result<f64, String> {
+            let (_, body, _) = sb.http_get("/metrics")?;
+            Ok(samples(&body)?
+                .get(r#"volumed_http_requests_total{path="/status"}"#)
+                .copied()
+                .unwrap_or(0.0))
+        };
+        let before = asked()?;
+        let out = sb.volumed(&["status", "--output", "json"]);
+        let after = asked()?;
+        check(after == before + 1.0, || {
+            format!(
+                "`volumed status` did not ask the daemon ({before} then {after} /status requests)"
+            )
+        })?;
+        let printed: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("status json ({e}): {}", text(&out.stderr)))?;
+        check(printed == answer["rows"], || {
+            format!(
+                "`volumed status` printed {printed}\nthe daemon's /status rows are {}",
+                answer["rows"]
+            )
+        })?;
+        let states: Vec<&str> = printed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["state"].as_str().unwrap_or(""))
+            .collect();
+        check(states == ["mounted", "mounted"], || {
+            format!("states {states:?}")
+        })?;
+        // Nothing here changes anything, and the unknown is named.
+        let (status, body, _) = sb.http_get("/nothing")?;
+        check(status == 404 && body.contains("/healthz"), || {
+            format!("/nothing: {status} {body}")
+        })
+    })();
+    let log = sb.stop(daemon)?;
+    result.map_err(|e| format!("{e}\n{log}"))
+}
