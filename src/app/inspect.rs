@@ -4,7 +4,9 @@
 use tokio_util::sync::CancellationToken;
 
 use super::supervise::Supervisor;
-use super::{ensure_manifest_dir, failures_path, file_source, pod_fs, start_api_source, Host};
+use super::wiring::{
+    ensure_manifest_dir, failures_path, file_source, pod_fs, start_api_source, Host,
+};
 use std::sync::Arc;
 
 use anyhow::Context;

@@ -5,9 +5,16 @@
 pub mod endpoint;
 pub mod inspect;
 pub mod release;
+mod wiring;
+
+pub use self::wiring::Host;
+use self::wiring::{
+    ensure_manifest_dir, failures_path, file_source, local_pv_cleaner, pod_fs, start_api_source,
+    start_source,
+};
 mod supervise;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,52 +27,18 @@ use crate::actual::device_watch;
 use crate::actual::watch::MountWatch;
 use crate::config::Settings;
 use crate::desired::binding_store::BindingStore;
-use crate::desired::file::FileSource;
-use crate::desired::kube::{publish_notices, KubeSource, SharedHealth};
-use crate::desired::local_disks::LocalDisks;
+use crate::desired::kube::publish_notices;
 use crate::desired::reclaim::Reclaimer;
-use crate::desired::DesiredState;
 use crate::executor::context::OpContext;
 use crate::executor::{Executor, ExecutorConfig};
-use crate::host::devices::{BlockDevices, RealBlockDevices};
-use crate::host::format::{Formatter, RealFormatter};
-use crate::host::fs::PodFs;
-use crate::host::real::RealMounter;
 use crate::host::run_lock::RunLock;
 use crate::host::state_file::write_json;
-use crate::host::Mounter;
-use crate::localpv::cleaner::{Cleaner, Cluster};
-use crate::localpv::config::LocalPvConfig;
+use crate::localpv::cleaner::Cluster;
 use crate::localpv::events::PvEvents;
 use crate::localpv::publish::Publisher;
 use crate::model::backoff::BackoffPolicy;
 use crate::reconcile::status::Failures;
 use crate::sync_loop::{Progress, Report, SyncLoop};
-use k8s_openapi::api::core::v1::PersistentVolume;
-
-/// The host seams a run works through.
-pub struct Host {
-    pub mounter: Arc<dyn Mounter>,
-    pub formatter: Arc<dyn Formatter>,
-    pub devices: Arc<dyn BlockDevices>,
-    /// Watch block devices (udev/sysfs) and retry failed volumes when they change.
-    pub watch_devices: bool,
-    /// Where the sync loop reports its progress (tests wait on it); `None` in production.
-    pub progress: Option<watch::Sender<Progress>>,
-}
-
-impl Host {
-    /// This machine: real syscalls, real blkid/mkfs/fsck, real device events.
-    pub fn real(mounter_path: &std::path::Path) -> Host {
-        Host {
-            mounter: Arc::new(RealMounter::new(mounter_path.to_path_buf())),
-            formatter: Arc::new(RealFormatter),
-            devices: Arc::new(RealBlockDevices::default()),
-            watch_devices: true,
-            progress: None,
-        }
-    }
-}
 
 /// How long shutdown waits for in-flight ops before exiting anyway (a hung mount cannot be
 /// waited out; it is never aborted half-way by us, the process exit ends it).
@@ -79,60 +52,6 @@ const NOTICE_QUEUE: usize = 1024;
 
 /// How long the last Events may take to reach the API at exit.
 const EVENTS_GRACE: Duration = Duration::from_secs(5);
-
-fn file_source(
-    settings: &Settings,
-    dir: &Path,
-    record_bindings: bool,
-    mounter: &Arc<dyn Mounter>,
-) -> FileSource {
-    FileSource {
-        dir: dir.to_path_buf(),
-        node: settings.node.clone(),
-        store: BindingStore::new(&settings.root_dir),
-        record_bindings,
-        resync: settings.resync,
-        root_dir: settings.root_dir.clone(),
-        memory: Default::default(),
-        local_disks: settings.local_pv.clone().map(|config| LocalDisks {
-            config,
-            mounter: mounter.clone(),
-        }),
-        volumes_out: None,
-        reread: Default::default(),
-    }
-}
-
-/// The cleaner of released local PVs; `cluster` in API mode.
-fn local_pv_cleaner(
-    settings: &Settings,
-    config: &LocalPvConfig,
-    mounter: &Arc<dyn Mounter>,
-    cluster: Option<Cluster>,
-) -> Cleaner {
-    Cleaner {
-        cluster,
-        node_name: settings.node.name.clone(),
-        config: config.clone(),
-        mounter: mounter.clone(),
-        root_dir: settings.root_dir.clone(),
-        // Removing a big tree takes a while; past this it goes on, alone.
-        timeout: settings.op_timeout * 10,
-        running: Default::default(),
-        stuck: Default::default(),
-    }
-}
-
-fn pod_fs(settings: &Settings) -> PodFs {
-    PodFs::new(
-        settings.root_dir.clone(),
-        settings.node.host_paths.roots.clone(),
-    )
-}
-
-fn failures_path(root: &Path) -> PathBuf {
-    root.join("state").join("failures.json")
-}
 
 /// Runs the reconciler until `cancel` fires, or (with `once`) until nothing is left to try.
 /// A long-lived task (a source, a watcher) that ends before that ends the run with an error
@@ -361,87 +280,6 @@ pub async fn run(
     }
 }
 
-/// Once: one snapshot, fixed (its sender is returned so the channel stays open), with the
-/// Released volumes it found. Daemon: the source runs as a supervised task and publishes
-/// snapshots until stopped.
-async fn start_source(
-    source: FileSource,
-    once: bool,
-    tasks: &Supervisor,
-    stop: CancellationToken,
-) -> anyhow::Result<(
-    watch::Receiver<Arc<DesiredState>>,
-    Option<watch::Sender<Arc<DesiredState>>>,
-    Vec<PersistentVolume>,
-)> {
-    if once {
-        let read = tokio::task::spawn_blocking(move || source.settled(None, true)).await?;
-        let (tx, rx) = watch::channel(Arc::new(read.state));
-        return Ok((rx, Some(tx), read.volumes));
-    }
-    let waiting = DesiredState {
-        problems: vec!["waiting for the first read of the manifests".into()],
-        ..Default::default()
-    };
-    let (tx, rx) = watch::channel(Arc::new(waiting));
-    tasks.spawn("manifest source", source.run(tx, stop));
-    Ok((rx, None, Vec::new()))
-}
-
-/// The Kubernetes API source as a supervised task. In once mode this waits for its first
-/// complete snapshot (every watch listed once).
-async fn start_api_source(
-    settings: &Settings,
-    once: bool,
-    tasks: &Supervisor,
-    cancel: CancellationToken,
-) -> anyhow::Result<(watch::Receiver<Arc<DesiredState>>, kube::Client)> {
-    let config = match &settings.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
-        }
-        None => kube::Config::infer().await.context("no Kubernetes API configuration (in-cluster, $KUBECONFIG or ~/.kube/config); pass --kubeconfig or --manifests")?,
-    };
-    let server = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config)?;
-    let waiting = DesiredState {
-        problems: vec!["waiting for the first complete list from the Kubernetes API".into()],
-        ..Default::default()
-    };
-    let (tx, mut rx) = watch::channel(Arc::new(waiting));
-    let health = SharedHealth::default();
-    let cancel_source = cancel.clone();
-    let source = KubeSource {
-        client: client.clone(),
-        node: settings.node.clone(),
-        health: health.clone(),
-    };
-    tasks.spawn("Kubernetes API source", source.run(tx, cancel_source));
-    if once {
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            changed = tokio::time::timeout(settings.first_list_timeout, rx.changed()) => match changed {
-                Ok(changed) => changed.context("the API source stopped before its first list")?,
-                Err(_) => {
-                    let health = crate::shared::lock(&health);
-                    let mut why = vec![format!(
-                        "still waiting for the first list of: {}",
-                        health.unlisted().join(", ")
-                    )];
-                    why.extend(health.failing());
-                    anyhow::bail!(
-                        "the Kubernetes API at {server} gave no complete list within {}:\n  {}\nIs it reachable from this host? Check --kubeconfig (or the in-cluster config and $KUBECONFIG), or wait longer with --first-list-timeout",
-                        humantime::format_duration(settings.first_list_timeout),
-                        why.join("\n  ")
-                    );
-                }
-            },
-        }
-    }
-    Ok((rx, client))
-}
-
 /// Keeps `<root>/state/failures.json` current, for `volumed status` in another process.
 async fn write_failures(path: PathBuf, mut failures: watch::Receiver<Failures>) {
     loop {
@@ -456,16 +294,4 @@ async fn write_failures(path: PathBuf, mut failures: watch::Receiver<Failures>) 
             return;
         }
     }
-}
-
-/// A `--manifests` that is not a directory is an error of the command line, not a state.
-fn ensure_manifest_dir(settings: &Settings) -> anyhow::Result<()> {
-    if let Some(dir) = &settings.manifests {
-        anyhow::ensure!(
-            dir.is_dir(),
-            "manifest directory {} does not exist or is not a directory; create it or fix --manifests",
-            dir.display()
-        );
-    }
-    Ok(())
 }

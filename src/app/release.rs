@@ -5,7 +5,7 @@
 use anyhow::Context;
 
 use super::inspect::discover_now;
-use super::{ensure_manifest_dir, file_source};
+use super::wiring::{ensure_manifest_dir, file_source};
 use crate::config::Settings;
 use crate::desired::binding_store::{release as release_in, BindingStore, ReleaseCheck};
 use crate::desired::resolve::{consumed_claims, our_pods};
