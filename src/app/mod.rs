@@ -4,6 +4,7 @@
 
 pub mod endpoint;
 pub mod inspect;
+mod notify;
 pub mod release;
 mod wiring;
 
@@ -182,6 +183,10 @@ pub async fn run(
         None => watch::channel(Progress::default()),
     };
     if !once {
+        tasks.spawn_tied(
+            "systemd notifier",
+            notify::tell_systemd(progress_seen.clone(), stop_tasks.clone()),
+        );
         let listener = crate::host::http::bind(settings.http_addr).await?;
         let bound = listener.local_addr()?;
         let written = endpoint::address_file(&settings.root_dir);

@@ -8,10 +8,16 @@ use crate::sandbox::{check, eventually, text, Sandbox, TestResult};
 type Case = (&'static str, fn() -> TestResult);
 
 pub fn all() -> Vec<Case> {
-    vec![(
-        "the_endpoint_serves_health_readiness_metrics_and_status_of_what_it_mounted",
-        the_endpoint_serves_health_readiness_metrics_and_status_of_what_it_mounted,
-    )]
+    vec![
+        (
+            "the_endpoint_serves_health_readiness_metrics_and_status_of_what_it_mounted",
+            the_endpoint_serves_health_readiness_metrics_and_status_of_what_it_mounted,
+        ),
+        (
+            "systemd_hears_ready_after_the_first_reconcile_then_status_and_watchdog_pings",
+            systemd_hears_ready_after_the_first_reconcile_then_status_and_watchdog_pings,
+        ),
+    ]
 }
 
 /// The samples of a Prometheus text exposition: `name{labels}` → value. Every line that is
@@ -173,4 +179,81 @@ fn the_endpoint_serves_health_readiness_metrics_and_status_of_what_it_mounted() 
     })();
     let log = sb.stop(daemon)?;
     result.map_err(|e| format!("{e}\n{log}"))
+}
+
+fn systemd_hears_ready_after_the_first_reconcile_then_status_and_watchdog_pings() -> TestResult {
+    let sb = Sandbox::new(&format!("notify-{:x}", fastrand::u32(..)));
+    sb.manifest("web.yaml", PODS);
+    // The socket systemd would listen on.
+    let socket_path = sb.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let socket_arg = socket_path.display().to_string();
+    let daemon = sb.daemon_with_env(
+        &[],
+        &[("NOTIFY_SOCKET", &socket_arg), ("WATCHDOG_USEC", "1000000")],
+    );
+    let result = (|| {
+        let mut buffer = [0u8; 4096];
+        let mut next = || -> Result<String, String> {
+            let n = socket
+                .recv(&mut buffer)
+                .map_err(|e| format!("no notify message: {e}"))?;
+            Ok(String::from_utf8_lossy(&buffer[..n]).into_owned())
+        };
+        // Before READY=1 only pings and status lines; READY=1 comes with the volumes in place.
+        let mut status = String::new();
+        loop {
+            let message = next()?;
+            for line in message.lines() {
+                if let Some(now) = line.strip_prefix("STATUS=") {
+                    status = now.to_string();
+                }
+            }
+            if message.lines().any(|l| l == "READY=1") {
+                break;
+            }
+            check(
+                message
+                    .lines()
+                    .all(|l| l == "WATCHDOG=1" || l.starts_with("STATUS=")),
+                || format!("before READY=1 came {message:?}"),
+            )?;
+        }
+        let mounts = sb.mounts().len();
+        check(mounts == 1, || {
+            format!("READY=1 came with {mounts} mount(s) in place, not the tmpfs emptyDir")
+        })?;
+        check(status == "1 pod(s), 2 volume(s) wanted; idle", || {
+            format!("the status at READY=1: {status:?}")
+        })?;
+        // Pings every half of WATCHDOG_USEC while the loop goes round.
+        let started = std::time::Instant::now();
+        let mut pings = 0;
+        while pings < 3 {
+            if next()?.trim_end() == "WATCHDOG=1" {
+                pings += 1;
+            }
+        }
+        let took = started.elapsed();
+        check(took < Duration::from_secs(3), || {
+            format!("3 pings took {took:?}")
+        })
+    })();
+    let log = sb.stop(daemon)?;
+    result.map_err(|e| format!("{e}\n{log}"))?;
+    // The last word before exit.
+    let mut buffer = [0u8; 4096];
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut last = String::new();
+    while let Ok(n) = socket.recv(&mut buffer) {
+        last = String::from_utf8_lossy(&buffer[..n]).trim_end().to_string();
+    }
+    check(last == "STOPPING=1", || {
+        format!("the last message was {last:?}")
+    })
 }

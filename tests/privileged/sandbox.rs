@@ -188,8 +188,15 @@ impl Sandbox {
 
     /// The file-mode daemon with more arguments for `run`.
     pub fn daemon_with(&self, extra: &[&str]) -> Child {
+        self.daemon_with_env(extra, &[])
+    }
+
+    /// The file-mode daemon with more arguments for `run` and more environment.
+    pub fn daemon_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Child {
         let args: Vec<&str> = ["run"].into_iter().chain(extra.iter().copied()).collect();
-        Self::spawn_logged(self.command(&args), &self.path("daemon.log"))
+        let mut cmd = self.command(&args);
+        cmd.envs(env.iter().copied());
+        Self::spawn_logged(cmd, &self.path("daemon.log"))
     }
 
     /// The daemon with a log filter of its own (`volumed=debug`, say).
