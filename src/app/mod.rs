@@ -11,7 +11,7 @@ mod wiring;
 pub use self::wiring::Host;
 use self::wiring::{
     ensure_manifest_dir, failures_path, file_source, local_pv_cleaner, pod_fs, start_api_source,
-    start_source,
+    start_source, wait_for_manifest_dir,
 };
 mod supervise;
 
@@ -72,8 +72,18 @@ pub async fn run(
         watch_devices,
         progress,
     } = host;
-    // A daemon pointed at a missing directory must fail (and be restarted), not idle.
-    ensure_manifest_dir(settings)?;
+    // A one-shot run on a missing directory fails; a daemon waits for it (a restart loop
+    // would change nothing).
+    if once {
+        ensure_manifest_dir(settings)?;
+    } else if !wait_for_manifest_dir(settings, &cancel).await {
+        return Ok(Report {
+            desired: Default::default(),
+            rows: Vec::new(),
+            other_failures: Default::default(),
+            stopped: None,
+        });
+    }
     let fs = pod_fs(settings);
     let (on_disk, fs) = tokio::task::spawn_blocking(move || (fs.scan(), fs)).await?;
     let on_disk = on_disk.context("cannot scan the pod directories under the root dir")?;

@@ -193,3 +193,28 @@ pub(super) fn ensure_manifest_dir(settings: &Settings) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The daemon's wait for a manifest directory that does not exist yet (a filesystem mounted
+/// later, a config management run to come): told once, then looked for every second. False
+/// when `cancel` fired first.
+pub(super) async fn wait_for_manifest_dir(settings: &Settings, cancel: &CancellationToken) -> bool {
+    let Some(dir) = &settings.manifests else {
+        return true;
+    };
+    if dir.is_dir() {
+        return true;
+    }
+    tracing::warn!(dir = %dir.display(), "the manifest directory does not exist; waiting for it to appear (nothing is set up or torn down meanwhile)");
+    let waiting = format!("waiting for the manifest directory {}", dir.display());
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&waiting)]);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        if dir.is_dir() {
+            tracing::info!(dir = %dir.display(), "the manifest directory appeared");
+            return true;
+        }
+    }
+}

@@ -17,6 +17,10 @@ pub fn all() -> Vec<Case> {
             "systemd_hears_ready_after_the_first_reconcile_then_status_and_watchdog_pings",
             systemd_hears_ready_after_the_first_reconcile_then_status_and_watchdog_pings,
         ),
+        (
+            "a_daemon_waits_for_a_missing_manifest_directory_then_works_on_it",
+            a_daemon_waits_for_a_missing_manifest_directory_then_works_on_it,
+        ),
     ]
 }
 
@@ -256,4 +260,27 @@ fn systemd_hears_ready_after_the_first_reconcile_then_status_and_watchdog_pings(
     check(last == "STOPPING=1", || {
         format!("the last message was {last:?}")
     })
+}
+
+fn a_daemon_waits_for_a_missing_manifest_directory_then_works_on_it() -> TestResult {
+    let sb = Sandbox::new(&format!("waitdir-{:x}", fastrand::u32(..)));
+    std::fs::remove_dir(&sb.manifests).unwrap();
+    let mut daemon = sb.daemon();
+    let result = (|| {
+        eventually(Duration::from_secs(10), "the wait is logged", || {
+            sb.daemon_log().contains("waiting for it to appear")
+        })?;
+        check(daemon.try_wait().unwrap().is_none(), || {
+            "the daemon exited instead of waiting".into()
+        })?;
+        std::fs::create_dir(&sb.manifests).unwrap();
+        sb.manifest("web.yaml", PODS);
+        eventually(Duration::from_secs(10), "the pod's tmpfs mounted", || {
+            sb.mounts().len() == 1
+        })?;
+        let told = sb.daemon_log().matches("waiting for it to appear").count();
+        check(told == 1, || format!("the wait was logged {told} times"))
+    })();
+    let log = sb.stop(daemon)?;
+    result.map_err(|e| format!("{e}\n{log}"))
 }
