@@ -5,7 +5,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-packages=(pkg-config gcc libc6-dev libudev-dev util-linux mount fdisk e2fsprogs findutils python3 "$@")
+packages=(pkg-config gcc libc6-dev libudev-dev util-linux mount fdisk e2fsprogs findutils python3 systemd "$@")
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -524,3 +524,59 @@ fn discover_refuses_to_run_without_once_classes_or_a_valid_config_and_says_why()
         );
     }
 }
+
+#[test]
+fn the_install_script_installs_a_unit_that_systemd_analyze_verify_accepts() {
+    let prefix = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(repo.join("scripts/install.sh"))
+        .arg("--prefix")
+        .arg(prefix.path())
+        .arg("--binary")
+        .arg(env!("CARGO_BIN_EXE_volumed"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "install.sh: {}", text(&out.stderr));
+    let unit = prefix.path().join("lib/systemd/system/volumed.service");
+    let installed = std::fs::read_to_string(&unit).unwrap();
+    let exec = format!("ExecStart={}/bin/volumed run", prefix.path().display());
+    assert!(installed.lines().any(|l| l == exec), "{installed}");
+    assert!(
+        !installed.contains('@'),
+        "a placeholder is left: {installed}"
+    );
+    for file in [
+        "bin/volumed",
+        "etc/volumed/config.toml.example",
+        "share/doc/volumed/README.md",
+    ] {
+        assert!(
+            prefix.path().join(file).is_file(),
+            "{file} was not installed"
+        );
+    }
+    assert!(prefix.path().join("etc/volumed/manifests").is_dir());
+    // systemd-analyze verify <unit>: accepted, and nothing to warn about.
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (scripts/deps.sh installs systemd)");
+    assert!(
+        verify.status.success() && verify.stderr.is_empty() && verify.stdout.is_empty(),
+        "systemd-analyze verify: {}\n{}{}",
+        verify.status,
+        text(&verify.stdout),
+        text(&verify.stderr)
+    );
+    let version = Command::new(prefix.path().join("bin/volumed"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        text(&version.stdout).starts_with("volumed "),
+        "{}",
+        text(&version.stdout)
+    );
+}
