@@ -307,9 +307,30 @@ impl SyncLoop {
     /// for a mount table that shows their effect, so the report is true.
     async fn drain(&mut self, books: &mut Books) {
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;
-        // Stuck ops are not waited for: they may never return.
-        while self.executor.in_flight_on_time() > 0 {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+        // Stuck ops are not waited for: they may never return. A daemon waits only for what
+        // must not be cut short (a format, a check), however long that takes within its own
+        // deadline: nothing else is harmed by an exit, and no one reads its report. A --once
+        // run waits for every op, up to the grace, so that its report is true.
+        let waiting = |executor: &Executor, once: bool| {
+            if once {
+                executor.in_flight_on_time()
+            } else {
+                executor.must_finish_on_time()
+            }
+        };
+        if !self.once && self.executor.in_flight() > waiting(&self.executor, false) {
+            tracing::info!(
+                abandoned = self.executor.in_flight() - waiting(&self.executor, false),
+                "ops that are safe to cut short are left to end with the process"
+            );
+        }
+        while waiting(&self.executor, self.once) > 0 {
+            let next = if self.once {
+                tokio::time::timeout_at(deadline, self.events.recv()).await
+            } else {
+                Ok(self.events.recv().await)
+            };
+            match next {
                 Ok(Some(event)) => {
                     self.executor.complete(&event);
                     self.record(event, books);
@@ -324,6 +345,9 @@ impl SyncLoop {
                     break;
                 }
             }
+        }
+        if !self.once {
+            return;
         }
         let seq = self.mounts.refresh();
         let fresh = self.mounts.tables.wait_for(|t| t.covers >= seq);

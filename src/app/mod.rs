@@ -54,6 +54,9 @@ const NOTICE_QUEUE: usize = 1024;
 /// How long the last Events may take to reach the API at exit.
 const EVENTS_GRACE: Duration = Duration::from_secs(5);
 
+/// As much for a daemon that was told to stop: SIGTERM is answered within a second.
+const STOP_EVENTS_GRACE: Duration = Duration::from_millis(300);
+
 /// Runs the reconciler until `cancel` fires, or (with `once`) until nothing is left to try.
 /// A long-lived task (a source, a watcher) that ends before that ends the run with an error
 /// naming it. `_held`: the root dir's run lock, which the caller keeps for as long as
@@ -93,6 +96,8 @@ pub async fn run(
     let mut tasks = Supervisor::new(stop_tasks.clone());
     // In file mode's once mode, the cleanup of released local disks after the loop.
     let mut once_reclaim = None;
+    // The local-disk cleanups under way (both modes): a stop lets them finish.
+    let cleaning: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> = Default::default();
     // In once mode the snapshot is fixed; its sender lives until the loop ends.
     let (desired, _fixed_snapshot, notices, publisher, api_client) = match &settings.manifests {
         Some(dir) => {
@@ -103,7 +108,7 @@ pub async fn run(
                 .as_ref()
                 .filter(|config| !config.classes.is_empty())
                 .map(|config| Reclaimer {
-                    cleaner: local_pv_cleaner(settings, config, &mounter, None),
+                    cleaner: local_pv_cleaner(settings, config, &mounter, None, &cleaning),
                     store: BindingStore::new(&settings.root_dir),
                     volumes: volumes_rx,
                     mounts: mounts.tables.clone(),
@@ -177,6 +182,7 @@ pub async fn run(
                         volumes: kube::Api::all(client.clone()),
                         events: events.clone(),
                     }),
+                    &cleaning,
                 ),
                 events,
                 vanished: Default::default(),
@@ -269,10 +275,21 @@ pub async fn run(
         }
     };
     stop_tasks.cancel();
+    // A cleanup under way finishes (within its own deadline) rather than stop half done.
+    let cleanups_due = tokio::time::Instant::now() + settings.op_timeout * 10;
+    while !crate::shared::lock(&cleaning).is_empty() && tokio::time::Instant::now() < cleanups_due {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A daemon's stop is prompt: its last Events get a moment, a --once run's more.
+    let events_grace = if once {
+        EVENTS_GRACE
+    } else {
+        STOP_EVENTS_GRACE
+    };
     // The notice sender is gone with the loop: the Events already queued (the last ones of a
     // --once run, say) get a moment to reach the API.
     if let Some(publisher) = publisher {
-        if tokio::time::timeout(EVENTS_GRACE, publisher).await.is_err() {
+        if tokio::time::timeout(events_grace, publisher).await.is_err() {
             tracing::warn!(
                 "the API did not take the last Events in time; the log has the same news"
             );
@@ -286,7 +303,7 @@ pub async fn run(
             tracing::warn!("a released local disk is not clean yet (`volumed status` shows why); the next run tries again");
         }
     }
-    tasks.wait(EVENTS_GRACE).await;
+    tasks.wait(events_grace).await;
     match failed {
         Some(why) => anyhow::bail!(
             "{why}; volumed stopped so that its supervisor (systemd, the kubelet) restarts it"

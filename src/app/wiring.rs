@@ -70,12 +70,14 @@ pub(super) fn file_source(
     }
 }
 
-/// The cleaner of released local PVs; `cluster` in API mode.
+/// The cleaner of released local PVs; `cluster` in API mode. `running` is shared with the
+/// run, which lets the cleanups under way finish before it exits.
 pub(super) fn local_pv_cleaner(
     settings: &Settings,
     config: &LocalPvConfig,
     mounter: &Arc<dyn Mounter>,
     cluster: Option<Cluster>,
+    running: &Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 ) -> Cleaner {
     Cleaner {
         cluster,
@@ -85,7 +87,7 @@ pub(super) fn local_pv_cleaner(
         root_dir: settings.root_dir.clone(),
         // Removing a big tree takes a while; past this it goes on, alone.
         timeout: settings.op_timeout * 10,
-        running: Default::default(),
+        running: running.clone(),
         stuck: Default::default(),
     }
 }

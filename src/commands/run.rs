@@ -21,9 +21,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let result = runtime.block_on(reconcile(settings, args.once, &lock));
-    // Dropping a runtime waits for every blocking worker, a hung mount included; the report
-    // is out, so give workers a moment and let process exit end the rest.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // Dropping a runtime waits for every blocking worker, a hung mount included; what had to
+    // finish has, so give workers a moment and let process exit end the rest.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     result
 }
 
@@ -55,8 +55,8 @@ async fn reconcile(settings: Settings, once: bool, lock: &RunLock) -> anyhow::Re
 
 async fn cancel_on_signal(mut term: Signal, mut int: Signal, cancel: CancellationToken) {
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping intake, letting in-flight ops finish"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping intake, letting in-flight ops finish"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping intake; a format or check under way finishes first"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping intake; a format or check under way finishes first"),
     }
     cancel.cancel();
     // A second signal means "now": exit without waiting for in-flight ops.

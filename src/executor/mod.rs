@@ -59,6 +59,8 @@ pub struct Executor {
     in_flight: HashMap<OpKey, Instant>,
     /// In-flight keys whose op outlived its deadline.
     overdue: HashSet<OpKey>,
+    /// In-flight keys whose op must not be cut short at shutdown (`Op::must_finish`).
+    finishing: HashSet<OpKey>,
     /// How many ops ever outlived their deadline.
     stuck_total: u64,
     backoff: HashMap<OpKey, Backoff>,
@@ -83,6 +85,7 @@ impl Executor {
             events,
             in_flight: HashMap::new(),
             overdue: HashSet::new(),
+            finishing: HashSet::new(),
             stuck_total: 0,
             backoff: HashMap::new(),
             repeats: HashMap::new(),
@@ -109,6 +112,9 @@ impl Executor {
             let (failure, repeat) = (self.backoff.get(&key), self.repeats.get(&key));
             if !may_start(failure, repeat, fingerprint(&op), now, self.config.retry) {
                 continue;
+            }
+            if op.must_finish() {
+                self.finishing.insert(key.clone());
             }
             self.in_flight.insert(key, now);
             self.spawn(op);
@@ -230,6 +236,7 @@ impl Executor {
                 let key = op.key();
                 self.in_flight.remove(&key);
                 self.overdue.remove(&key);
+                self.finishing.remove(&key);
                 let metrics = crate::metrics::get();
                 metrics.stuck_operations.set(self.overdue.len() as i64);
                 metrics.op_finished(
@@ -308,6 +315,12 @@ impl Executor {
     /// Ops still running that are not past their deadline; `run --once` waits only for these.
     pub fn in_flight_on_time(&self) -> usize {
         self.in_flight.len() - self.overdue.len()
+    }
+
+    /// In-flight ops that must finish before a daemon exits (formats, checks), past-deadline
+    /// ones left out: those may never return.
+    pub fn must_finish_on_time(&self) -> usize {
+        self.finishing.difference(&self.overdue).count()
     }
 }
 

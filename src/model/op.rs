@@ -128,6 +128,13 @@ impl Op {
         }
     }
 
+    /// Whether cutting the op short at shutdown could leave damage: a local PV's set-up may
+    /// be formatting or checking a device (mkfs, fsck), which is let finish. Every other op
+    /// is safe to abandon (a restart reads the host afresh).
+    pub fn must_finish(&self) -> bool {
+        matches!(self, Op::SetUp { volume } if matches!(volume.spec, MountSpec::Local { .. }))
+    }
+
     pub fn verb(&self) -> &'static str {
         match self {
             Op::SetUp { .. } => "set-up",

@@ -30,7 +30,63 @@ pub fn all() -> Vec<Case> {
             "a_hung_filesystem_under_a_host_path_stalls_nothing_else",
             a_hung_filesystem_under_a_host_path_stalls_nothing_else,
         ),
+        (
+            "sigterm_with_a_hung_nfs_mount_in_flight_exits_0_within_a_second",
+            sigterm_with_a_hung_nfs_mount_in_flight_exits_0_within_a_second,
+        ),
     ]
+}
+
+fn sigterm_with_a_hung_nfs_mount_in_flight_exits_0_within_a_second() -> TestResult {
+    let sb = Sandbox::new(&format!("nfsterm-{:x}", fastrand::u32(..)));
+    let helper = helper(&sb).display().to_string();
+    // `stall`: hangs like `hang`, with a child of its own name, which the tests of `hang` count.
+    sb.manifest("hung.yaml", &nfs_pod("stuck", "stall1", ""));
+    sb.manifest("fine.yaml", &nfs_pod("fine", "good1", SCRATCH));
+    // The hung mount is well within its deadline when the signal comes: it is in flight.
+    let mut daemon = sb.daemon_with(&["--mounter-path", &helper, "--mount-timeout", "60s"]);
+    let result = (|| {
+        eventually(
+            Duration::from_secs(10),
+            "the other pod mounted while stall1's helper hangs",
+            || {
+                sb.mounts().len() == 2
+                    && calls(&sb)
+                        .iter()
+                        .any(|c| c.iter().any(|a| a.starts_with("stall1")))
+            },
+        )?;
+        let signalled = Instant::now();
+        // kill -TERM <pid>
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = loop {
+            if let Some(status) = daemon.try_wait().unwrap() {
+                break status;
+            }
+            if signalled.elapsed() > Duration::from_secs(10) {
+                let _ = daemon.kill();
+                return Err("still running 10 s after SIGTERM".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let took = signalled.elapsed();
+        eprintln!("SIGTERM with a hung NFS mount in flight: exited {status} after {took:?}");
+        check(status.success() && took < Duration::from_secs(1), || {
+            format!("exited {status} after {took:?}")
+        })?;
+        check(sb.mounts().len() == 2, || {
+            "a stop must unmount nothing".into()
+        })
+    })();
+    let _ = daemon.kill();
+    // The helper stand-in outlives the daemon, as a real mount helper would: ended here.
+    let _ = Command::new("pkill").args(["-f", "sleep 100002"]).status();
+    let log = sb.daemon_log();
+    result.map_err(|e| format!("{e}\n{log}"))
 }
 
 /// Writes the mount-helper stand-in; its log has one line per call (one append each, so
@@ -48,6 +104,7 @@ case "$source" in
   good*) exec mount -t tmpfs -o size=1m "$source" "$target" ;;
   bad*) echo "mount.nfs: access denied by server while mounting $source" >&2; exit 32 ;;
   hang*) sleep 100001 & wait ;;
+  stall*) sleep 100002 & wait ;;
 esac
 exit 1
 "#,
