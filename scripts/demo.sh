@@ -23,6 +23,8 @@ bin="$2"
 
 # From here on we are in the private namespace: nothing below propagates to the host.
 mount -t tmpfs -o size=64m volumed-demo "$demo"
+# Shared, as a host's root dir must be (volumed checks): its only peer is itself, here.
+mount --make-shared "$demo"
 mkdir -p "$demo/disks/vol-small" "$demo/disks/vol-large"
 echo "data that lives on local volume vol-small" > "$demo/disks/vol-small/README"
 # A copy of the manifests, so the demo can take a pod away at the end.

@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// Do one complete reconcile, then exit: 0 when every desired volume is in place.
     #[arg(long)]
     pub once: bool,
+    /// Start even when the root dir is not on a shared mount or a local-PV mount_dir receives
+    /// no host mounts (by default that is refused, with what to change).
+    #[arg(long)]
+    pub skip_propagation_check: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -346,16 +346,16 @@ impl SyncLoop {
                 }
             }
         }
-        if !self.once {
-            return;
-        }
+        // The report is made from a table read after the last op: a daemon gives that a
+        // moment only, a --once run its grace.
         let seq = self.mounts.refresh();
         let fresh = self.mounts.tables.wait_for(|t| t.covers >= seq);
-        let _ = tokio::time::timeout_at(
-            deadline.max(tokio::time::Instant::now() + Duration::from_secs(1)),
-            fresh,
-        )
-        .await;
+        let until = if self.once {
+            deadline.max(tokio::time::Instant::now() + Duration::from_secs(1))
+        } else {
+            tokio::time::Instant::now() + Duration::from_millis(250)
+        };
+        let _ = tokio::time::timeout_at(until, fresh).await;
     }
 
     fn record(&mut self, event: OpEvent, books: &mut Books) {

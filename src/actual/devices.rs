@@ -247,6 +247,7 @@ mod tests {
             source: Some("/dev/vda".into()),
             read_only: false,
             super_options: Default::default(),
+            propagation: Default::default(),
         };
         let unprobed = Probe::Other {
             description: UNPROBED.into(),

@@ -9,6 +9,7 @@ use super::common::exit_code;
 use crate::app;
 use crate::cli::RunArgs;
 use crate::config::Settings;
+use crate::host::real::RealMounter;
 use crate::host::run_lock::RunLock;
 use crate::output;
 
@@ -17,6 +18,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // One reconciler per root dir, for this process's whole life: another one would tear
     // down what this one sets up (ops outliving the runtime included).
     let lock = RunLock::acquire(&settings.root_dir)?;
+    if !args.skip_propagation_check {
+        check_propagation(&settings)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -25,6 +29,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // finish has, so give workers a moment and let process exit end the rest.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     result
+}
+
+/// Refuses to start where the mounts volumed makes would not reach the host, or the disks the
+/// host mounts would not reach volumed.
+fn check_propagation(settings: &Settings) -> anyhow::Result<()> {
+    use crate::host::Mounter;
+    let table = RealMounter::default().mount_table()?;
+    let dirs: Vec<(&str, &std::path::Path)> = settings
+        .local_pv
+        .iter()
+        .flat_map(|c| &c.classes)
+        .map(|c| (c.storage_class.as_str(), c.mount_dir()))
+        .collect();
+    let problems = crate::reconcile::propagation::problems(&settings.root_dir, &dirs, &table);
+    anyhow::ensure!(
+        problems.is_empty(),
+        "{}; volumed set nothing up (--skip-propagation-check starts it anyway)",
+        problems.join("; ")
+    );
+    Ok(())
 }
 
 async fn reconcile(settings: Settings, once: bool, lock: &RunLock) -> anyhow::Result<ExitCode> {

@@ -133,6 +133,7 @@ fn nothing_is_removed_while_a_mount_is_at_or_below_the_volume() {
         source: None,
         read_only: false,
         super_options: Default::default(),
+        propagation: Default::default(),
     };
     let err = fs.remove_volume_dir(&scratch, true, &[mount]).unwrap_err();
     assert!(err.to_string().contains("still mounted"), "{err}");

@@ -300,6 +300,7 @@ mod tests {
             source: None,
             read_only: false,
             super_options: Default::default(),
+            propagation: Default::default(),
         };
         let disk = Path::new("/mnt/disks/vol1");
         let table = [

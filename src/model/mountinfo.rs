@@ -32,6 +32,17 @@ pub struct MountEntry {
     pub read_only: bool,
     /// Filesystem options, e.g. `size=65536k` for tmpfs.
     pub super_options: BTreeMap<String, Option<String>>,
+    /// How mounts below it travel between mount namespaces.
+    pub propagation: Propagation,
+}
+
+/// A mount's propagation, from mountinfo's optional fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Propagation {
+    /// `shared:N`: mounts made below it reach its peers (the host, the container runtime).
+    pub shared: bool,
+    /// `master:N`: it receives the mounts its master's peers make (a slave).
+    pub receives: bool,
 }
 
 /// A whole mount table, tagged with the newest refresh request it reflects.
@@ -60,6 +71,16 @@ pub fn parse(reader: impl BufRead, source_name: &str) -> Result<Vec<MountEntry>,
             source: info.mount_source,
             read_only: info.mount_options.contains_key("ro"),
             super_options: info.super_options.into_iter().collect(),
+            propagation: Propagation {
+                shared: info
+                    .opt_fields
+                    .iter()
+                    .any(|f| matches!(f, procfs::process::MountOptFields::Shared(_))),
+                receives: info
+                    .opt_fields
+                    .iter()
+                    .any(|f| matches!(f, procfs::process::MountOptFields::Master(_))),
+            },
         })
         .collect())
 }

@@ -3,6 +3,7 @@
 
 pub mod notices;
 pub mod plan;
+pub mod propagation;
 pub mod pod_dirs;
 pub mod safe_format;
 pub mod status;

@@ -61,6 +61,7 @@ fn entry(mount_point: std::path::PathBuf) -> MountEntry {
         source: None,
         read_only: false,
         super_options: BTreeMap::new(),
+        propagation: Default::default(),
     }
 }
 

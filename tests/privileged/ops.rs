@@ -21,6 +21,10 @@ pub fn all() -> Vec<Case> {
             "a_daemon_waits_for_a_missing_manifest_directory_then_works_on_it",
             a_daemon_waits_for_a_missing_manifest_directory_then_works_on_it,
         ),
+        (
+            "a_private_root_dir_or_mount_dir_is_refused_with_what_to_change",
+            a_private_root_dir_or_mount_dir_is_refused_with_what_to_change,
+        ),
     ]
 }
 
@@ -283,4 +287,93 @@ fn a_daemon_waits_for_a_missing_manifest_directory_then_works_on_it() -> TestRes
     })();
     let log = sb.stop(daemon)?;
     result.map_err(|e| format!("{e}\n{log}"))
+}
+
+fn a_private_root_dir_or_mount_dir_is_refused_with_what_to_change() -> TestResult {
+    use nix::mount::{mount, MsFlags};
+    let sb = Sandbox::new(&format!("propagation-{:x}", fastrand::u32(..)));
+    sb.manifest("web.yaml", PODS);
+    // mount -t tmpfs tmpfs <dir> && mount --make-private <dir>
+    let private = |dir: &std::path::Path| -> TestResult {
+        std::fs::create_dir_all(dir).unwrap();
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=4m"),
+        )
+        .map_err(|e| format!("mount {}: {e}", dir.display()))?;
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(|e| format!("make {} private: {e}", dir.display()))
+    };
+    let root = sb.path("private-root");
+    private(&root)?;
+    let root_arg = root.join("root").display().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_volumed"))
+        .args([
+            "run",
+            "--once",
+            "--node-name",
+            "node-a",
+            "--root-dir",
+            &root_arg,
+        ])
+        .arg("--manifests")
+        .arg(&sb.manifests)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    check(
+        out.status.code() == Some(2)
+            && stderr.contains("is not shared")
+            && stderr.contains(&format!("mount --make-rshared {}", root.display()))
+            && stderr.contains("mountPropagation: Bidirectional")
+            && stderr.contains("set nothing up"),
+        || format!("a private root dir: {}\n{stderr}", out.status),
+    )?;
+    check(
+        !root.join("root/pods").exists() && sb.mounts().is_empty(),
+        || "something was set up under a refused root dir".into(),
+    )?;
+    // A mount_dir the host's mounts never reach.
+    let disks = sb.path("mnt/private-disks");
+    private(&disks)?;
+    sb.write(
+        "config.toml",
+        &format!(
+            "[[local_pv.classes]]\nstorage_class = \"fast\"\nhost_dir = \"{}\"\n",
+            disks.display()
+        ),
+    );
+    let config = sb.path("config.toml").display().to_string();
+    let out = sb.volumed(&["run", "--once", "--config", &config]);
+    let stderr = text(&out.stderr);
+    check(
+        out.status.code() == Some(2)
+            && stderr.contains("class fast")
+            && stderr.contains("mountPropagation: HostToContainer"),
+        || format!("a private mount_dir: {}\n{stderr}", out.status),
+    )?;
+    // The shared sandbox itself passes, and the flag skips the check.
+    let out = sb.volumed(&["run", "--once"]);
+    check(out.status.success(), || {
+        format!("a shared root: {}", text(&out.stderr))
+    })?;
+    let out = sb.volumed(&[
+        "run",
+        "--once",
+        "--config",
+        &config,
+        "--skip-propagation-check",
+    ]);
+    check(out.status.success(), || {
+        format!("--skip-propagation-check: {}", text(&out.stderr))
+    })
 }

@@ -29,6 +29,16 @@ impl Sandbox {
             Some("size=64m"),
         )
         .expect("mount scratch tmpfs");
+        // mount --make-shared <base>: as the root dir of a real host is (the propagation
+        // check asks for it); its peers are only itself, inside this namespace.
+        mount(
+            None::<&str>,
+            &base,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .expect("make the scratch tmpfs shared");
         let sandbox = Sandbox {
             root: base.join("root"),
             manifests: base.join("manifests"),

@@ -63,6 +63,7 @@ impl FakeMounter {
             source: Some(fs_type.to_string()),
             read_only: false,
             super_options: BTreeMap::new(),
+            propagation: Default::default(),
         };
         state.table.push(entry);
     }
@@ -148,6 +149,7 @@ impl FakeMounter {
             source: Some(fs_type.to_string()),
             read_only,
             super_options: options,
+            propagation: Default::default(),
         };
         state.table.push(entry);
         Ok(())
