@@ -22,6 +22,10 @@ pub struct Cli {
         env = "VOLUMED_LOG"
     )]
     pub log: String,
+    /// Log lines as text (for people; colored on a terminal) or as JSON objects, one per line
+    /// (for log collectors), each with its span's fields (op, pod, volume).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "VOLUMED_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -73,6 +77,12 @@ pub struct DiscoverArgs {
     pub output: PvOutput,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

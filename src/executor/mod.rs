@@ -151,7 +151,7 @@ impl Executor {
                     .clone()
             });
         let (ctx, permits, events) = (self.ctx.clone(), self.permits.clone(), self.events.clone());
-        let span = tracing::info_span!("op", op = op.verb(), key = %describe_key(&op.key()));
+        let span = op_span(&op);
         let started = Instant::now();
         let worker_op = op.clone();
         // Set when the op outlives its deadline, waiting for a slot included.
@@ -215,6 +215,11 @@ impl Executor {
     /// Books a finished op: frees its key and records or clears its backoff. Logs the
     /// outcome, the one place where it is decided.
     pub fn complete(&mut self, event: &OpEvent) {
+        let op = match event {
+            OpEvent::Overdue { op, .. } | OpEvent::Finished { op, .. } => op,
+        };
+        // Its outcome is told in the op's span, as what it logged while it ran.
+        let _span = op_span(op).entered();
         match event {
             OpEvent::Overdue { op, after } => {
                 self.overdue.insert(op.key());
@@ -226,7 +231,7 @@ impl Executor {
                     result: "stuck",
                 };
                 metrics.operations.get_or_create(&stuck).inc();
-                tracing::warn!(op = op.verb(), key = %describe_key(&op.key()), after_s = after.as_secs(), stuck_now = self.overdue.len(), stuck_total = self.stuck_total, "op is stuck past its deadline; its volume is uncertain and other volumes go on")
+                tracing::warn!(after_s = after.as_secs(), stuck_now = self.overdue.len(), stuck_total = self.stuck_total, "op is stuck past its deadline; its volume is uncertain and other volumes go on")
             }
             OpEvent::Finished {
                 op,
@@ -254,10 +259,13 @@ impl Executor {
                             Instant::now(),
                         );
                         if repeat.slows_down() {
-                            tracing::warn!(op = op.verb(), key = %describe_key(&key), times = repeat.failures, "op succeeded but the host did not change as planned; slowing down");
+                            tracing::warn!(
+                                times = repeat.failures,
+                                "op succeeded but the host did not change as planned; slowing down"
+                            );
                         }
                         self.repeats.insert(key.clone(), repeat);
-                        tracing::info!(op = op.verb(), key = %describe_key(&key), did, elapsed_ms = elapsed.as_millis() as u64, "op done");
+                        tracing::info!(did, elapsed_ms = elapsed.as_millis() as u64, "op done");
                     }
                     Err(error) => {
                         let backoff = self.config.backoff.record_failure(
@@ -274,7 +282,7 @@ impl Executor {
                         } else {
                             None
                         };
-                        tracing::warn!(op = op.verb(), key = %describe_key(&key), %error, failures = backoff.failures, retry_in_ms, "op failed");
+                        tracing::warn!(%error, failures = backoff.failures, retry_in_ms, "op failed");
                         self.backoff.insert(key, backoff);
                     }
                 }
@@ -322,6 +330,22 @@ impl Executor {
     pub fn must_finish_on_time(&self) -> usize {
         self.finishing.difference(&self.overdue).count()
     }
+}
+
+/// The span of one op: its verb, the pod (uid) and the volume it is about, and its key.
+fn op_span(op: &Op) -> tracing::Span {
+    let volume = match op.key() {
+        OpKey::Volume(key) => key.name,
+        OpKey::Global(pv) => pv,
+        OpKey::Pod(_) => "-".into(),
+    };
+    tracing::info_span!(
+        "op",
+        op = op.verb(),
+        pod = op.pod_uid().unwrap_or("-"),
+        volume,
+        key = %describe_key(&op.key())
+    )
 }
 
 /// Extra time for ops that enforce their own deadline, so they report rather than go stuck.

@@ -586,3 +586,33 @@ fn the_install_script_installs_a_unit_that_systemd_analyze_verify_accepts() {
         text(&version.stdout)
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_ops_span() {
+    let workspace = Workspace::new();
+    workspace.manifest("web.yaml", POD);
+    let out = workspace.volumed(&["run", "--once", "--log-format", "json", "--log", "info"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let done = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "op done" && l["span"]["op"] == "set-up")
+        .unwrap_or_else(|| panic!("no set-up's \"op done\" in:\n{stderr}"));
+    assert_eq!(done["span"]["pod"], "web-uid", "{done}");
+    assert_eq!(done["span"]["volume"], "scratch", "{done}");
+    assert_eq!(done["level"], "INFO", "{done}");
+    // Only the summary is not a log line.
+    let other: Vec<&str> = stderr.lines().filter(|l| !l.starts_with('{')).collect();
+    assert!(
+        other.iter().all(|l| l.contains("unmanaged")
+            || l.trim().is_empty()
+            || l.starts_with("warning")
+            || l.starts_with("  ")),
+        "{other:?}"
+    );
+}
