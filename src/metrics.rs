@@ -36,7 +36,7 @@ pub struct OpResult {
     pub result: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct ClaimLabels {
     pub namespace: String,
     pub persistentvolumeclaim: String,

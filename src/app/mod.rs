@@ -5,6 +5,7 @@
 pub mod endpoint;
 pub mod inspect;
 mod notify;
+mod volume_stats;
 pub mod release;
 mod wiring;
 
@@ -203,6 +204,13 @@ pub async fn run(
             "systemd notifier",
             notify::tell_systemd(progress_seen.clone(), stop_tasks.clone()),
         );
+        let stats = volume_stats::StatsTask {
+            progress: progress_seen.clone(),
+            root_dir: settings.root_dir.clone(),
+            every: settings.resync,
+            deadline: settings.op_timeout,
+        };
+        tasks.spawn_tied("volume stats", stats.run(stop_tasks.clone()));
         let listener = crate::host::http::bind(settings.http_addr).await?;
         let bound = listener.local_addr()?;
         let written = endpoint::address_file(&settings.root_dir);

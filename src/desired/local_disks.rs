@@ -68,6 +68,7 @@ pub fn add_discovered(
         &scans,
         &reclaim,
     );
+    crate::localpv::count_discovery(&disks.config, &found);
     let local_path =
         |pv: &PersistentVolume| pv.spec.as_ref()?.local.as_ref().map(|l| l.path.clone());
     let mut held = Vec::new();

@@ -222,6 +222,10 @@ fn blocked(reason: impl Into<String>) -> Waiting {
 impl Context<'_> {
     fn volume(&self, volume: &Volume) -> Result<DesiredVolume, Waiting> {
         check_component("volume name", &volume.name).map_err(|e| blocked(e.to_string()))?;
+        let claim_name = volume
+            .persistent_volume_claim
+            .as_ref()
+            .map(|c| c.claim_name.clone());
         let (plugin, name, spec, pv_name, block) = if let Some(empty_dir) = &volume.empty_dir {
             let spec = match empty_dir.medium.as_deref().unwrap_or("") {
                 "" => MountSpec::Directory,
@@ -276,6 +280,7 @@ impl Context<'_> {
             pod: self.pod.clone(),
             volume_name: volume.name.clone(),
             pv_name,
+            claim: claim_name,
             spec,
         })
     }

@@ -35,6 +35,7 @@ fn nfs(pod: &str, server: &str) -> Op {
             pod: pod_ref,
             volume_name: "share".into(),
             pv_name: None,
+            claim: None,
             spec,
         }),
     }
@@ -125,6 +126,7 @@ fn set_up(size: u64) -> Op {
             pod,
             volume_name: "cache".into(),
             pv_name: None,
+            claim: None,
             spec,
         }),
     }

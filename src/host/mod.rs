@@ -16,6 +16,7 @@ pub mod real;
 pub mod run_lock;
 mod sources;
 pub mod state_file;
+pub mod stats;
 pub mod sysfs;
 pub mod write_lease;
 

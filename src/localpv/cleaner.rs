@@ -152,6 +152,13 @@ impl Cleaner {
                     e.cleaned = result.is_ok();
                     e.last_error = result.clone().err();
                 }
+                let result_label = if result.is_ok() { "done" } else { "failed" };
+                crate::metrics::get()
+                    .local_cleanups
+                    .get_or_create(&crate::metrics::CleanupLabels {
+                        result: result_label,
+                    })
+                    .inc();
                 if let Err(why) = result {
                     // Kept in the journal, where `volumed status` shows it.
                     self.save_journal(&journal);

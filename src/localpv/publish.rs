@@ -172,6 +172,7 @@ impl Publisher {
             labels: &labels,
         };
         let found = discover(&node, &self.config, &scans, &reclaim);
+        super::count_discovery(&self.config, &found);
         let local_path =
             |pv: &PersistentVolume| pv.spec.as_ref()?.local.as_ref().map(|l| l.path.clone());
         self.report_vanished(listed, &found.volumes).await;

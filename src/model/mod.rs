@@ -307,6 +307,9 @@ pub struct DesiredVolume {
     pub volume_name: String,
     /// The PersistentVolume behind it, for PVC-backed volumes.
     pub pv_name: Option<String>,
+    /// The claim's name (in the pod's namespace), for PVC-backed volumes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
     pub spec: MountSpec,
 }
 

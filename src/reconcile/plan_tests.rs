@@ -34,6 +34,7 @@ fn desired(complete: bool, volumes: &[(VolumeKey, MountSpec)]) -> DesiredState {
                 pod,
                 volume_name: key.name.clone(),
                 pv_name: None,
+                claim: None,
                 spec: spec.clone(),
             },
         );

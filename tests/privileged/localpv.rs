@@ -767,6 +767,24 @@ fn in_file_mode_a_deleted_claims_disk_is_cleaned_or_kept_released_until_volumed_
         check(state == "available", || {
             format!("fast disk: {state} ({reason})")
         })?;
+        // Counted: the cleanup, and each class's disks.
+        let (_, body, _) = sb.http_get("/metrics")?;
+        let metrics = crate::ops::samples(&body)?;
+        for (series, want) in [
+            (r#"volumed_local_pv_cleanups_total{result="done"}"#, 1.0),
+            (
+                r#"volumed_local_pv_disks{storage_class="fast-disks",state="discovered"}"#,
+                1.0,
+            ),
+            (
+                r#"volumed_local_pv_disks{storage_class="keep-disks",state="discovered"}"#,
+                1.0,
+            ),
+        ] {
+            check(metrics.get(series) == Some(&want), || {
+                format!("{series} is {:?}, not {want}", metrics.get(series))
+            })?;
+        }
         // A new claim gets the cleaned disk: none of the old tenant's data.
         sb.manifest(
             "db2.yaml",

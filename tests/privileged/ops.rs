@@ -25,6 +25,10 @@ pub fn all() -> Vec<Case> {
             "a_private_root_dir_or_mount_dir_is_refused_with_what_to_change",
             a_private_root_dir_or_mount_dir_is_refused_with_what_to_change,
         ),
+        (
+            "volume_stats_per_claim_follow_what_is_written",
+            volume_stats_per_claim_follow_what_is_written,
+        ),
     ]
 }
 
@@ -376,4 +380,66 @@ fn a_private_root_dir_or_mount_dir_is_refused_with_what_to_change() -> TestResul
     check(out.status.success(), || {
         format!("--skip-propagation-check: {}", text(&out.stderr))
     })
+}
+
+fn volume_stats_per_claim_follow_what_is_written() -> TestResult {
+    use nix::mount::{mount, MsFlags};
+    let sb = Sandbox::new(&format!("stats-{:x}", fastrand::u32(..)));
+    let disk = sb.path("disks/d");
+    std::fs::create_dir_all(&disk).unwrap();
+    // mount -t tmpfs -o size=8m tmpfs <disk>
+    mount(
+        Some("tmpfs"),
+        &disk,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=8m"),
+    )
+    .map_err(|e| format!("mount tmpfs: {e}"))?;
+    sb.manifest(
+        "db.yaml",
+        &format!("apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: pv-d}}\nspec: {{capacity: {{storage: 8Mi}}, accessModes: [ReadWriteOnce], storageClassName: local, local: {{path: {}}}}}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: shop}}\nspec: {{accessModes: [ReadWriteOnce], storageClassName: local, resources: {{requests: {{storage: 1Mi}}}}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: db, namespace: shop, uid: db-uid}}\nspec: {{nodeName: node-a, containers: [], volumes: [{{name: data, persistentVolumeClaim: {{claimName: data}}}}]}}\n", disk.display()),
+    );
+    let daemon = sb.daemon_with(&["--resync", "1s"]);
+    let stat = |name: &str| -> Option<f64> {
+        let (_, body, _) = sb.http_get("/metrics").ok()?;
+        samples(&body)
+            .ok()?
+            .get(&format!(
+                "kubelet_volume_stats_{name}{{namespace=\"shop\",persistentvolumeclaim=\"data\"}}"
+            ))
+            .copied()
+    };
+    let result = (|| {
+        eventually(Duration::from_secs(20), "the claim's capacity", || {
+            stat("capacity_bytes") == Some(8.0 * 1024.0 * 1024.0)
+        })?;
+        let volume = sb.volume("db-uid", "local-volume", "pv-d");
+        std::fs::write(volume.join("blob"), vec![7u8; 2 << 20]).unwrap();
+        eventually(
+            Duration::from_secs(20),
+            "2 MiB used, 6 MiB available",
+            || {
+                stat("used_bytes").is_some_and(|u| u >= 2.0 * 1024.0 * 1024.0)
+                    && stat("available_bytes").is_some_and(|a| a <= 6.0 * 1024.0 * 1024.0)
+            },
+        )?;
+        check(
+            stat("inodes_used").is_some_and(|i| i >= 2.0)
+                && stat("inodes").is_some_and(|i| i > 0.0),
+            || "no inode counts".into(),
+        )?;
+        // The claim goes: so do its series.
+        std::fs::remove_file(sb.manifests.join("db.yaml")).unwrap();
+        eventually(
+            Duration::from_secs(20),
+            "the claim's series removed",
+            || {
+                sb.http_get("/metrics")
+                    .is_ok_and(|(_, body, _)| !body.contains("persistentvolumeclaim=\"data\""))
+            },
+        )
+    })();
+    let log = sb.stop(daemon)?;
+    result.map_err(|e| format!("{e}\n{log}"))
 }
