@@ -66,10 +66,10 @@ impl StatsTask {
         path: &PathBuf,
         hanging: &Arc<Mutex<BTreeSet<PathBuf>>>,
     ) -> Option<VolumeStats> {
-        if !lock(hanging).insert(path.clone()) {
+        if !lock(hanging).insert(path.to_path_buf()) {
             return None; // Its last statvfs has not returned.
         }
-        let (asked, still) = (path.clone(), hanging.clone());
+        let (asked, still) = (path.to_path_buf(), hanging.clone());
         let job = tokio::task::spawn_blocking(move || {
             let stats = volume_stats(&asked);
             lock(&still).remove(&asked);
