@@ -63,7 +63,7 @@ impl StatsTask {
 
     async fn look(
         &self,
-        path: &PathBuf,
+        path: &std::path::Path,
         hanging: &Arc<Mutex<BTreeSet<PathBuf>>>,
     ) -> Option<VolumeStats> {
         if !lock(hanging).insert(path.to_path_buf()) {
