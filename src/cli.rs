@@ -57,12 +57,36 @@ pub enum Command {
     /// have errors. Exit 0: released; 1: refused (why on stderr, nothing changed); 2: the
     /// command failed.
     Release(ReleaseArgs),
+    /// Print the effective settings, one `key = value` line each with where it came from (a
+    /// flag, the environment, the config file, or the default), after checking the config
+    /// file: every key known, every value valid. Exit 0; 2 with the bad key named.
+    CheckConfig(CheckConfigArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct ReleaseArgs {
     /// The PersistentVolume's name.
     pub pv: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl Command {
+    /// The settings a subcommand takes, when it takes them.
+    pub fn common(&self) -> Option<&CommonArgs> {
+        match self {
+            Command::Run(a) => Some(&a.common),
+            Command::Plan(a) | Command::Status(a) => Some(&a.common),
+            Command::Discover(a) => Some(&a.common),
+            Command::Release(a) => Some(&a.common),
+            Command::CheckConfig(a) => Some(&a.common),
+            Command::Devices(_) => None,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct CheckConfigArgs {
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -105,7 +129,7 @@ pub struct RunArgs {
     pub once: bool,
     /// Start even when the root dir is not on a shared mount or a local-PV mount_dir receives
     /// no host mounts (by default that is refused, with what to change).
-    #[arg(long)]
+    #[arg(long, env = "VOLUMED_SKIP_PROPAGATION_CHECK")]
     pub skip_propagation_check: bool,
     #[command(flatten)]
     pub common: CommonArgs,
@@ -140,11 +164,16 @@ pub struct CommonArgs {
     #[arg(long, value_name = "DIR", env = "VOLUMED_MANIFESTS")]
     pub manifests: Option<PathBuf>,
     /// Kubeconfig for the API source; default: in-cluster config, or $KUBECONFIG, or ~/.kube/config.
-    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "manifests",
+        env = "VOLUMED_KUBECONFIG"
+    )]
     pub kubeconfig: Option<PathBuf>,
     /// How long `run --once`, `plan` and `status` wait for the API's first complete list
     /// before giving up (changing nothing).
-    #[arg(long, value_parser = at_least_a_second, default_value = "60s", conflicts_with = "manifests")]
+    #[arg(long, value_parser = at_least_a_second, default_value = "60s", conflicts_with = "manifests", env = "VOLUMED_FIRST_LIST_TIMEOUT")]
     pub first_list_timeout: Duration,
     /// Where pod volume directories, global mounts and volumed's state live.
     #[arg(
@@ -158,33 +187,44 @@ pub struct CommonArgs {
     #[arg(long, env = "VOLUMED_NODE_NAME")]
     pub node_name: Option<String>,
     /// Extra node labels for PV node affinity, as k=v,k2=v2.
-    #[arg(long, value_name = "K=V,...", value_parser = parse_labels, default_value = "")]
+    #[arg(long, value_name = "K=V,...", value_parser = parse_labels, default_value = "", env = "VOLUMED_NODE_LABELS")]
     pub node_labels: std::collections::BTreeMap<String, String>,
     /// hostPath and local volume paths must lie under one of these (repeatable).
-    #[arg(long = "host-path-root", value_name = "DIR", default_value = "/")]
+    #[arg(
+        long = "host-path-root",
+        value_name = "DIR",
+        default_value = "/",
+        env = "VOLUMED_HOST_PATH_ROOTS",
+        value_delimiter = ','
+    )]
     pub host_path_roots: Vec<PathBuf>,
     /// Most ops running at once.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, env = "VOLUMED_MAX_CONCURRENT_OPS")]
     pub max_concurrent_ops: usize,
     /// Most mkfs runs at once.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, env = "VOLUMED_MAX_CONCURRENT_FORMATS")]
     pub max_concurrent_formats: usize,
     /// The mount helper for NFS volumes, as kubelet's mounter path.
-    #[arg(long, value_name = "PATH", default_value = "mount")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "mount",
+        env = "VOLUMED_MOUNTER_PATH"
+    )]
     pub mounter_path: PathBuf,
     /// How long an NFS mount may take before its helper is killed.
-    #[arg(long, value_parser = at_least_a_second, default_value = "2m")]
+    #[arg(long, value_parser = at_least_a_second, default_value = "2m", env = "VOLUMED_MOUNT_TIMEOUT")]
     pub mount_timeout: Duration,
     /// Most ops in flight per NFS server, stuck ones included, so one dead server cannot
     /// hold every worker.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, env = "VOLUMED_MAX_OPS_PER_SERVER")]
     pub max_ops_per_server: usize,
     /// How long any other op (stat, unmount, directory work) may run before its volume is
     /// reported stuck; an NFS unmount then escalates to umount -f and a lazy detach.
-    #[arg(long, value_parser = at_least_a_second, default_value = "30s")]
+    #[arg(long, value_parser = at_least_a_second, default_value = "30s", env = "VOLUMED_OP_TIMEOUT")]
     pub op_timeout: Duration,
     /// Safety re-read of the mount table and manifests when nothing reported a change.
-    #[arg(long, value_parser = at_least_a_second, default_value = "60s")]
+    #[arg(long, value_parser = at_least_a_second, default_value = "60s", env = "VOLUMED_RESYNC")]
     pub resync: Duration,
     /// Where `run` serves /healthz, /readyz, /metrics and /status (GET only), and where
     /// `status` asks a running daemon. Port 0 takes a free port; the daemon writes the address

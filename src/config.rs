@@ -8,6 +8,8 @@ use crate::desired::NodeConfig;
 use crate::localpv::config::{ConfigFile, ConfigFileError, LocalPvConfig};
 use crate::model::host_paths::HostPathPolicy;
 
+pub mod file;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot create root dir {path}: {source}; pick another --root-dir or fix its parent's permissions")]
@@ -123,12 +125,14 @@ impl Settings {
     }
 }
 
-/// The config file `--config` names (which must exist), or the default one if it exists.
+/// The config file `--config` names (which must exist), or the default one if it exists; its
+/// flag keys are the command line's (`file`).
 fn config_file(given: Option<&std::path::Path>) -> Result<ConfigFile, ConfigError> {
     let default = std::path::Path::new(DEFAULT_CONFIG);
+    let flags = file::is_settings_key;
     match given {
-        Some(path) => Ok(ConfigFile::load(path)?),
-        None if default.exists() => Ok(ConfigFile::load(default)?),
+        Some(path) => Ok(ConfigFile::load(path, &flags)?),
+        None if default.exists() => Ok(ConfigFile::load(default, &flags)?),
         None => Ok(ConfigFile::default()),
     }
 }

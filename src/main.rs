@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    volumed::commands::main(volumed::cli::Cli::parse())
+    volumed::commands::main_from_env()
 }

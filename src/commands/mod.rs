@@ -1,6 +1,7 @@
 //! The subcommands, one file each: each reads its settings, asks `app` for the work, has
 //! `output` render it, and returns the exit code that agrees with what it printed.
 
+mod check_config;
 mod common;
 mod devices;
 mod discover;
@@ -13,8 +14,35 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
-/// The binary's whole life after parsing: process set-up, the command, and its exit code.
-pub fn main(cli: Cli) -> ExitCode {
+/// The binary's whole life: the command line (with the config file's settings as its
+/// defaults), process set-up, the command, and its exit code.
+pub fn main_from_env() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let file = match crate::config::file::config_path(&args) {
+        Some(path) => match crate::config::file::load(&path) {
+            Ok(file) => file,
+            Err(err) => {
+                eprintln!("volumed: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Default::default(),
+    };
+    match crate::config::file::parse_with(&args, &file) {
+        Ok((cli, settings)) => main(cli, settings),
+        Err(crate::config::file::FileError::CommandLine(err)) => err.exit(),
+        Err(err) => {
+            eprintln!("volumed: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// After parsing: process set-up, the command, and its exit code.
+pub fn main(
+    cli: Cli,
+    settings: std::collections::BTreeMap<String, crate::config::file::Effective>,
+) -> ExitCode {
     if !matches!(cli.command, Command::Run(_)) {
         // A reader that goes away (`volumed devices | head`) ends a one-shot command quietly,
         // as it ends other tools; the daemon keeps Rust's default of ignoring SIGPIPE.
@@ -48,6 +76,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Devices(args) => devices::devices(args),
         Command::Discover(args) => discover::discover(args),
         Command::Release(args) => release::release(args),
+        Command::CheckConfig(args) => check_config::check_config(args, &settings),
     };
     match result {
         Ok(code) => code,

@@ -108,17 +108,31 @@ impl ClassConfig {
 }
 
 impl ConfigFile {
-    /// Reads and checks `path`.
-    pub fn load(path: &Path) -> Result<ConfigFile, ConfigFileError> {
+    /// Reads and checks `path`; the top-level keys `beside` accepts belong to others (the
+    /// command line's settings) and are left to them.
+    pub fn load(path: &Path, beside: &dyn Fn(&str) -> bool) -> Result<ConfigFile, ConfigFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        ConfigFile::parse(&text).map_err(|(key, message)| ConfigFileError::Invalid {
+        ConfigFile::parse_beside(&text, beside).map_err(|(key, message)| ConfigFileError::Invalid {
             path: path.to_path_buf(),
             key,
             message,
         })
+    }
+
+    /// As `parse`, with the top-level keys `beside` accepts taken out first.
+    pub fn parse_beside(
+        text: &str,
+        beside: &dyn Fn(&str) -> bool,
+    ) -> Result<ConfigFile, (String, String)> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ("(syntax)".to_string(), e.message().to_string()))?;
+        table.retain(|key, _| !beside(key));
+        let rest = toml::to_string(&table).map_err(|e| ("(syntax)".to_string(), e.to_string()))?;
+        ConfigFile::parse(&rest)
     }
 
     /// Parses and checks a config text; an error is the key it is about and what is wrong.

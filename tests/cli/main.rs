@@ -616,3 +616,127 @@ fn json_logs_are_one_object_per_line_with_the_ops_span() {
         "{other:?}"
     );
 }
+
+/// `check-config`'s lines, `key = value  # source`, by key; `not set` for a commented key.
+fn effective(stdout: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            if let Some(key) = line
+                .strip_prefix("# ")
+                .and_then(|l| l.strip_suffix(" is not set"))
+            {
+                return Some((key.to_string(), ("not set".to_string(), String::new())));
+            }
+            let (setting, source) = line.split_once("  # ")?;
+            let (key, value) = setting.split_once(" = ")?;
+            Some((key.to_string(), (value.to_string(), source.to_string())))
+        })
+        .collect()
+}
+
+#[test]
+fn every_flag_has_a_config_key_and_a_flag_beats_the_environment_beats_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("volumed.toml");
+    std::fs::write(
+        &config,
+        "op_timeout = \"45s\"\nresync = \"90s\"\nmax_concurrent_ops = 5\nnode_labels = { zone = \"a\" }\nhost_path_root = [\"/srv\", \"/data\"]\n\n[[local_pv.classes]]\nstorage_class = \"fast\"\nhost_dir = \"/mnt/disks\"\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_volumed"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, stdout, stderr) = run(
+        &["--resync", "2m"],
+        &[("VOLUMED_OP_TIMEOUT", "50s"), ("VOLUMED_RESYNC", "3m")],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let got = effective(&stdout);
+    let file = format!("file {}", config.display());
+    assert_eq!(got["resync"], ("\"2m\"".into(), "flag".into()), "{stdout}");
+    assert_eq!(
+        got["op_timeout"],
+        ("\"50s\"".into(), "env VOLUMED_OP_TIMEOUT".into())
+    );
+    assert_eq!(got["max_concurrent_ops"], ("\"5\"".into(), file.clone()));
+    assert_eq!(got["node_labels"], ("\"zone=a\"".into(), file.clone()));
+    assert_eq!(
+        got["host_path_root"],
+        ("[\"/srv\", \"/data\"]".into(), file)
+    );
+    assert_eq!(got["mount_timeout"], ("\"2m\"".into(), "default".into()));
+    assert_eq!(got["manifests"].0, "not set");
+    assert!(stdout.contains("# local_pv: 1 class(es)"), "{stdout}");
+    // Every long flag of every command is a key the file may set.
+    for key in [
+        "http_addr",
+        "log",
+        "log_format",
+        "root_dir",
+        "mounter_path",
+        "first_list_timeout",
+    ] {
+        assert!(got.contains_key(key), "{key} missing from {stdout}");
+    }
+    // Bad keys and values are named, and nothing runs.
+    for (text, named) in [
+        ("op_timout = \"3s\"\n", "op_timout: unknown key"),
+        ("op_timeout = \"3x\"\n", "op_timeout: invalid value '3x'"),
+        (
+            "max_concurrent_ops = \"many\"\n",
+            "max_concurrent_ops: invalid value 'many'",
+        ),
+        (
+            "[local_pv]\nclasess = []\n",
+            "local_pv.clasess: unknown field",
+        ),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let (code, stdout, stderr) = run(&[], &[]);
+        assert_eq!(code, Some(2), "{text}: {stdout}{stderr}");
+        assert!(
+            stderr.contains(named) && stderr.contains("volumed.toml"),
+            "{text}: {stderr}"
+        );
+        assert!(stdout.is_empty());
+    }
+}
+
+#[test]
+fn a_run_takes_its_settings_from_the_config_file() {
+    let workspace = Workspace::new();
+    workspace.manifest("web.yaml", POD);
+    let base = workspace.root();
+    let config = base.join("volumed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "manifests = \"{}\"\nroot_dir = \"{}\"\nnode_name = \"node-a\"\nhost_path_root = [\"{}\"]\nskip_propagation_check = true\n",
+            base.join("manifests").display(),
+            base.join("from-file").display(),
+            base.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_volumed"))
+        .args(["run", "--once", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        base.join("from-file/pods/web-uid/volumes/kubernetes.io~empty-dir/scratch")
+            .is_dir(),
+        "the root dir of the file was not used: {}",
+        text(&out.stderr)
+    );
+}
