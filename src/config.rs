@@ -28,8 +28,7 @@ pub enum ConfigError {
     ConfigFile(#[from] ConfigFileError),
 }
 
-/// Read when `--config` is not given and it exists.
-pub const DEFAULT_CONFIG: &str = "/etc/volumed/config.toml";
+pub use self::file::DEFAULT_CONFIG;
 
 #[derive(Clone, Debug)]
 pub struct Settings {

@@ -12,6 +12,9 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
 use crate::cli::Cli;
 
+/// Read when `--config` is not given and it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/volumed/config.toml";
+
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("cannot read config file {path}: {source}")]
@@ -160,7 +163,7 @@ pub fn config_path(args: &[OsString]) -> Option<PathBuf> {
     let cli = Cli::try_parse_from(args).ok()?;
     let given = cli.command.common().and_then(|c| c.config.clone());
     given.or_else(|| {
-        let default = Path::new(super::DEFAULT_CONFIG);
+        let default = Path::new(DEFAULT_CONFIG);
         default.exists().then(|| default.to_path_buf())
     })
 }
