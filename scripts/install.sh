@@ -2,7 +2,8 @@
 # Builds volumed (release) and installs it for a bare-metal host:
 #   <prefix>/bin/volumed
 #   <unitdir>/volumed.service        (ExecStart pointing at that binary)
-#   <confdir>/config.toml.example    (and manifests/, made empty if missing)
+#   <confdir>/config.toml.example    (and config.toml with `manifests`, and manifests/,
+#                                     made when missing)
 #   <docdir>/README.md
 # Usage: scripts/install.sh [--prefix DIR] [--unitdir DIR] [--confdir DIR] [--binary FILE]
 # Defaults: --prefix /usr/local, --unitdir /etc/systemd/system, --confdir /etc/volumed.
@@ -45,6 +46,12 @@ install -d -m 0755 "$unitdir"
 sed -e "s|@BINDIR@|$prefix/bin|g" -e "s|@DOCDIR@|$prefix/share/doc/volumed|g" systemd/volumed.service >"$unitdir/volumed.service"
 chmod 0644 "$unitdir/volumed.service"
 install -D -m 0644 deploy/config.toml "$confdir/config.toml.example"
+# The settings the unit runs with; an existing config is left as it is.
+if [ ! -e "$confdir/config.toml" ]; then
+  printf '%s\n' "# volumed's settings: every flag has a key (see config.toml.example, volumed check-config)." \
+    "manifests = \"$confdir/manifests\"" >"$confdir/config.toml"
+  chmod 0644 "$confdir/config.toml"
+fi
 install -d -m 0755 "$confdir/manifests"
 install -D -m 0644 README.md "$prefix/share/doc/volumed/README.md"
 echo "installed volumed to $prefix/bin, its unit to $unitdir, an example config to $confdir" >&2

@@ -26,6 +26,8 @@ pub enum ConfigError {
     HostName(nix::errno::Errno),
     #[error(transparent)]
     ConfigFile(#[from] ConfigFileError),
+    #[error("both a manifest directory (--manifests, or manifests in the config file) and a kubeconfig (--kubeconfig, or kubeconfig in the config file) are given: volumed reads one source; drop one")]
+    BothSources,
 }
 
 pub use self::file::DEFAULT_CONFIG;
@@ -100,6 +102,11 @@ impl Settings {
             }
             None => None,
         };
+        // The file's values are the command line's defaults, which clap's conflict check does
+        // not see: a file `manifests` and a `--kubeconfig` would quietly mean file mode.
+        if manifests.is_some() && args.kubeconfig.is_some() {
+            return Err(ConfigError::BothSources);
+        }
         Ok(Settings {
             manifests,
             kubeconfig: args.kubeconfig.clone(),

@@ -67,6 +67,9 @@ pub struct Progress {
     pub reconciled: bool,
 }
 
+/// How long a stopping daemon waits for a format or check under way.
+pub const FORMAT_GRACE: std::time::Duration = std::time::Duration::from_secs(80);
+
 /// The loop goes round at least this often, even when nothing happens.
 pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -292,7 +295,10 @@ impl SyncLoop {
         books.progress.passes += 1;
         books.progress.planned_from = desired;
         books.progress.idle = started == 0 && self.executor.in_flight() == 0;
-        books.progress.reconciled |= books.progress.idle && books.progress.planned_from.complete;
+        // Stuck ops do not count against readiness: a hung mount must not keep a node unready
+        // (and systemd waiting for READY=1) for ever.
+        let settled = started == 0 && self.executor.in_flight_on_time() == 0;
+        books.progress.reconciled |= settled && books.progress.planned_from.complete;
         self.tell_progress(books);
         Some(started)
     }
@@ -311,11 +317,12 @@ impl SyncLoop {
         // must not be cut short (a format, a check), however long that takes within its own
         // deadline: nothing else is harmed by an exit, and no one reads its report. A --once
         // run waits for every op, up to the grace, so that its report is true.
+        let stop_began = tokio::time::Instant::now();
         let waiting = |executor: &Executor, once: bool| {
             if once {
                 executor.in_flight_on_time()
             } else {
-                executor.must_finish_on_time()
+                executor.must_finish()
             }
         };
         if !self.once && self.executor.in_flight() > waiting(&self.executor, false) {
@@ -325,11 +332,15 @@ impl SyncLoop {
             );
         }
         while waiting(&self.executor, self.once) > 0 {
-            let next = if self.once {
-                tokio::time::timeout_at(deadline, self.events.recv()).await
+            // A format or check is waited for past its op deadline (mkfs has none of its own:
+            // cut short, it would leave a half-written filesystem), up to FORMAT_GRACE, which
+            // stays below the unit's and the DaemonSet's 90 s stop timeouts.
+            let until = if self.once {
+                deadline
             } else {
-                Ok(self.events.recv().await)
+                stop_began + FORMAT_GRACE
             };
+            let next = tokio::time::timeout_at(until, self.events.recv()).await;
             match next {
                 Ok(Some(event)) => {
                     self.executor.complete(&event);

@@ -21,12 +21,15 @@ use crate::sync_loop::{Progress, HEARTBEAT};
 /// A loop that has not gone round for this many heartbeats is not healthy.
 const HEALTHY_WITHIN: u32 = 3;
 
-/// How long `volumed status` waits for a running daemon's answer.
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `volumed status` waits for a running daemon's answer, beyond the daemon's own
+/// deadline for reading the host.
+const ASK_SLACK: Duration = Duration::from_secs(5);
 
-/// What `/status` answers: `volumed status`'s rows and the desired state's verdict.
+/// What `/status` answers: `volumed status`'s rows and the desired state's verdict, and the
+/// root dir they are about (so a stale address never passes off another daemon's status).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StatusAnswer {
+    pub root_dir: PathBuf,
     pub complete: bool,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
@@ -34,6 +37,9 @@ pub struct StatusAnswer {
 }
 
 pub struct Endpoint {
+    /// Held while a status read runs: a second one waits for it rather than starting more
+    /// scans (each of which a hung disk could keep).
+    pub reading: tokio::sync::Mutex<()>,
     pub progress: watch::Receiver<Progress>,
     pub settings: Settings,
     pub mounter: Arc<dyn Mounter>,
@@ -121,6 +127,14 @@ impl Endpoint {
     }
 
     async fn status(&self) -> Reply {
+        let Ok(_reading) =
+            tokio::time::timeout(self.settings.op_timeout, self.reading.lock()).await
+        else {
+            return text(
+                503,
+                "an earlier status read is still under way (a hung disk?)\n",
+            );
+        };
         let mut desired: DesiredState = (*self.progress.borrow().planned_from).clone();
         match rows_now(
             &self.settings,
@@ -132,6 +146,7 @@ impl Endpoint {
         {
             Ok(rows) => {
                 let answer = StatusAnswer {
+                    root_dir: self.settings.root_dir.clone(),
                     complete: desired.complete,
                     problems: desired.problems,
                     warnings: desired.warnings,
@@ -158,15 +173,15 @@ pub fn address_file(root_dir: &Path) -> PathBuf {
 pub async fn ask_daemon(settings: &Settings) -> Option<(DesiredState, Vec<StatusRow>)> {
     let written = std::fs::read_to_string(address_file(&settings.root_dir)).ok()?;
     let addr: SocketAddr = written.trim().parse().ok()?;
-    let (status, body) = match get(addr, "/status", ASK_TIMEOUT).await {
+    let (status, body) = match get(addr, "/status", settings.op_timeout + ASK_SLACK).await {
         Ok(answer) => answer,
         Err(err) => {
             tracing::debug!(%err, "no daemon answers; looking at the host directly");
             return None;
         }
     };
-    let answer: StatusAnswer = match (status, serde_json::from_str(&body)) {
-        (200, Ok(answer)) => answer,
+    let answer: StatusAnswer = match (status, serde_json::from_str::<StatusAnswer>(&body)) {
+        (200, Ok(answer)) if answer.root_dir == settings.root_dir => answer,
         _ => {
             tracing::warn!(%addr, status, "the running daemon did not give its status; looking at the host directly");
             return None;

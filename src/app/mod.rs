@@ -206,6 +206,7 @@ pub async fn run(
         );
         let stats = volume_stats::StatsTask {
             progress: progress_seen.clone(),
+            mounts: mounts.tables.clone(),
             root_dir: settings.root_dir.clone(),
             every: settings.resync,
             deadline: settings.op_timeout,
@@ -218,6 +219,7 @@ pub async fn run(
             .with_context(|| format!("cannot write {}", written.display()))?;
         tracing::info!(addr = %bound, "serving /healthz, /readyz, /metrics and /status");
         let routes = endpoint::Endpoint {
+            reading: Default::default(),
             progress: progress_seen,
             settings: settings.clone(),
             mounter: mounter.clone(),
@@ -284,7 +286,8 @@ pub async fn run(
     };
     stop_tasks.cancel();
     // A cleanup under way finishes (within its own deadline) rather than stop half done.
-    let cleanups_due = tokio::time::Instant::now() + settings.op_timeout * 10;
+    let cleanups_due = tokio::time::Instant::now()
+        + (settings.op_timeout * 10).min(crate::sync_loop::FORMAT_GRACE);
     while !crate::shared::lock(&cleaning).is_empty() && tokio::time::Instant::now() < cleanups_due {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -312,6 +315,10 @@ pub async fn run(
         }
     }
     tasks.wait(events_grace).await;
+    if !once {
+        // No daemon answers there any more.
+        let _ = std::fs::remove_file(endpoint::address_file(&settings.root_dir));
+    }
     match failed {
         Some(why) => anyhow::bail!(
             "{why}; volumed stopped so that its supervisor (systemd, the kubelet) restarts it"

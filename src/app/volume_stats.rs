@@ -18,6 +18,9 @@ use crate::sync_loop::Progress;
 
 pub struct StatsTask {
     pub progress: watch::Receiver<Progress>,
+    /// Only a volume mounted now is looked at: the path of one that is not would show the
+    /// root dir's filesystem.
+    pub mounts: watch::Receiver<Arc<crate::model::mountinfo::MountTable>>,
     pub root_dir: PathBuf,
     pub every: Duration,
     pub deadline: Duration,
@@ -43,14 +46,16 @@ impl StatsTask {
         }
     }
 
-    /// Each claim of a volume in place now, with the path of one pod's mount of it.
+    /// Each claim of a volume mounted now, with the path of one pod's mount of it.
     fn claims(&self) -> BTreeMap<ClaimLabels, PathBuf> {
+        let table = self.mounts.borrow().clone();
+        let mounted = crate::model::mountinfo::PodMounts::index(&table.entries, &self.root_dir);
         let progress = self.progress.borrow();
         progress
             .planned_from
             .volumes
             .values()
-            .filter(|v| !v.key.block)
+            .filter(|v| !v.key.block && mounted.is_mounted(&v.key))
             .filter_map(|v| {
                 let labels = ClaimLabels {
                     namespace: v.pod.namespace.clone(),

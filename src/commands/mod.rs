@@ -54,8 +54,14 @@ pub fn main(
             )
         };
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    // RUST_LOG counts only where neither --log, VOLUMED_LOG nor the config file says.
+    let log_from_default = settings
+        .get("log")
+        .is_none_or(|e| e.source == crate::config::file::Source::Default);
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) if log_from_default => filter,
+        _ => tracing_subscriber::EnvFilter::new(&cli.log),
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -33,7 +33,7 @@ pub enum FileError {
 }
 
 /// Flags that are not settings: how a command runs, or which file to read.
-const NOT_SETTINGS: [&str; 4] = ["config", "once", "help", "version"];
+const NOT_SETTINGS: [&str; 6] = ["config", "once", "help", "version", "output", "wide"];
 
 /// Where each effective value came from, by key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +104,13 @@ pub fn load(path: &Path) -> Result<FileDefaults, FileError> {
             ));
         };
         let strings = as_flag_values(value).map_err(|why| invalid(key, why))?;
+        let many = matches!(arg.get_action(), clap::ArgAction::Append);
+        if strings.len() != 1 && !many {
+            return Err(invalid(
+                key,
+                format!("takes one value, not {}", strings.len()),
+            ));
+        }
         // The flag's own parser judges the value, as if it were given on the command line.
         let long = arg.get_long().unwrap_or_default().to_string();
         let alone = clap::Command::new("volumed").no_binary_name(true).arg(
