@@ -240,6 +240,12 @@ pub async fn run(
     );
     context.mount_timeout = settings.mount_timeout;
     context.unmount_timeout = settings.op_timeout;
+    let stopping = context.stopping.clone();
+    let told = cancel.clone();
+    tokio::spawn(async move {
+        told.cancelled().await;
+        stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
     let (executor, events) = Executor::new(context, config);
     let (failures_tx, failures_rx) = watch::channel(Failures::new());
     // Lives as long as the loop, as the publisher does.

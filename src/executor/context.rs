@@ -24,6 +24,9 @@ pub struct OpContext {
     pub unmount_timeout: Duration,
     /// Volume paths with an unmount call still hanging on a thread of its own.
     pub lingering: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Set when the daemon is stopping: a format not begun yet is not begun (one under way
+    /// finishes; the stop waits for it).
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl OpContext {
@@ -44,6 +47,7 @@ impl OpContext {
             mount_timeout: Duration::from_secs(120),
             unmount_timeout: Duration::from_secs(30),
             lingering: Arc::default(),
+            stopping: Arc::default(),
         }
     }
 }

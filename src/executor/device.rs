@@ -37,6 +37,9 @@ pub fn stage(
             Decision::Refuse(why) => return Err(refuse("use", why)),
             Decision::Format => {
                 ctx.formats.run(|| {
+                    if ctx.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Err(refuse("format", "volumed is stopping; the device is formatted after it starts again".into()));
+                    }
                     // Waiting for a slot took time: decide again right before mkfs.
                     match decide(&gather(ctx, device, rdev, true)?, fs_type, read_only) {
                         Decision::Format => {}

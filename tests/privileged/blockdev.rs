@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::sandbox::{check, text, Sandbox, TestResult};
 
@@ -11,6 +12,10 @@ type Case = (&'static str, fn() -> TestResult);
 
 pub fn all() -> Vec<Case> {
     vec![
+        (
+            "sigterm_during_a_format_lets_mkfs_finish_then_exits_0",
+            sigterm_during_a_format_lets_mkfs_finish_then_exits_0,
+        ),
         (
             "blank_device_is_formatted_once_and_shared_by_two_pods",
             blank_device_is_formatted_once_and_shared_by_two_pods,
@@ -524,4 +529,73 @@ fn a_read_only_pod_and_a_writable_pod_share_a_device() -> TestResult {
     check(write("b").is_ok(), || {
         "pod b must be writable although pod a is read-only".into()
     })
+}
+
+fn sigterm_during_a_format_lets_mkfs_finish_then_exits_0() -> TestResult {
+    let sb = Sandbox::new(&format!("termfmt-{:x}", fastrand::u32(..)));
+    let disk = Loop::new(&sb, "disk", 64, false);
+    // A slow mkfs.ext4 first on PATH: it says when it starts, waits, then is the real one.
+    let bin = sb.path("slowbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let started = sb.path("mkfs-started");
+    let real = Command::new("sh")
+        .args(["-c", "command -v mkfs.ext4"])
+        .output()
+        .unwrap();
+    let real = text(&real.stdout).trim().to_string();
+    std::fs::write(
+        bin.join("mkfs.ext4"),
+        format!(
+            "#!/bin/sh\ntouch {}\nsleep 2\nexec {real} \"$@\"\n",
+            started.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.join("mkfs.ext4"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    manifests(&sb, &disk.device, &["a"], "");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The format outlives its op deadline (1 s): it is waited for all the same.
+    let mut daemon = sb.daemon_with_env(&["--op-timeout", "1s"], &[("PATH", &path)]);
+    let result = (|| {
+        crate::sandbox::eventually(Duration::from_secs(20), "mkfs started", || started.exists())?;
+        let signalled = Instant::now();
+        // kill -TERM <pid>
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = loop {
+            if let Some(status) = daemon.try_wait().unwrap() {
+                break status;
+            }
+            if signalled.elapsed() > Duration::from_secs(30) {
+                return Err("still running 30 s after SIGTERM".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = signalled.elapsed();
+        eprintln!("SIGTERM during mkfs: exited {status} after {took:?}");
+        check(
+            status.success() && took >= Duration::from_millis(1500),
+            || format!("exited {status} after {took:?}: it did not wait for mkfs"),
+        )?;
+        check(disk.blkid("TYPE") == "ext4", || {
+            format!(
+                "the device holds {:?} after the stop, not a whole ext4",
+                disk.blkid("TYPE")
+            )
+        })
+    })();
+    let _ = daemon.kill();
+    let log = sb.daemon_log();
+    result.map_err(|e| format!("{e}\n{log}"))
 }
