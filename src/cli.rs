@@ -1,5 +1,5 @@
-//! Command-line interface: `run [--once]`, `plan`, `status`, `devices`, `discover` and
-//! `release`, all over the same settings.
+//! Command-line interface: `run [--once]`, `plan`, `status`, `devices`, `discover`, `release` and
+//! `check-config`, all over the same settings (each also a config-file key and a VOLUMED_* variable).
 
 use std::path::PathBuf;
 use std::time::Duration;
