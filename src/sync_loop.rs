@@ -65,6 +65,30 @@ pub struct Progress {
     /// A complete snapshot has been reconciled: some pass planned from one and then found
     /// nothing to start and nothing in flight (`/readyz`).
     pub reconciled: bool,
+    /// Since when passes have been put off for want of a mount table showing the last op.
+    pub blocked_since: Option<tokio::time::Instant>,
+}
+
+/// Whether the loop is alive at `now`, for `/healthz` and the systemd watchdog: it went round
+/// within three heartbeats, and has not waited that long for a mount table it can plan on.
+pub fn alive(progress: &Progress, now: tokio::time::Instant) -> Result<(), String> {
+    let limit = HEARTBEAT * 3;
+    let Some(ticked) = progress.ticked else {
+        return Err("the sync loop has not started yet".into());
+    };
+    let since = now.saturating_duration_since(ticked);
+    if since > limit {
+        return Err(format!(
+            "the sync loop has not gone round for {since:?} (it should every {HEARTBEAT:?})"
+        ));
+    }
+    if let Some(blocked) = progress.blocked_since {
+        let waited = now.saturating_duration_since(blocked);
+        if waited > limit {
+            return Err(format!("the sync loop has waited {waited:?} for a mount table that shows its last op (are mount-table reads failing? see the log)"));
+        }
+    }
+    Ok(())
 }
 
 /// How long a stopping daemon waits for a format or check under way.
@@ -136,6 +160,17 @@ impl SyncLoop {
         loop {
             if !heartbeat_only {
                 let started = self.pass(&mut books, need_covers);
+                match started {
+                    // Waiting for a table that shows the last op: fine for a moment, not for
+                    // long (mount-table reads failing would leave the loop going round idle).
+                    None => {
+                        books
+                            .progress
+                            .blocked_since
+                            .get_or_insert_with(tokio::time::Instant::now);
+                    }
+                    Some(_) => books.progress.blocked_since = None,
+                }
                 // Once mode does not wait for a stuck op: it is reported, and exit ends it.
                 if self.once && started == Some(0) && self.executor.in_flight_on_time() == 0 {
                     break;
@@ -486,4 +521,30 @@ fn count_volumes(
         family.get_or_create(&labels(key)).set(*count);
     }
     counts.into_keys().collect()
+}
+
+#[cfg(test)]
+mod alive_tests {
+    use super::*;
+
+    #[test]
+    fn alive_means_gone_round_lately_and_not_stuck_waiting_for_a_table() {
+        let now = tokio::time::Instant::now() + Duration::from_secs(100);
+        let at = |ago: u64| Some(now - Duration::from_secs(ago));
+        let progress = |ticked, blocked_since| Progress {
+            ticked,
+            blocked_since,
+            ..Progress::default()
+        };
+        assert!(alive(&progress(at(1), None), now).is_ok());
+        assert!(
+            alive(&progress(at(1), at(5)), now).is_ok(),
+            "a moment's wait is fine"
+        );
+        let stale = alive(&progress(at(16), None), now).unwrap_err();
+        assert!(stale.contains("not gone round"), "{stale}");
+        let blocked = alive(&progress(at(1), at(16)), now).unwrap_err();
+        assert!(blocked.contains("mount table"), "{blocked}");
+        assert!(alive(&progress(None, None), now).is_err());
+    }
 }

@@ -16,10 +16,7 @@ use crate::desired::DesiredState;
 use crate::host::http::{get, Reply, Routes};
 use crate::host::Mounter;
 use crate::reconcile::status::StatusRow;
-use crate::sync_loop::{Progress, HEARTBEAT};
-
-/// A loop that has not gone round for this many heartbeats is not healthy.
-const HEALTHY_WITHIN: u32 = 3;
+use crate::sync_loop::{alive, Progress};
 
 /// How long `volumed status` waits for a running daemon's answer, beyond the daemon's own
 /// deadline for reading the host.
@@ -95,15 +92,9 @@ impl Endpoint {
     }
 
     fn health(&self) -> Reply {
-        let ticked = self.progress.borrow().ticked;
-        let limit = HEARTBEAT * HEALTHY_WITHIN;
-        match ticked.map(|t| t.elapsed()) {
-            Some(since) if since <= limit => text(200, "ok\n"),
-            Some(since) => text(
-                503,
-                format!("the sync loop has not gone round for {since:?} (it should every {HEARTBEAT:?})\n"),
-            ),
-            None => text(503, "the sync loop has not started yet\n"),
+        match alive(&self.progress.borrow(), tokio::time::Instant::now()) {
+            Ok(()) => text(200, "ok\n"),
+            Err(why) => text(503, format!("{why}\n")),
         }
     }
 

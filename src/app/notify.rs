@@ -8,11 +8,7 @@ use sd_notify::NotifyState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::sync_loop::{Progress, HEARTBEAT};
-
-/// A loop that has not gone round for this many heartbeats gets no watchdog ping: systemd
-/// then restarts the daemon (its `WatchdogSec=`).
-const ALIVE_WITHIN: u32 = 3;
+use crate::sync_loop::{alive, Progress};
 
 /// The line `STATUS=` shows (`systemctl status`).
 pub fn status_line(progress: &Progress) -> String {
@@ -80,12 +76,10 @@ pub async fn tell_systemd(mut progress: watch::Receiver<Progress>, cancel: Cance
                 }
             }
             _ = ping => {
-                let ticked = progress.borrow().ticked;
-                let alive = ticked.is_some_and(|t| t.elapsed() <= HEARTBEAT * ALIVE_WITHIN);
-                if alive {
-                    send(&[NotifyState::Watchdog]);
-                } else {
-                    tracing::warn!("the sync loop has not gone round lately: no watchdog ping");
+                let verdict = alive(&progress.borrow(), tokio::time::Instant::now());
+                match verdict {
+                    Ok(()) => send(&[NotifyState::Watchdog]),
+                    Err(why) => tracing::warn!(why, "no watchdog ping"),
                 }
             }
         }
