@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-scripts/deps.sh
+# buildah, mmdebstrap, podman and runc: the image test builds the DaemonSet's image and runs it.
+scripts/deps.sh buildah mmdebstrap podman runc
 
 # Prometheus's checker, for the metrics test.
 VOLUMED_PROMTOOL=$(promtool_binary)

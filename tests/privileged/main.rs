@@ -8,6 +8,7 @@ mod api;
 mod apiserver;
 mod blockdev;
 mod cases;
+mod image;
 mod localpv;
 mod nfs;
 mod ops;
@@ -39,6 +40,7 @@ fn main() {
         .chain(usability::all())
         .chain(localpv::all())
         .chain(ops::all())
+        .chain(image::all())
         .map(|(name, test)| {
             Trial::test(name, move || test().map_err(Into::into))
                 .with_ignored_flag(unavailable.is_some())
