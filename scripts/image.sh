@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
     --binary) binary=$2; shift 2 ;;
     --archive) archive=$2; shift 2 ;;
     --mirror) mirrors+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "image.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
