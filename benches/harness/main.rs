@@ -31,6 +31,10 @@ enum Cmd {
     FloorTeardown { base: PathBuf, pods: usize },
     /// Baseline child: the same mounts, one `mount` process each.
     Exec { base: PathBuf, pods: usize },
+    /// For profiling by hand: writes the workload's manifests and disks for pods 0..N.
+    Gen { base: PathBuf, pods: usize },
+    /// For profiling by hand: N unrelated bind mounts under DIR.
+    Unrelated { dir: PathBuf, count: usize },
     /// Baseline child: re-reads mountinfo every INTERVAL ms for SECS s; prints its CPU seconds.
     Poll { secs: u64, interval_ms: u64 },
 }
@@ -68,6 +72,8 @@ fn main() {
             workload::floor_unmount(&Workload::new(&base), 0..pods)
         }
         Cmd::Exec { base, pods } => workload::exec_mount(&Workload::new(&base), 0..pods),
+        Cmd::Gen { base, pods } => Workload::new(&base).create(0..pods),
+        Cmd::Unrelated { dir, count } => workload::unrelated_mounts(&dir, 0..count),
         Cmd::Poll { secs, interval_ms } => {
             poll_loop(
                 Duration::from_secs(secs),

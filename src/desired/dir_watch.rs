@@ -115,27 +115,32 @@ impl DirWatch {
 /// for a file in the directory that may change its content (a close after writing, create,
 /// remove, rename) is content; events about other entries of the ancestors are ignored.
 fn classify(layout: &Layout, event: &notify::Result<notify::Event>) -> Option<Change> {
-    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
     let event = match event {
         // Lost events (a queue overflow): anything may have changed.
         Err(_) => return Some(Change::Layout),
         Ok(event) => event,
     };
-    // Only what makes or unmakes a path counts: the daemon's own reads open these
-    // directories, and an open is an event too.
-    let changes_content = matches!(
-        event.kind,
+    let changes_content = changes_a_file(&event.kind);
+    if changes_content && event.paths.iter().any(|p| layout.chain.contains(p)) {
+        return Some(Change::Layout);
+    }
+    (in_dir(layout, event) && changes_content).then_some(Change::Content)
+}
+
+/// Whether an event of this kind may change what a path holds: it makes or unmakes a path, or
+/// ends a write. Opens, reads and closes without writing do not count: the daemon's own reads
+/// make those, and counting them would have every read ask for the next.
+pub fn changes_a_file(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    matches!(
+        kind,
         EventKind::Create(_)
             | EventKind::Remove(_)
             | EventKind::Modify(ModifyKind::Name(_))
             | EventKind::Access(AccessKind::Close(AccessMode::Write))
             | EventKind::Other
             | EventKind::Any
-    );
-    if changes_content && event.paths.iter().any(|p| layout.chain.contains(p)) {
-        return Some(Change::Layout);
-    }
-    (in_dir(layout, event) && changes_content).then_some(Change::Content)
+    )
 }
 
 /// True for an event about a file in the directory (not about the directory's ancestors'
@@ -145,4 +150,34 @@ fn in_dir(layout: &Layout, event: &notify::Event) -> bool {
         p.parent()
             .is_some_and(|parent| layout.dirs.contains(parent))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
+
+    #[test]
+    fn reading_a_file_is_no_change_and_writing_one_is() {
+        let reads = [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Modify(ModifyKind::Metadata(
+                notify::event::MetadataKind::AccessTime,
+            )),
+        ];
+        for kind in reads {
+            assert!(!changes_a_file(&kind), "{kind:?} is a read");
+        }
+        let writes = [
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(notify::event::RemoveKind::File),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+        ];
+        for kind in writes {
+            assert!(changes_a_file(&kind), "{kind:?} is a change");
+        }
+    }
 }

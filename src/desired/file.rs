@@ -554,7 +554,11 @@ fn watch_record(
         .map_err(notify::Error::io)
         .and_then(|()| {
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| e.paths.contains(&watched)) {
+                // Only a change: this source's own reads of the record are events too.
+                let changed = event.is_ok_and(|e| {
+                    e.paths.contains(&watched) && super::dir_watch::changes_a_file(&e.kind)
+                });
+                if changed {
                     let _ = changes.send(());
                 }
             })
