@@ -34,6 +34,9 @@ pub struct BindInput<'a> {
 pub struct Bindings {
     pub bound: BTreeMap<String, String>,
     pub pending: BTreeMap<String, String>,
+    /// The claims of `bound` whose volume the binder chose among several that fit; the others
+    /// were named by the claim's `volumeName`, a volume's `claimRef` or the record.
+    pub chosen: BTreeSet<String>,
 }
 
 pub fn bind(input: &BindInput) -> Bindings {
@@ -170,7 +173,10 @@ impl Binder<'_> {
                 continue;
             }
             match smallest_fit(self.input, claim, &self.taken) {
-                Ok(pv_name) => self.settle(key, &pv_name, Ok(())),
+                Ok(pv_name) => {
+                    self.settle(key, &pv_name, Ok(()));
+                    self.out.chosen.insert(key.clone());
+                }
                 Err(why) => {
                     self.out.pending.insert(key.clone(), why);
                 }

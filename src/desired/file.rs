@@ -110,8 +110,12 @@ impl FileSource {
         let mut read = self.read_once(None, may_release);
         for _ in 0..SETTLE_TRIES {
             let state = &read.state;
-            let risky =
-                state.complete && (read.records || baseline.is_none_or(|b| loses(b, state)));
+            let loses = match baseline {
+                Some(baseline) => loses(baseline, state),
+                // At start, what could be lost is what the host has: a pod directory.
+                None => self.loses_pod_dirs(state),
+            };
+            let risky = state.complete && (read.records || loses);
             if risky {
                 std::thread::sleep(SETTLE);
                 let again = self.read_once(None, may_release);
@@ -203,11 +207,12 @@ impl FileSource {
             node_name: &self.node.name,
             node_labels: &labels,
         });
+        // Only a binding the binder chose waits for a second read: one the claim or the volume
+        // names is recorded from the first.
         let binds = recorded.as_ref().is_some_and(|recorded| {
-            bindings
-                .bound
-                .iter()
-                .any(|(claim, pv)| recorded.bindings.get(claim) != Some(pv))
+            bindings.bound.iter().any(|(claim, pv)| {
+                bindings.chosen.contains(claim) && recorded.bindings.get(claim) != Some(pv)
+            })
         });
         match &recorded {
             // New bindings are made only from a complete view and a readable record, so a
@@ -280,6 +285,20 @@ impl FileSource {
         }
     }
 
+    /// Whether `state` lacks a pod that has a directory under the root dir (unreadable: yes).
+    fn loses_pod_dirs(&self, state: &DesiredState) -> bool {
+        let Ok(entries) = std::fs::read_dir(self.root_dir.join("pods")) else {
+            return self.root_dir.join("pods").exists();
+        };
+        entries.into_iter().any(|entry| {
+            entry.map_or(true, |entry| {
+                let uid = entry.file_name();
+                let uid = uid.to_string_lossy();
+                !state.pods.contains_key(uid.as_ref()) && !state.terminating.contains(uid.as_ref())
+            })
+        })
+    }
+
     /// Reads the directory, each file in its last complete version: a file whose content
     /// changed while it is being written (modified with no close-write since, or open for
     /// writing now) keeps the content it had before, whatever made this read happen; one
@@ -348,16 +367,22 @@ impl FileSource {
         }
     }
 
-    /// Records the new bindings, each volume with the reclaim policy it has now (`policies`).
+    /// Records the new bindings, each volume with the reclaim policy it has now (`policies`):
+    /// those the binder chose only when `chosen_agreed` (two reads agreed on them), those the
+    /// manifests name whenever this source records bindings.
     fn record_new(
         &self,
         recorded: &BTreeMap<String, String>,
         bindings: &Bindings,
         policies: &BTreeMap<String, String>,
-        record: bool,
+        chosen_agreed: bool,
     ) -> Result<(), String> {
-        let is_new = |(claim, pv): &(&String, &String)| recorded.get(*claim) != Some(*pv);
-        if !record || !bindings.bound.iter().any(|b| is_new(&b)) {
+        let is_new = |(claim, pv): &(&String, &String)| {
+            recorded.get(*claim) != Some(*pv)
+                && self.record_bindings
+                && (chosen_agreed || !bindings.chosen.contains(*claim))
+        };
+        if !bindings.bound.iter().any(|b| is_new(&b)) {
             return Ok(());
         }
         self.store

@@ -314,3 +314,84 @@ fn a_volume_is_released_with_the_policy_it_was_bound_with() {
     assert_eq!(released.reclaim_policy.as_deref(), Some("Retain"));
     assert!(!released.deletes() && recorded.policies.is_empty());
 }
+
+/// A local PV on n1 of 1Gi; `claim_ref` reserves it for claim `default/<claim_ref>`.
+fn local_pv(name: &str, dir: &Path, claim_ref: Option<&str>) -> String {
+    let claim_ref = claim_ref.map_or(String::new(), |c| {
+        format!("  claimRef: {{namespace: default, name: {c}}}\n")
+    });
+    format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {name}}}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n{claim_ref}  local: {{path: {}}}\n  nodeAffinity:\n    required:\n      nodeSelectorTerms:\n      - matchExpressions:\n        - {{key: kubernetes.io/hostname, operator: In, values: [n1]}}\n",
+        dir.display()
+    )
+}
+
+fn claim_naming(name: &str, volume_name: Option<&str>) -> String {
+    let volume_name = volume_name.map_or(String::new(), |v| format!("  volumeName: {v}\n"));
+    format!("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}}}\nspec:\n  accessModes: [ReadWriteOnce]\n{volume_name}  resources: {{requests: {{storage: 1Gi}}}}\n")
+}
+
+#[test]
+fn a_binding_the_manifests_name_is_recorded_from_one_read_and_a_chosen_one_waits_for_agreement() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut source = source(dir.path());
+    source.record_bindings = true;
+    std::fs::create_dir_all(&source.dir).unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let docs = [
+        local_pv("pv-named", &disk, None),
+        claim_naming("named", Some("pv-named")),
+        local_pv("pv-reserved", &disk, Some("reserved")),
+        claim_naming("reserved", None),
+    ];
+    std::fs::write(source.dir.join("bound.yaml"), docs.join("---\n")).unwrap();
+    let read = source.read_once(None, true);
+    assert!(read.state.complete, "{:?}", read.state.problems);
+    assert!(!read.records, "nothing is left to record after this read");
+    let recorded = source.store.load().unwrap().bindings;
+    assert_eq!(
+        recorded.get("default/named").map(String::as_str),
+        Some("pv-named")
+    );
+    assert_eq!(
+        recorded.get("default/reserved").map(String::as_str),
+        Some("pv-reserved")
+    );
+
+    let docs = [local_pv("pv-free", &disk, None), claim_naming("free", None)];
+    std::fs::write(source.dir.join("free.yaml"), docs.join("---\n")).unwrap();
+    let read = source.read_once(None, true);
+    assert!(
+        read.records,
+        "the binder chose pv-free: a second read must agree first"
+    );
+    assert!(!source
+        .store
+        .load()
+        .unwrap()
+        .bindings
+        .contains_key("default/free"));
+    source.read_once(Some(&read.gone), true);
+    assert_eq!(
+        source.store.load().unwrap().bindings["default/free"],
+        "pv-free",
+        "recorded once agreed"
+    );
+}
+
+#[test]
+fn at_start_a_read_loses_something_only_when_a_pod_directory_has_no_pod() {
+    let (dir, source, b) = setup();
+    let state = source.read_once(None, false).state;
+    assert!(!source.loses_pod_dirs(&state), "no pod directories yet");
+    let uid = &state.pods.values().find(|p| p.name == "b").unwrap().uid;
+    std::fs::create_dir_all(dir.path().join("root/pods").join(uid)).unwrap();
+    assert!(!source.loses_pod_dirs(&state));
+    std::fs::remove_file(&b).unwrap();
+    let state = source.read_once(None, false).state;
+    assert!(
+        source.loses_pod_dirs(&state),
+        "pod b's directory has no pod now"
+    );
+}

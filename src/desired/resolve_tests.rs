@@ -68,6 +68,7 @@ fn resolved() -> DesiredState {
     let bindings = Bindings {
         bound: BTreeMap::from([("shop/data".to_string(), "pv-1".to_string())]),
         pending: BTreeMap::new(),
+        ..Bindings::default()
     };
     resolve(&manifests, &bindings, &node())
 }
@@ -209,6 +210,7 @@ spec: {capacity: {storage: 1Gi}, mountOptions: [hard, "nfsvers=4.1,exec"], nfs: 
     let bindings = Bindings {
         bound: BTreeMap::from([("default/shared".to_string(), "pv-nfs".to_string())]),
         pending: BTreeMap::new(),
+        ..Bindings::default()
     };
     let state = resolve(&manifests, &bindings, &node());
     assert_eq!(
@@ -283,6 +285,7 @@ spec: {local: {path: /mnt/disks/files}}
             ("default/files".to_string(), "pv-files".to_string()),
         ]),
         pending: BTreeMap::new(),
+        ..Bindings::default()
     };
     let state = resolve(&manifests, &bindings, &node());
     assert!(state.volumes.is_empty(), "{:#?}", state.volumes);
@@ -383,6 +386,7 @@ spec: {nodeName: node-a, containers: [], volumes: [{name: d, persistentVolumeCla
     let bindings = Bindings {
         bound: BTreeMap::from([("shop/solo".to_string(), "pv-1".to_string())]),
         pending: BTreeMap::new(),
+        ..Bindings::default()
     };
     let state = resolve(&manifests, &bindings, &node());
     let waits: Vec<&WaitingVolume> = state
