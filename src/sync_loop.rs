@@ -207,9 +207,26 @@ impl SyncLoop {
                     }
                 }
                 Some(event) = self.events.recv() => {
-                    self.executor.complete(&event);
-                    self.record(event, &mut books);
-                    need_covers = self.mounts.refresh();
+                    // Every result that is in, then one pass: a pass plans everything, so
+                    // one per result would cost the square of a big change.
+                    let mut touched = Vec::new();
+                    let mut touches = false;
+                    let mut next = Some(event);
+                    while let Some(event) = next {
+                        self.executor.complete(&event);
+                        if let OpEvent::Finished { op, .. } = &event {
+                            // Only an op that mounts or unmounts needs a table showing it.
+                            if let Some(paths) = mounts_touched(op, &self.root) {
+                                touches = true;
+                                touched.extend(paths);
+                            }
+                        }
+                        self.record(event, &mut books);
+                        next = self.events.try_recv().ok();
+                    }
+                    if touches {
+                        need_covers = self.mounts.refresh(touched);
+                    }
                 }
                 changed = changed_devices(&mut devices) => {
                     if changed {
@@ -394,7 +411,7 @@ impl SyncLoop {
         }
         // The report is made from a table read after the last op: a daemon gives that a
         // moment only, a --once run its grace.
-        let seq = self.mounts.refresh();
+        let seq = self.mounts.refresh([]);
         let fresh = self.mounts.tables.wait_for(|t| t.covers >= seq);
         let until = if self.once {
             deadline.max(tokio::time::Instant::now() + Duration::from_secs(1))
@@ -459,6 +476,29 @@ impl SyncLoop {
         if let Some(out) = &self.failures_out {
             crate::shared::publish(out, failures.clone());
         }
+    }
+}
+
+/// The paths whose mounts `op` may have changed in place (a set-up's read-only remount and
+/// propagation raise no mount event); `None` for an op that mounts and unmounts nothing.
+fn mounts_touched(op: &Op, root: &std::path::Path) -> Option<Vec<PathBuf>> {
+    match op {
+        Op::SetUp { volume } => {
+            let mut paths = vec![volume.key.path(root)];
+            if op.touches_globals() {
+                paths.push(crate::model::global_mount_path(
+                    root,
+                    &crate::model::Plugin::LocalVolume,
+                    &volume.key.name,
+                ));
+            }
+            Some(paths)
+        }
+        Op::Unmount { .. } | Op::UnmountGlobal { .. } => Some(Vec::new()),
+        Op::RemoveVolumeDir { .. }
+        | Op::RemovePodDir { .. }
+        | Op::ClaimPodDir { .. }
+        | Op::RemoveGlobalDir { .. } => None,
     }
 }
 

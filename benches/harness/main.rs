@@ -17,8 +17,9 @@ use workload::Workload;
 
 #[derive(Parser)]
 struct Cli {
+    /// None: what `cargo test` runs (it passes no arguments), the harness's own checks.
     #[command(subcommand)]
-    command: Cmd,
+    command: Option<Cmd>,
 }
 
 #[derive(Subcommand)]
@@ -65,7 +66,11 @@ struct RunArgs {
 }
 
 fn main() {
-    match Cli::parse().command {
+    let Some(command) = Cli::parse().command else {
+        self_check();
+        return;
+    };
+    match command {
         Cmd::Run(args) => std::process::exit(run(args)),
         Cmd::Floor { base, pods } => workload::floor_mount(&Workload::new(&base), 0..pods),
         Cmd::FloorTeardown { base, pods } => {
@@ -86,6 +91,29 @@ fn main() {
         eprintln!("bench: {e}");
         std::process::exit(1)
     })
+}
+
+/// Checks of the harness itself, run by `cargo test`: the workload is what volumed reads
+/// without complaint, and the statistics are right.
+fn self_check() {
+    let w = Workload::new(Path::new("/srv/bench"));
+    let mut manifests = volumed::desired::manifest::Manifests::default();
+    manifests.add_file(Path::new("pod.yaml"), &w.manifest(7));
+    assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
+    assert!(manifests.warnings.is_empty(), "{:?}", manifests.warnings);
+    assert_eq!(
+        (manifests.pods.len(), manifests.claims.len(), manifests.volumes.len()),
+        (1, 1, 1)
+    );
+    let pv = &manifests.volumes[&Workload::pv(7)];
+    let claim_ref = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+    assert_eq!(claim_ref.and_then(|c| c.name.as_deref()), Some("data-7"));
+    let values = sorted((1..=100).map(f64::from).collect());
+    assert_eq!(percentile(&values, 50.0), 50.0);
+    assert_eq!(percentile(&values, 99.0), 99.0);
+    let spread = Spread::of(&[3.0, 1.0, 2.0]);
+    assert_eq!((spread.median, spread.min, spread.max), (2.0, 1.0, 3.0));
+    println!("harness self-check: ok (run the benchmark with scripts/bench.sh)");
 }
 
 /// kubelet-style: the whole mount table every interval, whether anything changed or not.

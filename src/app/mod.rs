@@ -91,7 +91,7 @@ pub async fn run(
     let fs = pod_fs(settings);
     let (on_disk, fs) = tokio::task::spawn_blocking(move || (fs.scan(), fs)).await?;
     let on_disk = on_disk.context("cannot scan the pod directories under the root dir")?;
-    let mounts = MountWatch::spawn(mounter.clone(), settings.resync)?;
+    let mounts = MountWatch::spawn(mounter.clone(), settings.root_dir.clone(), settings.resync)?;
     // The tasks stop with the loop: at a signal, or when a --once run is done.
     let stop_tasks = cancel.child_token();
     let mut tasks = Supervisor::new(stop_tasks.clone());

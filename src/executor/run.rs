@@ -46,10 +46,10 @@ pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
             }
         }
         Op::RemoveVolumeDir { key, contents } => {
-            // Checked against a fresh mount table, not our records (rule 2).
+            // Checked against the host as it is now, not our records (rule 2).
             let recursive = *contents == Contents::DeleteAll;
             ctx.mounter
-                .mount_table()
+                .mounts_below(&key.path(ctx.fs.root()))
                 .and_then(|mounts| ctx.fs.remove_volume_dir(key, recursive, &mounts))
                 .map(|()| "removed")
         }

@@ -139,8 +139,24 @@ impl PodFs {
             return rfs::unlinkat(&parent, &key.name, AtFlags::empty())
                 .map_err(HostError::io("removing", &path));
         }
+        // Asked of the kernel, not of a table: is something mounted at the path itself (its
+        // mount differs from its parent's)? One below it keeps rmdir from succeeding
+        // (ENOTEMPTY), and the recursive delete stops at it.
+        let mount_id = mount_id_of(&parent, &path)?;
+        let here = rfs::openat(
+            &parent,
+            &key.name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(HostError::io("opening", &path))?;
+        if mount_id_of(&here, &path)? != mount_id {
+            return Err(HostError::Unsafe {
+                path: path.clone(),
+                why: format!("{} is still mounted; unmount it first", path.display()),
+            });
+        }
         if recursive {
-            let mount_id = mount_id_of(&parent, &path)?;
             return remove_tree(&parent, &key.name, &path, mount_id, 0);
         }
         rmdir(&parent, &key.name, &path)
@@ -229,24 +245,30 @@ impl PodFs {
         let Some(dir) = self.walk(&["pods", pod_uid], false)? else {
             return Ok(None);
         };
-        let owner = read_owner(&dir, &self.root.join("pods").join(pod_uid))?;
+        let pod_path = self.root.join("pods").join(pod_uid);
+        let owner = read_owner(&dir, &pod_path)?;
         let mut volumes = BTreeSet::new();
         for (area, block) in AREAS.iter().zip([false, true]) {
-            self.scan_area(pod_uid, area, block, &mut volumes)?;
+            self.scan_area(&dir, &pod_path, pod_uid, area, block, &mut volumes)?;
         }
         Ok(Some(PodDir { volumes, owner }))
     }
 
     /// The volumes of one area (`volumes` or `volumeDevices`) of a pod.
+    /// Walks on from the pod directory (`pod`, at `pod_path`) already reached: a walk from
+    /// the root for each directory would cost a path resolution apiece.
     fn scan_area(
         &self,
+        pod: &OwnedFd,
+        pod_path: &Path,
         pod_uid: &str,
         area: &str,
         block: bool,
         keys: &mut BTreeSet<VolumeKey>,
     ) -> Result<(), HostError> {
-        let area_path = self.root.join("pods").join(pod_uid).join(area);
-        let Some(dir) = self.walk(&["pods", pod_uid, area], false)? else {
+        let area_path = pod_path.join(area);
+        let from_pod = rustix::io::dup(pod).map_err(HostError::io("duplicating", pod_path))?;
+        let Some(dir) = self.walk_at(from_pod, pod_path.to_path_buf(), &[area], false)? else {
             return Ok(());
         };
         for plugin_dir in list(&dir, &area_path)? {
@@ -255,7 +277,11 @@ impl PodFs {
             };
             // An odd entry (a file or link named like a plugin) is skipped, not fatal: it keeps
             // the pod directory from being removed, and that removal reports it.
-            let Ok(Some(plugin_fd)) = self.walk(&["pods", pod_uid, area, &plugin_dir], false)
+            let Ok(from_area) = rustix::io::dup(&dir) else {
+                continue;
+            };
+            let Ok(Some(plugin_fd)) =
+                self.walk_at(from_area, area_path.clone(), &[&plugin_dir], false)
             else {
                 continue;
             };

@@ -11,6 +11,7 @@ mod global;
 mod helper;
 pub mod http;
 pub mod local_dirs;
+pub mod mount_events;
 pub mod pod_owner;
 pub mod real;
 pub mod run_lock;
@@ -151,6 +152,20 @@ pub trait Mounter: Send + Sync + 'static {
     fn mount_table(&self) -> Result<Vec<MountEntry>, HostError>;
     /// A file whose poll(POLLPRI) reports mount-table changes, when there is one.
     fn change_file(&self) -> Option<PathBuf>;
+    /// Mounts at or below `path` that the directory code (`PodFs`) cannot see for itself; it
+    /// asks the kernel about real mounts directly (mount ids), so a real host answers none.
+    fn mounts_below(&self, path: &Path) -> Result<Vec<MountEntry>, HostError> {
+        let table = self.mount_table()?;
+        Ok(table
+            .into_iter()
+            .filter(|m| m.mount_point.starts_with(path))
+            .collect())
+    }
+    /// True when its mounts are the kernel's, in this process's mount namespace: then the
+    /// kernel's mount events (`mount_events`) tell of them.
+    fn uses_host_mounts(&self) -> bool {
+        false
+    }
     /// `mount -t tmpfs -o mode=0777[,size=<bytes>] tmpfs <target>`
     fn mount_tmpfs(&self, target: &Target, size_bytes: Option<u64>) -> Result<(), HostError>;
     /// `mount --bind <source> <target>` and, when read-only, `mount -o remount,bind,ro <target>`

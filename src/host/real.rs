@@ -56,6 +56,15 @@ impl Mounter for RealMounter {
         Some(PathBuf::from(MOUNTINFO))
     }
 
+    fn uses_host_mounts(&self) -> bool {
+        true
+    }
+
+    /// None: `PodFs` compares mount ids, which shows every real mount, without a whole table.
+    fn mounts_below(&self, _path: &Path) -> Result<Vec<MountEntry>, HostError> {
+        Ok(Vec::new())
+    }
+
     fn mount_tmpfs(&self, target: &Target, size_bytes: Option<u64>) -> Result<(), HostError> {
         let data = match size_bytes {
             Some(size) => format!("mode=0777,size={size}"),
