@@ -102,7 +102,11 @@ fn self_check() {
     assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
     assert!(manifests.warnings.is_empty(), "{:?}", manifests.warnings);
     assert_eq!(
-        (manifests.pods.len(), manifests.claims.len(), manifests.volumes.len()),
+        (
+            manifests.pods.len(),
+            manifests.claims.len(),
+            manifests.volumes.len()
+        ),
         (1, 1, 1)
     );
     let pv = &manifests.volumes[&Workload::pv(7)];

@@ -296,7 +296,7 @@ pub async fn discover_now(
         Some(dir) => crate::desired::manifest::load_dir(dir)
             .classes
             .into_values()
-            .filter_map(|c| Some((c.metadata.name?, c.reclaim_policy?)))
+            .filter_map(|c| Some((c.metadata.name.clone()?, c.reclaim_policy.clone()?)))
             .collect(),
         None => Default::default(),
     };

@@ -3,6 +3,7 @@
 //! pick wins (fewest access modes, then smallest; for WaitForFirstConsumer, the smallest).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -15,10 +16,10 @@ use crate::model::quantity::parse_bytes;
 /// Everything the binder decides from.
 pub struct BindInput<'a> {
     /// Claims by `namespace/name`.
-    pub claims: &'a BTreeMap<String, PersistentVolumeClaim>,
+    pub claims: &'a BTreeMap<String, Arc<PersistentVolumeClaim>>,
     /// Volumes by name.
-    pub volumes: &'a BTreeMap<String, PersistentVolume>,
-    pub classes: &'a BTreeMap<String, StorageClass>,
+    pub volumes: &'a BTreeMap<String, Arc<PersistentVolume>>,
+    pub classes: &'a BTreeMap<String, Arc<StorageClass>>,
     /// Bindings recorded by earlier runs: claim key → PV name. These never move.
     pub recorded: &'a BTreeMap<String, String>,
     /// Volumes released from deleted claims: PV name → that claim's key. No claim gets them.

@@ -21,7 +21,8 @@ use super::{DesiredState, NodeConfig};
 use crate::host::write_lease::open_for_writing;
 use crate::localpv::cleaner::read_journal;
 
-/// Coalesces a burst of file events (an editor's write + rename) into one reload.
+/// Coalesces a burst of events (a directory replaced, the binding record rewritten) into one
+/// reload.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// How long a risky read (one that loses pods or volumes, or binds) must stay unchanged.
 const SETTLE: Duration = Duration::from_millis(250);
@@ -76,10 +77,36 @@ pub struct Read {
 pub struct FileMemory {
     /// Files modified with no close-write since (inotify); kept by the watcher's callback.
     writing: Arc<Mutex<BTreeSet<PathBuf>>>,
-    /// Each file's content as last read while no one was writing it.
-    complete: Mutex<BTreeMap<PathBuf, String>>,
+    /// Each file's content as last read while no one was writing it, with its parse.
+    complete: Mutex<BTreeMap<PathBuf, Known>>,
     /// Whether a file is open for writing now (`None`: cannot tell); the kernel's answer.
     open_for_writing: fn(&Path) -> Option<bool>,
+}
+
+/// A file's last complete version.
+struct Known {
+    text: String,
+    /// `text` parsed alone, added to each read's manifests while the file stays the same.
+    parsed: Manifests,
+    /// What told this version from others when it was read.
+    identity: Option<Identity>,
+    /// Its last change (ctime) came well before the read that saw it: a later write would
+    /// show in its identity, so an unchanged identity means unchanged content. (A write in
+    /// the same clock tick as the read would not; those files are read again next time.)
+    settled: bool,
+}
+
+/// How long before a read a file's last change must be for its identity alone to vouch for
+/// its content: more than the coarsest timestamp tick of the filesystems it may live on.
+const RACY_WINDOW: Duration = Duration::from_millis(100);
+
+fn settled_before(identity: Option<Identity>, read_began: std::time::SystemTime) -> bool {
+    identity.is_some_and(|(.., ctime, ctime_nsec)| {
+        let changed = u64::try_from(ctime).ok().map(|secs| {
+            std::time::UNIX_EPOCH + Duration::new(secs, u32::try_from(ctime_nsec).unwrap_or(0))
+        });
+        changed.is_some_and(|changed| changed + RACY_WINDOW < read_began)
+    })
 }
 
 impl Default for FileMemory {
@@ -276,7 +303,12 @@ impl FileSource {
                 state.complete = false;
             }
         }
-        let volumes = manifests.volumes.into_values().chain(held).collect();
+        let volumes = manifests
+            .volumes
+            .into_values()
+            .map(Arc::unwrap_or_clone)
+            .chain(held)
+            .collect();
         Read {
             state,
             records: binds || releases,
@@ -309,22 +341,52 @@ impl FileSource {
         let writing = lock(&self.memory.writing).clone();
         let mut complete = lock(&self.memory.complete);
         let mut now = BTreeMap::new();
+        // Taken before any file is looked at: a file written after this has a later ctime.
+        let read_began = std::time::SystemTime::now();
         for path in files {
             let seen = identity(&path);
+            let before = complete.remove(&path);
+            // Unchanged since a read that came well after its last change: its parse stands,
+            // and it is not even read.
+            let unchanged = before.as_ref().is_some_and(|b| {
+                b.settled && seen.is_some() && b.identity == seen && !writing.contains(&path)
+            });
+            if let (true, Some(before)) = (unchanged, &before) {
+                manifests.absorb(&before.parsed);
+            }
+            if unchanged {
+                now.insert(path, before.expect("checked above"));
+                continue;
+            }
             let text = match std::fs::read_to_string(&path) {
                 Ok(text) => text,
                 Err(source) => {
-                    manifests
-                        .errors
-                        .push(ManifestError::ReadFile { path, source });
+                    manifests.errors.push(ManifestError::ReadFile {
+                        path,
+                        source: source.into(),
+                    });
                     continue;
                 }
             };
-            let before = complete.remove(&path);
-            let changed = before.as_ref() != Some(&text);
+            let changed = before.as_ref().map(|b| &b.text) != Some(&text);
             let in_progress = changed && self.in_progress(&path, seen, &writing);
-            let text = match (in_progress, before) {
-                (false, _) => text,
+            let kept = match (in_progress, before) {
+                // The same text: the parse stands; only what tells versions apart is new.
+                (false, Some(before)) if !changed => Known {
+                    identity: seen,
+                    settled: settled_before(seen, read_began),
+                    ..before
+                },
+                (false, _) => {
+                    let mut parsed = Manifests::default();
+                    parsed.add_file(&path, &text);
+                    Known {
+                        text,
+                        parsed,
+                        identity: seen,
+                        settled: settled_before(seen, read_began),
+                    }
+                }
                 (true, Some(before)) => {
                     manifests.warnings.push(format!("{} is being written; its last complete version stays in force until it is closed", path.display()));
                     before
@@ -334,8 +396,8 @@ impl FileSource {
                     continue;
                 }
             };
-            manifests.add_file(&path, &text);
-            now.insert(path, text);
+            manifests.absorb(&kept.parsed);
+            now.insert(path, kept);
         }
         // Files gone from the directory are forgotten.
         *complete = now;
@@ -503,7 +565,12 @@ impl FileSource {
                         // after this is seen, what was written before is read.
                         watch.rewatch();
                     }
-                    tokio::time::sleep(DEBOUNCE).await;
+                    // A replaced directory settles for a moment (a rename over it, a new
+                    // watch); a file change is read at once: an add with nothing to lose is
+                    // safe at once, and a loss waits for the settle read anyway.
+                    if layout {
+                        tokio::time::sleep(DEBOUNCE).await;
+                    }
                     let mut content = change == Change::Content;
                     while let Ok(change) = events.try_recv() {
                         layout |= change == Change::Layout;
@@ -554,7 +621,7 @@ impl FileSource {
 }
 
 /// Each volume's reclaim policy, where it has one.
-fn policies_of(volumes: &BTreeMap<String, PersistentVolume>) -> BTreeMap<String, String> {
+fn policies_of(volumes: &BTreeMap<String, Arc<PersistentVolume>>) -> BTreeMap<String, String> {
     volumes
         .iter()
         .filter_map(|(name, pv)| {

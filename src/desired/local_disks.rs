@@ -88,7 +88,7 @@ pub fn add_discovered(
             manifests.warnings.push(format!("the disk at {path} is also a PersistentVolume in the manifests; that one is used, the discovered {name} is not"));
             continue;
         }
-        manifests.volumes.insert(name, pv);
+        manifests.volumes.insert(name, std::sync::Arc::new(pv));
     }
     manifests
         .warnings

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -11,19 +12,19 @@ use serde::de::DeserializeOwned;
 use crate::model::names::check_object_name;
 
 /// A problem with one manifest file; any of these makes the file source incomplete.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error(
         "cannot list manifest directory {dir}: {source}; check that it exists and is readable"
     )]
     ReadDir {
         dir: PathBuf,
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     #[error("cannot read manifest {path}: {source}")]
     ReadFile {
         path: PathBuf,
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     #[error("{path}:{line}: malformed {format}: {message}; fix the file, nothing is unmounted until it parses")]
     Syntax {
@@ -54,10 +55,12 @@ pub enum ManifestError {
 /// cluster-scoped), plus what went wrong reading them.
 #[derive(Debug, Default)]
 pub struct Manifests {
-    pub pods: BTreeMap<String, Pod>,
-    pub claims: BTreeMap<String, PersistentVolumeClaim>,
-    pub volumes: BTreeMap<String, PersistentVolume>,
-    pub classes: BTreeMap<String, StorageClass>,
+    // Shared, not owned: a file's parse is kept between reads, and each read's manifests
+    // take its objects without copying them.
+    pub pods: BTreeMap<String, Arc<Pod>>,
+    pub claims: BTreeMap<String, Arc<PersistentVolumeClaim>>,
+    pub volumes: BTreeMap<String, Arc<PersistentVolume>>,
+    pub classes: BTreeMap<String, Arc<StorageClass>>,
     pub errors: Vec<ManifestError>,
     /// Pods refused as the API server would refuse them (a name, a volume list): each makes
     /// the snapshot incomplete, but none hides a claim or a volume, so binding goes on.
@@ -76,9 +79,10 @@ pub fn load_dir(dir: &Path) -> Manifests {
     for path in files {
         match std::fs::read_to_string(&path) {
             Ok(text) => manifests.add_file(&path, &text),
-            Err(source) => manifests
-                .errors
-                .push(ManifestError::ReadFile { path, source }),
+            Err(source) => manifests.errors.push(ManifestError::ReadFile {
+                path,
+                source: source.into(),
+            }),
         }
     }
     manifests
@@ -93,7 +97,7 @@ pub fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Manifests) {
         Err(source) => {
             manifests.errors.push(ManifestError::ReadDir {
                 dir: dir.to_path_buf(),
-                source,
+                source: source.into(),
             });
             return (Vec::new(), manifests);
         }
@@ -105,7 +109,7 @@ pub fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Manifests) {
             Err(source) => {
                 manifests.errors.push(ManifestError::ReadDir {
                     dir: dir.to_path_buf(),
-                    source,
+                    source: source.into(),
                 });
                 continue;
             }
@@ -117,9 +121,10 @@ pub fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Manifests) {
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_file() => files.push(path),
             Ok(_) => {}
-            Err(source) => manifests
-                .errors
-                .push(ManifestError::ReadFile { path, source }),
+            Err(source) => manifests.errors.push(ManifestError::ReadFile {
+                path,
+                source: source.into(),
+            }),
         }
     }
     files.sort();
@@ -169,6 +174,43 @@ impl Manifests {
         }
     }
 
+    /// Adds what one file parsed alone holds (`part`: a parse kept from an earlier read), as
+    /// `add_file` of its text would: its objects, each checked against those already here
+    /// for a second definition, and its problems and warnings.
+    pub fn absorb(&mut self, part: &Manifests) {
+        self.errors.extend(part.errors.iter().cloned());
+        self.refused.extend(part.refused.iter().cloned());
+        self.warnings.extend(part.warnings.iter().cloned());
+        self.absorb_kind(part, Kind::Pod, |m| &m.pods, |m| &mut m.pods);
+        self.absorb_kind(part, Kind::Claim, |m| &m.claims, |m| &mut m.claims);
+        self.absorb_kind(part, Kind::Volume, |m| &m.volumes, |m| &mut m.volumes);
+        self.absorb_kind(part, Kind::Class, |m| &m.classes, |m| &mut m.classes);
+    }
+
+    fn absorb_kind<
+        T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    >(
+        &mut self,
+        part: &Manifests,
+        kind: Kind,
+        from: impl Fn(&Manifests) -> &BTreeMap<String, Arc<T>>,
+        to: impl Fn(&mut Self) -> &mut BTreeMap<String, Arc<T>>,
+    ) {
+        for (key, object) in from(part) {
+            let (path, line) = part
+                .origins
+                .get(&(kind.name(), key.clone()))
+                .cloned()
+                .expect("every object has its origin");
+            if let Err(error) = self.put(&path, line, kind, object.clone(), &to) {
+                match kind {
+                    Kind::Pod => self.refused.push(error),
+                    _ => self.errors.push(error),
+                }
+            }
+        }
+    }
+
     fn add_value(&mut self, path: &Path, line: usize, value: serde_json::Value) {
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
         let invalid = |kind: &str, message: String| ManifestError::Invalid {
@@ -203,14 +245,19 @@ impl Manifests {
     }
 
     fn insert(&mut self, path: &Path, line: usize, value: serde_json::Value, kind: Kind) {
-        let result = match kind {
-            Kind::Pod => typed(value)
-                .and_then(|pod: Pod| validate_pod(&pod).map(|()| pod))
-                .map(|o| self.put(path, line, kind, o, |m| &mut m.pods)),
-            Kind::Claim => typed(value).map(|o| self.put(path, line, kind, o, |m| &mut m.claims)),
-            Kind::Volume => typed(value).map(|o| self.put(path, line, kind, o, |m| &mut m.volumes)),
-            Kind::Class => typed(value).map(|o| self.put(path, line, kind, o, |m| &mut m.classes)),
-        };
+        let result =
+            match kind {
+                Kind::Pod => typed(value)
+                    .and_then(|pod: Pod| validate_pod(&pod).map(|()| pod))
+                    .map(|o| self.put(path, line, kind, Arc::new(o), |m| &mut m.pods)),
+                Kind::Claim => {
+                    typed(value).map(|o| self.put(path, line, kind, Arc::new(o), |m| &mut m.claims))
+                }
+                Kind::Volume => typed(value)
+                    .map(|o| self.put(path, line, kind, Arc::new(o), |m| &mut m.volumes)),
+                Kind::Class => typed(value)
+                    .map(|o| self.put(path, line, kind, Arc::new(o), |m| &mut m.classes)),
+            };
         let error = match result {
             Ok(Ok(())) => return,
             Ok(Err(error)) => error,
@@ -242,8 +289,8 @@ impl Manifests {
         path: &Path,
         line: usize,
         kind: Kind,
-        object: T,
-        map: impl FnOnce(&mut Self) -> &mut BTreeMap<String, T>,
+        object: Arc<T>,
+        map: impl Fn(&mut Self) -> &mut BTreeMap<String, Arc<T>>,
     ) -> Result<(), ManifestError> {
         let meta = object.metadata();
         let name = meta.name.clone().unwrap_or_default();

@@ -34,7 +34,7 @@ pub fn our_pods<'a>(manifests: &'a Manifests, node: &NodeConfig) -> Vec<(PodRef,
             (spec_node.is_empty() || spec_node == node.name)
                 && !matches!(phase, "Succeeded" | "Failed")
         })
-        .map(|pod| (pod_ref(pod), pod))
+        .map(|pod| (pod_ref(pod), &**pod))
         .collect()
 }
 
@@ -55,7 +55,11 @@ pub fn unknown_node_name(
             .clone()
             .filter(|n| !n.is_empty())
     };
-    let named: BTreeSet<String> = manifests.pods.values().filter_map(node_of).collect();
+    let named: BTreeSet<String> = manifests
+        .pods
+        .values()
+        .filter_map(|pod| node_of(pod))
+        .collect();
     if named.is_empty() || named.contains(&node.name) {
         return None;
     }

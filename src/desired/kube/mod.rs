@@ -290,17 +290,14 @@ impl Watching {
     }
 }
 
-/// A store's objects by the key the file source uses for them.
-fn by_key<K>(store: &Store<K>, key: impl Fn(&K) -> String) -> BTreeMap<String, K>
+/// A store's objects by the key the file source uses for them (shared with the store, not
+/// copied).
+fn by_key<K>(store: &Store<K>, key: impl Fn(&K) -> String) -> BTreeMap<String, Arc<K>>
 where
     K: Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    store
-        .state()
-        .iter()
-        .map(|o| (key(o), (**o).clone()))
-        .collect()
+    store.state().iter().map(|o| (key(o), o.clone())).collect()
 }
 
 /// `namespace/name`, as manifests key namespaced objects.
