@@ -29,7 +29,69 @@ pub fn all() -> Vec<Case> {
             "volume_stats_per_claim_follow_what_is_written",
             volume_stats_per_claim_follow_what_is_written,
         ),
+        (
+            "mounts_elsewhere_cost_no_mount_table_read_and_each_pod_mount_change_is_seen",
+            mounts_elsewhere_cost_no_mount_table_read_and_each_pod_mount_change_is_seen,
+        ),
     ]
+}
+
+/// On this kernel (fanotify mount events), the watcher reads single mounts: fifty mounts made
+/// and removed outside the root dir leave the mountinfo read count where it was, and a pod
+/// volume unmounted from outside is seen (a detach event) and mounted again.
+fn mounts_elsewhere_cost_no_mount_table_read_and_each_pod_mount_change_is_seen() -> TestResult {
+    let sb = Sandbox::new(&format!("events-{:x}", fastrand::u32(..)));
+    sb.manifest("web.yaml", PODS);
+    let daemon = sb.daemon();
+    let elsewhere = sb.path("elsewhere");
+    let result = (|| {
+        eventually(Duration::from_secs(20), "/readyz answers 200", || {
+            sb.http_get("/readyz")
+                .is_ok_and(|(status, _, _)| status == 200)
+        })?;
+        let reads = || -> Result<f64, String> {
+            let (_, body, _) = sb.http_get("/metrics")?;
+            samples(&body)?
+                .get("volumed_mount_table_reads_total")
+                .copied()
+                .ok_or_else(|| format!("no volumed_mount_table_reads_total in\n{body}"))
+        };
+        let before = reads()?;
+        for i in 0..50 {
+            let at = elsewhere.join(i.to_string());
+            std::fs::create_dir_all(&at).map_err(|e| e.to_string())?;
+            nix::mount::mount(
+                Some("tmpfs"),
+                &at,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some("size=1m"),
+            )
+            .map_err(|e| format!("mount on {}: {e}", at.display()))?;
+        }
+        for i in 0..50 {
+            nix::mount::umount(&elsewhere.join(i.to_string())).map_err(|e| e.to_string())?;
+        }
+        let cache = sb.volume("web-uid", "empty-dir", "cache");
+        nix::mount::umount(&cache).map_err(|e| format!("unmounting {}: {e}", cache.display()))?;
+        eventually(
+            Duration::from_secs(20),
+            "the volume unmounted from outside is mounted again",
+            || sb.mounts().iter().any(|m| m.mount_point == cache),
+        )?;
+        let after = reads()?;
+        check(after == before, || {
+            format!(
+                "mountinfo was read {} times for 100 mount changes elsewhere and one of ours",
+                after - before
+            )
+        })
+    })();
+    for i in 0..50 {
+        let _ = nix::mount::umount(&elsewhere.join(i.to_string()));
+    }
+    let log = sb.stop(daemon)?;
+    result.map_err(|e| format!("{e}\n{log}"))
 }
 
 /// The samples of a Prometheus text exposition: `name{labels}` → value. Every line that is
