@@ -21,8 +21,7 @@ use super::{DesiredState, NodeConfig};
 use crate::host::write_lease::open_for_writing;
 use crate::localpv::cleaner::read_journal;
 
-/// Coalesces a burst of events (a directory replaced, the binding record rewritten) into one
-/// reload.
+/// Coalesces a burst of file events (a create, then the write's close) into one reload.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// How long a risky read (one that loses pods or volumes, or binds) must stay unchanged.
 const SETTLE: Duration = Duration::from_millis(250);
@@ -565,12 +564,8 @@ impl FileSource {
                         // after this is seen, what was written before is read.
                         watch.rewatch();
                     }
-                    // A replaced directory settles for a moment (a rename over it, a new
-                    // watch); a file change is read at once: an add with nothing to lose is
-                    // safe at once, and a loss waits for the settle read anyway.
-                    if layout {
-                        tokio::time::sleep(DEBOUNCE).await;
-                    }
+                    // A burst (a file created, then written and closed) is one read.
+                    tokio::time::sleep(DEBOUNCE).await;
                     let mut content = change == Change::Content;
                     while let Ok(change) = events.try_recv() {
                         layout |= change == Change::Layout;
