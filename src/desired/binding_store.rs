@@ -4,10 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::file_identity::{identity, Identity};
 use crate::host::state_file::{locked, write_json};
+use crate::shared::lock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -77,12 +80,18 @@ struct Record {
 #[derive(Clone)]
 pub struct BindingStore {
     path: PathBuf,
+    /// The record as this process last wrote it, by the file's identity then: a load that
+    /// finds that same file takes it from here instead of parsing it again, and a change event
+    /// for it is this process's own write. Any other writer replaces the file (a new inode)
+    /// or changes its size or times, so it is never mistaken for this version.
+    written: Arc<Mutex<Option<(Identity, Recorded)>>>,
 }
 
 impl BindingStore {
     pub fn new(root: &Path) -> Self {
         BindingStore {
             path: root.join("state").join("bindings.json"),
+            written: Arc::default(),
         }
     }
 
@@ -92,6 +101,9 @@ impl BindingStore {
 
     /// The recorded bindings and releases; a missing record means none were made yet.
     pub fn load(&self) -> Result<Recorded, StoreError> {
+        if let Some(recorded) = self.as_written() {
+            return Ok(recorded);
+        }
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Recorded::default()),
@@ -109,6 +121,22 @@ impl BindingStore {
         Ok(record.recorded)
     }
 
+    /// Whether the record is the version this process wrote last: a change event for it is
+    /// then this process's own write, with nothing new in it.
+    pub fn is_own_write(&self) -> bool {
+        let now = identity(&self.path);
+        lock(&self.written)
+            .as_ref()
+            .is_some_and(|(written, _)| Some(*written) == now)
+    }
+
+    fn as_written(&self) -> Option<Recorded> {
+        let now = identity(&self.path)?;
+        let written = lock(&self.written);
+        let (identity, recorded) = written.as_ref()?;
+        (*identity == now).then(|| recorded.clone())
+    }
+
     /// Changes the record: reads it, lets `change` edit it (its answer says whether it did),
     /// and replaces it atomically (temp file, fsync, rename, fsync of the directory), all
     /// under the record's lock, so that the daemon and `volumed release` never lose each
@@ -117,12 +145,12 @@ impl BindingStore {
         &self,
         change: impl FnOnce(&mut Recorded) -> (bool, T),
     ) -> Result<T, StoreError> {
-        let lock = self.path.with_extension("lock");
+        let lock_file = self.path.with_extension("lock");
         let fail = |source| StoreError::Lock {
             path: self.path.clone(),
             source,
         };
-        locked(&lock, || {
+        locked(&lock_file, || {
             let mut recorded = self.load()?;
             let (changed, answer) = change(&mut recorded);
             if changed {
@@ -130,10 +158,15 @@ impl BindingStore {
                     version: 1,
                     recorded,
                 };
+                *lock(&self.written) = None;
                 write_json(&self.path, &record).map_err(|source| StoreError::Write {
                     path: self.path.clone(),
                     source,
                 })?;
+                // Looked at under the lock: no other writer can have replaced it yet.
+                if let Some(written) = identity(&self.path) {
+                    *lock(&self.written) = Some((written, record.recorded));
+                }
             }
             Ok(answer)
         })
@@ -249,6 +282,32 @@ mod tests {
         let copy = recorded.clone();
         store.update(|r| (true, *r = copy)).unwrap();
         assert_eq!(BindingStore::new(dir.path()).load().unwrap(), recorded);
+    }
+
+    #[test]
+    fn its_own_write_is_known_and_another_writers_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = BindingStore::new(dir.path());
+        let bind = |claim: &'static str| {
+            move |r: &mut Recorded| {
+                r.bindings.insert(claim.into(), "pv".into());
+                (true, ())
+            }
+        };
+        daemon.update(bind("ns/a")).unwrap();
+        assert!(daemon.is_own_write(), "the daemon's write is its own");
+        // `volumed release` is another process: another store, the same file.
+        let other = BindingStore::new(dir.path());
+        other.update(bind("ns/b")).unwrap();
+        assert!(!daemon.is_own_write(), "a write by another is news");
+        let seen = daemon.load().unwrap();
+        assert_eq!(seen.bindings.keys().collect::<Vec<_>>(), ["ns/a", "ns/b"]);
+        // Written in place by hand (no new inode): its size and times differ.
+        let text = std::fs::read_to_string(daemon.path()).unwrap();
+        daemon.update(bind("ns/c")).unwrap();
+        std::fs::write(daemon.path(), text).unwrap();
+        assert!(!daemon.is_own_write());
+        assert!(!daemon.load().unwrap().bindings.contains_key("ns/c"));
     }
 
     fn released(claim: &str, policy: &str) -> ReleasedVolume {

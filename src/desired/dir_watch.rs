@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::manifest::has_manifest_name;
 use crate::shared::lock;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -14,8 +15,10 @@ use tokio::sync::mpsc;
 /// What an event may have changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// A file in the directory was written, created, removed or renamed.
+    /// A file in the directory was written, removed or renamed: it can be read as it is.
     Content,
+    /// A file was created in the directory: its writer usually writes and closes it next.
+    Created,
     /// The directory or one above it was created, removed, renamed or replaced.
     Layout,
 }
@@ -124,7 +127,15 @@ fn classify(layout: &Layout, event: &notify::Result<notify::Event>) -> Option<Ch
     if changes_content && event.paths.iter().any(|p| layout.chain.contains(p)) {
         return Some(Change::Layout);
     }
-    (in_dir(layout, event) && changes_content).then_some(Change::Content)
+    let created = matches!(event.kind, notify::EventKind::Create(_));
+    // A file the reader skips (a hidden temporary file, being written before it is renamed
+    // into place) changes nothing it reads.
+    let read = event.paths.iter().any(|p| has_manifest_name(p));
+    (in_dir(layout, event) && changes_content && read).then_some(if created {
+        Change::Created
+    } else {
+        Change::Content
+    })
 }
 
 /// Whether an event of this kind may change what a path holds: it makes or unmakes a path, or
@@ -179,5 +190,37 @@ mod tests {
         for kind in writes {
             assert!(changes_a_file(&kind), "{kind:?} is a change");
         }
+    }
+
+    #[test]
+    fn a_created_file_is_told_apart_and_hidden_files_are_no_change() {
+        let layout = Layout {
+            dirs: BTreeSet::from([PathBuf::from("/m")]),
+            chain: BTreeSet::from([PathBuf::from("/"), PathBuf::from("/m")]),
+        };
+        let event = |kind, path: &str| Ok(notify::Event::new(kind).add_path(path.into()));
+        let create = EventKind::Create(CreateKind::File);
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert_eq!(
+            classify(&layout, &event(create, "/m/a.yaml")),
+            Some(Change::Created)
+        );
+        assert_eq!(
+            classify(&layout, &event(closed, "/m/a.yaml")),
+            Some(Change::Content)
+        );
+        assert_eq!(
+            classify(&layout, &event(renamed, "/m/a.yaml")),
+            Some(Change::Content)
+        );
+        // A temporary file written before it is renamed into place, or a file volumed skips.
+        assert_eq!(classify(&layout, &event(create, "/m/.a.yaml.tmp")), None);
+        assert_eq!(classify(&layout, &event(closed, "/m/.a.yaml.tmp")), None);
+        assert_eq!(classify(&layout, &event(closed, "/m/notes.txt")), None);
+        assert_eq!(
+            classify(&layout, &event(create, "/m")),
+            Some(Change::Layout)
+        );
     }
 }

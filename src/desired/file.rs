@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::binder::{bind, BindInput, Bindings};
 use super::binding_store::{BindingStore, Recorded, ReleasedVolume};
 use super::dir_watch::{Change, DirWatch};
+use super::file_identity::{identity, Identity};
 use super::local_disks::{add_discovered, LocalDisks};
 use super::manifest::{manifest_files, ManifestError, Manifests};
 use super::resolve::{consumed_claims, our_pods, resolve, unknown_node_name};
@@ -302,12 +303,16 @@ impl FileSource {
                 state.complete = false;
             }
         }
-        let volumes = manifests
-            .volumes
-            .into_values()
-            .map(Arc::unwrap_or_clone)
-            .chain(held)
-            .collect();
+        // Copied only for the cleaner that asks for them.
+        let volumes = match &self.volumes_out {
+            Some(_) => manifests
+                .volumes
+                .into_values()
+                .map(Arc::unwrap_or_clone)
+                .chain(held)
+                .collect(),
+            None => Vec::new(),
+        };
         Read {
             state,
             records: binds || releases,
@@ -524,8 +529,9 @@ impl FileSource {
                 ));
             }
             let previous = tx.borrow().clone();
+            let state = Arc::new(state);
             if state.complete {
-                baseline = Some(Arc::new(state.clone()));
+                baseline = Some(state.clone());
                 if let Some(out) = &source.volumes_out {
                     out.send_if_modified(|now| {
                         let changed = **now != read.volumes;
@@ -544,37 +550,41 @@ impl FileSource {
                     tracing::warn!(dir = %source.dir.display(), %warning, "manifest warning");
                 }
             }
-            crate::shared::publish(&tx, Arc::new(state));
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(source.resync) => replaced = false,
-                _ = source.reread.notified() => {}
-                Some(()) = record_changes.recv() => {
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while record_changes.try_recv().is_ok() {}
-                }
-                change = events.recv() => {
-                    // The watch's thread is gone: changes would be seen only at resyncs.
-                    let Some(change) = change else {
-                        return Err(FileSourceError::WatchEnded { dir: source.dir.clone() });
-                    };
-                    let mut layout = change == Change::Layout;
-                    if layout {
-                        // Watch the new directory before reading it: what is written into it
-                        // after this is seen, what was written before is read.
-                        watch.rewatch();
+            crate::shared::publish(&tx, state);
+            let resync_at = tokio::time::Instant::now() + source.resync;
+            // Until something may have changed what a read finds.
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep_until(resync_at) => {
+                        replaced = false;
+                        break;
                     }
-                    // A burst (a file created, then written and closed) is one read.
-                    tokio::time::sleep(DEBOUNCE).await;
-                    let mut content = change == Change::Content;
-                    while let Ok(change) = events.try_recv() {
-                        layout |= change == Change::Layout;
-                        content |= change == Change::Content;
+                    _ = source.reread.notified() => break,
+                    Some(()) = record_changes.recv() => {
+                        while record_changes.try_recv().is_ok() {}
+                        // This source's own write (a new binding) is in what it read already.
+                        if !source.store.is_own_write() {
+                            break;
+                        }
                     }
-                    if layout {
-                        watch.rewatch();
+                    change = events.recv() => {
+                        // The watch's thread is gone: changes would be seen only at resyncs.
+                        let Some(change) = change else {
+                            return Err(FileSourceError::WatchEnded { dir: source.dir.clone() });
+                        };
+                        if change == Change::Layout {
+                            // Watch the new directory before reading it: what is written into
+                            // it after this is seen, what was written before is read.
+                            watch.rewatch();
+                        }
+                        let burst = Burst::gather(&mut events, change).await;
+                        if burst.layout {
+                            watch.rewatch();
+                        }
+                        replaced = burst.layout || (replaced && !burst.content);
+                        break;
                     }
-                    replaced = layout || (replaced && !content);
                 }
             }
         }
@@ -611,6 +621,42 @@ impl FileSource {
             } else {
                 "check that it exists"
             },
+        }
+    }
+}
+
+/// The events that came together, as one read.
+struct Burst {
+    layout: bool,
+    content: bool,
+}
+
+impl Burst {
+    /// `first` and what follows it at once. A file just created is written and closed next
+    /// in most cases, and a replaced directory fills up: their next event is waited for (up
+    /// to `DEBOUNCE`), so one read sees the file whole. A close, a rename into place or a
+    /// removal is read at once: a file renamed into place is complete.
+    async fn gather(
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<Change>,
+        first: Change,
+    ) -> Burst {
+        let mut burst = Burst {
+            layout: false,
+            content: false,
+        };
+        let mut last = first;
+        loop {
+            burst.layout |= last == Change::Layout;
+            burst.content |= last != Change::Layout;
+            last = match events.try_recv() {
+                Ok(next) => next,
+                Err(_) if last == Change::Content => return burst,
+                // The watch ending is seen by the next wait for an event.
+                Err(_) => match tokio::time::timeout(DEBOUNCE, events.recv()).await {
+                    Ok(Some(next)) => next,
+                    Ok(None) | Err(_) => return burst,
+                },
+            };
         }
     }
 }
@@ -677,23 +723,6 @@ fn hold_back_new(
             .pending
             .insert(claim, format!("would bind to {pv}, held back: {why}"));
     }
-}
-
-/// What tells one version of a file from the next: its inode, size and change times.
-type Identity = (u64, u64, u64, i64, i64, i64, i64);
-
-fn identity(path: &Path) -> Option<Identity> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    Some((
-        meta.dev(),
-        meta.ino(),
-        meta.size(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-        meta.ctime(),
-        meta.ctime_nsec(),
-    ))
 }
 
 /// Keeps the set of files being written: a modify adds a file, its close-write (or its

@@ -205,6 +205,9 @@ fn a_deleted_claims_volume_is_released_only_from_a_complete_read_that_may_releas
     let dir = tempfile::tempdir().unwrap();
     let mut source = source(dir.path());
     source.record_bindings = true;
+    // A cleaner listens: each read hands on the volumes it knows.
+    let (volumes_out, _volumes) = tokio::sync::watch::channel(Default::default());
+    source.volumes_out = Some(volumes_out);
     std::fs::create_dir_all(&source.dir).unwrap();
     std::fs::create_dir_all(dir.path().join("disk")).unwrap();
     std::fs::write(

@@ -131,7 +131,9 @@ pub fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Manifests) {
     (files, manifests)
 }
 
-fn has_manifest_name(path: &Path) -> bool {
+/// Whether the directory's reader takes this file: hidden files (an editor's or a copier's
+/// temporary files) and other extensions are skipped.
+pub fn has_manifest_name(path: &Path) -> bool {
     let hidden = path
         .file_name()
         .and_then(|n| n.to_str())

@@ -6,6 +6,7 @@ pub mod binder;
 pub mod binding_store;
 pub mod dir_watch;
 pub mod file;
+pub mod file_identity;
 pub mod kube;
 pub mod local_disks;
 pub mod manifest;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Volume};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeSpec, Pod, Volume};
 
 use super::binder::Bindings;
 use super::manifest::Manifests;
@@ -365,7 +365,8 @@ impl Context<'_> {
                 "PersistentVolumeClaim {key} is bound to PersistentVolume {pv_name}, which is not defined"
             ))
         })?;
-        let pv_spec = pv.spec.clone().unwrap_or_default();
+        let no_spec = Default::default();
+        let pv_spec: &PersistentVolumeSpec = pv.spec.as_ref().unwrap_or(&no_spec);
         // A claim that can only be read is mounted read-only, like a readOnly pod volume.
         let claim_modes = claim
             .spec
