@@ -84,7 +84,15 @@ pub struct BindingStore {
     /// finds that same file takes it from here instead of parsing it again, and a change event
     /// for it is this process's own write. Any other writer replaces the file (a new inode)
     /// or changes its size or times, so it is never mistaken for this version.
-    written: Arc<Mutex<Option<(Identity, Recorded)>>>,
+    written: Arc<Mutex<Option<Written>>>,
+}
+
+struct Written {
+    identity: Identity,
+    recorded: Recorded,
+    /// It was made from a version this process did not write (`volumed release`'s, say):
+    /// its change event brings that news, so it is not only this process's own write.
+    news: bool,
 }
 
 impl BindingStore {
@@ -127,14 +135,14 @@ impl BindingStore {
         let now = identity(&self.path);
         lock(&self.written)
             .as_ref()
-            .is_some_and(|(written, _)| Some(*written) == now)
+            .is_some_and(|written| Some(written.identity) == now && !written.news)
     }
 
     fn as_written(&self) -> Option<Recorded> {
         let now = identity(&self.path)?;
         let written = lock(&self.written);
-        let (identity, recorded) = written.as_ref()?;
-        (*identity == now).then(|| recorded.clone())
+        let written = written.as_ref().filter(|w| w.identity == now)?;
+        Some(written.recorded.clone())
     }
 
     /// Changes the record: reads it, lets `change` edit it (its answer says whether it did),
@@ -151,6 +159,7 @@ impl BindingStore {
             source,
         };
         locked(&lock_file, || {
+            let news = self.as_written().is_none();
             let mut recorded = self.load()?;
             let (changed, answer) = change(&mut recorded);
             if changed {
@@ -164,8 +173,12 @@ impl BindingStore {
                     source,
                 })?;
                 // Looked at under the lock: no other writer can have replaced it yet.
-                if let Some(written) = identity(&self.path) {
-                    *lock(&self.written) = Some((written, record.recorded));
+                if let Some(identity) = identity(&self.path) {
+                    *lock(&self.written) = Some(Written {
+                        identity,
+                        recorded: record.recorded,
+                        news,
+                    });
                 }
             }
             Ok(answer)
@@ -295,13 +308,25 @@ mod tests {
             }
         };
         daemon.update(bind("ns/a")).unwrap();
+        daemon.update(bind("ns/a2")).unwrap();
         assert!(daemon.is_own_write(), "the daemon's write is its own");
         // `volumed release` is another process: another store, the same file.
         let other = BindingStore::new(dir.path());
         other.update(bind("ns/b")).unwrap();
         assert!(!daemon.is_own_write(), "a write by another is news");
         let seen = daemon.load().unwrap();
-        assert_eq!(seen.bindings.keys().collect::<Vec<_>>(), ["ns/a", "ns/b"]);
+        assert_eq!(
+            seen.bindings.keys().collect::<Vec<_>>(),
+            ["ns/a", "ns/a2", "ns/b"]
+        );
+        // The daemon writes again before it saw that event: its write carries the news.
+        daemon.update(bind("ns/a3")).unwrap();
+        assert!(
+            !daemon.is_own_write(),
+            "made from another's version: still news"
+        );
+        daemon.update(bind("ns/a4")).unwrap();
+        assert!(daemon.is_own_write());
         // Written in place by hand (no new inode): its size and times differ.
         let text = std::fs::read_to_string(daemon.path()).unwrap();
         daemon.update(bind("ns/c")).unwrap();

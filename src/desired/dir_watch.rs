@@ -128,9 +128,7 @@ fn classify(layout: &Layout, event: &notify::Result<notify::Event>) -> Option<Ch
         return Some(Change::Layout);
     }
     let created = matches!(event.kind, notify::EventKind::Create(_));
-    // A file the reader skips (a hidden temporary file, being written before it is renamed
-    // into place) changes nothing it reads.
-    let read = event.paths.iter().any(|p| has_manifest_name(p));
+    let read = event.paths.iter().any(|p| may_change_a_read(p));
     (in_dir(layout, event) && changes_content && read).then_some(if created {
         Change::Created
     } else {
@@ -152,6 +150,15 @@ pub fn changes_a_file(kind: &notify::EventKind) -> bool {
             | EventKind::Other
             | EventKind::Any
     )
+}
+
+/// Whether an entry can change what the reader finds. A regular file the reader skips (a
+/// hidden temporary file written before it is renamed into place, another extension) cannot;
+/// a hidden directory or link can (a ConfigMap volume swaps its `..data` link to publish new
+/// files), and so can an entry that is gone, whatever it was.
+fn may_change_a_read(path: &Path) -> bool {
+    has_manifest_name(path)
+        || !std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_file())
 }
 
 /// True for an event about a file in the directory (not about the directory's ancestors'
@@ -193,33 +200,62 @@ mod tests {
     }
 
     #[test]
-    fn a_created_file_is_told_apart_and_hidden_files_are_no_change() {
+    fn a_created_file_is_told_apart_and_skipped_files_are_no_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("m");
+        std::fs::create_dir(&m).unwrap();
         let layout = Layout {
-            dirs: BTreeSet::from([PathBuf::from("/m")]),
-            chain: BTreeSet::from([PathBuf::from("/"), PathBuf::from("/m")]),
+            dirs: BTreeSet::from([m.clone()]),
+            chain: dir
+                .path()
+                .ancestors()
+                .map(Path::to_path_buf)
+                .chain([m.clone()])
+                .collect(),
         };
-        let event = |kind, path: &str| Ok(notify::Event::new(kind).add_path(path.into()));
-        let create = EventKind::Create(CreateKind::File);
+        let at = |name: &str| m.join(name);
+        let event = |kind, path: PathBuf| Ok(notify::Event::new(kind).add_path(path));
+        let create = EventKind::Create(CreateKind::Any);
         let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
         let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        let removed = EventKind::Remove(notify::event::RemoveKind::Any);
+        std::fs::write(at("a.yaml"), "").unwrap();
         assert_eq!(
-            classify(&layout, &event(create, "/m/a.yaml")),
+            classify(&layout, &event(create, at("a.yaml"))),
             Some(Change::Created)
         );
         assert_eq!(
-            classify(&layout, &event(closed, "/m/a.yaml")),
+            classify(&layout, &event(closed, at("a.yaml"))),
             Some(Change::Content)
         );
         assert_eq!(
-            classify(&layout, &event(renamed, "/m/a.yaml")),
+            classify(&layout, &event(renamed, at("a.yaml"))),
             Some(Change::Content)
         );
-        // A temporary file written before it is renamed into place, or a file volumed skips.
-        assert_eq!(classify(&layout, &event(create, "/m/.a.yaml.tmp")), None);
-        assert_eq!(classify(&layout, &event(closed, "/m/.a.yaml.tmp")), None);
-        assert_eq!(classify(&layout, &event(closed, "/m/notes.txt")), None);
+        // A temporary file written before it is renamed into place, a file volumed skips.
+        std::fs::write(at(".a.yaml.tmp"), "").unwrap();
+        std::fs::write(at("notes.txt"), "").unwrap();
+        assert_eq!(classify(&layout, &event(create, at(".a.yaml.tmp"))), None);
+        assert_eq!(classify(&layout, &event(closed, at(".a.yaml.tmp"))), None);
+        assert_eq!(classify(&layout, &event(closed, at("notes.txt"))), None);
+        // A ConfigMap volume's update: a hidden directory, then its `..data` link swapped.
+        std::fs::create_dir(at("..2026_12_07")).unwrap();
+        std::os::unix::fs::symlink("..2026_12_07", at("..data")).unwrap();
         assert_eq!(
-            classify(&layout, &event(create, "/m")),
+            classify(&layout, &event(create, at("..2026_12_07"))),
+            Some(Change::Created)
+        );
+        assert_eq!(
+            classify(&layout, &event(renamed, at("..data"))),
+            Some(Change::Content)
+        );
+        // Gone: what it was cannot be told, so it counts.
+        assert_eq!(
+            classify(&layout, &event(removed, at(".gone"))),
+            Some(Change::Content)
+        );
+        assert_eq!(
+            classify(&layout, &event(create, m.clone())),
             Some(Change::Layout)
         );
     }
