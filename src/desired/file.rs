@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::shared::lock;
 use k8s_openapi::api::core::v1::PersistentVolume;
@@ -71,6 +71,8 @@ pub struct Read {
     /// Every PV the read knows (the manifests', the discovered disks', those being cleaned),
     /// for the cleaner, which takes their phases from the binding record.
     pub volumes: Vec<PersistentVolume>,
+    /// Nothing it read had changed for `SETTLE` before it began: it needs no second read.
+    pub quiet: bool,
 }
 
 /// Which manifest files are being written, and the last complete version of each.
@@ -81,6 +83,10 @@ pub struct FileMemory {
     complete: Mutex<BTreeMap<PathBuf, Known>>,
     /// Whether a file is open for writing now (`None`: cannot tell); the kernel's answer.
     open_for_writing: fn(&Path) -> Option<bool>,
+    /// The wall clock that file times are compared with, and the wait before a second read
+    /// (tests replace both).
+    clock: fn() -> SystemTime,
+    pause: fn(Duration),
 }
 
 /// A file's last complete version.
@@ -100,13 +106,19 @@ struct Known {
 /// its content: more than the coarsest timestamp tick of the filesystems it may live on.
 const RACY_WINDOW: Duration = Duration::from_millis(100);
 
-fn settled_before(identity: Option<Identity>, read_began: std::time::SystemTime) -> bool {
+/// Whether a file's last change (its ctime, which no one can set back) came more than `quiet`
+/// plus a timestamp tick before `read_began`.
+fn unchanged_for(identity: Option<Identity>, quiet: Duration, read_began: SystemTime) -> bool {
     identity.is_some_and(|(.., ctime, ctime_nsec)| {
         let changed = u64::try_from(ctime).ok().map(|secs| {
             std::time::UNIX_EPOCH + Duration::new(secs, u32::try_from(ctime_nsec).unwrap_or(0))
         });
-        changed.is_some_and(|changed| changed + RACY_WINDOW < read_began)
+        changed.is_some_and(|changed| changed + quiet + RACY_WINDOW < read_began)
     })
+}
+
+fn settled_before(identity: Option<Identity>, read_began: SystemTime) -> bool {
+    unchanged_for(identity, Duration::ZERO, read_began)
 }
 
 impl Default for FileMemory {
@@ -115,6 +127,8 @@ impl Default for FileMemory {
             writing: Arc::default(),
             complete: Mutex::default(),
             open_for_writing,
+            clock: SystemTime::now,
+            pause: std::thread::sleep,
         }
     }
 }
@@ -143,8 +157,11 @@ impl FileSource {
                 None => self.loses_pod_dirs(state),
             };
             let risky = state.complete && (read.records || loses);
-            if risky {
-                std::thread::sleep(SETTLE);
+            // A read of inputs that had all been still for SETTLE already is what the second
+            // read would find (short of a writer pausing longer than SETTLE, which the second
+            // read would miss as well).
+            if risky && !read.quiet {
+                (self.memory.pause)(SETTLE);
                 let again = self.read_once(None, may_release);
                 if again.state != read.state || again.gone != read.gone {
                     read = again;
@@ -181,7 +198,7 @@ impl FileSource {
         record: Option<&BTreeMap<String, ReleasedVolume>>,
         may_release: bool,
     ) -> Read {
-        let mut manifests = self.load();
+        let (mut manifests, read_began) = self.load();
         // An empty directory (a filesystem not mounted yet, a wrong --manifests) releases
         // nothing, however complete it looks.
         let has_manifests = !lock(&self.memory.complete).is_empty();
@@ -314,11 +331,28 @@ impl FileSource {
             None => Vec::new(),
         };
         Read {
+            quiet: self.quiet(read_began),
             state,
             records: binds || releases,
             gone: if releases { gone } else { BTreeMap::new() },
             volumes,
         }
+    }
+
+    /// Whether no input of the read that began at `read_began` changed in the `SETTLE` before
+    /// it, nor since: the directory's entries (a file added, removed or renamed changes the
+    /// directory), each manifest file it read (its ctime, looked at now, after the read), and
+    /// the binding record; and no file is being written. Asked after the read, so a change
+    /// during the read counts. Reads that add discovered local disks keep the second read:
+    /// their disks and the cleaner's journal are inputs too.
+    fn quiet(&self, read_began: SystemTime) -> bool {
+        let still = |path: &Path| unchanged_for(identity(path), SETTLE, read_began);
+        let record = self.store.path();
+        self.local_disks.is_none()
+            && lock(&self.memory.writing).is_empty()
+            && still(&self.dir)
+            && lock(&self.memory.complete).keys().all(|file| still(file))
+            && (still(record) || !record.exists())
     }
 
     /// Whether `state` lacks a pod that has a directory under the root dir (unreadable: yes).
@@ -340,13 +374,13 @@ impl FileSource {
     /// writing now) keeps the content it had before, whatever made this read happen; one
     /// that has none yet makes the read incomplete. A file that is closed is taken as it is,
     /// emptied or not.
-    fn load(&self) -> Manifests {
+    fn load(&self) -> (Manifests, SystemTime) {
         let (files, mut manifests) = manifest_files(&self.dir);
         let writing = lock(&self.memory.writing).clone();
         let mut complete = lock(&self.memory.complete);
         let mut now = BTreeMap::new();
         // Taken before any file is looked at: a file written after this has a later ctime.
-        let read_began = std::time::SystemTime::now();
+        let read_began = (self.memory.clock)();
         for path in files {
             let seen = identity(&path);
             let before = complete.remove(&path);
@@ -405,7 +439,7 @@ impl FileSource {
         }
         // Files gone from the directory are forgotten.
         *complete = now;
-        manifests
+        (manifests, read_began)
     }
 
     /// Whether a file whose content changed is still being written: it changed while it was

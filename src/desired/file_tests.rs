@@ -409,3 +409,54 @@ fn a_file_rewritten_at_once_with_the_same_size_is_read_again_not_taken_from_the_
         assert_eq!(pod_names(&source), (vec!["a".into(), name.into()], true));
     }
 }
+
+thread_local! {
+    /// The waits `settled` asked for on this thread (see `counting_pause`).
+    static PAUSES: std::cell::RefCell<Vec<Duration>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn counting_pause(wait: Duration) {
+    PAUSES.with(|p| p.borrow_mut().push(wait));
+}
+
+/// A start-up read that would lose pod b, whose directory is under the root dir.
+fn losing_pod_b() -> (tempfile::TempDir, FileSource) {
+    let (dir, mut source, b) = setup();
+    let state = source.read_once(None, false).state;
+    let uid = &state.pods.values().find(|p| p.name == "b").unwrap().uid;
+    std::fs::create_dir_all(dir.path().join("root/pods").join(uid)).unwrap();
+    std::fs::remove_file(&b).unwrap();
+    source.memory.pause = counting_pause;
+    PAUSES.with(|p| p.borrow_mut().clear());
+    (dir, source)
+}
+
+#[test]
+fn a_read_that_loses_a_pod_right_after_a_change_waits_for_a_second_read() {
+    let (_dir, source) = losing_pod_b();
+    let read = source.settled(None, true);
+    assert!(!read.quiet, "b.yaml was removed just now");
+    assert_eq!(
+        PAUSES.with(|p| p.borrow().clone()),
+        [SETTLE],
+        "one wait, then the second read agreed"
+    );
+    assert_eq!(read.state.pods.len(), 1);
+}
+
+#[test]
+fn a_read_that_loses_a_pod_whose_inputs_were_still_for_the_settle_window_needs_no_second_read() {
+    let (_dir, mut source) = losing_pod_b();
+    // Every file time now lies more than SETTLE in the past.
+    source.memory.clock = || SystemTime::now() + SETTLE + RACY_WINDOW + Duration::from_secs(1);
+    let read = source.settled(None, true);
+    assert!(read.quiet);
+    assert!(PAUSES.with(|p| p.borrow().is_empty()), "no wait");
+    assert!(read.state.complete);
+    assert_eq!(read.state.pods.len(), 1);
+    // A file being written (inotify's sign) is not still, whatever its times say.
+    lock(&source.memory.writing).insert(source.dir.join("a.yaml"));
+    assert!(!source.quiet(SystemTime::now() + Duration::from_secs(10)));
+    lock(&source.memory.writing).clear();
+    assert!(source.quiet(SystemTime::now() + Duration::from_secs(10)));
+}
