@@ -88,10 +88,14 @@ pub async fn run(
             stopped: None,
         });
     }
+    // The pod directories, the mount table and the source's first read are each a walk of
+    // their own: they run at once.
     let fs = pod_fs(settings);
-    let (on_disk, fs) = tokio::task::spawn_blocking(move || (fs.scan(), fs)).await?;
-    let on_disk = on_disk.context("cannot scan the pod directories under the root dir")?;
-    let mounts = MountWatch::spawn(mounter.clone(), settings.root_dir.clone(), settings.resync)?;
+    let scanning = tokio::task::spawn_blocking(move || (fs.scan(), fs));
+    let watching = {
+        let (mounter, root, resync) = (mounter.clone(), settings.root_dir.clone(), settings.resync);
+        tokio::task::spawn_blocking(move || MountWatch::spawn(mounter, root, resync))
+    };
     // The tasks stop with the loop: at a signal, or when a --once run is done.
     let stop_tasks = cancel.child_token();
     let mut tasks = Supervisor::new(stop_tasks.clone());
@@ -99,35 +103,35 @@ pub async fn run(
     let mut once_reclaim = None;
     // The local-disk cleanups under way (both modes): a stop lets them finish.
     let cleaning: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> = Default::default();
+    // File mode's cleaner of released local disks, made once the mount table is read.
+    let mut reclaims = None;
     // In once mode the snapshot is fixed; its sender lives until the loop ends.
     let (desired, _fixed_snapshot, notices, publisher, api_client) = match &settings.manifests {
         Some(dir) => {
             let mut source = file_source(settings, dir, true, &mounter);
             let (volumes_tx, volumes_rx) = watch::channel(Arc::new(Vec::new()));
-            let reclaimer = settings
+            let cleans = settings
                 .local_pv
                 .as_ref()
-                .filter(|config| !config.classes.is_empty())
-                .map(|config| Reclaimer {
+                .filter(|config| !config.classes.is_empty());
+            if cleans.is_some() {
+                source.volumes_out = Some(volumes_tx);
+            }
+            let reread = source.reread.clone();
+            let (rx, fixed, volumes) =
+                start_source(source, once, &tasks, stop_tasks.clone()).await?;
+            reclaims = cleans.map(|config| {
+                let (mounter, cleaning) = (mounter.clone(), cleaning.clone());
+                let reclaimer = move |mounts: &MountWatch| Reclaimer {
                     cleaner: local_pv_cleaner(settings, config, &mounter, None, &cleaning),
                     store: BindingStore::new(&settings.root_dir),
                     volumes: volumes_rx,
                     mounts: mounts.tables.clone(),
-                    reread: source.reread.clone(),
+                    reread,
                     resync: settings.resync,
-                });
-            if reclaimer.is_some() {
-                source.volumes_out = Some(volumes_tx);
-            }
-            let (rx, fixed, volumes) =
-                start_source(source, once, &tasks, stop_tasks.clone()).await?;
-            match reclaimer {
-                Some(reclaimer) if once => once_reclaim = Some((reclaimer, volumes)),
-                Some(reclaimer) => {
-                    tasks.spawn("local-disk cleaner", reclaimer.run(stop_tasks.clone()));
-                }
-                None => {}
-            }
+                };
+                (reclaimer, volumes)
+            });
             (rx, fixed, None, None, None)
         }
         None => {
@@ -148,6 +152,17 @@ pub async fn run(
             (rx, None, Some(tx), Some(publisher), Some(client))
         }
     };
+    let mounts = watching.await??;
+    match reclaims {
+        Some((reclaimer, volumes)) if once => once_reclaim = Some((reclaimer(&mounts), volumes)),
+        Some((reclaimer, _)) => {
+            let reclaimer = reclaimer(&mounts);
+            tasks.spawn("local-disk cleaner", reclaimer.run(stop_tasks.clone()));
+        }
+        None => {}
+    }
+    let (on_disk, fs) = scanning.await?;
+    let on_disk = on_disk.context("cannot scan the pod directories under the root dir")?;
     let config = ExecutorConfig {
         max_concurrent: settings.max_concurrent_ops,
         deadline: settings.op_timeout,
