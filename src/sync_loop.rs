@@ -432,9 +432,7 @@ impl SyncLoop {
                 (op, Some(stuck))
             }
             OpEvent::Finished { op, outcome, .. } => {
-                if let (Some(uid), Some(pod_dirs)) = (op.pod_uid(), outcome.pod_dirs) {
-                    self.on_disk.set_pod(uid, pod_dirs);
-                }
+                self.on_disk.apply(outcome.pod_dir);
                 if let Some(globals) = outcome.globals {
                     self.on_disk.globals = globals;
                 }

@@ -187,7 +187,7 @@ impl Executor {
             };
             joined.unwrap_or_else(|join| OpOutcome {
                 did: Err(format!("the worker running this op died: {join}")),
-                pod_dirs: None,
+                pod_dir: crate::model::on_disk::PodDirChange::Unchanged,
                 globals: None,
             })
         };

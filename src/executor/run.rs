@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::context::OpContext;
 use super::device::stage;
 use crate::host::{ForceMode, HostError, MountPoint};
-use crate::model::on_disk::PodDir;
+use crate::model::on_disk::PodDirChange;
 use crate::model::op::{Contents, IfHung, Op};
 use crate::model::{DesiredVolume, MountSpec, PathType, Plugin};
 
@@ -18,16 +18,23 @@ pub struct OpOutcome {
     /// What the op did, for the log ("mounted", "already mounted", "removed", ...), or why
     /// it failed.
     pub did: Result<&'static str, String>,
-    /// The pod's volume directories after the op (`Some(None)`: the pod directory is gone;
-    /// `None`: the rescan failed, or the op has no pod, and the loop keeps what it knew).
-    pub pod_dirs: Option<Option<PodDir>>,
+    /// What the op did to its pod's directory.
+    pub pod_dir: PodDirChange,
     /// The global mount point directories after the op, when it may have changed them.
     pub globals: Option<BTreeSet<String>>,
 }
 
 pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
-    let did = match op {
-        Op::SetUp { volume } => set_up(ctx, volume),
+    // What the op did to its pod directory when it succeeded; `None`: ask the disk.
+    let (did, change) = match op {
+        Op::SetUp { volume } => {
+            let did = set_up(ctx, volume);
+            let change = did.is_ok().then(|| PodDirChange::Added {
+                key: volume.key.clone(),
+                owner: volume.pod.to_string(),
+            });
+            (did, change)
+        }
         Op::Unmount {
             key,
             nested,
@@ -37,37 +44,67 @@ pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
             let target = nested.clone().unwrap_or_else(|| key.path(ctx.fs.root()));
             // Resolved below the root dir without following links (rule 4).
             match ctx.fs.mount_point(&target) {
-                Ok(None) => Ok("already unmounted: its directory is gone"),
-                Ok(Some(target)) if *if_hung == IfHung::ForceThenDetach => {
-                    unmount_escalating(ctx, target)
-                }
-                Ok(Some(target)) => ctx.mounter.unmount(&target).map(|()| "unmounted"),
-                Err(err) => Err(err),
+                Ok(None) => (Ok("already unmounted: its directory is gone"), None),
+                // An unmount, done or not, makes and removes no directory.
+                Ok(Some(target)) if *if_hung == IfHung::ForceThenDetach => (
+                    unmount_escalating(ctx, target),
+                    Some(PodDirChange::Unchanged),
+                ),
+                Ok(Some(target)) => (
+                    ctx.mounter.unmount(&target).map(|()| "unmounted"),
+                    Some(PodDirChange::Unchanged),
+                ),
+                Err(err) => (Err(err), None),
             }
         }
         Op::RemoveVolumeDir { key, contents } => {
             // Checked against the host as it is now, not our records (rule 2).
             let recursive = *contents == Contents::DeleteAll;
-            ctx.mounter
+            let did = ctx
+                .mounter
                 .mounts_below(&key.path(ctx.fs.root()))
                 .and_then(|mounts| ctx.fs.remove_volume_dir(key, recursive, &mounts))
-                .map(|()| "removed")
+                .map(|()| "removed");
+            let change = did.is_ok().then(|| PodDirChange::Removed(key.clone()));
+            (did, change)
         }
-        Op::RemovePodDir { pod_uid } => ctx.fs.remove_pod_dir(pod_uid).map(|()| "removed"),
-        Op::ClaimPodDir { pod } => ctx.fs.claim_pod_dir(pod).map(|_| "recorded its owner"),
-        Op::UnmountGlobal { pv_name } => unmount_global(ctx, pv_name),
-        Op::RemoveGlobalDir { pv_name } => ctx
-            .fs
-            .remove_global_dir(&Plugin::LocalVolume, pv_name)
-            .map(|()| "removed"),
+        Op::RemovePodDir { pod_uid } => {
+            let did = ctx.fs.remove_pod_dir(pod_uid).map(|()| "removed");
+            let change = did.is_ok().then(|| PodDirChange::Scanned {
+                pod_uid: pod_uid.clone(),
+                dir: None,
+            });
+            (did, change)
+        }
+        Op::ClaimPodDir { pod } => {
+            let did = ctx.fs.claim_pod_dir(pod).map(|_| "recorded its owner");
+            let change = did.is_ok().then(|| PodDirChange::Claimed {
+                pod_uid: pod.uid.clone(),
+                owner: pod.to_string(),
+            });
+            (did, change)
+        }
+        Op::UnmountGlobal { pv_name } => (unmount_global(ctx, pv_name), None),
+        Op::RemoveGlobalDir { pv_name } => (
+            ctx.fs
+                .remove_global_dir(&Plugin::LocalVolume, pv_name)
+                .map(|()| "removed"),
+            None,
+        ),
     };
-    // Rescan even after a failure: a half-done set-up may have created directories.
-    let pod_dirs = op.pod_uid().and_then(|uid| match ctx.fs.scan_pod(uid) {
-        Ok(dirs) => Some(dirs),
-        Err(err) => {
-            tracing::warn!(%err, "cannot rescan the pod directory after the op");
-            None
-        }
+    // A failure is followed by a rescan: a half-done set-up may have created directories.
+    let pod_dir = change.unwrap_or_else(|| match op.pod_uid() {
+        None => PodDirChange::Unchanged,
+        Some(uid) => match ctx.fs.scan_pod(uid) {
+            Ok(dir) => PodDirChange::Scanned {
+                pod_uid: uid.to_string(),
+                dir,
+            },
+            Err(err) => {
+                tracing::warn!(%err, "cannot rescan the pod directory after the op");
+                PodDirChange::Unchanged
+            }
+        },
     });
     let globals = op
         .touches_globals()
@@ -75,7 +112,7 @@ pub fn run_op(ctx: &OpContext, op: &Op) -> OpOutcome {
         .flatten();
     OpOutcome {
         did: did.map_err(|e| e.to_string()),
-        pod_dirs,
+        pod_dir,
         globals,
     }
 }
