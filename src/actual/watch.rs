@@ -125,7 +125,7 @@ enum Source {
 
 impl Source {
     /// The mounts at or below `root`; `full` re-reads everything (start, resync).
-    fn table(&mut self, root: &Path, full: bool) -> Result<Vec<MountEntry>, HostError> {
+    fn table(&mut self, root: &Path, full: bool) -> Result<Vec<Arc<MountEntry>>, HostError> {
         match self {
             Source::Events(table) => {
                 if full {
@@ -142,10 +142,11 @@ fn is_below(path: &Path, root: &Path) -> bool {
     path.starts_with(root)
 }
 
-fn below(entries: Vec<MountEntry>, root: &Path) -> Vec<MountEntry> {
+fn below(entries: Vec<MountEntry>, root: &Path) -> Vec<Arc<MountEntry>> {
     entries
         .into_iter()
         .filter(|m| is_below(&m.mount_point, root))
+        .map(Arc::new)
         .collect()
 }
 
@@ -154,7 +155,7 @@ struct EventTable {
     events: MountEvents,
     /// By kernel id, which grows with each mount: iteration order is mount order, so of
     /// mounts stacked at one path the newest comes last, as in mountinfo.
-    mounts: BTreeMap<MountId, MountEntry>,
+    mounts: BTreeMap<MountId, Arc<MountEntry>>,
     /// The same mounts by mount point, for reading again those below a path.
     by_path: BTreeMap<PathBuf, BTreeSet<MountId>>,
 }
@@ -189,7 +190,7 @@ impl EventTable {
             .entry(entry.mount_point.clone())
             .or_default()
             .insert(id);
-        self.mounts.insert(id, entry);
+        self.mounts.insert(id, Arc::new(entry));
     }
 
     fn remove(&mut self, id: MountId) -> bool {
@@ -227,7 +228,7 @@ impl EventTable {
     fn stat(&mut self, id: MountId, root: &Path) -> Result<bool, HostError> {
         match mount_events::stat_mount(id, |p| is_below(p, root))? {
             Some((_, Some(entry))) => {
-                let changed = self.mounts.get(&id) != Some(&entry);
+                let changed = self.mounts.get(&id).map(|m| &**m) != Some(&entry);
                 if changed {
                     self.remove(id);
                     self.insert(id, entry);
@@ -255,7 +256,7 @@ impl EventTable {
         Ok(changed)
     }
 
-    fn entries(&self) -> Vec<MountEntry> {
+    fn entries(&self) -> Vec<Arc<MountEntry>> {
         self.mounts.values().cloned().collect()
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use procfs::FromBufRead;
 use serde::Serialize;
@@ -48,7 +49,9 @@ pub struct Propagation {
 /// A whole mount table, tagged with the newest refresh request it reflects.
 #[derive(Clone, Debug, Default)]
 pub struct MountTable {
-    pub entries: Vec<MountEntry>,
+    /// Shared with the tables before and after it and with their indexes: a new table costs
+    /// a pointer per mount, not a copy of each.
+    pub entries: Vec<Arc<MountEntry>>,
     /// The refresh sequence number this read started after (see `actual::watch`).
     pub covers: u64,
 }
@@ -115,22 +118,27 @@ fn unescape(field: &str) -> String {
 #[derive(Clone, Debug, Default)]
 pub struct PodMounts {
     /// Mounts exactly at a pod volume path, innermost (newest) last.
-    pub volumes: BTreeMap<VolumeKey, Vec<MountEntry>>,
+    pub volumes: BTreeMap<VolumeKey, Vec<Arc<MountEntry>>>,
     /// Mounts strictly below a volume path (e.g. propagated from the source of a bind, or
     /// made inside an emptyDir).
-    pub nested: BTreeMap<VolumeKey, Vec<MountEntry>>,
+    pub nested: BTreeMap<VolumeKey, Vec<Arc<MountEntry>>>,
     /// Any other mount under a pod's directory: it keeps that directory from being removed.
     pub stray: BTreeMap<String, Vec<PathBuf>>,
     /// Local-volume global mounts, by PV name.
-    pub globals: BTreeMap<String, Vec<MountEntry>>,
+    pub globals: BTreeMap<String, Vec<Arc<MountEntry>>>,
 }
 
 impl PodMounts {
-    pub fn index(entries: &[MountEntry], root: &Path) -> PodMounts {
+    /// From a table's shared entries (then the index shares them too) or from plain ones.
+    pub fn index<E>(entries: &[E], root: &Path) -> PodMounts
+    where
+        E: Clone + Into<Arc<MountEntry>> + std::borrow::Borrow<MountEntry>,
+    {
         let pods = root.join("pods");
         let mut index = PodMounts::default();
         let globals = global_mount_path(root, &Plugin::LocalVolume, "");
-        for entry in entries {
+        for shared in entries {
+            let entry: &MountEntry = shared.borrow();
             if let Some(pv_name) = entry
                 .mount_point
                 .strip_prefix(&globals)
@@ -141,7 +149,7 @@ impl PodMounts {
                     .globals
                     .entry(pv_name)
                     .or_default()
-                    .push(entry.clone());
+                    .push(shared.clone().into());
                 continue;
             }
             let Ok(rel) = entry.mount_point.strip_prefix(&pods) else {
@@ -159,9 +167,17 @@ impl PodMounts {
                         block: *area == "volumeDevices",
                     };
                     if rest.is_empty() {
-                        index.volumes.entry(key).or_default().push(entry.clone());
+                        index
+                            .volumes
+                            .entry(key)
+                            .or_default()
+                            .push(shared.clone().into());
                     } else {
-                        index.nested.entry(key).or_default().push(entry.clone());
+                        index
+                            .nested
+                            .entry(key)
+                            .or_default()
+                            .push(shared.clone().into());
                     }
                 }
                 [uid, ..] => index
