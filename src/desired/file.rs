@@ -102,6 +102,70 @@ struct Known {
     settled: bool,
 }
 
+/// A manifest file as a read finds it, before its content is looked at.
+struct Seen {
+    path: PathBuf,
+    identity: Option<Identity>,
+    /// Its last complete version, from earlier reads.
+    before: Option<Known>,
+}
+
+impl Seen {
+    /// Its earlier parse stands without a read (see `Known::settled`).
+    fn unchanged(&self, writing: &BTreeSet<PathBuf>) -> bool {
+        self.before.as_ref().is_some_and(|b| {
+            b.settled
+                && self.identity.is_some()
+                && b.identity == self.identity
+                && !writing.contains(&self.path)
+        })
+    }
+}
+
+/// What a read makes of one file.
+enum Looked {
+    Known(Known),
+    /// Being written: its last complete version stays, with a warning.
+    Kept {
+        kept: Known,
+        warning: String,
+    },
+    Failed(ManifestError),
+}
+
+/// Files to parse in a read before they are shared among threads: fewer cost less than the
+/// threads.
+const PARSE_IN_PARALLEL_FROM: usize = 64;
+
+/// `items.map(work)` in order, on as many threads as the machine has cores when `parallel`.
+fn map_maybe_in_parallel<T: Send, R: Send>(
+    items: Vec<T>,
+    parallel: bool,
+    work: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if !parallel || threads < 2 {
+        return items.into_iter().map(work).collect();
+    }
+    let per_thread = items.len().div_ceil(threads).max(1);
+    let mut chunks = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        chunks.push(items.by_ref().take(per_thread).collect::<Vec<T>>());
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        let running: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(move || chunk.into_iter().map(work).collect::<Vec<R>>()))
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|thread| thread.join().expect("a manifest parser does not panic"))
+            .collect()
+    })
+}
+
 /// How long before a read a file's last change must be for its identity alone to vouch for
 /// its content: more than the coarsest timestamp tick of the filesystems it may live on.
 const RACY_WINDOW: Duration = Duration::from_millis(100);
@@ -378,59 +442,39 @@ impl FileSource {
         let (files, mut manifests) = manifest_files(&self.dir);
         let writing = lock(&self.memory.writing).clone();
         let mut complete = lock(&self.memory.complete);
-        let mut now = BTreeMap::new();
         // Taken before any file is looked at: a file written after this has a later ctime.
         let read_began = (self.memory.clock)();
-        for path in files {
-            let seen = identity(&path);
-            let before = complete.remove(&path);
-            // Unchanged since a read that came well after its last change: its parse stands,
-            // and it is not even read.
-            let unchanged = before.as_ref().is_some_and(|b| {
-                b.settled && seen.is_some() && b.identity == seen && !writing.contains(&path)
-            });
-            if let (true, Some(before)) = (unchanged, &before) {
-                manifests.absorb(&before.parsed);
-            }
-            if unchanged {
-                now.insert(path, before.expect("checked above"));
-                continue;
-            }
-            let text = match std::fs::read_to_string(&path) {
-                Ok(text) => text,
-                Err(source) => {
-                    manifests.errors.push(ManifestError::ReadFile {
-                        path,
-                        source: source.into(),
-                    });
-                    continue;
+        let files: Vec<Seen> = files
+            .into_iter()
+            .map(|path| {
+                let identity = identity(&path);
+                let before = complete.remove(&path);
+                Seen {
+                    path,
+                    identity,
+                    before,
                 }
-            };
-            let changed = before.as_ref().map(|b| &b.text) != Some(&text);
-            let in_progress = changed && self.in_progress(&path, seen, &writing);
-            let kept = match (in_progress, before) {
-                // The same text: the parse stands; only what tells versions apart is new.
-                (false, Some(before)) if !changed => Known {
-                    identity: seen,
-                    settled: settled_before(seen, read_began),
-                    ..before
-                },
-                (false, _) => {
-                    let mut parsed = Manifests::default();
-                    parsed.add_file(&path, &text);
-                    Known {
-                        text,
-                        parsed,
-                        identity: seen,
-                        settled: settled_before(seen, read_began),
-                    }
+            })
+            .collect();
+        // Most reads of a daemon find most files unchanged (a stat each); a first read, or a
+        // `run --once`, parses them all, which is worth the machine's cores.
+        let to_parse = files.iter().filter(|f| !f.unchanged(&writing)).count();
+        let looked = map_maybe_in_parallel(files, to_parse >= PARSE_IN_PARALLEL_FROM, |file| {
+            let path = file.path.clone();
+            (path, self.look(file, &writing, read_began))
+        });
+        let mut now = BTreeMap::new();
+        // In the directory's order, as if read one by one: a second definition of an object
+        // is the one reported.
+        for (path, looked) in looked {
+            let kept = match looked {
+                Looked::Known(kept) => kept,
+                Looked::Kept { kept, warning } => {
+                    manifests.warnings.push(warning);
+                    kept
                 }
-                (true, Some(before)) => {
-                    manifests.warnings.push(format!("{} is being written; its last complete version stays in force until it is closed", path.display()));
-                    before
-                }
-                (true, None) => {
-                    manifests.errors.push(ManifestError::BeingWritten { path });
+                Looked::Failed(error) => {
+                    manifests.errors.push(error);
                     continue;
                 }
             };
@@ -440,6 +484,56 @@ impl FileSource {
         // Files gone from the directory are forgotten.
         *complete = now;
         (manifests, read_began)
+    }
+
+    /// One file of a read, parsed alone (or its earlier parse, where that stands).
+    fn look(&self, file: Seen, writing: &BTreeSet<PathBuf>, read_began: SystemTime) -> Looked {
+        let unchanged = file.unchanged(writing);
+        let Seen {
+            path,
+            identity: seen,
+            before,
+        } = file;
+        // Unchanged since a read that came well after its last change: its parse stands,
+        // and it is not even read.
+        let before = match before {
+            Some(before) if unchanged => return Looked::Known(before),
+            before => before,
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(source) => {
+                return Looked::Failed(ManifestError::ReadFile {
+                    path,
+                    source: source.into(),
+                })
+            }
+        };
+        let changed = before.as_ref().map(|b| &b.text) != Some(&text);
+        let in_progress = changed && self.in_progress(&path, seen, writing);
+        match (in_progress, before) {
+            // The same text: the parse stands; only what tells versions apart is new.
+            (false, Some(before)) if !changed => Looked::Known(Known {
+                identity: seen,
+                settled: settled_before(seen, read_began),
+                ..before
+            }),
+            (false, _) => {
+                let mut parsed = Manifests::default();
+                parsed.add_file(&path, &text);
+                Looked::Known(Known {
+                    text,
+                    parsed,
+                    identity: seen,
+                    settled: settled_before(seen, read_began),
+                })
+            }
+            (true, Some(before)) => Looked::Kept {
+                kept: before,
+                warning: format!("{} is being written; its last complete version stays in force until it is closed", path.display()),
+            },
+            (true, None) => Looked::Failed(ManifestError::BeingWritten { path }),
+        }
     }
 
     /// Whether a file whose content changed is still being written: it changed while it was

@@ -460,3 +460,30 @@ fn a_read_that_loses_a_pod_whose_inputs_were_still_for_the_settle_window_needs_n
     lock(&source.memory.writing).clear();
     assert!(source.quiet(SystemTime::now() + Duration::from_secs(10)));
 }
+
+#[test]
+fn a_read_of_many_files_parsed_on_several_threads_keeps_the_directory_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = source(dir.path());
+    std::fs::create_dir_all(&source.dir).unwrap();
+    let files = PARSE_IN_PARALLEL_FROM * 2;
+    for i in 0..files {
+        std::fs::write(
+            source.dir.join(format!("{i:04}.yaml")),
+            pod(&format!("p{i}")),
+        )
+        .unwrap();
+    }
+    // The same pod defined again in the last file: the second definition is the one reported.
+    std::fs::write(source.dir.join("9999.yaml"), pod("p0")).unwrap();
+    let state = source.read_once(None, false).state;
+    assert_eq!(state.pods.len(), files);
+    assert_eq!(state.problems.len(), 1, "{:?}", state.problems);
+    assert!(
+        state.problems[0].contains("9999.yaml"),
+        "{:?}",
+        state.problems
+    );
+    let squares = map_maybe_in_parallel((0..1000).collect(), true, |i: u64| i * i);
+    assert_eq!(squares, (0..1000).map(|i| i * i).collect::<Vec<_>>());
+}
