@@ -157,8 +157,13 @@ impl SyncLoop {
         }
         // A wake for the heartbeat alone plans nothing: a pass costs what changed.
         let mut heartbeat_only = false;
+        // Set by a result or a table that came while the executor still has ops queued for a
+        // worker: a pass then would find nothing to start that is not queued already, and a
+        // pass plans everything, so one per result of a big change would cost its square.
+        // The pass comes once the queue runs short, or with a new snapshot.
+        let mut plan_later = false;
         loop {
-            if !heartbeat_only {
+            if !heartbeat_only && !plan_later {
                 let started = self.pass(&mut books, need_covers);
                 match started {
                     // Waiting for a table that shows the last op: fine for a moment, not for
@@ -177,6 +182,7 @@ impl SyncLoop {
                 }
             }
             heartbeat_only = false;
+            plan_later = false;
             books.progress.ticked = Some(tokio::time::Instant::now());
             self.tell_progress(&books);
             let retry_at = self.executor.next_retry();
@@ -205,6 +211,7 @@ impl SyncLoop {
                         }
                         tracing::error!("the mount-table watcher stopped; planning on the last table, refreshed only by op results");
                     }
+                    plan_later = self.executor.has_queue();
                 }
                 Some(event) = self.events.recv() => {
                     // Every result that is in, then one pass: a pass plans everything, so
@@ -227,6 +234,7 @@ impl SyncLoop {
                     if touches {
                         need_covers = self.mounts.refresh(touched);
                     }
+                    plan_later = self.executor.has_queue();
                 }
                 changed = changed_devices(&mut devices) => {
                     if changed {

@@ -264,7 +264,9 @@ impl Bench {
             teardown.push(timed(&mut self.volumed(&w, true)));
             assert_eq!(measure::mounts_under(&w.root), 0, "teardown unmounted all");
             // ... or just now: then it reads the directory a second time, one settle window
-            // later, before it tears anything down.
+            // later, before it tears anything down. (A workload of its own: the first one's
+            // volumes are Released now, as their claims were deleted.)
+            let w = Workload::new(&self.base(&format!("volumed-at-once-{run}")));
             w.create(0..n).expect("workload");
             timed(&mut self.volumed(&w, true));
             for i in 0..n {
@@ -449,12 +451,12 @@ impl Bench {
         measure::wait_quiet(pid, Duration::from_millis(500), Duration::from_secs(60));
         let idle_secs = self.args.idle_secs;
         eprintln!("bench: {idle_secs} s idle, beside a polling loop");
-        let before = measure::cpu_time(pid);
+        let meter = measure::CpuMeter::start(pid);
         let poll = Command::new(&self.me)
             .args(["poll", &idle_secs.to_string(), "100"])
             .output()
             .expect("polling loop");
-        let idle = secs(measure::cpu_time(pid) - before);
+        let idle = secs(meter.used());
         let polled: f64 = String::from_utf8_lossy(&poll.stdout)
             .split_whitespace()
             .next()
@@ -486,11 +488,11 @@ impl Bench {
         );
         let churn = self.args.unrelated..self.args.unrelated + self.args.churn;
         eprintln!("bench: {} unrelated mounts added and removed", churn.len());
-        let before = measure::cpu_time(pid);
+        let meter = measure::CpuMeter::start(pid);
         workload::unrelated_mounts(&unrelated, churn.clone()).expect("churn");
         workload::remove_unrelated(&unrelated, churn.clone()).expect("churn");
         measure::wait_quiet(pid, Duration::from_millis(500), Duration::from_secs(60));
-        let per_change = secs(measure::cpu_time(pid) - before) / (2 * churn.len()) as f64;
+        let per_change = secs(meter.used()) / (2 * churn.len()) as f64;
         let ratio = per_change / read_cost.median;
         self.rows.push(Row {
             name: format!("churn: {} unrelated mounts added and removed", churn.len()),

@@ -24,6 +24,60 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_nanos(total)
 }
 
+/// The CPU a process uses from `start` on, threads that come and go included. Each thread's
+/// own nanosecond count is read (a thread that ends takes its count with it, so a plain sum
+/// can shrink); the process's 10 ms ticks (`stat`, which keep the time of ended threads) are
+/// the floor of the answer, so a short-lived thread is never left out.
+pub struct CpuMeter {
+    pid: u32,
+    threads: std::collections::BTreeMap<String, u64>,
+    ticks: u64,
+}
+
+impl CpuMeter {
+    pub fn start(pid: u32) -> CpuMeter {
+        CpuMeter {
+            pid,
+            threads: thread_times(pid),
+            ticks: process_ticks(pid),
+        }
+    }
+
+    pub fn used(&self) -> Duration {
+        let exact: u64 = thread_times(self.pid)
+            .iter()
+            .map(|(tid, now)| now.saturating_sub(self.threads.get(tid).copied().unwrap_or(0)))
+            .sum();
+        // SAFETY: sysconf reads a constant.
+        let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) }.max(1) as u64;
+        let ticked = (process_ticks(self.pid) - self.ticks) * 1_000_000_000 / hz;
+        Duration::from_nanos(exact.max(ticked))
+    }
+}
+
+/// Each live thread's CPU nanoseconds, by thread id.
+fn thread_times(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process is alive");
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            let nanos = text.split_whitespace().next()?.parse().ok()?;
+            Some((task.file_name().to_string_lossy().into_owned(), nanos))
+        })
+        .collect()
+}
+
+/// utime + stime of the whole process, in clock ticks (ended threads included).
+fn process_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process is alive");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
 /// CPU time this thread has used (for costs measured in-process).
 pub fn thread_cpu() -> Duration {
     let mut ts = nix::libc::timespec {

@@ -306,6 +306,11 @@ impl Executor {
         self.in_flight.len()
     }
 
+    /// More ops on time than workers: some wait for one (overdue ops gave theirs back).
+    pub fn has_queue(&self) -> bool {
+        self.in_flight_on_time() > self.config.max_concurrent.max(1)
+    }
+
     /// When the earliest backed-off op may run again.
     pub fn next_retry(&self) -> Option<Instant> {
         if !self.config.retry {

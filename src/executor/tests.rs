@@ -187,3 +187,52 @@ async fn a_failed_op_backs_off_one_op_per_key_and_a_changed_spec_runs_at_once() 
     assert!(matches!(&event, OpEvent::Finished { outcome, .. } if outcome.did.is_ok()));
     assert_eq!(mounter.table().len(), 1);
 }
+
+#[tokio::test]
+async fn a_queue_is_more_ops_on_time_than_workers_and_overdue_ops_leave_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let mounter = FakeMounter::new();
+    let fs = PodFs::new(root.clone(), vec![root.clone()]);
+    let formatter = Arc::new(crate::host::fake::FakeFormatter::default());
+    let (mut executor, mut events) = Executor::new(
+        OpContext::new(mounter.clone(), fs, formatter, mounter.clone(), 1),
+        config(),
+    );
+    let pods: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+    let target = |pod: &str| root.join(format!("pods/{pod}/volumes/kubernetes.io~nfs/share"));
+    for pod in &pods {
+        mounter.hang_at(&target(pod));
+    }
+    let ops: Vec<Op> = pods.iter().map(|pod| nfs(pod, pod)).collect();
+    assert_eq!(executor.submit(ops[..4].to_vec()), 4);
+    assert!(!executor.has_queue(), "four ops, four workers");
+    assert_eq!(
+        executor.submit(ops.clone()),
+        2,
+        "the other four are in flight"
+    );
+    assert!(executor.has_queue(), "six ops, four workers: two wait");
+    // Past the deadline every op is overdue: a hung op gives its worker back.
+    let mut overdue = 0;
+    while overdue < 6 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("every op is reported overdue")
+            .unwrap();
+        executor.complete(&event);
+        overdue += usize::from(matches!(event, OpEvent::Overdue { .. }));
+    }
+    assert_eq!(executor.in_flight(), 6);
+    assert!(!executor.has_queue());
+    for pod in &pods {
+        mounter.release(&target(pod));
+    }
+    let mut finished = 0;
+    while finished < 6 {
+        let event = events.recv().await.unwrap();
+        executor.complete(&event);
+        finished += usize::from(matches!(event, OpEvent::Finished { .. }));
+    }
+    assert!(!executor.has_queue());
+}
