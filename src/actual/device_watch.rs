@@ -28,9 +28,17 @@ pub fn spawn(
             tracing::warn!(%err, rescan_s = rescan.as_secs(), "no udev monitor; block devices are rescanned periodically only");
         }
         let timeout = PollTimeout::try_from(rescan).unwrap_or(PollTimeout::MAX);
+        // Opened before the first read: a change after it flags the file, and the table is
+        // read again only then (a host with many mounts pays for a read only when one changed).
+        let changes = mounter
+            .change_file()
+            .and_then(|path| std::fs::File::open(path).ok());
+        let mut mounts = None;
         loop {
-            let mounts = mounter.mount_table().unwrap_or_default();
-            match scanner.scan(&mounts) {
+            if mounts.is_none() || changes.as_ref().is_none_or(table_changed) {
+                mounts = Some(mounter.mount_table().unwrap_or_default());
+            }
+            match scanner.scan(mounts.as_deref().unwrap_or_default()) {
                 Ok(devices) => publish(&tx, devices),
                 Err(err) => tracing::warn!(%err, "block device scan failed; keeping the last inventory"),
             }
@@ -59,6 +67,16 @@ pub fn spawn(
         }
     })?;
     Ok(rx)
+}
+
+/// Whether the mount table changed since the last ask (poll(POLLPRI) on mountinfo, which the
+/// ask resets); an error counts as a change.
+fn table_changed(file: &std::fs::File) -> bool {
+    let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLPRI)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(0) => false,
+        Ok(_) | Err(_) => true,
+    }
 }
 
 /// udevd's events when it runs (after its rules ran, with stable links); else the kernel's.

@@ -5,7 +5,7 @@
 //! poll(POLLPRI) reports a change. Either way it answers the sync loop's requests after its own
 //! ops, and re-reads everything on a slow safety resync; never on a short timer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,7 +129,7 @@ impl Source {
         match self {
             Source::Events(table) => {
                 if full {
-                    table.reload(root)?;
+                    table.resync(root)?;
                 }
                 Ok(table.entries())
             }
@@ -158,7 +158,16 @@ struct EventTable {
     mounts: BTreeMap<MountId, Arc<MountEntry>>,
     /// The same mounts by mount point, for reading again those below a path.
     by_path: BTreeMap<PathBuf, BTreeSet<MountId>>,
+    /// The other mounts of the namespace (outside the root dir), by id only: a resync need
+    /// not read them again.
+    elsewhere: HashSet<MountId>,
+    /// Resyncs since the last reading of every mount.
+    resyncs: u32,
 }
+
+/// One resync in this many reads every mount again, those outside the root dir included: a
+/// mount moved into the root dir keeps its id, and its events are all that tell of it.
+const RELOAD_EVERY: u32 = 10;
 
 impl EventTable {
     fn load(events: MountEvents, root: &Path) -> Result<EventTable, HostError> {
@@ -166,6 +175,8 @@ impl EventTable {
             events,
             mounts: BTreeMap::new(),
             by_path: BTreeMap::new(),
+            elsewhere: HashSet::new(),
+            resyncs: 0,
         };
         table.reload(root)?;
         Ok(table)
@@ -177,9 +188,44 @@ impl EventTable {
         self.events.drain()?;
         self.mounts.clear();
         self.by_path.clear();
+        self.elsewhere.clear();
+        self.resyncs = 0;
         for id in mount_events::list_mounts()? {
-            if let Some((_, Some(entry))) = mount_events::stat_mount(id, |p| is_below(p, root))? {
-                self.insert(id, entry);
+            match mount_events::stat_mount(id, |p| is_below(p, root))? {
+                Some((_, Some(entry))) => self.insert(id, entry),
+                Some((_, None)) => {
+                    self.elsewhere.insert(id);
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The safety re-read, in case events went missing: the queued events, then the
+    /// namespace's mount ids (one listing) against those known. Every mount below the root
+    /// dir is read again (a remount changes no id), a new or forgotten id is read, a known one
+    /// outside the root dir is not; one resync in `RELOAD_EVERY` reads everything.
+    fn resync(&mut self, root: &Path) -> Result<(), HostError> {
+        self.resyncs += 1;
+        if self.resyncs >= RELOAD_EVERY {
+            return self.reload(root);
+        }
+        self.apply_events(root)?;
+        let listed: HashSet<MountId> = mount_events::list_mounts()?.into_iter().collect();
+        let gone: Vec<MountId> = self
+            .mounts
+            .keys()
+            .filter(|id| !listed.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.remove(id);
+        }
+        self.elsewhere.retain(|id| listed.contains(id));
+        for id in listed {
+            if !self.elsewhere.contains(&id) {
+                self.stat(id, root)?;
             }
         }
         Ok(())
@@ -216,6 +262,7 @@ impl EventTable {
         }
         let mut changed = false;
         for &id in &changes.detached {
+            self.elsewhere.remove(&id);
             changed |= self.remove(id);
         }
         for &id in &changes.attached {
@@ -228,6 +275,7 @@ impl EventTable {
     fn stat(&mut self, id: MountId, root: &Path) -> Result<bool, HostError> {
         match mount_events::stat_mount(id, |p| is_below(p, root))? {
             Some((_, Some(entry))) => {
+                self.elsewhere.remove(&id);
                 let changed = self.mounts.get(&id).map(|m| &**m) != Some(&entry);
                 if changed {
                     self.remove(id);
@@ -235,7 +283,14 @@ impl EventTable {
                 }
                 Ok(changed)
             }
-            _ => Ok(self.remove(id)),
+            Some((_, None)) => {
+                self.elsewhere.insert(id);
+                Ok(self.remove(id))
+            }
+            None => {
+                self.elsewhere.remove(&id);
+                Ok(self.remove(id))
+            }
         }
     }
 

@@ -33,6 +33,10 @@ pub fn all() -> Vec<Case> {
             "mounts_elsewhere_cost_no_mount_table_read_and_each_pod_mount_change_is_seen",
             mounts_elsewhere_cost_no_mount_table_read_and_each_pod_mount_change_is_seen,
         ),
+        (
+            "the_resync_reads_again_every_mount_below_the_root_dir_a_remount_included",
+            the_resync_reads_again_every_mount_below_the_root_dir_a_remount_included,
+        ),
     ]
 }
 
@@ -92,6 +96,63 @@ fn mounts_elsewhere_cost_no_mount_table_read_and_each_pod_mount_change_is_seen()
     }
     let log = sb.stop(daemon)?;
     result.map_err(|e| format!("{e}\n{log}"))
+}
+
+/// Mount events tell of mounts coming and going, not of a remount (the id stays): the
+/// watcher's resync, which reads no mount outside the root dir again, still reads every one
+/// below it, so a mount made read-only from outside shows in its table.
+fn the_resync_reads_again_every_mount_below_the_root_dir_a_remount_included() -> TestResult {
+    use nix::mount::{mount, umount, MsFlags};
+    use volumed::actual::watch::MountWatch;
+    let sb = Sandbox::new(&format!("resync-{:x}", fastrand::u32(..)));
+    let volume = "pods/u1/volumes/kubernetes.io~empty-dir/cache";
+    std::fs::create_dir_all(sb.path("root").join(volume)).map_err(|e| e.to_string())?;
+    let root = sb.path("root").canonicalize().map_err(|e| e.to_string())?;
+    let target = root.join(volume);
+    mount(
+        Some("tmpfs"),
+        &target,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .map_err(|e| format!("mount on {}: {e}", target.display()))?;
+    let result = (|| {
+        let watch = MountWatch::spawn(
+            std::sync::Arc::new(volumed::host::real::RealMounter::default()),
+            root.clone(),
+            Duration::from_secs(1),
+        )
+        .map_err(|e| e.to_string())?;
+        let read_only = || {
+            let table = watch.tables.borrow();
+            let entry = table.entries.iter().find(|m| m.mount_point == target);
+            entry.map(|m| m.read_only)
+        };
+        check(read_only() == Some(false), || {
+            format!(
+                "the first table has the mount read-write: {:?}",
+                read_only()
+            )
+        })?;
+        // mount -o remount,bind,ro <target>: no mount event.
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| format!("remount of {}: {e}", target.display()))?;
+        // Well before the tenth resync, which would read every mount anyway.
+        eventually(
+            Duration::from_secs(5),
+            "the table shows the mount read-only after a resync (every 1 s)",
+            || read_only() == Some(true),
+        )
+    })();
+    let _ = umount(&target);
+    result
 }
 
 /// The samples of a Prometheus text exposition: `name{labels}` → value. Every line that is
