@@ -35,13 +35,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// host mounts would not reach volumed.
 fn check_propagation(settings: &Settings) -> anyhow::Result<()> {
     use crate::host::Mounter;
-    let table = RealMounter::default().mount_table()?;
     let dirs: Vec<(&str, &std::path::Path)> = settings
         .local_pv
         .iter()
         .flat_map(|c| &c.classes)
         .map(|c| (c.storage_class.as_str(), c.mount_dir()))
         .collect();
+    // The mounts holding these paths, each read alone where the kernel can (a host with many
+    // mounts costs no whole-table read); else, or when one cannot be read so, the table.
+    let paths = std::iter::once(settings.root_dir.as_path()).chain(dirs.iter().map(|(_, d)| *d));
+    let table = match paths
+        .map(|path| {
+            crate::host::mount_events::mount_holding(path)
+                .ok()
+                .flatten()
+        })
+        .collect::<Option<Vec<_>>>()
+    {
+        Some(holding) => holding,
+        None => RealMounter::default().mount_table()?,
+    };
     let problems = crate::reconcile::propagation::problems(&settings.root_dir, &dirs, &table);
     anyhow::ensure!(
         problems.is_empty(),

@@ -184,6 +184,19 @@ pub fn list_mounts() -> Result<Vec<MountId>, HostError> {
 /// One mount by id (`statmount(2)`): where it is, first, and all of it only when `wanted`
 /// says so of that path (most mounts are of no interest, and the path alone is cheaper).
 /// `None` when it is gone.
+/// The mount `path` lies on (links followed), read with one statx and one statmount instead
+/// of a whole table; `None` when this kernel has no unique mount ids (before 6.8).
+pub fn mount_holding(path: &Path) -> Result<Option<MountEntry>, HostError> {
+    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
+    let unique = StatxFlags::from_bits_retain(uapi::STATX_MNT_ID_UNIQUE);
+    let found = statx(CWD, path, AtFlags::empty(), unique)
+        .map_err(|e| HostError::MountTable(format!("statx of {}: {e}", path.display())))?;
+    if found.stx_mask & unique.bits() == 0 {
+        return Ok(None);
+    }
+    Ok(stat_mount(found.stx_mnt_id, |_| true)?.and_then(|(_, entry)| entry))
+}
+
 pub fn stat_mount(
     id: MountId,
     wanted: impl Fn(&Path) -> bool,
