@@ -139,11 +139,11 @@ fn poll_loop(length: Duration, interval: Duration) {
     println!("{cpu} {reads}");
 }
 
-/// One row of the table.
 /// Longer than volumed's settle window (250 ms): manifests removed this long before a run
 /// are trusted without a second read.
 const SETTLED: Duration = Duration::from_millis(400);
 
+/// One row of the table.
 struct Row {
     name: String,
     volumed: String,

@@ -36,7 +36,8 @@ pub fn spawn(
         let mut mounts = None;
         loop {
             if mounts.is_none() || changes.as_ref().is_none_or(table_changed) {
-                mounts = Some(mounter.mount_table().unwrap_or_default());
+                // A failed read is tried again at the next scan, not kept as an empty table.
+                mounts = mounter.mount_table().ok();
             }
             match scanner.scan(mounts.as_deref().unwrap_or_default()) {
                 Ok(devices) => publish(&tx, devices),

@@ -66,12 +66,16 @@ pub async fn tell_systemd(mut progress: watch::Receiver<Progress>, cancel: Cance
             }
         };
         tokio::select! {
+            // A stop is told whichever comes first: the signal, or the loop's end (its
+            // progress sender gone), which a stop also brings.
+            biased;
             _ = cancel.cancelled() => {
                 send(&[NotifyState::Stopping]);
                 return;
             }
             changed = progress.changed() => {
                 if changed.is_err() {
+                    send(&[NotifyState::Stopping]);
                     return;
                 }
             }

@@ -44,9 +44,12 @@ fn check_propagation(settings: &Settings) -> anyhow::Result<()> {
     // The mounts holding these paths, each read alone where the kernel can (a host with many
     // mounts costs no whole-table read); else, or when one cannot be read so, the table.
     let paths = std::iter::once(settings.root_dir.as_path()).chain(dirs.iter().map(|(_, d)| *d));
+    // Only for paths that are their own canonical form: the check matches mount points
+    // against the paths as given, and statx follows links.
     let table = match paths
         .map(|path| {
-            crate::host::mount_events::mount_holding(path)
+            let canonical = path.canonicalize().ok().filter(|c| c == path)?;
+            crate::host::mount_events::mount_holding(&canonical)
                 .ok()
                 .flatten()
         })

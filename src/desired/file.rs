@@ -87,6 +87,40 @@ pub struct FileMemory {
     /// (tests replace both).
     clock: fn() -> SystemTime,
     pause: fn(Duration),
+    /// The wall and monotonic clocks when this memory was made, to tell a stepped wall clock.
+    started: (SystemTime, std::time::Instant),
+}
+
+impl FileMemory {
+    /// Whether the wall clock moved unlike the monotonic one since the start (a step by NTP,
+    /// by hand): file times from before the step cannot be compared with now.
+    fn clock_stepped(&self) -> bool {
+        let (wall, mono) = self.started;
+        let walked = SystemTime::now()
+            .duration_since(wall)
+            .unwrap_or(Duration::ZERO);
+        let ran = mono.elapsed();
+        walked.max(ran) - walked.min(ran) > RACY_WINDOW
+    }
+}
+
+/// Whether `dir` is on a filesystem whose file times this kernel sets itself, by its own
+/// clock: the local disk filesystems and tmpfs (not NFS, SMB, FUSE or the like).
+fn on_local_filesystem(dir: &Path) -> bool {
+    // The magic numbers of linux/magic.h.
+    const LOCAL: [u64; 6] = [
+        0xEF53,      // ext2, ext3, ext4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0x794C_7630, // overlayfs
+        0x2FC1_2FC1, // zfs
+    ];
+    rustix::fs::statfs(dir).is_ok_and(|fs| {
+        #[allow(clippy::unnecessary_cast)] // the field's type differs between targets
+        let magic = fs.f_type as u64;
+        LOCAL.contains(&magic)
+    })
 }
 
 /// A file's last complete version.
@@ -138,6 +172,8 @@ enum Looked {
 const PARSE_IN_PARALLEL_FROM: usize = 64;
 
 /// `items.map(work)` in order, on as many threads as the machine has cores when `parallel`.
+/// Each thread takes the next item until none is left; a thread that cannot be started
+/// (a pids limit) leaves its share to the others, this one included.
 fn map_maybe_in_parallel<T: Send, R: Send>(
     items: Vec<T>,
     parallel: bool,
@@ -147,23 +183,33 @@ fn map_maybe_in_parallel<T: Send, R: Send>(
     if !parallel || threads < 2 {
         return items.into_iter().map(work).collect();
     }
-    let per_thread = items.len().div_ceil(threads).max(1);
-    let mut chunks = Vec::new();
-    let mut items = items.into_iter().peekable();
-    while items.peek().is_some() {
-        chunks.push(items.by_ref().take(per_thread).collect::<Vec<T>>());
-    }
-    let work = &work;
+    let count = items.len();
+    let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    let results: Vec<Mutex<Option<R>>> = (0..count).map(|_| Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let drain = || loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(slot) = slots.get(i) else {
+            return;
+        };
+        let item = lock(slot).take().expect("each item is taken once");
+        *lock(&results[i]) = Some(work(item));
+    };
     std::thread::scope(|scope| {
-        let running: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| scope.spawn(move || chunk.into_iter().map(work).collect::<Vec<R>>()))
-            .collect();
-        running
-            .into_iter()
-            .flat_map(|thread| thread.join().expect("a manifest parser does not panic"))
-            .collect()
-    })
+        for _ in 1..threads {
+            let _ = std::thread::Builder::new().spawn_scoped(scope, drain);
+        }
+        drain();
+    });
+    results
+        .into_iter()
+        .map(|r| {
+            r.into_inner()
+                .ok()
+                .flatten()
+                .expect("every item is done when the threads end")
+        })
+        .collect()
 }
 
 /// How long before a read a file's last change must be for its identity alone to vouch for
@@ -193,6 +239,7 @@ impl Default for FileMemory {
             open_for_writing,
             clock: SystemTime::now,
             pause: std::thread::sleep,
+            started: (SystemTime::now(), std::time::Instant::now()),
         }
     }
 }
@@ -409,10 +456,22 @@ impl FileSource {
     /// the binding record; and no file is being written. Asked after the read, so a change
     /// during the read counts. Reads that add discovered local disks keep the second read:
     /// their disks and the cleaner's journal are inputs too.
+    ///
+    /// File times are trusted for this only where they are fine and local: every input's
+    /// ctime has nanoseconds (a filesystem with one-second times has none), the directory is
+    /// on a local filesystem (a network or FUSE server sets times by its own clock), and the
+    /// wall clock has not been stepped since this process started (it runs with the monotonic
+    /// clock within `RACY_WINDOW`). Elsewhere the second read is made.
     fn quiet(&self, read_began: SystemTime) -> bool {
-        let still = |path: &Path| unchanged_for(identity(path), SETTLE, read_began);
+        let still = |path: &Path| {
+            let seen = identity(path);
+            let fine = seen.is_some_and(|(.., ctime_nsec)| ctime_nsec != 0);
+            fine && unchanged_for(seen, SETTLE, read_began)
+        };
         let record = self.store.path();
         self.local_disks.is_none()
+            && !self.memory.clock_stepped()
+            && on_local_filesystem(&self.dir)
             && lock(&self.memory.writing).is_empty()
             && still(&self.dir)
             && lock(&self.memory.complete).keys().all(|file| still(file))
@@ -439,11 +498,11 @@ impl FileSource {
     /// that has none yet makes the read incomplete. A file that is closed is taken as it is,
     /// emptied or not.
     fn load(&self) -> (Manifests, SystemTime) {
+        // Taken before the directory is listed: anything changed after this has a later ctime.
+        let read_began = (self.memory.clock)();
         let (files, mut manifests) = manifest_files(&self.dir);
         let writing = lock(&self.memory.writing).clone();
         let mut complete = lock(&self.memory.complete);
-        // Taken before any file is looked at: a file written after this has a later ctime.
-        let read_began = (self.memory.clock)();
         let files: Vec<Seen> = files
             .into_iter()
             .map(|path| {
@@ -562,7 +621,8 @@ impl FileSource {
     }
 
     /// Records the new bindings, each volume with the reclaim policy it has now (`policies`):
-    /// those the binder chose only when `chosen_agreed` (two reads agreed on them), those the
+    /// those the binder chose only when `chosen_agreed` (two reads agreed on them, or one of
+    /// inputs that had been still for the settle window), those the
     /// manifests name whenever this source records bindings.
     fn record_new(
         &self,

@@ -306,9 +306,12 @@ impl Executor {
         self.in_flight.len()
     }
 
-    /// More ops on time than workers: some wait for one (overdue ops gave theirs back).
+    /// Every worker busy and more ops on time than workers: some wait for one (overdue ops
+    /// gave theirs back). Ops waiting only for their NFS server's slot leave workers idle:
+    /// that is no queue.
     pub fn has_queue(&self) -> bool {
-        self.in_flight_on_time() > self.config.max_concurrent.max(1)
+        self.permits.available_permits() == 0
+            && self.in_flight_on_time() > self.config.max_concurrent.max(1)
     }
 
     /// When the earliest backed-off op may run again.

@@ -212,6 +212,14 @@ async fn a_queue_is_more_ops_on_time_than_workers_and_overdue_ops_leave_it() {
         2,
         "the other four are in flight"
     );
+    // Once four have a worker (their mounts hang), two wait for one.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while mounter.calls().len() < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("four mounts start");
     assert!(executor.has_queue(), "six ops, four workers: two wait");
     // Past the deadline every op is overdue: a hung op gives its worker back.
     let mut overdue = 0;

@@ -181,9 +181,6 @@ pub fn list_mounts() -> Result<Vec<MountId>, HostError> {
     }
 }
 
-/// One mount by id (`statmount(2)`): where it is, first, and all of it only when `wanted`
-/// says so of that path (most mounts are of no interest, and the path alone is cheaper).
-/// `None` when it is gone.
 /// The mount `path` lies on (links followed), read with one statx and one statmount instead
 /// of a whole table; `None` when this kernel has no unique mount ids (before 6.8).
 pub fn mount_holding(path: &Path) -> Result<Option<MountEntry>, HostError> {
@@ -197,6 +194,9 @@ pub fn mount_holding(path: &Path) -> Result<Option<MountEntry>, HostError> {
     Ok(stat_mount(found.stx_mnt_id, |_| true)?.and_then(|(_, entry)| entry))
 }
 
+/// One mount by id (`statmount(2)`): where it is, first, and all of it only when `wanted`
+/// says so of that path (most mounts are of no interest, and the path alone is cheaper).
+/// `None` when it is gone.
 pub fn stat_mount(
     id: MountId,
     wanted: impl Fn(&Path) -> bool,
