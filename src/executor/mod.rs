@@ -10,6 +10,7 @@ pub mod run;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ pub struct Executor {
     ctx: Arc<OpContext>,
     config: ExecutorConfig,
     permits: Arc<Semaphore>,
+    /// Ops that wait for a worker only (past their NFS server's slot, if any).
+    waiting: Arc<AtomicUsize>,
     events: mpsc::UnboundedSender<OpEvent>,
     in_flight: HashMap<OpKey, Instant>,
     /// In-flight keys whose op outlived its deadline.
@@ -81,6 +84,7 @@ impl Executor {
         let executor = Executor {
             ctx: Arc::new(ctx),
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            waiting: Arc::default(),
             config,
             events,
             in_flight: HashMap::new(),
@@ -151,6 +155,9 @@ impl Executor {
                     .clone()
             });
         let (ctx, permits, events) = (self.ctx.clone(), self.permits.clone(), self.events.clone());
+        // Counted from now when the op needs no server slot, else once it has one.
+        let waiting = self.waiting.clone();
+        let mut queued = server.is_none().then(|| Waiting::count(&waiting));
         let span = op_span(&op);
         let started = Instant::now();
         let worker_op = op.clone();
@@ -168,10 +175,12 @@ impl Executor {
                 ),
                 None => None,
             };
+            let in_queue = queued.take().unwrap_or_else(|| Waiting::count(&waiting));
             let permit = permits
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
+            drop(in_queue);
             let worker_span = tracing::Span::current();
             let mut handle = tokio::task::spawn_blocking(move || {
                 worker_span.in_scope(|| run_op(&ctx, &worker_op))
@@ -306,12 +315,10 @@ impl Executor {
         self.in_flight.len()
     }
 
-    /// Every worker busy and more ops on time than workers: some wait for one (overdue ops
-    /// gave theirs back). Ops waiting only for their NFS server's slot leave workers idle:
-    /// that is no queue.
+    /// Some op waits for a worker (ops waiting for their NFS server's slot do not count:
+    /// they leave workers idle).
     pub fn has_queue(&self) -> bool {
-        self.permits.available_permits() == 0
-            && self.in_flight_on_time() > self.config.max_concurrent.max(1)
+        self.waiting.load(Ordering::SeqCst) > 0
     }
 
     /// When the earliest backed-off op may run again.
@@ -379,3 +386,19 @@ fn fingerprint(op: &Op) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+/// One op counted among those waiting for a worker, until dropped.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn count(waiting: &Arc<AtomicUsize>) -> Waiting {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(waiting.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -206,13 +206,7 @@ async fn a_queue_is_more_ops_on_time_than_workers_and_overdue_ops_leave_it() {
     }
     let ops: Vec<Op> = pods.iter().map(|pod| nfs(pod, pod)).collect();
     assert_eq!(executor.submit(ops[..4].to_vec()), 4);
-    assert!(!executor.has_queue(), "four ops, four workers");
-    assert_eq!(
-        executor.submit(ops.clone()),
-        2,
-        "the other four are in flight"
-    );
-    // Once four have a worker (their mounts hang), two wait for one.
+    // Once the four have a worker each (their mounts hang), none waits.
     tokio::time::timeout(Duration::from_secs(10), async {
         while mounter.calls().len() < 4 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -220,7 +214,20 @@ async fn a_queue_is_more_ops_on_time_than_workers_and_overdue_ops_leave_it() {
     })
     .await
     .expect("four mounts start");
-    assert!(executor.has_queue(), "six ops, four workers: two wait");
+    assert!(!executor.has_queue(), "four ops, four workers");
+    assert_eq!(
+        executor.submit(ops.clone()),
+        2,
+        "the other four are in flight"
+    );
+    // Counted once their tasks have their server's slot (each has a server of its own).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !executor.has_queue() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("six ops, four workers: two wait");
     // Past the deadline every op is overdue: a hung op gives its worker back.
     let mut overdue = 0;
     while overdue < 6 {
@@ -232,6 +239,14 @@ async fn a_queue_is_more_ops_on_time_than_workers_and_overdue_ops_leave_it() {
         overdue += usize::from(matches!(event, OpEvent::Overdue { .. }));
     }
     assert_eq!(executor.in_flight(), 6);
+    // The two got the workers the stuck ones gave back.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while mounter.calls().len() < 6 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("all six mounts start");
     assert!(!executor.has_queue());
     for pod in &pods {
         mounter.release(&target(pod));
