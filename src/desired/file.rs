@@ -71,8 +71,8 @@ pub struct Read {
     /// Every PV the read knows (the manifests', the discovered disks', those being cleaned),
     /// for the cleaner, which takes their phases from the binding record.
     pub volumes: Vec<PersistentVolume>,
-    /// Nothing it read had changed for `SETTLE` before it began: it needs no second read.
-    pub quiet: bool,
+    /// When it began, by the clock file times are compared with (see `quiet`).
+    pub began: SystemTime,
 }
 
 /// Which manifest files are being written, and the last complete version of each.
@@ -271,7 +271,8 @@ impl FileSource {
             // A read of inputs that had all been still for SETTLE already is what the second
             // read would find (short of a writer pausing longer than SETTLE, which the second
             // read would miss as well).
-            if risky && !read.quiet {
+            // Asked only of a risky read: it stats every input again.
+            if risky && !self.quiet(read.began) {
                 (self.memory.pause)(SETTLE);
                 let again = self.read_once(None, may_release);
                 if again.state != read.state || again.gone != read.gone {
@@ -442,7 +443,7 @@ impl FileSource {
             None => Vec::new(),
         };
         Read {
-            quiet: self.quiet(read_began),
+            began: read_began,
             state,
             records: binds || releases,
             gone: if releases { gone } else { BTreeMap::new() },

@@ -41,17 +41,36 @@ fn nfs(pod: &str, server: &str) -> Op {
     }
 }
 
+/// An executor (`config()`, one format at a time) on the fake host, below `root`.
+fn executor_on(
+    root: &std::path::Path,
+    mounter: &Arc<FakeMounter>,
+) -> (Executor, tokio::sync::mpsc::UnboundedReceiver<OpEvent>) {
+    let fs = PodFs::new(root.to_path_buf(), vec![root.to_path_buf()]);
+    let formatter = Arc::new(crate::host::fake::FakeFormatter::default());
+    Executor::new(
+        OpContext::new(mounter.clone(), fs, formatter, mounter.clone(), 1),
+        config(),
+    )
+}
+
+/// Waits (10 s at most) until `done`, looking every 5 ms.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: not within 10 s"));
+}
+
 #[tokio::test]
 async fn a_hung_nfs_server_gets_no_more_than_its_cap_while_other_servers_go_on() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().canonicalize().unwrap();
     let mounter = FakeMounter::new();
-    let fs = PodFs::new(root.clone(), vec![root.clone()]);
-    let formatter = Arc::new(crate::host::fake::FakeFormatter::default());
-    let (mut executor, mut events) = Executor::new(
-        OpContext::new(mounter.clone(), fs, formatter, mounter.clone(), 1),
-        config(),
-    );
+    let (mut executor, mut events) = executor_on(&root, &mounter);
     let target = |pod: &str| root.join(format!("pods/{pod}/volumes/kubernetes.io~nfs/share"));
     mounter.hang_at(&target("p1"));
     assert_eq!(
@@ -193,12 +212,7 @@ async fn a_queue_is_more_ops_on_time_than_workers_and_overdue_ops_leave_it() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().canonicalize().unwrap();
     let mounter = FakeMounter::new();
-    let fs = PodFs::new(root.clone(), vec![root.clone()]);
-    let formatter = Arc::new(crate::host::fake::FakeFormatter::default());
-    let (mut executor, mut events) = Executor::new(
-        OpContext::new(mounter.clone(), fs, formatter, mounter.clone(), 1),
-        config(),
-    );
+    let (mut executor, mut events) = executor_on(&root, &mounter);
     let pods: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
     let target = |pod: &str| root.join(format!("pods/{pod}/volumes/kubernetes.io~nfs/share"));
     for pod in &pods {
@@ -207,13 +221,7 @@ async fn a_queue_is_more_ops_on_time_than_workers_and_overdue_ops_leave_it() {
     let ops: Vec<Op> = pods.iter().map(|pod| nfs(pod, pod)).collect();
     assert_eq!(executor.submit(ops[..4].to_vec()), 4);
     // Once the four have a worker each (their mounts hang), none waits.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while mounter.calls().len() < 4 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("four mounts start");
+    until("four mounts start", || mounter.calls().len() >= 4).await;
     assert!(!executor.has_queue(), "four ops, four workers");
     assert_eq!(
         executor.submit(ops.clone()),
@@ -221,13 +229,7 @@ async fn a_queue_is_more_ops_on_time_than_workers_and_overdue_ops_leave_it() {
         "the other four are in flight"
     );
     // Counted once their tasks have their server's slot (each has a server of its own).
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !executor.has_queue() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("six ops, four workers: two wait");
+    until("six ops, four workers: two wait", || executor.has_queue()).await;
     // Past the deadline every op is overdue: a hung op gives its worker back.
     let mut overdue = 0;
     while overdue < 6 {
@@ -240,13 +242,7 @@ async fn a_queue_is_more_ops_on_time_than_workers_and_overdue_ops_leave_it() {
     }
     assert_eq!(executor.in_flight(), 6);
     // The two got the workers the stuck ones gave back.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while mounter.calls().len() < 6 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("all six mounts start");
+    until("all six mounts start", || mounter.calls().len() >= 6).await;
     assert!(!executor.has_queue());
     for pod in &pods {
         mounter.release(&target(pod));
