@@ -3,6 +3,9 @@
 //! mount namespace the script made, and prints one markdown table. Not a test: the targets
 //! live here, as ratios against baselines measured in the same run.
 
+mod api_scale;
+#[path = "../../tests/support/apiserver/mod.rs"]
+mod apiserver;
 mod measure;
 mod workload;
 
@@ -63,6 +66,23 @@ struct RunArgs {
     idle_secs: u64,
     #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
     scaling: Vec<usize>,
+    /// PersistentVolumes (and as many claims) in the test API server: the small cluster, the
+    /// big one.
+    #[arg(long, value_delimiter = ',', num_args = 2, default_value = "100,10000")]
+    api_objects: Vec<usize>,
+    /// Which groups of rows to run (all by default): converge, daemon, api, scaling.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "converge,daemon,api,scaling"
+    )]
+    rows: Vec<String>,
+    /// This node's pods in the API rows.
+    #[arg(long, default_value_t = 50)]
+    api_pods: usize,
+    /// Other nodes' claims and volumes changed one at a time in the API rows.
+    #[arg(long, default_value_t = 200)]
+    api_changes: usize,
 }
 
 fn main() {
@@ -188,9 +208,25 @@ fn run(args: RunArgs) -> i32 {
         config,
         rows: Vec::new(),
     };
-    bench.converge_rows();
-    bench.daemon_rows();
-    bench.scaling_row();
+    let wanted = |group: &str| bench.args.rows.iter().any(|r| r == group);
+    let (converge, daemon, api, scaling) = (
+        wanted("converge"),
+        wanted("daemon"),
+        wanted("api"),
+        wanted("scaling"),
+    );
+    if converge {
+        bench.converge_rows();
+    }
+    if daemon {
+        bench.daemon_rows();
+    }
+    if api {
+        bench.api_rows();
+    }
+    if scaling {
+        bench.scaling_row();
+    }
     let _ = nix::mount::umount2(&work, nix::mount::MntFlags::MNT_DETACH);
     print_table(&bench.rows);
     let missed = bench.rows.iter().filter(|r| !r.met).count();
@@ -546,6 +582,61 @@ impl Bench {
         });
         drop(daemon);
         let _ = workload::remove_unrelated(&unrelated, 0..self.args.unrelated);
+    }
+
+    fn api_rows(&mut self) {
+        let scale = api_scale::ApiScale {
+            volumed: &self.args.volumed,
+            config: &self.config,
+            host_path_root: &self.args.work,
+            pods: self.args.api_pods,
+            changes: self.args.api_changes,
+        };
+        let [small, big] = self.args.api_objects[..] else {
+            panic!("--api-objects takes two sizes");
+        };
+        let mut costs = Vec::new();
+        for objects in [small, big] {
+            eprintln!(
+                "bench: API mode, {objects} PVs and claims, {} of them this node's",
+                scale.pods
+            );
+            costs.push(scale.measure(&self.base(&format!("api-{objects}")), objects));
+        }
+        let (small_cost, big_cost) = (&costs[0], &costs[1]);
+        let mib = |bytes: u64| bytes as f64 / 1048576.0;
+        let ratio = big_cost.peak_rss as f64 / small_cost.peak_rss as f64;
+        self.rows.push(Row {
+            name: format!(
+                "API scale: daemon peak RSS, {big} PVs and claims in the cluster ({} pods here)",
+                scale.pods
+            ),
+            volumed: format!(
+                "{:.1} MiB ({:.1} MiB after the changes)",
+                mib(big_cost.peak_rss),
+                mib(big_cost.rss)
+            ),
+            baseline: format!(
+                "{:.1} MiB ({:.1} MiB) with {small}",
+                mib(small_cost.peak_rss),
+                mib(small_cost.rss)
+            ),
+            ratio: format!("{ratio:.2}×"),
+            target: "≤ 1.5×".into(),
+            met: ratio <= 1.5,
+        });
+        let ratio = big_cost.cpu_per_change / small_cost.cpu_per_change;
+        self.rows.push(Row {
+            name: format!(
+                "API scale: daemon CPU per change ({} other nodes' objects changed, one pod added)",
+                scale.changes
+            ),
+            volumed: format!("{:.0} µs with {big}", big_cost.cpu_per_change * 1e6),
+            baseline: format!("{:.0} µs with {small}", small_cost.cpu_per_change * 1e6),
+            ratio: format!("{ratio:.2}×"),
+            target: "≤ 1.5×".into(),
+            met: ratio <= 1.5,
+        });
     }
 
     fn scaling_row(&mut self) {

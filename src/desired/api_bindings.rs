@@ -47,7 +47,11 @@ fn check(
         return Err(format!("the claim is {phase}, not bound to a volume yet"));
     }
     let pv = objects.volumes.get(&pv_name).ok_or_else(|| {
-        format!("the claim is bound to PersistentVolume {pv_name}, which does not exist")
+        objects
+            .unread_note("PersistentVolume", &pv_name)
+            .unwrap_or_else(|| {
+                format!("the claim is bound to PersistentVolume {pv_name}, which does not exist")
+            })
     })?;
     let claim_ref = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
     let Some(claim_ref) = claim_ref else {

@@ -69,6 +69,9 @@ pub struct Manifests {
     pub warnings: Vec<String>,
     /// Which file each object came from, to name both files of a duplicate.
     origins: BTreeMap<(&'static str, String), (PathBuf, usize)>,
+    /// Objects a pod needs that the API source is still reading, by kind and key, with the
+    /// last read's failure (never in file mode).
+    pub unread: BTreeMap<(&'static str, String), Option<String>>,
 }
 
 /// Loads every `*.yaml`, `*.yml` and `*.json` file directly in `dir`, in name order. An entry
@@ -143,6 +146,16 @@ pub fn has_manifest_name(path: &Path) -> bool {
 }
 
 impl Manifests {
+    /// Why `kind` `key` is missing when the API source is still reading it: the pod waits for
+    /// that, not for the object to be created.
+    pub fn unread_note(&self, kind: &'static str, key: &str) -> Option<String> {
+        let failed = self.unread.get(&(kind, key.to_string()))?;
+        Some(match failed {
+            None => format!("{kind} {key} is being read from the API"),
+            Some(why) => format!("{kind} {key} could not be read from the API ({why}); retrying"),
+        })
+    }
+
     /// Parses one file's text; `path` is only used in messages.
     pub fn add_file(&mut self, path: &Path, text: &str) {
         let is_json = path.extension().is_some_and(|e| e == "json");

@@ -345,9 +345,11 @@ impl Context<'_> {
     ) -> Result<(Plugin, String, MountSpec), Waiting> {
         let key = format!("{}/{claim_name}", self.pod.namespace);
         let Some(claim) = self.manifests.claims.get(&key) else {
-            return Err(blocked(format!(
-                "PersistentVolumeClaim {key} does not exist"
-            )));
+            return Err(blocked(
+                self.manifests
+                    .unread_note("PersistentVolumeClaim", &key)
+                    .unwrap_or_else(|| format!("PersistentVolumeClaim {key} does not exist")),
+            ));
         };
         let Some(pv_name) = self.bindings.bound.get(&key) else {
             let why = self

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::apiserver::FakeApiServer;
-use crate::{cluster, daemon, pod, settings_support};
+use crate::{cluster, daemon, pod, settings_support, web_pod_mounted};
 
 #[tokio::test]
 async fn pods_from_the_api_get_their_volumes_and_lose_them_when_deleted() {
@@ -229,4 +229,61 @@ fn fake_host(mounter: &std::sync::Arc<volumed::host::fake::FakeMounter>) -> volu
         watch_devices: false,
         progress: None,
     }
+}
+
+/// Of the cluster's claims and volumes only this node's pods' are kept: one a pod comes to
+/// need after its watch went by is read with one GET. While it cannot be read, the pod waits
+/// with the reason and nothing is torn down (not known is not known to be gone).
+#[tokio::test]
+async fn a_claim_a_new_pod_needs_is_read_once_and_while_unreadable_nothing_is_torn_down() {
+    let (server, node) = web_pod_mounted().await;
+    let (claim_gets, volume_gets) = (
+        server.gets("PersistentVolumeClaim"),
+        server.gets("PersistentVolume"),
+    );
+    // Listed with the pod naming them, or before it came (passed by, then read once each).
+    assert!(
+        claim_gets <= 1 && volume_gets <= 1,
+        "{claim_gets} claim and {volume_gets} volume GETs"
+    );
+    server.apply_yaml(&format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: pv2}}\nspec: {{capacity: {{storage: 1Gi}}, local: {{path: {}/disks/pv1}}, claimRef: {{namespace: shop, name: logs, uid: c2}}}}\n---\n\
+         apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: logs, namespace: shop, uid: c2}}\nspec: {{volumeName: pv2}}\nstatus: {{phase: Bound}}\n",
+        node.base.display()
+    ));
+    server.forbid_gets("PersistentVolumeClaim", true);
+    server.apply_yaml(&pod("api", "u2").replace("claimName: data", "claimName: logs"));
+    server.delete("Pod", "shop", "web");
+    node.settled("the new pod waits for its unreadable claim", |d| {
+        !d.pods.contains_key("u1")
+            && d.waiting.iter().any(|w| {
+                w.pod.uid == "u2"
+                    && w.reason
+                        .contains("PersistentVolumeClaim shop/logs could not be read from the API")
+                    && w.reason.contains("forbidden")
+            })
+    })
+    .await;
+    let web = [
+        node.volume("u1", "empty-dir", "cache"),
+        node.volume("u1", "local-volume", "pv1"),
+    ];
+    let mounted = node.mounted();
+    assert!(
+        web.iter().all(|v| mounted.contains(v)),
+        "the deleted pod's volumes went while the other pod's claim was unknown: {mounted:?}"
+    );
+    server.forbid_gets("PersistentVolumeClaim", false);
+    let (cache, logs) = (
+        node.volume("u2", "empty-dir", "cache"),
+        node.volume("u2", "local-volume", "pv2"),
+    );
+    node.until_within(
+        "the claim is read: the new pod mounted, the deleted one's volumes gone",
+        Duration::from_secs(30),
+        || node.mounted() == [cache.clone(), logs.clone()],
+    )
+    .await;
+    assert_eq!(server.gets("PersistentVolume"), volume_gets + 1);
+    node.stop().await;
 }

@@ -1,17 +1,20 @@
 //! The Kubernetes API source: kube-rs watchers and reflectors for this node's pods and the
-//! claims, volumes, classes and Node they need. A snapshot is published only once every store
-//! has completed its first list; relists swap a store whole (kube-rs buffers them), so a
-//! partial view is never published, and an outage publishes nothing: the last complete
-//! snapshot stays in force.
+//! claims, volumes, classes and Node they need. Of the claims and volumes, watched cluster-wide,
+//! only those this node's pods reference are kept (`kept`); one a pod comes to need later is
+//! read with a GET, as kubelet reads them. A snapshot is published only once every store has
+//! completed its first list and every object a pod needs has been read; relists swap a store
+//! whole, so a partial view is never published, and an outage publishes nothing: the last
+//! complete snapshot stays in force.
 
 mod events;
 mod health;
+mod kept;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::reflector::{self, Store};
@@ -27,6 +30,7 @@ use super::{DesiredState, NodeConfig};
 pub use events::{publish_notices, REPEAT_AFTER};
 use health::{answered, for_operator, lock, probe_while_failing, WatchBackoff};
 pub use health::{SharedHealth, WatchHealth};
+use kept::Kept;
 
 /// After a retry, this long without an error means the watch works again.
 const RECOVERY_QUIET: Duration = Duration::from_secs(10);
@@ -36,6 +40,10 @@ const RELIST_AT_ONCE_EVERY: Duration = Duration::from_secs(10);
 
 /// Coalesces a burst of watch events into one snapshot.
 const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// GETs of claims and volumes in flight at once (a node given many pods at once reads their
+/// claims a few at a time, as a client should).
+const READS_AT_ONCE: usize = 8;
 
 /// Why the API source stopped before it was cancelled.
 #[derive(Debug, thiserror::Error)]
@@ -53,10 +61,12 @@ pub struct KubeSource {
     pub health: SharedHealth,
 }
 
+type Shared<T> = Arc<std::sync::Mutex<T>>;
+
 struct Stores {
     pods: Store<Pod>,
-    claims: Store<PersistentVolumeClaim>,
-    volumes: Store<PersistentVolume>,
+    claims: Shared<Kept<PersistentVolumeClaim>>,
+    volumes: Shared<Kept<PersistentVolume>>,
     classes: Store<StorageClass>,
     nodes: Store<Node>,
 }
@@ -96,48 +106,67 @@ impl KubeSource {
         let client = &self.client;
         let stores = Stores {
             pods: watching.reflect(Api::all(client.clone()), on_node),
-            claims: watching.reflect(Api::all(client.clone()), all()),
-            volumes: watching.reflect(Api::all(client.clone()), all()),
+            claims: Arc::new(std::sync::Mutex::new(Kept::new(namespaced))),
+            volumes: Arc::new(std::sync::Mutex::new(Kept::new(ResourceExt::name_any))),
             classes: watching.reflect(Api::all(client.clone()), all()),
             nodes: watching.reflect(Api::all(client.clone()), this_node),
         };
         // Ok only when every store really completed a list: a store whose writer went away
-        // (shutdown, a dead task) must never pass for an empty, complete one.
+        // (shutdown, a dead task) must never pass for an empty, complete one. The claims are
+        // listed once the pods are known and the volumes once the claims are, so that each
+        // list keeps what the node needs and no GET is due at start.
         let first_lists = async {
-            stores.pods.wait_until_ready().await?;
-            stores.claims.wait_until_ready().await?;
-            stores.volumes.wait_until_ready().await?;
-            stores.classes.wait_until_ready().await?;
-            stores.nodes.wait_until_ready().await
+            stores
+                .pods
+                .wait_until_ready()
+                .await
+                .map_err(|e| e.to_string())?;
+            lock(&stores.claims).want(claims_named(&stores.pods.state()));
+            let claims_listed = watching.keep(Api::all(client.clone()), all(), &stores.claims);
+            listed(claims_listed).await.map_err(|e| e.to_string())?;
+            let claims = lock(&stores.claims).held();
+            lock(&stores.volumes).want(volumes_named(claims.values()));
+            let volumes_listed = watching.keep(Api::all(client.clone()), all(), &stores.volumes);
+            listed(volumes_listed).await.map_err(|e| e.to_string())?;
+            stores
+                .classes
+                .wait_until_ready()
+                .await
+                .map_err(|e| e.to_string())?;
+            stores
+                .nodes
+                .wait_until_ready()
+                .await
+                .map_err(|e| e.to_string())
         };
-        let mut tasks = std::mem::take(&mut *lock(&watching.tasks));
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(()),
             ready = first_lists => match ready {
                 Ok(()) => tracing::info!("every API watch completed its first list"),
-                Err(err) => return Err(KubeSourceError::FirstList(err.to_string())),
+                Err(err) => return Err(KubeSourceError::FirstList(err)),
             },
         }
+        let mut tasks = std::mem::take(&mut *lock(&watching.tasks));
+        let reader = Reader {
+            client: self.client.clone(),
+            changed: watching.changed.clone(),
+            cancel: cancel.clone(),
+            at_once: Arc::new(tokio::sync::Semaphore::new(READS_AT_ONCE)),
+        };
+        let mut published = false;
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
             }
-            let mut state = snapshot(&stores, &self.node);
-            // In the --once report and `plan`; the daemon logs each failure as it happens.
-            state.warnings.extend(
-                lock(&self.health)
-                    .failing()
-                    .into_iter()
-                    .map(|w| w + " (the last complete view stays in force while it retries)"),
-            );
-            let previous = tx.borrow().clone();
-            if state.problems != previous.problems {
-                for problem in &state.problems {
-                    tracing::error!(%problem, "problem in the API objects; nothing is torn down until it is fixed");
-                }
+            let (mut state, due) = snapshot(&stores, &self.node);
+            let unread = due.unread;
+            reader.read(&stores, due);
+            // The first snapshot waits for the reads it needs: `run --once` acts on it.
+            if published || !unread {
+                published = true;
+                self.publish(&tx, &mut state);
             }
-            crate::shared::publish(&tx, Arc::new(state));
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 Some(ended) = tasks.join_next() => {
@@ -156,6 +185,109 @@ impl KubeSource {
                 }
             }
         }
+    }
+}
+
+impl KubeSource {
+    fn publish(&self, tx: &watch::Sender<Arc<DesiredState>>, state: &mut DesiredState) {
+        // In the --once report and `plan`; the daemon logs each failure as it happens.
+        state.warnings.extend(
+            lock(&self.health)
+                .failing()
+                .into_iter()
+                .map(|w| w + " (the last complete view stays in force while it retries)"),
+        );
+        let previous = tx.borrow().clone();
+        if state.problems != previous.problems {
+            for problem in &state.problems {
+                tracing::error!(%problem, "problem in the API objects; nothing is torn down until it is fixed");
+            }
+        }
+        crate::shared::publish(tx, Arc::new(std::mem::take(state)));
+    }
+}
+
+/// Waits for a kept store's first complete list; an error when its watch ended first.
+async fn listed(mut listed: watch::Receiver<bool>) -> Result<(), watch::error::RecvError> {
+    listed.wait_for(|done| *done).await.map(|_| ())
+}
+
+/// Reads with a GET the claims and volumes a pod came to need after their watch passed them
+/// by (or that a relist did not find), a few at a time, retrying one that fails while a pod
+/// still wants it.
+struct Reader {
+    client: Client,
+    changed: mpsc::UnboundedSender<()>,
+    cancel: CancellationToken,
+    at_once: Arc<tokio::sync::Semaphore>,
+}
+
+/// A snapshot's due reads: claim keys (`namespace/name`) and volume names.
+#[derive(Default)]
+struct Due {
+    claims: Vec<String>,
+    volumes: Vec<String>,
+    /// Whether some object a pod needs is not known yet (these reads, or ones in flight).
+    unread: bool,
+}
+
+impl Reader {
+    fn read(&self, stores: &Stores, due: Due) {
+        for key in due.claims {
+            let (namespace, name) = key.split_once('/').unwrap_or(("default", &key));
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+            self.spawn(api, name.to_string(), key.clone(), stores.claims.clone());
+        }
+        for name in due.volumes {
+            let api: Api<PersistentVolume> = Api::all(self.client.clone());
+            self.spawn(api, name.clone(), name, stores.volumes.clone());
+        }
+    }
+
+    fn spawn<K>(&self, api: Api<K>, name: String, key: String, kept: Shared<Kept<K>>)
+    where
+        K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+        K::DynamicType: Default,
+    {
+        let kind = K::kind(&K::DynamicType::default()).to_string();
+        let (changed, cancel, at_once) = (
+            self.changed.clone(),
+            self.cancel.clone(),
+            self.at_once.clone(),
+        );
+        tokio::spawn(async move {
+            let mut backoff = WatchBackoff::default();
+            loop {
+                let epoch = lock(&kept).epoch();
+                let answer = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    answer = async {
+                        let _permit = at_once.acquire().await;
+                        api.get_opt(&name).await
+                    } => answer,
+                };
+                let answer = answer
+                    .map(|object| {
+                        object.map(|mut object| {
+                            object.managed_fields_mut().clear();
+                            object
+                        })
+                    })
+                    .map_err(|err| err.to_string());
+                if let Err(why) = &answer {
+                    tracing::warn!(%kind, key, error = %why, "reading an object a pod needs from the API failed; retrying");
+                }
+                let again = lock(&kept).read(&key, epoch, answer);
+                let _ = changed.send(());
+                if !again {
+                    return;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.failed()) => {}
+                }
+            }
+        });
     }
 }
 
@@ -181,13 +313,48 @@ impl Watching {
         K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     {
-        let (reader, writer) = reflector::store();
+        let (reader, mut writer) = reflector::store();
+        self.watch(api, config, move |event| writer.apply_watcher_event(event));
+        reader
+    }
+
+    /// As `reflect`, into a store that keeps only the objects this node's pods want; the
+    /// receiver turns true once its first list is complete.
+    fn keep<K>(
+        &self,
+        api: Api<K>,
+        config: watcher::Config,
+        kept: &Shared<Kept<K>>,
+    ) -> watch::Receiver<bool>
+    where
+        K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let (listed, first_list) = watch::channel(false);
+        let kept = kept.clone();
+        self.watch(api, config, move |event| {
+            let mut kept = lock(&kept);
+            kept.watch_event(event);
+            listed.send_if_modified(|done| !std::mem::replace(done, kept.listed()) && *done);
+        });
+        first_list
+    }
+
+    fn watch<K>(
+        &self,
+        api: Api<K>,
+        config: watcher::Config,
+        mut apply: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    ) where
+        K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
         let kind = K::kind(&K::DynamicType::default()).to_string();
         // No kube-rs backoff wrapper: the task below waits after each error itself.
-        let events = watcher(api, config)
+        let stream = watcher(api, config)
             // Never read here; on a big cluster they are most of an object's size.
-            .modify(|object| object.managed_fields_mut().clear());
-        let stream = reflector::reflector(writer, events);
+            .modify(|object| object.managed_fields_mut().clear())
+            .inspect_ok(move |event| apply(event));
         let (changed, health, cancel, server_back) = (
             self.changed.clone(),
             self.health.clone(),
@@ -286,7 +453,6 @@ impl Watching {
             body.await;
             task
         });
-        reader
     }
 }
 
@@ -310,13 +476,54 @@ fn namespaced<K: Resource>(object: &K) -> String {
     )
 }
 
+/// The claims this node's pods name, by `namespace/name`.
+fn claims_named<'a>(pods: impl IntoIterator<Item = &'a Arc<Pod>>) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    for pod in pods {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let volumes = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten());
+        for claim in volumes.filter_map(|v| v.persistent_volume_claim.as_ref()) {
+            keys.insert(format!("{namespace}/{}", claim.claim_name));
+        }
+    }
+    keys
+}
+
+/// The volumes these claims are bound to.
+fn volumes_named<'a>(
+    claims: impl IntoIterator<Item = &'a Arc<PersistentVolumeClaim>>,
+) -> BTreeSet<String> {
+    claims
+        .into_iter()
+        .filter_map(|c| c.spec.as_ref()?.volume_name.clone())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
 /// The desired state from the stores: objects as the file source would read them, bindings
-/// as the cluster made them.
-fn snapshot(stores: &Stores, node: &NodeConfig) -> DesiredState {
+/// as the cluster made them; and the reads this node's pods now need.
+fn snapshot(stores: &Stores, node: &NodeConfig) -> (DesiredState, Due) {
     let mut objects = Manifests::default();
     objects.pods = by_key(&stores.pods, namespaced);
-    objects.claims = by_key(&stores.claims, namespaced);
-    objects.volumes = by_key(&stores.volumes, ResourceExt::name_any);
+    let mut due = Due::default();
+    {
+        let mut claims = lock(&stores.claims);
+        due.claims = claims.want(claims_named(objects.pods.values()));
+        objects.claims = claims.held();
+        for (key, failed) in claims.unread() {
+            objects
+                .unread
+                .insert(("PersistentVolumeClaim", key), failed);
+        }
+    }
+    {
+        let mut volumes = lock(&stores.volumes);
+        due.volumes = volumes.want(volumes_named(objects.claims.values()));
+        objects.volumes = volumes.held();
+        for (key, failed) in volumes.unread() {
+            objects.unread.insert(("PersistentVolume", key), failed);
+        }
+    }
     objects.classes = by_key(&stores.classes, ResourceExt::name_any);
     let mut node = node.clone();
     let this_node = stores.nodes.state().first().cloned();
@@ -342,6 +549,14 @@ fn snapshot(stores: &Stores, node: &NodeConfig) -> DesiredState {
             node.name
         ));
     }
-    state.complete = state.problems.is_empty();
-    state
+    // Not known yet is not known to be gone: nothing is torn down until every object a pod
+    // needs has been read.
+    for (kind, key) in objects.unread.keys() {
+        state.warnings.push(format!(
+            "reading {kind} {key} from the API; nothing is torn down until it is read"
+        ));
+    }
+    due.unread = !objects.unread.is_empty();
+    state.complete = state.problems.is_empty() && !due.unread;
+    (state, due)
 }

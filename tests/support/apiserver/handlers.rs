@@ -77,7 +77,20 @@ impl FakeApiServer {
             (Method::GET, None) => self.list(resource, namespace.as_deref(), &query),
             (Method::GET, Some(name)) => {
                 let key = (resource, namespace.unwrap_or_default(), name.clone());
-                match self.state.lock().unwrap().objects.get(&key) {
+                let mut state = self.state.lock().unwrap();
+                *state.gets.entry(resource).or_default() += 1;
+                if state.gets_forbidden.contains(&resource) {
+                    return failure(
+                        StatusCode::FORBIDDEN,
+                        "Forbidden",
+                        &format!(
+                            "{} \"{name}\" is forbidden: User \"system:anonymous\" cannot get resource \"{}\"",
+                            resource.plural(),
+                            resource.plural()
+                        ),
+                    );
+                }
+                match state.objects.get(&key) {
                     Some(object) => respond(StatusCode::OK, object.clone()),
                     None => not_found(resource, name),
                 }
@@ -312,11 +325,12 @@ impl FakeApiServer {
         let mut drops = self.drops.subscribe();
         // Subscribed under the lock that changes are made and sent under: nothing is missed
         // between the backlog and the live feed, and nothing is in both.
-        let (mut live, backlog, sent, gone) = {
+        let (mut live, backlog, sent, gone, bookmark_every) = {
             let state = self.state.lock().unwrap();
+            let bookmark_every = state.bookmark_every.unwrap_or(Duration::from_millis(500));
             let live = self.changes.subscribe();
             match from {
-                Some(from) if from < state.oldest => (live, Vec::new(), from, true),
+                Some(from) if from < state.oldest => (live, Vec::new(), from, true, bookmark_every),
                 Some(from) => {
                     let backlog: Vec<Value> = state
                         .history
@@ -324,7 +338,7 @@ impl FakeApiServer {
                         .filter(|c| c.rv > from)
                         .filter_map(|c| scope.event(c))
                         .collect();
-                    (live, backlog, state.rv, false)
+                    (live, backlog, state.rv, false, bookmark_every)
                 }
                 // From "now": the current objects as ADDED, then what follows.
                 None => {
@@ -334,7 +348,7 @@ impl FakeApiServer {
                         .filter(|((r, ..), v)| *r == resource && scope.matches(v))
                         .map(|(_, v)| json!({"type": "ADDED", "object": v}))
                         .collect();
-                    (live, backlog, state.rv, false)
+                    (live, backlog, state.rv, false, bookmark_every)
                 }
             }
         };
@@ -356,7 +370,7 @@ impl FakeApiServer {
             }
             // Bookmarks carry the last version this stream has covered, never one ahead.
             let mut sent = sent;
-            let mut ticker = tokio::time::interval(Duration::from_millis(500));
+            let mut ticker = tokio::time::interval(bookmark_every);
             let ends = tokio::time::sleep(lifetime);
             tokio::pin!(ends);
             loop {

@@ -105,6 +105,13 @@ struct State {
     forbidden: Vec<Resource>,
     /// How many requests for each forbidden resource were refused.
     refusals: BTreeMap<Resource, usize>,
+    /// GETs of single objects served (or refused), by resource.
+    gets: BTreeMap<Resource, usize>,
+    /// Resources whose single objects the client may not GET (it may still list and watch).
+    gets_forbidden: Vec<Resource>,
+    /// Between bookmarks on a watch that asked for them; `None`: every 500 ms (a real
+    /// server sends one about every minute).
+    bookmark_every: Option<Duration>,
 }
 
 /// Handle on a running fake API server.
@@ -317,6 +324,23 @@ impl FakeApiServer {
         self.state.lock().unwrap().forbidden.push(resource);
     }
 
+    /// Refuses (403) or allows again GETs of single `kind` objects; lists and watches go on.
+    pub fn forbid_gets(&self, kind: &str, forbidden: bool) {
+        let resource = Resource::of_kind(kind).unwrap();
+        let mut state = self.state.lock().unwrap();
+        state.gets_forbidden.retain(|r| *r != resource);
+        if forbidden {
+            state.gets_forbidden.push(resource);
+        }
+    }
+
+    /// How many GETs of single `kind` objects the server was asked for.
+    pub fn gets(&self, kind: &str) -> usize {
+        let resource = Resource::of_kind(kind).unwrap();
+        let state = self.state.lock().unwrap();
+        state.gets.get(&resource).copied().unwrap_or(0)
+    }
+
     /// How many requests for `kind` the server refused (see `forbid`).
     pub fn refusals(&self, kind: &str) -> usize {
         let resource = Resource::of_kind(kind).unwrap();
@@ -392,6 +416,11 @@ impl FakeApiServer {
     }
 
     /// While stalled, requests for a list's next page get no answer (a list caught half-read).
+    /// Sets the time between bookmarks on watches started from now on.
+    pub fn bookmark_every(&self, every: Duration) {
+        self.state.lock().unwrap().bookmark_every = Some(every);
+    }
+
     pub fn stall_continues(&self, stalled: bool) {
         self.continues_stalled.send_replace(stalled);
     }
