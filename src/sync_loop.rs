@@ -282,7 +282,8 @@ impl SyncLoop {
         }
         let began = std::time::Instant::now();
         let metrics = crate::metrics::get();
-        if !Arc::ptr_eq(&desired, &books.progress.planned_from) {
+        let new_snapshot = !Arc::ptr_eq(&desired, &books.progress.planned_from);
+        if new_snapshot {
             metrics.source_ready.set(i64::from(desired.complete));
             if desired.complete {
                 let now = std::time::SystemTime::now()
@@ -300,12 +301,15 @@ impl SyncLoop {
             let index = PodMounts::index(&table.entries, &self.root);
             books.indexed = Some((table, index));
         }
-        books.known_pods.extend(
-            desired
-                .pods
-                .iter()
-                .map(|(uid, pod)| (uid.clone(), pod.clone())),
-        );
+        // Once per snapshot, not per pass: a pass follows every op result and table too.
+        if new_snapshot {
+            books.known_pods.extend(
+                desired
+                    .pods
+                    .iter()
+                    .map(|(uid, pod)| (uid.clone(), pod.clone())),
+            );
+        }
         let assigned = pod_dirs::assign(&desired, &self.on_disk);
         if let Some(out) = &self.notices {
             for notice in notices::pending(&assigned, &mut books.pending_told) {

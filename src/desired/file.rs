@@ -89,6 +89,8 @@ pub struct FileMemory {
     pause: fn(Duration),
     /// The wall and monotonic clocks when this memory was made, to tell a stepped wall clock.
     started: (SystemTime, std::time::Instant),
+    /// Full reads of the directory made so far (tests count the second reads).
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl FileMemory {
@@ -231,6 +233,13 @@ fn settled_before(identity: Option<Identity>, read_began: SystemTime) -> bool {
     unchanged_for(identity, Duration::ZERO, read_began)
 }
 
+/// Whether `seen` (a file's identity, looked at now) has fine file times and no change since
+/// `quiet` before `read_began` (see `unchanged_for`).
+fn still_for(seen: Option<Identity>, quiet: Duration, read_began: SystemTime) -> bool {
+    let fine = seen.is_some_and(|(.., ctime_nsec)| ctime_nsec != 0);
+    fine && unchanged_for(seen, quiet, read_began)
+}
+
 impl Default for FileMemory {
     fn default() -> Self {
         FileMemory {
@@ -240,6 +249,7 @@ impl Default for FileMemory {
             clock: SystemTime::now,
             pause: std::thread::sleep,
             started: (SystemTime::now(), std::time::Instant::now()),
+            reads: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -274,10 +284,14 @@ impl FileSource {
             // Asked only of a risky read: it stats every input again.
             if risky && !self.quiet(read.began) {
                 (self.memory.pause)(SETTLE);
-                let again = self.read_once(None, may_release);
-                if again.state != read.state || again.gone != read.gone {
-                    read = again;
-                    continue;
+                // Inputs still as the first read found them: a second read would find the
+                // same, and is not made.
+                if !self.unchanged_since(read.began) {
+                    let again = self.read_once(None, may_release);
+                    if again.state != read.state || again.gone != read.gone {
+                        read = again;
+                        continue;
+                    }
                 }
             }
             if !(read.records && self.record_bindings) {
@@ -464,19 +478,48 @@ impl FileSource {
     /// wall clock has not been stepped since this process started (it runs with the monotonic
     /// clock within `RACY_WINDOW`). Elsewhere the second read is made.
     fn quiet(&self, read_began: SystemTime) -> bool {
-        let still = |path: &Path| {
-            let seen = identity(path);
-            let fine = seen.is_some_and(|(.., ctime_nsec)| ctime_nsec != 0);
-            fine && unchanged_for(seen, SETTLE, read_began)
+        let still = |path: &Path| still_for(identity(path), SETTLE, read_began);
+        let record = self.store.path();
+        self.trusts_file_times()
+            && still(&self.dir)
+            && lock(&self.memory.complete).keys().all(|file| still(file))
+            && (still(record) || !record.exists())
+    }
+
+    /// After the settle pause: whether the inputs of the read that began at `read_began` are
+    /// still as it found them, so that a second read would find the same: the same files
+    /// listed, each with the identity that read saw and no change since before it began (its
+    /// ctime, looked at now: a change in the same timestamp tick leaves the identity alone),
+    /// the binding record likewise, and none being written. The directory's ctime cannot vouch
+    /// here (the change that made the read risky is on it), so its entries are listed again
+    /// instead. This asks more than the second read does (no change at all, not the same
+    /// result at two moments), where `quiet` trusts file times.
+    fn unchanged_since(&self, read_began: SystemTime) -> bool {
+        if !self.trusts_file_times() {
+            return false;
+        }
+        let (listed, listing) = manifest_files(&self.dir);
+        let complete = lock(&self.memory.complete);
+        let as_read = |file: &PathBuf| {
+            let seen = identity(file);
+            complete
+                .get(file)
+                .is_some_and(|known| known.identity.is_some() && known.identity == seen)
+                && still_for(seen, Duration::ZERO, read_began)
         };
         let record = self.store.path();
+        listing.errors.is_empty()
+            && listed.len() == complete.len()
+            && listed.iter().all(as_read)
+            && (still_for(identity(record), Duration::ZERO, read_began) || !record.exists())
+    }
+
+    /// What `quiet` and `unchanged_since` need of the file times: see `quiet`.
+    fn trusts_file_times(&self) -> bool {
         self.local_disks.is_none()
             && !self.memory.clock_stepped()
             && on_local_filesystem(&self.dir)
             && lock(&self.memory.writing).is_empty()
-            && still(&self.dir)
-            && lock(&self.memory.complete).keys().all(|file| still(file))
-            && (still(record) || !record.exists())
     }
 
     /// Whether `state` lacks a pod that has a directory under the root dir (unreadable: yes).
@@ -501,6 +544,9 @@ impl FileSource {
     fn load(&self) -> (Manifests, SystemTime) {
         // Taken before the directory is listed: anything changed after this has a later ctime.
         let read_began = (self.memory.clock)();
+        self.memory
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (files, mut manifests) = manifest_files(&self.dir);
         let writing = lock(&self.memory.writing).clone();
         let mut complete = lock(&self.memory.complete);

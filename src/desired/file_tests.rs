@@ -461,6 +461,93 @@ fn a_read_that_loses_a_pod_whose_inputs_were_still_for_the_settle_window_needs_n
     assert!(source.quiet(SystemTime::now() + Duration::from_secs(10)));
 }
 
+thread_local! {
+    /// How far `advancing_clock` runs ahead of the wall clock; each `advancing_pause` adds
+    /// its wait, as if it had slept.
+    static AHEAD: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+    /// A file and what the first `advancing_pause` writes into it (`None`: removes it): a
+    /// change during the wait.
+    static DURING_THE_PAUSE: std::cell::RefCell<Option<(PathBuf, Option<String>)>> = const { std::cell::RefCell::new(None) };
+}
+
+fn advancing_clock() -> SystemTime {
+    SystemTime::now() + AHEAD.get()
+}
+
+fn advancing_pause(wait: Duration) {
+    counting_pause(wait);
+    AHEAD.set(AHEAD.get() + wait);
+    match DURING_THE_PAUSE.take() {
+        Some((path, Some(text))) => std::fs::write(path, text).unwrap(),
+        Some((path, None)) => std::fs::remove_file(path).unwrap(),
+        None => {}
+    }
+}
+
+/// `losing_pod_b`, read at a time when a.yaml's last change lies well in the past but the
+/// removal of b.yaml (the directory's change) lies within the settle window.
+fn losing_pod_b_soon_after() -> (tempfile::TempDir, FileSource) {
+    let (dir, mut source) = losing_pod_b();
+    AHEAD.set(RACY_WINDOW + Duration::from_millis(50));
+    source.memory.clock = advancing_clock;
+    source.memory.pause = advancing_pause;
+    (dir, source)
+}
+
+fn reads(source: &FileSource) -> u64 {
+    source
+        .memory
+        .reads
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn inputs_still_as_the_first_read_found_them_after_the_wait_need_no_second_read() {
+    let (_dir, source) = losing_pod_b_soon_after();
+    let before = reads(&source);
+    let read = source.settled(None, true);
+    assert!(
+        !source.quiet(read.began),
+        "b.yaml was removed within the window"
+    );
+    assert_eq!(PAUSES.with(|p| p.borrow().clone()), [SETTLE], "one wait");
+    assert_eq!(reads(&source) - before, 1, "and no second read");
+    assert!(read.state.complete);
+    assert_eq!(read.state.pods.len(), 1);
+}
+
+#[test]
+fn a_file_changed_during_the_wait_is_read_again_and_the_change_counts() {
+    let (_dir, source) = losing_pod_b_soon_after();
+    // A new length: told apart even where file times are coarse.
+    DURING_THE_PAUSE.set(Some((source.dir.join("a.yaml"), Some(pod("cc")))));
+    let before = reads(&source);
+    let read = source.settled(None, true);
+    let names: Vec<&str> = read.state.pods.values().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["cc"], "the first read's a.yaml was acted on");
+    assert_eq!(reads(&source) - before, 2, "read again after the wait");
+}
+
+#[test]
+fn a_file_added_during_the_wait_is_read_again() {
+    let (_dir, source) = losing_pod_b_soon_after();
+    DURING_THE_PAUSE.set(Some((source.dir.join("d.yaml"), Some(pod("d")))));
+    let read = source.settled(None, true);
+    let mut names: Vec<&str> = read.state.pods.values().map(|p| p.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["a", "d"]);
+}
+
+#[test]
+fn a_file_removed_during_the_wait_is_read_again() {
+    let (_dir, source) = losing_pod_b_soon_after();
+    DURING_THE_PAUSE.set(Some((source.dir.join("a.yaml"), None)));
+    let before = reads(&source);
+    let read = source.settled(None, true);
+    assert!(reads(&source) - before >= 2, "not read again");
+    assert!(read.state.pods.is_empty(), "{:?}", read.state.pods);
+}
+
 #[test]
 fn a_read_of_many_files_parsed_on_several_threads_keeps_the_directory_order() {
     let dir = tempfile::tempdir().unwrap();
