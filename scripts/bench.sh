@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Measures volumed against baselines run in the same session on the same workload (N pods,
 # each with a Memory emptyDir and a pre-bound local PV, one manifest file per pod): the
-# syscall floor, exec-based mounting, and a kubelet-style loop polling mountinfo. Prints one
-# markdown table on stdout (progress on stderr); exits 1 when a row misses its target.
-# Runs as root (sudo when you are not) in a private mount namespace: the host is left as it
-# was. Usage: scripts/bench.sh [--pods N] [--runs R] [--idle-secs S] [--scaling 100,1000,5000]
+# syscall floor, exec-based mounting, and a kubelet-style loop polling mountinfo; and in API
+# mode against the test API server, a small cluster against a big one. Prints one markdown
+# table on stdout (progress on stderr); exits 1 when a row misses its target. Runs as root
+# (sudo when you are not) in a private mount namespace: the host is left as it was.
+# Usage: scripts/bench.sh [--pods N] [--runs R] [--reactions N] [--unrelated N] [--churn N]
+#   [--idle-secs S] [--scaling 100,1000,5000] [--api-objects 100,10000] [--api-pods N]
+#   [--api-changes N] [--rows converge,daemon,api,scaling]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 scripts/deps.sh strace

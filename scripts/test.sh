@@ -16,6 +16,8 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 if [ "$(id -u)" -eq 0 ]; then
   VOLUMED_REQUIRE_PRIVILEGED=1 cargo test --locked --all-targets
+  # The benchmark end to end at a tiny size (it sudoes itself when not root).
+  scripts/bench_check.sh
   exit 0
 fi
 cargo test --locked --all-targets
@@ -24,3 +26,4 @@ privileged=$(privileged_test_binary)
 sudo env VOLUMED_REQUIRE_PRIVILEGED=1 VOLUMED_PROMTOOL="$VOLUMED_PROMTOOL" \
   ${VOLUMED_TEST_KUBECONFIG:+VOLUMED_TEST_KUBECONFIG="$VOLUMED_TEST_KUBECONFIG"} \
   ${VOLUMED_TEST_NODE:+VOLUMED_TEST_NODE="$VOLUMED_TEST_NODE"} "$privileged"
+scripts/bench_check.sh

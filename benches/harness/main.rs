@@ -68,7 +68,7 @@ struct RunArgs {
     scaling: Vec<usize>,
     /// PersistentVolumes (and as many claims) in the test API server: the small cluster, the
     /// big one.
-    #[arg(long, value_delimiter = ',', num_args = 2, default_value = "100,10000")]
+    #[arg(long, value_delimiter = ',', default_value = "100,10000")]
     api_objects: Vec<usize>,
     /// Which groups of rows to run (all by default): converge, daemon, api, scaling.
     #[arg(
