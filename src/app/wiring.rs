@@ -167,10 +167,12 @@ pub(super) async fn start_api_source(
                 Ok(changed) => changed.context("the API source stopped before its first list")?,
                 Err(_) => {
                     let health = crate::shared::lock(&health);
-                    let mut why = vec![format!(
-                        "still waiting for the first list of: {}",
-                        health.unlisted().join(", ")
-                    )];
+                    let unlisted = health.unlisted();
+                    let mut why = vec![if unlisted.is_empty() {
+                        "every watch completed its first list; the claims and volumes the pods here need are still being read".to_string()
+                    } else {
+                        format!("still waiting for the first list of: {}", unlisted.join(", "))
+                    }];
                     why.extend(health.failing());
                     anyhow::bail!(
                         "the Kubernetes API at {server} gave no complete list within {}:\n  {}\nIs it reachable from this host? Check --kubeconfig (or the in-cluster config and $KUBECONFIG), or wait longer with --first-list-timeout",

@@ -77,7 +77,13 @@ async fn reconcile(settings: Settings, once: bool, lock: &RunLock) -> anyhow::Re
     tokio::spawn(cancel_on_signal(term, int, cancel.clone()));
     tracing::info!(node = %settings.node.name, root = %settings.root_dir.display(), source = %settings.manifests.as_ref().map_or("the Kubernetes API".to_string(), |d| d.display().to_string()), once, "volumed starting");
     let host = app::Host::real(&settings.mounter_path);
-    let report = app::run(&settings, once, host, cancel, lock).await?;
+    let report = app::run(&settings, once, host, cancel, lock).await;
+    // A mount helper still running (a hung NFS server) would outlive the daemon.
+    let killed = crate::host::kill_running_helpers();
+    if killed > 0 {
+        tracing::info!(killed, "stopped the NFS mount helpers still running; their volumes are mounted at the next start");
+    }
+    let report = report?;
     if !once {
         tracing::info!("volumed stopped; mounts are left in place");
         return Ok(ExitCode::SUCCESS);

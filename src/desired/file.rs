@@ -73,6 +73,8 @@ pub struct Read {
     pub volumes: Vec<PersistentVolume>,
     /// When it began, by the clock file times are compared with (see `quiet`).
     pub began: SystemTime,
+    /// The binding record's identity before it was read (`None`: there was none).
+    record: Option<Identity>,
 }
 
 /// Which manifest files are being written, and the last complete version of each.
@@ -286,7 +288,7 @@ impl FileSource {
                 (self.memory.pause)(SETTLE);
                 // Inputs still as the first read found them: a second read would find the
                 // same, and is not made.
-                if !self.unchanged_since(read.began) {
+                if !self.unchanged_since(&read) {
                     let again = self.read_once(None, may_release);
                     if again.state != read.state || again.gone != read.gone {
                         read = again;
@@ -356,6 +358,7 @@ impl FileSource {
         problems.extend(unknown_node_name(&manifests, &self.node, has_pod_dir));
         let pods = our_pods(&manifests, &self.node);
         let consumed = consumed_claims(&pods);
+        let record_seen = identity(self.store.path());
         let recorded = match self.store.load() {
             Ok(recorded) => Some(recorded),
             Err(err) => {
@@ -458,6 +461,7 @@ impl FileSource {
         };
         Read {
             began: read_began,
+            record: record_seen,
             state,
             records: binds || releases,
             gone: if releases { gone } else { BTreeMap::new() },
@@ -494,7 +498,8 @@ impl FileSource {
     /// here (the change that made the read risky is on it), so its entries are listed again
     /// instead. This asks more than the second read does (no change at all, not the same
     /// result at two moments), where `quiet` trusts file times.
-    fn unchanged_since(&self, read_began: SystemTime) -> bool {
+    fn unchanged_since(&self, read: &Read) -> bool {
+        let read_began = read.began;
         if !self.trusts_file_times() {
             return false;
         }
@@ -507,11 +512,12 @@ impl FileSource {
                 .is_some_and(|known| known.identity.is_some() && known.identity == seen)
                 && still_for(seen, Duration::ZERO, read_began)
         };
-        let record = self.store.path();
+        let record = identity(self.store.path());
         listing.errors.is_empty()
             && listed.len() == complete.len()
             && listed.iter().all(as_read)
-            && (still_for(identity(record), Duration::ZERO, read_began) || !record.exists())
+            && record == read.record
+            && (record.is_none() || still_for(record, Duration::ZERO, read_began))
     }
 
     /// What `quiet` and `unchanged_since` need of the file times: see `quiet`.

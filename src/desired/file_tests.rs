@@ -434,6 +434,7 @@ fn losing_pod_b() -> (tempfile::TempDir, FileSource) {
 #[test]
 fn a_read_that_loses_a_pod_right_after_a_change_waits_for_a_second_read() {
     let (_dir, source) = losing_pod_b();
+    let before = reads(&source);
     let read = source.settled(None, true);
     assert!(!source.quiet(read.began), "b.yaml was removed just now");
     assert_eq!(
@@ -441,6 +442,8 @@ fn a_read_that_loses_a_pod_right_after_a_change_waits_for_a_second_read() {
         [SETTLE],
         "one wait, then the second read agreed"
     );
+    // a.yaml changed within a timestamp tick of the first read: only a read can vouch for it.
+    assert_eq!(reads(&source) - before, 2, "no second read");
     assert_eq!(read.state.pods.len(), 1);
 }
 
@@ -536,6 +539,21 @@ fn a_file_added_during_the_wait_is_read_again() {
     let mut names: Vec<&str> = read.state.pods.values().map(|p| p.name.as_str()).collect();
     names.sort();
     assert_eq!(names, ["a", "d"]);
+}
+
+#[test]
+fn a_binding_record_removed_during_the_wait_is_read_again() {
+    let (_dir, source) = losing_pod_b_soon_after();
+    std::fs::create_dir_all(source.store.path().parent().unwrap()).unwrap();
+    source.store.update(|_| (true, ())).unwrap();
+    DURING_THE_PAUSE.set(Some((source.store.path().to_path_buf(), None)));
+    let before = reads(&source);
+    source.settled(None, true);
+    assert_eq!(
+        reads(&source) - before,
+        2,
+        "the record's removal went unseen"
+    );
 }
 
 #[test]

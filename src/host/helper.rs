@@ -23,6 +23,20 @@ const OUTPUT_LIMIT: u64 = 16 * 1024;
 #[derive(Default)]
 pub struct HelperRuns(Mutex<HashMap<PathBuf, Pid>>);
 
+/// Every helper group of this process that may still be alive, whichever mounter ran it: a
+/// daemon that stops kills them (`kill_running_helpers`), or they would outlive it.
+static RUNNING: Mutex<Vec<Pid>> = Mutex::new(Vec::new());
+
+/// Kills every helper group still running (at shutdown: a stopped daemon leaves no
+/// `mount.nfs` behind; the volume's next start mounts it again). Returns how many.
+pub fn kill_running_helpers() -> usize {
+    let running = std::mem::take(&mut *crate::shared::lock(&RUNNING));
+    running
+        .iter()
+        .filter(|pgid| killpg(**pgid, Signal::SIGKILL).is_ok())
+        .count()
+}
+
 /// True while a process of the group is alive; zombies waiting to be reaped do not count.
 fn group_alive(pgid: Pid) -> bool {
     // kill -0 -<pgid> first: cheap, and final when it says the group is gone.
@@ -65,6 +79,7 @@ impl HelperRuns {
             .map_err(|e| format!("cannot start it: {e}"))?;
         let pgid = Pid::from_raw(child.id() as i32);
         runs.insert(target.to_path_buf(), pgid);
+        crate::shared::lock(&RUNNING).push(pgid);
         drop(runs);
 
         let started = Instant::now();
@@ -88,6 +103,7 @@ impl HelperRuns {
         let gone = !group_alive(pgid);
         if gone {
             crate::shared::lock(&self.0).remove(target);
+            crate::shared::lock(&RUNNING).retain(|p| *p != pgid);
         }
         let mut text = String::new();
         let _ = output.rewind();

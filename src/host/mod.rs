@@ -9,6 +9,7 @@ pub mod fs;
 mod fs_util;
 mod global;
 mod helper;
+pub use helper::kill_running_helpers;
 pub mod http;
 pub mod local_dirs;
 pub mod mount_events;

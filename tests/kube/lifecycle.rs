@@ -232,10 +232,11 @@ fn fake_host(mounter: &std::sync::Arc<volumed::host::fake::FakeMounter>) -> volu
 }
 
 /// Of the cluster's claims and volumes only this node's pods' are kept: one a pod comes to
-/// need after its watch went by is read with one GET. While it cannot be read, the pod waits
-/// with the reason and nothing is torn down (not known is not known to be gone).
+/// need after its watch went by is read with a GET (once, when it answers). While it cannot
+/// be read, the pod waits with the reason, the snapshot has a problem naming the fix, and
+/// nothing is torn down (not known is not known to be gone).
 #[tokio::test]
-async fn a_claim_a_new_pod_needs_is_read_once_and_while_unreadable_nothing_is_torn_down() {
+async fn a_claim_a_new_pod_needs_is_read_with_a_get_and_while_unreadable_nothing_is_torn_down() {
     let (server, node) = web_pod_mounted().await;
     let (claim_gets, volume_gets) = (
         server.gets("PersistentVolumeClaim"),
@@ -261,6 +262,10 @@ async fn a_claim_a_new_pod_needs_is_read_once_and_while_unreadable_nothing_is_to
                     && w.reason
                         .contains("PersistentVolumeClaim shop/logs could not be read from the API")
                     && w.reason.contains("forbidden")
+            })
+            && d.problems.iter().any(|p| {
+                p.contains("shop/logs, which a pod here needs, could not be read")
+                    && p.contains("deploy/rbac.yaml")
             })
     })
     .await;

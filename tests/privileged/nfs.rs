@@ -27,6 +27,10 @@ pub fn all() -> Vec<Case> {
             a_hung_nfs_server_stalls_nothing_else,
         ),
         (
+            "a_daemon_stopped_while_a_mount_helper_hangs_leaves_no_helper_running",
+            a_daemon_stopped_while_a_mount_helper_hangs_leaves_no_helper_running,
+        ),
+        (
             "a_hung_filesystem_under_a_host_path_stalls_nothing_else",
             a_hung_filesystem_under_a_host_path_stalls_nothing_else,
         ),
@@ -105,6 +109,7 @@ case "$source" in
   bad*) echo "mount.nfs: access denied by server while mounting $source" >&2; exit 32 ;;
   hang*) sleep 100001 & wait ;;
   stall*) sleep 100002 & wait ;;
+  hold*) sleep 100003 & wait ;;
 esac
 exit 1
 "#,
@@ -322,6 +327,52 @@ fn a_hung_nfs_server_stalls_nothing_else() -> TestResult {
     check(text(&leftover.stdout).trim().is_empty(), || {
         format!("helper children left running: {}", text(&leftover.stdout))
     })
+}
+
+/// The processes running `sleep 100003`: the child of a helper for a `hold*` server.
+fn held_helpers() -> String {
+    let found = Command::new("pgrep")
+        .args(["-f", "sleep 100003"])
+        .output()
+        .unwrap();
+    text(&found.stdout).trim().to_string()
+}
+
+/// Stopped while a helper is still within its deadline (a server that never answers), the
+/// daemon kills the helper's group: nothing of it outlives the daemon.
+fn a_daemon_stopped_while_a_mount_helper_hangs_leaves_no_helper_running() -> TestResult {
+    let sb = Sandbox::new(&format!("nfshold-{:x}", fastrand::u32(..)));
+    let helper = helper(&sb);
+    sb.manifest("held.yaml", &nfs_pod("held", "hold1", ""));
+    let log = std::fs::File::create(sb.path("daemon.log")).unwrap();
+    let daemon = Command::new(env!("CARGO_BIN_EXE_volumed"))
+        .args(["run", "--manifests"])
+        .arg(&sb.manifests)
+        .arg("--root-dir")
+        .arg(&sb.root)
+        .args(["--node-name", "node-a", "--host-path-root"])
+        .arg(&sb.base)
+        .arg("--mounter-path")
+        .arg(&helper)
+        // Far past the test: the helper is running when the daemon stops.
+        .args(["--mount-timeout", "600s"])
+        .env("VOLUMED_HTTP_ADDR", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let running = eventually(Duration::from_secs(10), "the helper for hold1 runs", || {
+        !held_helpers().is_empty()
+    });
+    let log = stop_quickly(&sb, daemon)?;
+    running.map_err(|e| format!("{e}\n{log}"))?;
+    eventually(
+        Duration::from_secs(2),
+        "the helper's group is gone after the daemon stopped",
+        || held_helpers().is_empty(),
+    )
+    .map_err(|e| format!("{e}: {}\n{log}", held_helpers()))
 }
 
 /// A FUSE filesystem that never answers a lookup or getattr: anything that stats below it hangs.

@@ -158,6 +158,18 @@ pub(super) fn for_operator(err: &watcher::Error) -> String {
         watcher::Error::WatchError(status) => status.as_ref(),
         other => return other.to_string(),
     };
+    status_line(status)
+}
+
+/// A failed request in a line, as `for_operator` puts a watch error.
+pub(super) fn request_for_operator(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => status_line(status.as_ref()),
+        other => other.to_string(),
+    }
+}
+
+fn status_line(status: &kube::core::Status) -> String {
     let hint = match status.code {
         401 | 403 => "; check volumed's credentials and that deploy/rbac.yaml is applied",
         _ => "",

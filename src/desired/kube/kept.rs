@@ -25,16 +25,16 @@ pub struct Kept<K> {
     wanted: BTreeSet<String>,
     held: BTreeMap<String, Arc<K>>,
     absent: BTreeSet<String>,
-    /// Keys a GET is out for, with its last failure.
-    reading: BTreeMap<String, Option<String>>,
+    /// Keys a GET is out for: the token its answer must bring back, and its last failure.
+    reading: BTreeMap<String, (u64, Option<String>)>,
+    /// The last token handed out: an answer whose token is not its key's current one is from
+    /// a GET that a relist or the key's falling out of want has made moot.
+    tokens: u64,
     /// A list in progress (after `Init`): swapped in whole at `InitDone`, so that a relist
     /// never shows a partial view.
     relist: Option<BTreeMap<String, Arc<K>>>,
     /// Whether a list has completed.
     listed: bool,
-    /// Bumped by each completed list: a GET sent before it may answer with an object the list
-    /// found deleted, so its answer is dropped (and the key read again).
-    epoch: u64,
 }
 
 impl<K: Clone> Kept<K> {
@@ -45,9 +45,9 @@ impl<K: Clone> Kept<K> {
             held: BTreeMap::new(),
             absent: BTreeSet::new(),
             reading: BTreeMap::new(),
+            tokens: 0,
             relist: None,
             listed: false,
-            epoch: 0,
         }
     }
 
@@ -80,20 +80,23 @@ impl<K: Clone> Kept<K> {
                     self.held = listed;
                 }
                 // What became wanted while the list went by, and what the watch may have
-                // missed before it (a gap ends in a relist), is read again.
+                // missed before it (a gap ends in a relist), is read again; a GET sent before
+                // may answer with an object the list found deleted, so its answer is dropped.
                 self.absent.clear();
+                self.reading.clear();
                 self.listed = true;
-                self.epoch += 1;
             }
         }
     }
 
-    /// Sets the keys wanted now and forgets every other object; returns the wanted keys that
-    /// need a GET and marks them as being read. None before a list has completed (the list
-    /// brings them) or while one is in progress.
-    pub fn want(&mut self, keys: BTreeSet<String>) -> Vec<String> {
+    /// Sets the keys wanted now and forgets every other object (and every GET out for one);
+    /// returns the wanted keys that need a GET, each with the token its answer must bring
+    /// back. None before a list has completed (the list brings them) or while one is in
+    /// progress.
+    pub fn want(&mut self, keys: BTreeSet<String>) -> Vec<(String, u64)> {
         self.held.retain(|key, _| keys.contains(key));
         self.absent.retain(|key| keys.contains(key));
+        self.reading.retain(|key, _| keys.contains(key));
         self.wanted = keys;
         if !self.listed || self.relist.is_some() {
             return Vec::new();
@@ -108,26 +111,24 @@ impl<K: Clone> Kept<K> {
             })
             .cloned()
             .collect();
-        for key in &due {
-            self.reading.insert(key.clone(), None);
+        due.into_iter()
+            .map(|key| {
+                self.tokens += 1;
+                self.reading.insert(key.clone(), (self.tokens, None));
+                (key, self.tokens)
+            })
+            .collect()
+    }
+
+    /// A GET's answer for `key` (`Ok(None)`: not found), with the token `want` gave it.
+    /// Returns true when the reader should try again (it failed, and its GET is still the
+    /// current one). An answer is moot once a watch event or a list has told of the key
+    /// since, or the key fell out of want meanwhile (its token is then no longer current).
+    pub fn read(&mut self, key: &str, token: u64, answer: Result<Option<K>, String>) -> bool {
+        if self.reading.get(key).map(|(current, _)| *current) != Some(token) {
+            return false;
         }
-        due
-    }
-
-    /// The epoch a GET starts in, to hand back with its answer.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// A GET's answer for `key` (`Ok(None)`: not found). Returns true when the reader should
-    /// try again (it failed and the key is still wanted and unknown); a watch event or a list
-    /// since the GET began makes its answer moot.
-    pub fn read(&mut self, key: &str, epoch: u64, answer: Result<Option<K>, String>) -> bool {
-        let unknown = self.wanted.contains(key)
-            && !self.held.contains_key(key)
-            && !self.absent.contains(key)
-            && epoch == self.epoch;
-        if !unknown {
+        if self.held.contains_key(key) || self.absent.contains(key) {
             self.reading.remove(key);
             return false;
         }
@@ -139,7 +140,7 @@ impl<K: Clone> Kept<K> {
                 self.absent.insert(key.to_string());
             }
             Err(why) => {
-                self.reading.insert(key.to_string(), Some(why));
+                self.reading.insert(key.to_string(), (token, Some(why)));
                 return true;
             }
         }
@@ -157,7 +158,7 @@ impl<K: Clone> Kept<K> {
         }
         self.wanted
             .contains(key)
-            .then(|| Lookup::Unread(self.reading.get(key).and_then(|why| why.as_deref())))
+            .then(|| Lookup::Unread(self.reading.get(key).and_then(|(_, why)| why.as_deref())))
     }
 
     /// The wanted objects held (shared, not copied).
@@ -170,7 +171,10 @@ impl<K: Clone> Kept<K> {
         self.wanted
             .iter()
             .filter(|key| !self.held.contains_key(*key) && !self.absent.contains(*key))
-            .map(|key| (key.clone(), self.reading.get(key).cloned().flatten()))
+            .map(|key| {
+                let failed = self.reading.get(key).and_then(|(_, why)| why.clone());
+                (key.clone(), failed)
+            })
             .collect()
     }
 
@@ -215,6 +219,19 @@ mod tests {
         kept
     }
 
+    /// The keys `want` says are due (their tokens dropped).
+    fn due_keys(kept: &mut Kept<Obj>, names: &[&str]) -> Vec<String> {
+        kept.want(keys(names)).into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// Wants exactly `names`, of which only the first may be due: returns its token.
+    fn due(kept: &mut Kept<Obj>, names: &[&str]) -> u64 {
+        let due = kept.want(keys(names));
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].0, names[0]);
+        due[0].1
+    }
+
     fn version(kept: &Kept<Obj>, name: &str) -> Option<u32> {
         match kept.lookup(name) {
             Some(Lookup::Held(o)) => Some(o.version),
@@ -234,14 +251,13 @@ mod tests {
     fn an_object_wanted_after_its_watch_passed_it_is_read_once() {
         let mut kept = listed(&[], &[obj("a", 1)]);
         kept.watch_event(&watcher::Event::Apply(obj("a", 2)));
-        assert_eq!(kept.want(keys(&["a"])), vec!["a".to_string()]);
+        let token = due(&mut kept, &["a"]);
         assert_eq!(kept.lookup("a"), Some(Lookup::Unread(None)));
         assert!(
             kept.want(keys(&["a"])).is_empty(),
             "one GET at a time per key"
         );
-        let epoch = kept.epoch();
-        assert!(!kept.read("a", epoch, Ok(Some(obj("a", 2)))));
+        assert!(!kept.read("a", token, Ok(Some(obj("a", 2)))));
         assert_eq!(version(&kept, "a"), Some(2));
         assert!(kept.unread().is_empty());
     }
@@ -249,30 +265,29 @@ mod tests {
     #[test]
     fn a_failed_read_is_retried_and_shows_why_until_it_answers() {
         let mut kept = listed(&[], &[]);
-        kept.want(keys(&["a"]));
-        let epoch = kept.epoch();
-        assert!(kept.read("a", epoch, Err("connection refused".into())));
+        let token = due(&mut kept, &["a"]);
+        assert!(kept.read("a", token, Err("connection refused".into())));
         assert_eq!(
             kept.lookup("a"),
             Some(Lookup::Unread(Some("connection refused")))
         );
+        assert_eq!(kept.unread()["a"].as_deref(), Some("connection refused"));
         assert!(
             kept.want(keys(&["a"])).is_empty(),
             "its reader retries by itself"
         );
-        assert!(!kept.read("a", epoch, Ok(None)));
+        assert!(!kept.read("a", token, Ok(None)));
         assert_eq!(kept.lookup("a"), Some(Lookup::Absent));
     }
 
     #[test]
     fn a_watch_event_during_a_read_wins_over_its_answer() {
         let mut kept = listed(&[], &[]);
-        kept.want(keys(&["a", "b"]));
-        let epoch = kept.epoch();
+        let tokens = kept.want(keys(&["a", "b"]));
         kept.watch_event(&watcher::Event::Apply(obj("a", 3)));
         kept.watch_event(&watcher::Event::Delete(obj("b", 1)));
-        assert!(!kept.read("a", epoch, Ok(Some(obj("a", 2)))));
-        assert!(!kept.read("b", epoch, Ok(Some(obj("b", 1)))));
+        assert!(!kept.read("a", tokens[0].1, Ok(Some(obj("a", 2)))));
+        assert!(!kept.read("b", tokens[1].1, Ok(Some(obj("b", 1)))));
         assert_eq!(version(&kept, "a"), Some(3));
         assert_eq!(kept.lookup("b"), Some(Lookup::Absent));
     }
@@ -280,18 +295,37 @@ mod tests {
     #[test]
     fn an_answer_from_before_a_relist_is_dropped_and_the_key_read_again() {
         let mut kept = listed(&[], &[]);
-        kept.want(keys(&["a"]));
-        let before = kept.epoch();
+        let before = due(&mut kept, &["a"]);
         kept.watch_event(&watcher::Event::Init);
         assert!(
-            kept.want(keys(&["a"])).is_empty(),
-            "not while a list is in progress"
+            due_keys(&mut kept, &["a", "b"]).is_empty(),
+            "nothing is read while a list is in progress"
         );
         kept.watch_event(&watcher::Event::InitDone);
         // The relist did not have it (deleted meanwhile); the old GET's copy must not stay.
         assert!(!kept.read("a", before, Ok(Some(obj("a", 1)))));
         assert_eq!(kept.lookup("a"), Some(Lookup::Unread(None)));
-        assert_eq!(kept.want(keys(&["a"])), vec!["a".to_string()]);
+        assert_eq!(due_keys(&mut kept, &["a", "b"]), ["a", "b"]);
+    }
+
+    #[test]
+    fn an_answer_to_a_get_made_before_the_key_fell_out_of_want_is_dropped() {
+        let mut kept = listed(&[], &[]);
+        let stale = due(&mut kept, &["a"]);
+        // No pod names it; it is recreated meanwhile (the event goes by, unwanted) ...
+        assert!(kept.want(keys(&[])).is_empty());
+        kept.watch_event(&watcher::Event::Apply(obj("a", 2)));
+        // ... and a pod names it again: a GET of its own, whatever the first one answers.
+        let fresh = due(&mut kept, &["a"]);
+        assert_ne!(stale, fresh);
+        assert!(!kept.read("a", stale, Ok(Some(obj("a", 1)))));
+        assert_eq!(
+            kept.lookup("a"),
+            Some(Lookup::Unread(None)),
+            "the stale copy was kept"
+        );
+        assert!(!kept.read("a", fresh, Ok(Some(obj("a", 2)))));
+        assert_eq!(version(&kept, "a"), Some(2));
     }
 
     #[test]
@@ -312,13 +346,26 @@ mod tests {
             Some(Lookup::Unread(None)),
             "asked again, not assumed gone"
         );
+        assert_eq!(due_keys(&mut kept, &["a", "b"]), ["b"]);
+    }
+
+    #[test]
+    fn a_relist_forgets_what_was_known_absent() {
+        let mut kept = listed(&["a"], &[]);
+        let token = due(&mut kept, &["a"]);
+        assert!(!kept.read("a", token, Ok(None)));
+        assert_eq!(kept.lookup("a"), Some(Lookup::Absent));
+        kept.watch_event(&watcher::Event::Init);
+        kept.watch_event(&watcher::Event::InitDone);
+        // The watch may have missed its creation in the gap that ended in this relist.
+        assert_eq!(kept.lookup("a"), Some(Lookup::Unread(None)));
     }
 
     #[test]
     fn objects_no_longer_wanted_are_forgotten() {
         let mut kept = listed(&["a", "b"], &[obj("a", 1), obj("b", 1)]);
         kept.watch_event(&watcher::Event::Delete(obj("b", 1)));
-        assert!(kept.want(keys(&["c"])).contains(&"c".to_string()));
+        assert_eq!(due_keys(&mut kept, &["c"]), ["c"]);
         assert_eq!(kept.lookup("a"), None);
         assert_eq!(kept.lookup("b"), None);
         assert!(kept.held().is_empty());

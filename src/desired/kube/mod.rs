@@ -28,7 +28,9 @@ use super::manifest::Manifests;
 use super::resolve::resolve;
 use super::{DesiredState, NodeConfig};
 pub use events::{publish_notices, REPEAT_AFTER};
-use health::{answered, for_operator, lock, probe_while_failing, WatchBackoff};
+use health::{
+    answered, for_operator, lock, probe_while_failing, request_for_operator, WatchBackoff,
+};
 pub use health::{SharedHealth, WatchHealth};
 use kept::Kept;
 
@@ -160,10 +162,11 @@ impl KubeSource {
                 return Ok(());
             }
             let (mut state, due) = snapshot(&stores, &self.node);
-            let unread = due.unread;
+            let (unread, failed) = (due.unread, due.failed);
             reader.read(&stores, due);
-            // The first snapshot waits for the reads it needs: `run --once` acts on it.
-            if published || !unread {
+            // The first snapshot waits for the reads it needs (`run --once` acts on it), unless
+            // one fails: then it is published incomplete, saying why.
+            if published || !unread || failed {
                 published = true;
                 self.publish(&tx, &mut state);
             }
@@ -222,34 +225,41 @@ struct Reader {
     at_once: Arc<tokio::sync::Semaphore>,
 }
 
-/// A snapshot's due reads: claim keys (`namespace/name`) and volume names.
+/// A snapshot's due reads: claim keys (`namespace/name`) and volume names, each with the token
+/// its answer must bring back.
 #[derive(Default)]
 struct Due {
-    claims: Vec<String>,
-    volumes: Vec<String>,
+    claims: Vec<(String, u64)>,
+    volumes: Vec<(String, u64)>,
     /// Whether some object a pod needs is not known yet (these reads, or ones in flight).
     unread: bool,
+    /// Whether a read of one failed (it is being retried).
+    failed: bool,
 }
 
 impl Reader {
     fn read(&self, stores: &Stores, due: Due) {
-        for key in due.claims {
+        for (key, token) in due.claims {
             let (namespace, name) = key.split_once('/').unwrap_or(("default", &key));
             let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
-            self.spawn(api, name.to_string(), key.clone(), stores.claims.clone());
+            let name = name.to_string();
+            self.spawn(api, name, (key, token), stores.claims.clone());
         }
-        for name in due.volumes {
+        for (name, token) in due.volumes {
             let api: Api<PersistentVolume> = Api::all(self.client.clone());
-            self.spawn(api, name.clone(), name, stores.volumes.clone());
+            self.spawn(api, name.clone(), (name, token), stores.volumes.clone());
         }
     }
 
-    fn spawn<K>(&self, api: Api<K>, name: String, key: String, kept: Shared<Kept<K>>)
-    where
+    fn spawn<K>(
+        &self,
+        api: Api<K>,
+        name: String,
+        (key, token): (String, u64),
+        kept: Shared<Kept<K>>,
+    ) where
         K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-        K::DynamicType: Default,
     {
-        let kind = K::kind(&K::DynamicType::default()).to_string();
         let (changed, cancel, at_once) = (
             self.changed.clone(),
             self.cancel.clone(),
@@ -258,7 +268,6 @@ impl Reader {
         tokio::spawn(async move {
             let mut backoff = WatchBackoff::default();
             loop {
-                let epoch = lock(&kept).epoch();
                 let answer = tokio::select! {
                     _ = cancel.cancelled() => return,
                     answer = async {
@@ -273,11 +282,9 @@ impl Reader {
                             object
                         })
                     })
-                    .map_err(|err| err.to_string());
-                if let Err(why) = &answer {
-                    tracing::warn!(%kind, key, error = %why, "reading an object a pod needs from the API failed; retrying");
-                }
-                let again = lock(&kept).read(&key, epoch, answer);
+                    .map_err(|err| request_for_operator(&err));
+                // A failure is logged once, where the snapshot makes a problem of it.
+                let again = lock(&kept).read(&key, token, answer);
                 let _ = changed.send(());
                 if !again {
                     return;
@@ -551,12 +558,18 @@ fn snapshot(stores: &Stores, node: &NodeConfig) -> (DesiredState, Due) {
     }
     // Not known yet is not known to be gone: nothing is torn down until every object a pod
     // needs has been read.
-    for (kind, key) in objects.unread.keys() {
-        state.warnings.push(format!(
-            "reading {kind} {key} from the API; nothing is torn down until it is read"
-        ));
+    for ((kind, key), failed) in &objects.unread {
+        match failed {
+            None => state.warnings.push(format!(
+                "reading {kind} {key} from the API; nothing is torn down until it is read"
+            )),
+            Some(why) => state.problems.push(format!(
+                "{kind} {key}, which a pod here needs, could not be read from the API ({why}); retrying, and nothing is torn down until it is read"
+            )),
+        }
     }
     due.unread = !objects.unread.is_empty();
+    due.failed = objects.unread.values().any(Option::is_some);
     state.complete = state.problems.is_empty() && !due.unread;
     (state, due)
 }
