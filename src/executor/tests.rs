@@ -255,3 +255,74 @@ async fn a_queue_is_more_ops_on_time_than_workers_and_overdue_ops_leave_it() {
     }
     assert!(!executor.has_queue());
 }
+
+/// The picture the loop keeps of the pod directories, changed by each op's own account of
+/// what it did (`PodDirChange`), is what a scan of the disk finds after every op: set-ups,
+/// unmounts, removals, a pod directory's claim and removal, and a failed op (rescanned).
+#[test]
+fn each_ops_account_of_its_pod_directory_is_what_a_scan_finds() {
+    use crate::model::on_disk::OnDisk;
+    use crate::model::op::{Contents, IfHung};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let mounter = FakeMounter::new();
+    let fs = PodFs::new(root.clone(), vec![root.clone()]);
+    let formatter = Arc::new(crate::host::fake::FakeFormatter::default());
+    let ctx = OpContext::new(mounter.clone(), fs, formatter, mounter.clone(), 1);
+    let named = |name: &str| match set_up(1 << 20) {
+        Op::SetUp { mut volume } => {
+            volume.key.name = name.into();
+            volume.volume_name = name.into();
+            Op::SetUp { volume }
+        }
+        _ => unreachable!(),
+    };
+    let key = |name: &str| VolumeKey {
+        pod_uid: "u1".into(),
+        plugin: Plugin::EmptyDir,
+        name: name.into(),
+        block: false,
+    };
+    let unmount = |name: &str| Op::Unmount {
+        key: key(name),
+        nested: None,
+        server: None,
+        if_hung: IfHung::Wait,
+    };
+    let remove = |name: &str| Op::RemoveVolumeDir {
+        key: key(name),
+        contents: Contents::DeleteAll,
+    };
+    let pod = PodRef {
+        namespace: "default".into(),
+        name: "p".into(),
+        uid: "u1".into(),
+    };
+    let ops = [
+        Op::ClaimPodDir { pod: pod.clone() },
+        named("cache"),
+        named("scratch"),
+        unmount("cache"),
+        remove("cache"),
+        // Still mounted: refused, and the pod directory is scanned again.
+        remove("scratch"),
+        unmount("scratch"),
+        remove("scratch"),
+        Op::RemovePodDir {
+            pod_uid: "u1".into(),
+        },
+    ];
+    let mut picture: OnDisk = ctx.fs.scan().unwrap();
+    for op in &ops {
+        let outcome = run::run_op(&ctx, op);
+        let refused = matches!(op, Op::RemoveVolumeDir { key, .. } if key.name == "scratch")
+            && mounter
+                .table()
+                .iter()
+                .any(|m| m.mount_point.ends_with("scratch"));
+        assert_eq!(outcome.did.is_err(), refused, "{op:?}: {:?}", outcome.did);
+        picture.apply(outcome.pod_dir);
+        assert_eq!(picture, ctx.fs.scan().unwrap(), "after {op:?}");
+    }
+    assert!(picture.pods.is_empty());
+}
