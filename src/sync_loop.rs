@@ -18,7 +18,7 @@ use crate::model::notice::Notice;
 use crate::model::on_disk::OnDisk;
 use crate::model::op::{Op, OpKey};
 use crate::reconcile::notices;
-use crate::reconcile::plan::plan;
+use crate::reconcile::plan::plan_assigned;
 use crate::reconcile::pod_dirs;
 use crate::reconcile::status::{self, Failures, StatusRow, VolumeState};
 
@@ -322,7 +322,7 @@ impl SyncLoop {
             }
         }
         let pod_mounts = &books.indexed.as_ref().expect("indexed above").1;
-        let ops = plan(&desired, pod_mounts, &self.on_disk);
+        let ops = plan_assigned(&assigned, pod_mounts, &self.on_disk);
         // "Matches" only when nothing is left to want: no op, nothing failed, nothing waiting,
         // every volume as its spec says (what `converged` asks of the final report).
         let matched = desired.complete

@@ -17,7 +17,12 @@ use crate::model::{DesiredVolume, MountSpec, Plugin, VolumeKey};
 /// and a pod directory only after all its volumes and mounts are gone. A pod whose uid names
 /// another pod's directory waits until that directory is gone (`pod_dirs`).
 pub fn plan(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec<Op> {
-    let desired = &*pod_dirs::assign(desired, on_disk);
+    plan_assigned(&pod_dirs::assign(desired, on_disk), mounts, on_disk)
+}
+
+/// `plan` of a snapshot `pod_dirs::assign` has already given its pod directories (the sync
+/// loop assigns once per pass, for its notices too).
+pub fn plan_assigned(desired: &DesiredState, mounts: &PodMounts, on_disk: &OnDisk) -> Vec<Op> {
     let mut ops: Vec<Op> = desired
         .volumes
         .values()
