@@ -222,6 +222,11 @@ fn a_failing_nfs_server_fails_its_volume_alone() -> TestResult {
 
 /// A daemon with short deadlines and the helper stand-in.
 fn daemon(sb: &Sandbox, helper: &Path) -> Child {
+    daemon_with(sb, helper, &["--mount-timeout", "3s", "--op-timeout", "1s"])
+}
+
+/// A daemon with the helper stand-in and these deadline flags.
+fn daemon_with(sb: &Sandbox, helper: &Path, deadlines: &[&str]) -> Child {
     let log = std::fs::File::create(sb.path("daemon.log")).unwrap();
     Command::new(env!("CARGO_BIN_EXE_volumed"))
         .args(["run", "--manifests"])
@@ -232,7 +237,7 @@ fn daemon(sb: &Sandbox, helper: &Path) -> Child {
         .arg(&sb.base)
         .arg("--mounter-path")
         .arg(helper)
-        .args(["--mount-timeout", "3s", "--op-timeout", "1s"])
+        .args(deadlines)
         // Any free port: test daemons run side by side.
         .env("VOLUMED_HTTP_ADDR", "127.0.0.1:0")
         .stdin(Stdio::null())
@@ -320,22 +325,24 @@ fn a_hung_nfs_server_stalls_nothing_else() -> TestResult {
     result.map_err(|e| format!("{e}\n{log}"))?;
     // Like mount → mount.nfs, the stand-in leaves a child holding its output: killing the
     // helper's process group must take that child too.
-    let leftover = Command::new("pgrep")
-        .args(["-f", "sleep 100001"])
-        .output()
-        .unwrap();
-    check(text(&leftover.stdout).trim().is_empty(), || {
-        format!("helper children left running: {}", text(&leftover.stdout))
+    let leftover = running("sleep 100001");
+    check(leftover.is_empty(), || {
+        format!("helper children left running: {leftover}")
     })
 }
 
-/// The processes running `sleep 100003`: the child of a helper for a `hold*` server.
-fn held_helpers() -> String {
+/// The pids of the processes whose command line has `pattern` (pgrep -f).
+fn running(pattern: &str) -> String {
     let found = Command::new("pgrep")
-        .args(["-f", "sleep 100003"])
+        .args(["-f", pattern])
         .output()
         .unwrap();
     text(&found.stdout).trim().to_string()
+}
+
+/// The child of a helper for a `hold*` server.
+fn held_helpers() -> String {
+    running("sleep 100003")
 }
 
 /// Stopped while a helper is still within its deadline (a server that never answers), the
@@ -344,24 +351,8 @@ fn a_daemon_stopped_while_a_mount_helper_hangs_leaves_no_helper_running() -> Tes
     let sb = Sandbox::new(&format!("nfshold-{:x}", fastrand::u32(..)));
     let helper = helper(&sb);
     sb.manifest("held.yaml", &nfs_pod("held", "hold1", ""));
-    let log = std::fs::File::create(sb.path("daemon.log")).unwrap();
-    let daemon = Command::new(env!("CARGO_BIN_EXE_volumed"))
-        .args(["run", "--manifests"])
-        .arg(&sb.manifests)
-        .arg("--root-dir")
-        .arg(&sb.root)
-        .args(["--node-name", "node-a", "--host-path-root"])
-        .arg(&sb.base)
-        .arg("--mounter-path")
-        .arg(&helper)
-        // Far past the test: the helper is running when the daemon stops.
-        .args(["--mount-timeout", "600s"])
-        .env("VOLUMED_HTTP_ADDR", "127.0.0.1:0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    // Far past the test: the helper is running when the daemon stops.
+    let daemon = daemon_with(&sb, &helper, &["--mount-timeout", "600s"]);
     let running = eventually(Duration::from_secs(10), "the helper for hold1 runs", || {
         !held_helpers().is_empty()
     });
